@@ -1,0 +1,136 @@
+"""The one table of ggml tensor types.
+
+Every fact about a type (its id in GGUF files, block size, bytes per block, whether llama.cpp can
+write weights in it or hold a KV cache in it, the llama_ftype that makes it the base of a
+quantization) lives in TYPES below; everything else in ggprec reads this table.
+Sizes follow ggml's `type_traits` (ggml/src/ggml.c) for the vendored llama.cpp.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GgmlType:
+    name: str  # llama.cpp's lower-case spelling, the one we print
+    type_id: int  # enum ggml_type, as stored in GGUF tensor infos
+    block_size: int  # elements per block
+    block_bytes: int  # bytes per block
+    weight: bool = False  # llama.cpp's quantizer can write a weight in this type
+    kv_cache: bool = False  # accepted by llama.cpp as a KV-cache type (--cache-type-k/v)
+    ftype: int | None = None  # enum llama_ftype whose "mostly" type this is, when there is one
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.block_bytes / self.block_size
+
+    @property
+    def quantized(self) -> bool:
+        return self.name not in ("f32", "f16", "bf16", "f64", "i8", "i16", "i32", "i64")
+
+    def row_bytes(self, n_elements: int) -> int:
+        """Bytes of `n_elements` consecutive elements (a row); they must fill whole blocks."""
+        if n_elements % self.block_size:
+            raise ValueError(f"{n_elements} elements do not fill whole {self.name} blocks of {self.block_size}")
+        return n_elements // self.block_size * self.block_bytes
+
+    def tensor_bytes(self, shape: tuple[int, ...]) -> int:
+        """Bytes of a tensor of this type; shape is ggml order (row length first)."""
+        n_rows = 1
+        for dim in shape[1:]:
+            n_rows *= dim
+        return self.row_bytes(shape[0] if shape else 1) * n_rows
+
+
+_T = GgmlType
+TYPES: tuple[GgmlType, ...] = (
+    _T("f32", 0, 1, 4, weight=True, kv_cache=True, ftype=0),
+    _T("f16", 1, 1, 2, weight=True, kv_cache=True, ftype=1),
+    _T("q4_0", 2, 32, 18, weight=True, kv_cache=True, ftype=2),
+    _T("q4_1", 3, 32, 20, weight=True, kv_cache=True, ftype=3),
+    _T("q5_0", 6, 32, 22, weight=True, kv_cache=True, ftype=8),
+    _T("q5_1", 7, 32, 24, weight=True, kv_cache=True, ftype=9),
+    _T("q8_0", 8, 32, 34, weight=True, kv_cache=True, ftype=7),
+    _T("q8_1", 9, 32, 36),
+    _T("q2_k", 10, 256, 84, weight=True, ftype=10),
+    _T("q3_k", 11, 256, 110, weight=True, ftype=12),
+    _T("q4_k", 12, 256, 144, weight=True, ftype=15),
+    _T("q5_k", 13, 256, 176, weight=True, ftype=17),
+    _T("q6_k", 14, 256, 210, weight=True, ftype=18),
+    _T("q8_k", 15, 256, 292),
+    _T("iq2_xxs", 16, 256, 66),
+    _T("iq2_xs", 17, 256, 74),
+    _T("iq3_xxs", 18, 256, 98),
+    _T("iq1_s", 19, 256, 50),
+    _T("iq4_nl", 20, 32, 18, weight=True, kv_cache=True, ftype=25),
+    _T("iq3_s", 21, 256, 110),
+    _T("iq2_s", 22, 256, 82),
+    _T("iq4_xs", 23, 256, 136, weight=True, ftype=30),
+    _T("i8", 24, 1, 1),
+    _T("i16", 25, 1, 2),
+    _T("i32", 26, 1, 4),
+    _T("i64", 27, 1, 8),
+    _T("f64", 28, 1, 8),
+    _T("iq1_m", 29, 256, 56),
+    _T("bf16", 30, 1, 2, weight=True, kv_cache=True, ftype=32),
+    _T("tq1_0", 34, 256, 54),
+    _T("tq2_0", 35, 256, 66),
+    _T("mxfp4", 39, 32, 17),
+)
+
+# Spellings users bring from mixed-precision configs of other frameworks.
+ALIASES: dict[str, str] = {
+    "fp32": "f32",
+    "float32": "f32",
+    "fp16": "f16",
+    "float16": "f16",
+    "half": "f16",
+    "bfloat16": "bf16",
+    "int8": "q8_0",
+    "int4": "q4_0",
+}
+
+BY_NAME: dict[str, GgmlType] = {t.name: t for t in TYPES}
+BY_ID: dict[int, GgmlType] = {t.type_id: t for t in TYPES}
+BY_FTYPE: dict[int, GgmlType] = {t.ftype: t for t in TYPES if t.ftype is not None}
+
+
+class UnknownTypeError(ValueError):
+    """A type name or id that is not in the table; the message suggests the nearest name."""
+
+
+def lookup(name: str) -> GgmlType:
+    """Resolve a user's type name: llama.cpp spelling in any case, or an alias like fp16/int8."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key in BY_NAME:
+        return BY_NAME[key]
+    known = sorted([*BY_NAME, *ALIASES])
+    near = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    raise UnknownTypeError(f"unknown ggml type '{name}'{hint}")
+
+
+def by_id(type_id: int) -> GgmlType:
+    try:
+        return BY_ID[type_id]
+    except KeyError:
+        raise UnknownTypeError(f"unknown ggml type id {type_id}") from None
+
+
+def weight_type(name: str) -> GgmlType:
+    t = lookup(name)
+    if not t.weight:
+        writable = ", ".join(x.name for x in TYPES if x.weight)
+        raise UnknownTypeError(f"'{t.name}' is not a weight type ggprec can write (one of: {writable})")
+    return t
+
+
+def kv_cache_type(name: str) -> GgmlType:
+    t = lookup(name)
+    if not t.kv_cache:
+        accepted = ", ".join(x.name for x in TYPES if x.kv_cache)
+        raise UnknownTypeError(f"'{t.name}' is not a KV-cache type llama.cpp accepts (one of: {accepted})")
+    return t

@@ -1,0 +1,35 @@
+"""Runtime settings of a llama.cpp context: what a profile's `runtime:` and `kv_cache:` sections hold
+and what `ggprec run` passes to llama-cpp-python. One dataclass shared by profile, plan, memory,
+runner and recommend."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+ALL_LAYERS = -1  # n_gpu_layers value meaning "every layer", as llama.cpp's -ngl 999
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    n_gpu_layers: int = 0
+    n_ctx: int = 4096
+    n_batch: int = 512
+    n_ubatch: int = 512
+    flash_attn: bool | None = None  # None: on exactly when the V cache is quantized (llama.cpp needs it)
+    n_threads: int | None = None  # None: llama-cpp-python's default
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+
+    @property
+    def flash_attn_effective(self) -> bool:
+        if self.flash_attn is not None:
+            return self.flash_attn
+        return self.cache_type_v not in ("f16", "f32", "bf16")
+
+    def with_overrides(self, **changes: Any) -> RuntimeSettings:
+        """A copy with the given fields replaced; None values leave a field as it is."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
