@@ -11,7 +11,9 @@ from pathlib import Path
 from .errors import GgprecError
 
 
-def check_output(path: str | os.PathLike[str], force: bool = False, source: str | os.PathLike[str] | None = None) -> Path:
+def check_output(
+    path: str | os.PathLike[str], force: bool = False, source: str | os.PathLike[str] | None = None
+) -> Path:
     """Refuse outputs that would overwrite the source model, an existing file (unless force), or
     that cannot be written; return the target path."""
     out = Path(path)

@@ -312,7 +312,9 @@ def _parse(path: Path, buf: mmap.mmap, size: int) -> ModelInfo:
         try:
             n_bytes = gtype.tensor_bytes(shape)
         except ValueError:
-            raise GgprecError(f"corrupt header: tensor {name} shape {list(shape)} does not fit {gtype.name} blocks")
+            raise GgprecError(
+                f"corrupt header: tensor {name} shape {list(shape)} does not fit {gtype.name} blocks"
+            ) from None
         start = data_offset + offset
         if start + n_bytes > size:
             if start >= size:

@@ -195,7 +195,7 @@ def write_synth(
         if sparse:
             _leave_data_as_hole(w, [int(np.prod(s)) * (4 if len(s) == 1 else elem_bytes) for _, s in tensors])
         else:
-            for i, (tname, tshape) in enumerate(tensors):
+            for i, (_, tshape) in enumerate(tensors):
                 w.write_tensor_data(_weights(tshape, dtype, seed, i))
                 if progress:
                     progress(i + 1, len(tensors))
