@@ -103,3 +103,18 @@ def demo_model() -> None:
     from .demo_model import demo_model_path
 
     click.echo(str(demo_model_path()))
+
+
+# --- profiles: profiles, plan, quantize (issue 3) ----------------------------------------------
+
+
+# --- measuring: run, history (issue 4) ---------------------------------------------------------
+
+
+# --- accuracy: eval, compare, demo (issue 5) ---------------------------------------------------
+
+
+# --- memory: recommend (issue 6) ---------------------------------------------------------------
+
+
+# --- sensitivity (issue 7) ---------------------------------------------------------------------
