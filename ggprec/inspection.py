@@ -16,6 +16,10 @@ MiB = 1024 * 1024
 def _json_value(value: Any) -> Any:
     if isinstance(value, ArraySummary):
         return {"array_of": value.element_type, "count": value.count}
+    if isinstance(value, list):  # arrays of arrays may hold summarised long arrays
+        return [_json_value(v) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None  # NaN and infinities have no JSON spelling
     return value
 
 

@@ -60,7 +60,15 @@ def shape_for(preset: str | None, **overrides: int | bool | None) -> SynthShape:
         base = PRESETS[preset]
     else:
         raise GgprecError(f"unknown preset '{preset}' (one of: {', '.join(PRESETS)})")
-    shape = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "n_vocab" in given and "n_merges" not in given:
+        given["n_merges"] = None  # the preset's merge count belongs to its vocabulary: one per merged token
+    shape = replace(base, **given)
+    for dim in ("n_layer", "n_embd", "n_head", "n_head_kv", "n_ff", "n_vocab", "n_ctx"):
+        if getattr(shape, dim) < 1:
+            raise GgprecError(f"{dim} must be a positive number, not {getattr(shape, dim)}")
+    if shape.n_merges is not None and shape.n_merges < 0:
+        raise GgprecError(f"n_merges must not be negative, not {shape.n_merges}")
     if shape.n_embd % shape.n_head or shape.n_head % shape.n_head_kv:
         raise GgprecError(
             f"n_embd {shape.n_embd} must divide by n_head {shape.n_head}, "
