@@ -1,0 +1,231 @@
+"""Predicted allocation: the bytes of every buffer llama.cpp allocates for a model and runtime settings.
+
+The keys are those of `ggprec.alloc.Allocation.buffers` (`kind:device`), so a prediction can be set
+beside what llama.cpp reports. The rules follow llama.cpp (vendored in llama-cpp-python 0.3.36):
+
+- weights: the last `n_gpu_layers` blocks go to the GPU; the output head (and output_norm) too when
+  n_gpu_layers > n_layer; token_embd always stays in host memory (a row lookup). A tied head offloaded
+  to the GPU is a copy of token_embd there. Host weights are one mmap'd range (`CPU_Mapped`: from the
+  first to the last host tensor in file order, padding included; a file the quantizer writes orders its
+  tensors by name, then by layer), except weights the CPU backend
+  repacks for faster matmuls (`CPU_REPACK`: q4_0, q4_k, iq4_nl on AVX2 x86), which get their own copy
+  (a tied head of such a type too: token_embd stays mapped for the lookup, its copy is repacked).
+- KV cache: n_ctx padded to 256 cells x per layer (K row of n_head_kv*head_dim_k elements in the K
+  type + the same for V); on the GPU for offloaded layers.
+- compute: the scheduler's buffer is the peak of ggml-alloc over the reserved graph. It is predicted as
+  the larger of two peaks, fitted on llama.cpp's reports (scripts/check_memory_model.py):
+  attention (without flash attention: KQ scores f32 n_kv x n_ubatch x n_head + the f32 mask + 5
+  activations of n_embd and 2 of n_embd_kv; with it: the f16 mask + 12 activations) and output (the
+  logits f32 n_vocab x n_ubatch + 2 activations, +1 with flash attention and a quantized KV cache).
+- output: the logits of one sequence (n_vocab f32) in host memory.
+GPU buffers follow the same rules but could not be checked here (no GPU): see the README.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from . import ggml_types
+from .errors import GgprecError
+from .ggml_types import GgmlType
+from .gguf_info import ModelInfo
+from .settings import ALL_LAYERS, RuntimeSettings
+
+GPU = "CUDA0"
+GPU_HOST = "CUDA_Host"
+KV_PAD = 256  # llama.cpp pads n_ctx to a multiple of 256 cells
+F32, F16 = 4, 2
+# Weight types the CPU backend repacks into interleaved layouts on x86 with AVX2, and the row-count
+# multiple each needs (measured: q4_0, q4_k and iq4_nl get a CPU_REPACK buffer; q8_0, k-quants other
+# than q4_k, q4_1, q5_x do not).
+REPACK_X86_AVX2: dict[str, int] = {"q4_0": 8, "q4_k": 8, "iq4_nl": 4}
+# Multipliers of one n_embd (or n_embd_kv) activation of n_ubatch tokens, fitted on llama.cpp's
+# reported compute buffers (llama-3.2-1b, 8b, 70b and SmolLM2 shapes; see the module doc).
+ATTN_EMBD, ATTN_EMBD_KV, ATTN_EMBD_FA, OUT_EMBD = 5, 2, 12, 2
+
+
+@dataclass
+class MemoryPrediction:
+    buffers: dict[str, int] = field(default_factory=dict)
+    explain: dict[str, str] = field(default_factory=dict)  # buffer key -> how its bytes were computed
+
+    def device_total(self, device: str) -> int:
+        return sum(v for k, v in self.buffers.items() if k.split(":", 1)[1] == device)
+
+    @property
+    def host_total(self) -> int:
+        return sum(v for k, v in self.buffers.items() if _is_host(k.split(":", 1)[1]))
+
+    @property
+    def total(self) -> int:
+        return sum(self.buffers.values())
+
+    def by_kind(self, kind: str) -> int:
+        return sum(v for k, v in self.buffers.items() if k.split(":", 1)[0] == kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        devices = sorted({k.split(":", 1)[1] for k in self.buffers if not _is_host(k.split(":", 1)[1])})
+        return {"buffers": dict(self.buffers), "explain": dict(self.explain), "host_total": self.host_total,
+                "device_totals": {d: self.device_total(d) for d in devices}, "total": self.total}
+
+    def _add(self, key: str, n: int, why: str) -> None:
+        if n > 0:
+            self.buffers[key] = self.buffers.get(key, 0) + n
+            self.explain[key] = f"{self.explain[key]}; {why}" if key in self.explain else why
+
+
+def _is_host(device: str) -> bool:
+    return device.startswith("CPU") or device.endswith("_Host")
+
+
+@lru_cache(maxsize=1)
+def host_repack_types() -> dict[str, int]:
+    """The repack table that applies to this machine's CPU (empty where none was verified)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return {}
+    return dict(REPACK_X86_AVX2) if " avx2" in flags else {}
+
+
+def _gpu_layers(n_gpu_layers: int, n_layer: int) -> tuple[int, bool]:
+    """(first block on the GPU, output head on the GPU) as llama.cpp assigns them."""
+    ngl = n_layer + 1 if n_gpu_layers == ALL_LAYERS else max(n_gpu_layers, 0)
+    return max(n_layer - ngl, 0), ngl > n_layer
+
+
+def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[str, GgmlType] | None = None,
+            mmap: bool = True, repack: Mapping[str, int] | None = None) -> MemoryPrediction:
+    """Bytes of every buffer llama.cpp allocates when it loads `info` with `settings`.
+
+    tensor_types: the type of each tensor in the file that will be loaded (None: the file as it is); an
+    `output.weight` the source lacks is a split head. mmap: llama.cpp's default load (host weights in a
+    `CPU_Mapped` range) or load mode NONE (`CPU`, also what no_alloc simulates). repack: type -> row
+    multiple of the CPU repacking (None: this machine's)."""
+    for name in (settings.cache_type_k, settings.cache_type_v):
+        try:
+            ggml_types.kv_cache_type(name)
+        except ggml_types.UnknownTypeError as e:
+            raise GgprecError(str(e)) from None
+    pred = MemoryPrediction()
+    hp = info.hparams
+    first_gpu, output_on_gpu = _gpu_layers(settings.n_gpu_layers, hp.n_layer)
+    _weights(pred, info, tensor_types, first_gpu, output_on_gpu, mmap,
+             host_repack_types() if repack is None else repack)
+    n_kv = -(-settings.n_ctx // KV_PAD) * KV_PAD
+    _kv(pred, info, settings, n_kv, first_gpu)
+    _compute(pred, info, settings, n_kv, first_gpu, output_on_gpu)
+    out_dev = GPU_HOST if first_gpu < hp.n_layer or output_on_gpu else "CPU"
+    pred._add(f"output:{out_dev}", hp.n_vocab * F32, f"logits of one sequence: n_vocab {hp.n_vocab} x f32")
+    return pred
+
+
+def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str, GgmlType] | None,
+             first_gpu: int, output_on_gpu: bool, mmap: bool, repack: Mapping[str, int]) -> None:
+    types = {t.name: t.type for t in info.tensors}
+    if tensor_types:
+        types.update(tensor_types)
+    shapes = {t.name: t.shape for t in info.tensors}
+    layer = {t.name: t.layer for t in info.tensors}
+    order = [t.name for t in sorted(info.tensors, key=lambda t: t.offset)]
+    if tensor_types:
+        # A file llama.cpp's quantizer writes: tensors by name, then stably by layer (non-layer first).
+        order = sorted(order + [n for n in ("output.weight",) if n in types and n not in shapes])
+        order.sort(key=lambda n: -1 if layer.get(n) is None else layer[n])
+    if "output.weight" not in shapes and "token_embd.weight" in shapes:
+        shapes["output.weight"] = shapes["token_embd.weight"]
+    align = info.alignment
+    pos, gpu_bytes, gpu_n, repack_bytes, repack_n, host_n, host_bytes = 0, 0, 0, 0, 0, 0, 0
+    host_start: int | None = None
+    host_end = 0
+    for name in order:
+        gtype, shape = types[name], shapes[name]
+        n = gtype.tensor_bytes(shape)
+        start, pos = pos, pos + n + (-(n) % align)
+        lay = layer.get(name)
+        on_gpu = lay >= first_gpu if lay is not None else output_on_gpu and name != "token_embd.weight"
+        if on_gpu:
+            gpu_bytes, gpu_n = gpu_bytes + n, gpu_n + 1
+            continue
+        mult = repack.get(gtype.name)
+        if mult and len(shape) == 2 and shape[1] % mult == 0 and name != "token_embd.weight":
+            repack_bytes, repack_n = repack_bytes + n, repack_n + 1
+            continue
+        host_n, host_bytes = host_n + 1, host_bytes + n
+        host_start = start if host_start is None else host_start
+        host_end = start + n
+    if info.tied_output and "output.weight" not in types:
+        # llama.cpp loads a tied head as a duplicate of token_embd in the output layer's buffer: a copy
+        # on the GPU when offloaded, a repacked copy on the CPU when its type repacks.
+        embd_type, embd_shape = types["token_embd.weight"], shapes["token_embd.weight"]
+        n = embd_type.tensor_bytes(embd_shape)
+        mult = repack.get(embd_type.name)
+        if output_on_gpu:
+            gpu_bytes, gpu_n = gpu_bytes + n, gpu_n + 1
+        elif mult and embd_shape[1] % mult == 0:
+            repack_bytes, repack_n = repack_bytes + n, repack_n + 1
+    if mmap and host_start is not None:
+        pred._add("model:CPU_Mapped", host_end - host_start,
+                  f"mmap'd file range over {host_n} host tensors (alignment padding included)")
+    else:
+        pred._add("model:CPU", host_bytes, f"{host_n} host tensors")
+    pred._add("model:CPU_REPACK", repack_bytes, f"{repack_n} host matmul weights the CPU backend repacks")
+    pred._add(f"model:{GPU}", gpu_bytes, f"{gpu_n} tensors of the offloaded layers"
+              + (" and the output head" if output_on_gpu else ""))
+
+
+def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int) -> None:
+    hp = info.hparams
+    tk = ggml_types.kv_cache_type(settings.cache_type_k)
+    tv = ggml_types.kv_cache_type(settings.cache_type_v)
+    per_dev: dict[str, list[int]] = {}
+    for il in range(hp.n_layer):
+        heads = hp.n_head_kv[il]
+        row = tk.row_bytes(heads * hp.head_dim_k) + tv.row_bytes(heads * hp.head_dim_v)
+        acc = per_dev.setdefault(GPU if il >= first_gpu else "CPU", [0, 0])
+        acc[0] += row * n_kv
+        acc[1] += 1
+    for dev, (n, layers) in per_dev.items():
+        pred._add(f"kv:{dev}", n, f"{n_kv} cells x {layers} layers x K {tk.name} + V {tv.name}")
+
+
+def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int,
+             output_on_gpu: bool) -> None:
+    hp = info.hparams
+    n_ub = min(settings.n_ubatch, settings.n_batch, n_kv)
+    embd = hp.n_embd * n_ub * F32
+    embd_kv = hp.n_head_kv_max * hp.head_dim_k * n_ub * F32
+    fa = settings.flash_attn_effective
+    if fa:
+        attn = n_kv * n_ub * F16 + ATTN_EMBD_FA * embd
+        attn_why = f"f16 mask {n_kv}x{n_ub} + {ATTN_EMBD_FA} activations"
+    else:
+        attn = n_kv * n_ub * (hp.n_head + 1) * F32 + ATTN_EMBD * embd + ATTN_EMBD_KV * embd_kv
+        attn_why = f"KQ f32 {n_kv}x{n_ub}x{hp.n_head} heads + f32 mask + {ATTN_EMBD}+{ATTN_EMBD_KV} activations"
+    quant_kv = any(ggml_types.lookup(t).quantized for t in (settings.cache_type_k, settings.cache_type_v))
+    out_n = OUT_EMBD + (1 if fa and quant_kv else 0)
+    out = hp.n_vocab * n_ub * F32 + out_n * embd
+    out_why = f"logits f32 {hp.n_vocab}x{n_ub} + {out_n} activations"
+    has_gpu = first_gpu < hp.n_layer or output_on_gpu
+    if not has_gpu:
+        key, (n, why) = "compute:CPU", max((attn, attn_why), (out, out_why))
+        pred._add(key, n, f"peak of the graph: {why}")
+        return
+    # GPU rules below are the same graph split by device; unverified without a GPU.
+    gpu_peaks = [(attn, attn_why)] if first_gpu < hp.n_layer else []
+    cpu_peaks = [(attn, attn_why)] if first_gpu > 0 else []
+    (gpu_peaks if output_on_gpu else cpu_peaks).append((out, out_why))
+    if gpu_peaks:
+        n, why = max(gpu_peaks)
+        pred._add(f"compute:{GPU}", n, f"peak of the offloaded graph: {why}")
+    n, why = max(cpu_peaks, default=(embd, "token embeddings of one ubatch"))
+    pred._add("compute:CPU", n, f"peak of the host graph: {why}")
+    pred._add(f"compute:{GPU_HOST}", embd + n_kv * n_ub * (F16 if fa else F32),
+              "graph inputs staged in pinned host memory (embeddings, mask)")

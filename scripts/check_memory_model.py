@@ -1,0 +1,115 @@
+"""Predicted (ggprec.memory) vs llama.cpp-reported bytes, per case and per buffer.
+
+Cases: the real SmolLM2-135M Q4_1 (loaded for real, mmap) and two variants quantized here with llama.cpp's
+quantizer (q4_0, which the CPU backend repacks, and q8_0), at contexts 512/4096/32768 and KV types
+f16/q8_0/q4_0; synthetic llama-3.2-1b / llama-3-8b / llama-3-70b shapes written sparsely, measured with
+llama.cpp's no_alloc simulation. llama.cpp logs MiB with two decimals, so each reported buffer is known to
++-0.005 MiB (5243 bytes); a buffer passes when |predicted - reported| <= 2% of reported + that bound.
+
+Run: python scripts/check_memory_model.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ggprec.alloc import measure_allocation
+from ggprec.gguf_info import read_gguf
+from ggprec.memory import predict
+from ggprec.settings import RuntimeSettings
+from ggprec.synth import PRESETS, write_synth
+
+LOG_ROUNDING = 5243  # half of 0.01 MiB
+TARGET = 0.02
+MIB = 1 << 20
+
+
+def quantize(src: Path, out: Path, type_name: str) -> Path:
+    import llama_cpp
+
+    from ggprec.ggml_types import lookup
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = lookup(type_name).ftype
+    params.allow_requantize = True
+    params.nthread = 2
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"quantizing {src} to {type_name} failed")
+    return out
+
+
+def compare(label: str, path: Path, settings: RuntimeSettings, no_alloc: bool, rows: list[tuple],
+            source: Path | None = None, tensor_types: dict | None = None) -> None:
+    """Predict from `source` + `tensor_types` (what recommend does) or from `path` itself."""
+    info = read_gguf(source or path)
+    pred = predict(info, settings, tensor_types, mmap=not no_alloc)
+    rep = measure_allocation(path, settings, no_alloc=no_alloc).buffers
+    pb = dict(pred.buffers)
+    if "model:total" in rep:  # no_alloc with weights on several buffers: only the total is known
+        pb = {k: v for k, v in pb.items() if not k.startswith("model:")} | {"model:total": pred.by_kind("model")}
+    for key in sorted(set(pb) | set(rep)):
+        p, r = pb.get(key, 0), rep.get(key, 0)
+        ok = abs(p - r) <= TARGET * r + LOG_ROUNDING
+        err = (p - r) / r if r else float("inf") if p else 0.0
+        rows.append((label, key, p, r, err, ok))
+        print(f"{label:<44} {key:<18} {p / MIB:>11.2f} {r / MIB:>11.2f} {100 * err:>+8.2f}%  {'ok' if ok else 'MISS'}")
+
+
+def shipped_profile_cases(smol: Path, rows: list[tuple]) -> None:
+    """Every shipped profile built from SmolLM2 (cached by build_variant), predicted from the plan's types
+    on the source file, at ctx 4096 with the profile's own KV types."""
+    from ggprec.plan import resolve_plan
+    from ggprec.profile import shipped_profiles
+    from ggprec.quantize import build_variant
+
+    source = read_gguf(smol)
+    for profile in shipped_profiles():
+        variant = build_variant(smol, profile, threads=2)
+        s = profile.runtime.with_overrides(n_ctx=4096, n_threads=2, n_gpu_layers=0)
+        compare(f"SmolLM2 profile {profile.name} ctx 4096", variant, s, False, rows,
+                source=smol, tensor_types=resolve_plan(source, profile).tensor_types())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer cases (contexts 512 and 4096 only)")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    ctxs = (512, 4096) if args.quick else (512, 4096, 32768)
+    kvs = ("f16", "q8_0", "q4_0")
+    rows: list[tuple] = []
+    print(f"{'case':<44} {'buffer':<18} {'pred MiB':>11} {'llama MiB':>11} {'error':>9}")
+    with tempfile.TemporaryDirectory(prefix="ggprec-memcheck-") as tmp:
+        from ggprec.demo_model import demo_model_path
+
+        smol = demo_model_path(quiet=True)
+        variants = {"Q4_1 (as shipped)": smol,
+                    "q4_0": quantize(smol, Path(tmp) / "smol-q4_0.gguf", "q4_0"),
+                    "q8_0": quantize(smol, Path(tmp) / "smol-q8_0.gguf", "q8_0")}
+        shipped_profile_cases(smol, rows)
+        for vname, path in variants.items():
+            for ctx in ctxs:
+                for kv in kvs:
+                    s = RuntimeSettings(n_ctx=ctx, n_threads=2, cache_type_k=kv, cache_type_v=kv)
+                    compare(f"SmolLM2 {vname} ctx {ctx} kv {kv}", path, s, False, rows)
+        for preset in ("llama-3.2-1b", "llama-3-8b", "llama-3-70b"):
+            path = write_synth(Path(tmp) / f"{preset}.gguf", PRESETS[preset], dtype="f16", sparse=True)
+            for ctx in ctxs:
+                for kv in kvs:
+                    s = RuntimeSettings(n_ctx=ctx, n_threads=2, cache_type_k=kv, cache_type_v=kv)
+                    compare(f"{preset} (sparse f16) ctx {ctx} kv {kv} no_alloc", path, s, True, rows)
+    misses = [r for r in rows if not r[5]]
+    print(f"\n{len(rows) - len(misses)}/{len(rows)} buffers within {TARGET:.0%} (+ log rounding {LOG_ROUNDING} B)")
+    for label, key, p, r, err, _ in misses:
+        print(f"  MISS {label} {key}: predicted {p / MIB:.2f} MiB, llama.cpp {r / MIB:.2f} MiB ({100 * err:+.2f}%)")
+    print(f"total time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

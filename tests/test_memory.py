@@ -1,0 +1,84 @@
+"""The memory model against llama.cpp's own allocation reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ggprec.alloc import measure_allocation
+from ggprec.ggml_types import lookup
+from ggprec.gguf_info import read_gguf
+from ggprec.memory import predict
+from ggprec.settings import ALL_LAYERS, RuntimeSettings
+from ggprec.synth import PRESETS, write_synth
+
+LOG_ROUNDING = 5243  # llama.cpp logs MiB with two decimals: +-0.005 MiB
+
+
+@pytest.fixture(scope="module")
+def sparse_8b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synth(tmp_path_factory.mktemp("s8b") / "8b.gguf", PRESETS["llama-3-8b"], sparse=True)
+
+
+@pytest.mark.parametrize("kv", ["f16", "q8_0", "q4_0"])
+def test_kv_cache_is_exact_on_the_tiny_model(tiny_model: Path, kv: str) -> None:
+    settings = RuntimeSettings(n_ctx=1000, n_threads=2, cache_type_k=kv, cache_type_v=kv)
+    reported = measure_allocation(tiny_model, settings).buffers["kv:CPU"]
+    predicted = predict(read_gguf(tiny_model), settings).buffers["kv:CPU"]
+    assert abs(predicted - reported) <= LOG_ROUNDING
+
+
+def test_model_buffer_is_the_mapped_file_range(tiny_model: Path) -> None:
+    settings = RuntimeSettings(n_ctx=512, n_threads=2)
+    reported = measure_allocation(tiny_model, settings).buffers
+    predicted = predict(read_gguf(tiny_model), settings).buffers
+    assert abs(predicted["model:CPU_Mapped"] - reported["model:CPU_Mapped"]) <= LOG_ROUNDING
+
+
+def test_sparse_8b_prediction_matches_no_alloc_within_2_percent(sparse_8b: Path) -> None:
+    settings = RuntimeSettings(n_ctx=8192, n_threads=2)
+    reported = measure_allocation(sparse_8b, settings, no_alloc=True).buffers
+    predicted = predict(read_gguf(sparse_8b), settings, mmap=False).buffers
+    assert set(predicted) == set(reported)
+    for key, n in reported.items():
+        assert abs(predicted[key] - n) <= 0.02 * n + LOG_ROUNDING, key
+
+
+def test_offloaded_tied_head_is_copied_to_the_gpu_and_token_embd_stays_on_host(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    pred = predict(info, RuntimeSettings(n_gpu_layers=ALL_LAYERS), mmap=False)
+    embd = info.tensor("token_embd.weight").n_bytes
+    assert pred.buffers["model:CPU"] == embd
+    assert pred.buffers["model:CUDA0"] == info.tensor_bytes  # every other tensor + the head's copy
+    assert pred.host_total + pred.device_total("CUDA0") == pred.total
+
+
+def test_partial_offload_puts_the_last_layers_on_the_gpu(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    pred = predict(info, RuntimeSettings(n_gpu_layers=1, cache_type_k="q8_0"), mmap=False)
+    last = sum(t.n_bytes for t in info.tensors if t.layer == info.hparams.n_layer - 1)
+    assert pred.buffers["model:CUDA0"] == last
+    assert pred.buffers["kv:CUDA0"] == pred.buffers["kv:CPU"]  # one layer each, same row sizes
+
+
+def test_split_head_in_tensor_types_is_counted(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    tied = predict(info, RuntimeSettings(), mmap=False).buffers["model:CPU"]
+    split = predict(info, RuntimeSettings(), {"output.weight": lookup("q8_0")}, mmap=False).buffers["model:CPU"]
+    embd = info.tensor("token_embd.weight")
+    assert split - tied == lookup("q8_0").tensor_bytes(embd.shape)
+
+
+def test_predict_on_a_70b_shape_runs_in_a_loop(tmp_path: Path) -> None:
+    info = read_gguf(write_synth(tmp_path / "70b.gguf", PRESETS["llama-3-70b"], sparse=True))
+    for ngl in range(0, info.hparams.n_layer + 2):
+        pred = predict(info, RuntimeSettings(n_gpu_layers=ngl, n_ctx=8192, cache_type_k="q4_0", cache_type_v="q4_0"))
+        assert pred.by_kind("kv") == 80 * 8 * 128 * 2 * 18 // 32 * 8192
+
+
+def test_an_unknown_kv_type_is_a_one_line_error(tiny_model: Path) -> None:
+    from ggprec.errors import GgprecError
+
+    with pytest.raises(GgprecError, match="not a KV-cache type"):
+        predict(read_gguf(tiny_model), RuntimeSettings(cache_type_k="q4_k"))
