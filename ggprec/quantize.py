@@ -1,0 +1,274 @@
+"""Write a Plan as a GGUF with llama.cpp's own quantizer (`llama_model_quantize` via llama-cpp-python).
+
+How the plan reaches llama.cpp: every quantizable tensor gets an exact, anchored `tt_overrides` pattern
+(`^blk\\.3\\.attn_q\\.weight$`; llama.cpp searches patterns unanchored, first match wins), token_embd and
+output.weight go through `token_embedding_type` / `output_tensor_type`. llama.cpp consults the
+overrides only when the base ftype is a quantized type, so a plan whose weights are not all one type
+gets a quantized base ftype and an override for every tensor; a plan of one type uses that type's
+ftype. A split output head (a separate `output.weight` for a tied model) needs a tensor llama.cpp's
+quantizer cannot add, so ggprec first writes an intermediate GGUF with a copy of token_embd as
+`output.weight` (the source's header and data copied byte for byte, one tensor info added) and
+quantizes that.
+
+The written file is re-read and every tensor's type compared with the plan before it is renamed
+into place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import struct
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from . import ggml_types
+from .errors import GgprecError
+from .fileio import atomic_output, check_output
+from .gguf_info import read_gguf
+from .hashing import model_sha256
+from .plan import OUTPUT, TOKEN_EMBD, Plan, ggml_n_dims, kv_region, quantizable, resolve_plan
+from .profile import Profile
+
+Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, tensor name)
+
+_TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+
+
+class RequantizeWarning(UserWarning):
+    """The source is already quantized: the result's quality is bounded by the source's."""
+
+
+def anchored(name: str) -> str:
+    """An ECMAScript regex matching exactly this tensor name (names hold letters, digits, '.', '_')."""
+    return "^" + re.sub(r"([.\\^$|?*+()\[\]{}])", r"\\\1", name) + "$"
+
+
+def base_ftype(plan: Plan) -> int:
+    """The llama_ftype to quantize with: the single type of the plan's weights, else the quantized type
+    holding most bytes (llama.cpp ignores per-tensor overrides under a non-quantized base)."""
+    by_type: Counter[str] = Counter()
+    for t in plan.tensors:
+        if quantizable(t.name, t.shape) and t.name not in (TOKEN_EMBD, OUTPUT):
+            by_type[t.type.name] += t.n_bytes
+    if not by_type:
+        by_type.update(t.type.name for t in plan.tensors if quantizable(t.name, t.shape))
+    if len(by_type) == 1:
+        only = ggml_types.lookup(next(iter(by_type)))
+        if only.ftype is not None:
+            return only.ftype
+    quantized = [(n, name) for name, n in by_type.items() if ggml_types.lookup(name).quantized]
+    if not quantized:
+        return ggml_types.lookup("q8_0").ftype or 7  # only to enable the overrides; each tensor is named
+    ftype = ggml_types.lookup(max(quantized)[1]).ftype
+    if ftype is None:
+        raise GgprecError(f"no llama.cpp file type for {max(quantized)[1]}")
+    return ftype
+
+
+class _QuantizeCall:
+    """The ctypes parameter block for one llama_model_quantize call; keeps its buffers alive."""
+
+    def __init__(self, plan: Plan, threads: int | None) -> None:
+        import llama_cpp
+
+        p = llama_cpp.llama_model_quantize_default_params()
+        p.nthread = threads or 0
+        p.ftype = base_ftype(plan)
+        p.allow_requantize = plan.requantize
+        p.pure = True  # never llama.cpp's own mixes: every type comes from the plan
+        types = plan.tensor_types()
+        if TOKEN_EMBD in types and quantizable(TOKEN_EMBD, self._shape(plan, TOKEN_EMBD)):
+            p.token_embedding_type = types[TOKEN_EMBD].type_id
+        if OUTPUT in types and quantizable(OUTPUT, self._shape(plan, OUTPUT)):
+            p.output_tensor_type = types[OUTPUT].type_id
+        named = [t for t in plan.tensors if quantizable(t.name, t.shape) and t.name not in (TOKEN_EMBD, OUTPUT)]
+        self.patterns = [anchored(t.name).encode() for t in named]
+        arr = (llama_cpp.llama_model_tensor_override * (len(named) + 1))()
+        for i, (t, pat) in enumerate(zip(named, self.patterns, strict=True)):
+            arr[i].pattern = pat
+            arr[i].type = t.type.type_id
+        arr[len(named)].pattern = None  # NULL-terminated
+        self.overrides = arr
+        p.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        self.params = p
+
+    @staticmethod
+    def _shape(plan: Plan, name: str) -> tuple[int, ...]:
+        return next(t.shape for t in plan.tensors if t.name == name)
+
+    def run(self, source: Path, out: Path, progress: Progress | None) -> None:
+        import llama_cpp
+
+        from .llama_backend import LogCapture, capture_log
+
+        class _Lines(LogCapture):
+            def _feed(self, level: int, text: str) -> None:
+                n = len(self.lines)
+                super()._feed(level, text)
+                for _, line in self.lines[n:]:
+                    m = _TENSOR_LINE.match(line)
+                    if m and progress is not None:
+                        progress(int(m.group(1)), int(m.group(2)), m.group(3))
+
+        with capture_log(_Lines()) as log:
+            rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(self.params))
+        if rc != 0:
+            errors = log.errors()
+            raise GgprecError(f"llama.cpp could not quantize {source}: {errors[-1] if errors else f'code {rc}'}")
+
+
+def _write_split_source(source: Path, target: Path) -> None:
+    """Copy `source` to `target` with one more tensor, `output.weight`, a copy of token_embd.
+
+    The metadata is copied byte for byte (re-encoding a 49k-token vocabulary through gguf-py takes
+    seconds) and the tensor data is streamed with copy_file_range; only the tensor infos are new."""
+    info = read_gguf(source)
+    _, kv_end = kv_region(info)
+    embd = info.tensor(TOKEN_EMBD)
+    if embd is None:
+        raise GgprecError(f"{source}: no {TOKEN_EMBD} to split an output head from")
+    align = info.alignment
+    entries = [(t.name, t) for t in info.tensors] + [(OUTPUT, embd)]
+    infos, offset = bytearray(), 0
+    for name, t in entries:
+        raw = name.encode()
+        dims = t.shape[:ggml_n_dims(t.shape)]
+        infos += struct.pack("<Q", len(raw)) + raw + struct.pack("<I", len(dims))
+        infos += struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", t.type.type_id, offset)
+        offset += -(-t.n_bytes // align) * align
+    with open(source, "rb") as fin, open(target, "wb") as fout:
+        header = fin.read(kv_end)
+        fout.write(header[:8] + struct.pack("<QQ", len(entries), len(info.metadata)) + header[24:])
+        fout.write(infos)
+        fout.write(b"\0" * (-fout.tell() % align))
+        for _, t in entries:
+            _copy_range(fin, fout, t.offset, t.n_bytes)
+            fout.write(b"\0" * (-t.n_bytes % align))
+
+
+def _copy_range(fin: BinaryIO, fout: BinaryIO, offset: int, n: int) -> None:
+    fout.flush()
+    while n > 0:
+        try:
+            done = os.copy_file_range(fin.fileno(), fout.fileno(), n, offset)
+        except (AttributeError, OSError):  # not Linux, or across file systems: plain reads
+            fin.seek(offset)
+            fout.seek(0, os.SEEK_END)
+            while n > 0:
+                chunk = fin.read(min(n, 1 << 24))
+                fout.write(chunk)
+                n -= len(chunk)
+            return
+        if done == 0:
+            raise GgprecError(f"{fin.name}: ends inside tensor data")
+        offset += done
+        n -= done
+    fout.seek(0, os.SEEK_END)
+
+
+def _written_types(out: Path, plan: Plan) -> dict[str, int] | None:
+    """Tensor name -> type id read from the tensor infos of `out`, which start where the plan says the
+    metadata ends (skipping a walk over a large vocabulary); None if they do not parse there."""
+    try:
+        with open(out, "rb") as f:
+            head = f.read(24)
+            if head[:4] != b"GGUF":
+                return None
+            n_tensors, _ = struct.unpack_from("<QQ", head, 8)
+            f.seek(24 + plan.written_kv_bytes)
+            buf = f.read(n_tensors * (8 + 256 + 4 + 8 * 4 + 4 + 8))
+        types, pos = {}, 0
+        for _ in range(n_tensors):
+            (n,) = struct.unpack_from("<Q", buf, pos)
+            if n > 256:
+                return None
+            name = buf[pos + 8 : pos + 8 + n].decode()
+            pos += 8 + n
+            (n_dims,) = struct.unpack_from("<I", buf, pos)
+            if not 1 <= n_dims <= 4:
+                return None
+            pos += 4 + 8 * n_dims
+            types[name] = struct.unpack_from("<I", buf, pos)[0]
+            pos += 12
+        return types
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+
+
+def verify(out: Path, plan: Plan) -> None:
+    """Raise unless the file at `out` holds exactly the plan's tensors in the plan's types."""
+    planned = plan.tensor_types()
+    fast = _written_types(out, plan)
+    if fast is not None and set(fast) == set(planned) and all(fast[n] == t.type_id for n, t in planned.items()):
+        return
+    written = {t.name: t.type for t in read_gguf(out).tensors}  # the full, bounds-checked reader says why
+    if set(written) != set(planned):
+        extra = sorted(set(written) - set(planned))
+        missing = sorted(set(planned) - set(written))
+        raise GgprecError(f"{out}: tensors differ from the plan (extra: {extra[:3]}, missing: {missing[:3]})")
+    wrong = [f"{n} is {written[n].name}, planned {t.name}" for n, t in planned.items() if written[n] != t]
+    if wrong:
+        raise GgprecError(f"{out}: {len(wrong)} tensor(s) differ from the plan, e.g. {wrong[0]}")
+
+
+def quantize(source: str | os.PathLike[str], plan: Plan, out: str | os.PathLike[str], threads: int | None = None,
+             force: bool = False, progress: Progress | None = None) -> Path:
+    """Write `plan` applied to `source` to `out` with llama.cpp's quantizer; return `out`."""
+    src = Path(source)
+    if not _same_file(src, plan):
+        info = read_gguf(src)
+        if {t.name for t in info.tensors} != {t.name for t in plan.tensors if not t.split}:
+            raise GgprecError(f"{src}: the plan was resolved for a different model ({plan.source})")
+    if threads is not None and threads < 1:
+        raise GgprecError(f"threads must be at least 1 (got {threads})")
+    target = check_output(out, force=force, source=src)
+    if plan.requantize:
+        warnings.warn(f"{src.name} is already quantized: the result's quality is bounded by the source's",
+                      RequantizeWarning, stacklevel=2)
+    call = _QuantizeCall(plan, threads)
+    with atomic_output(target, force=force, source=src) as tmp:
+        if plan.split_output:
+            with tempfile.TemporaryDirectory(prefix=".ggprec-split-", dir=target.parent) as d:
+                split_src = Path(d) / "split-head.gguf"
+                _write_split_source(src, split_src)
+                call.run(split_src, tmp, progress)
+        else:
+            call.run(src, tmp, progress)
+        verify(tmp, plan)
+    return target
+
+
+def _same_file(src: Path, plan: Plan) -> bool:
+    try:
+        return src.resolve() == Path(plan.source).resolve() and src.stat().st_size == plan.source_file_size
+    except OSError:
+        return False
+
+
+def variants_dir() -> Path:
+    from .demo_model import cache_dir
+
+    return cache_dir() / "variants"
+
+
+def build_variant(source: str | os.PathLike[str], profile: Profile, threads: int | None = None,
+                  progress: Progress | None = None) -> Path:
+    """The file `profile` makes of `source`, built once and cached by source sha256 and plan."""
+    src = Path(source)
+    plan = resolve_plan(read_gguf(src), profile)
+    key = f"{model_sha256(src)[:16]}-{plan.weights_hash()[:16]}"
+    out = variants_dir() / f"{src.stem}.{profile.name}.{key}.gguf"
+    # The name says what it holds; a same-plan build under another profile name is reused too.
+    for candidate in [out, *sorted(variants_dir().glob(f"*.{key}.gguf"))]:
+        if candidate.is_file() and candidate.stat().st_size == plan.predicted_file_size:
+            return candidate
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RequantizeWarning)  # a reference of a quantized source is intended
+        return quantize(src, plan, out, threads=threads, force=True, progress=progress)
