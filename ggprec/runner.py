@@ -1,0 +1,310 @@
+"""Speed and memory of a model under given runtime settings, measured the way llama-bench does.
+
+After loading and one warm-up of each kind:
+- prompt processing (pp): `pp` token ids decoded as one batch (split in n_batch pieces when larger);
+- generation (tg): `tg` single-token decodes after a short prefix;
+each repeated `reps` times with the KV cache cleared in between, reported as tokens per second
+(median, min, max, stdev). Token ids are fed directly: no tokenization or sampling is timed.
+The batch is filled through llama-cpp-python's raw `llama_batch`/`llama_decode`, so the Python
+between two decodes is a few attribute stores (scripts/bench_run_overhead.py checks the cost).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .alloc import Allocation, allocation_from_log
+from .errors import GgprecError
+from .llama_backend import LoadedModel, load_model
+from .settings import RuntimeSettings
+
+TG_PREFIX = 8  # tokens in the KV cache before the timed single-token decodes
+GEN_TOKENS = 32  # tokens generated for --prompt
+SEED = 1234  # token ids of the timed batches are drawn from the vocabulary with this seed
+
+
+@dataclass
+class Stats:
+    """Tokens per second over the repetitions."""
+
+    median: float
+    min: float
+    max: float
+    stdev: float
+    samples: list[float]
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Stats:
+        return cls(statistics.median(samples), min(samples), max(samples),
+                   statistics.stdev(samples) if len(samples) > 1 else 0.0, samples)
+
+
+@dataclass
+class RunResult:
+    model_path: str
+    settings: RuntimeSettings  # as applied (threads resolved, -ngl clamped)
+    pp: int
+    tg: int
+    reps: int
+    pp_tps: Stats | None  # None when pp == 0
+    tg_tps: Stats | None  # None when tg == 0
+    load_s: float
+    allocation: Allocation
+    peak_rss_bytes: int
+    gpu_memory_bytes: int | None  # None without an NVIDIA GPU
+    n_layer: int
+    notices: list[str] = field(default_factory=list)
+    prompt: str | None = None
+    generated: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["settings"] = self.settings.to_dict()
+        d["settings"]["flash_attn_effective"] = self.settings.flash_attn_effective
+        d["allocation"] = self.allocation.to_dict()
+        return d
+
+
+class Decoder:
+    """One reusable llama_batch on a context: decode runs of token ids at given positions."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        import llama_cpp
+
+        self._llama = llama_cpp
+        self.ctx = lm.ctx
+        self.n_batch = lm.settings.n_batch
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.memory = llama_cpp.llama_get_memory(lm.ctx)
+
+    def close(self) -> None:
+        self._llama.llama_batch_free(self.batch)
+
+    def decode(self, tokens: list[int], pos0: int) -> None:
+        """Decode `tokens` at positions pos0... (n_batch at a time), logits for the last one only."""
+        b = self.batch
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            for i, tok in enumerate(chunk):
+                b.token[i] = tok
+                b.pos[i] = pos0 + start + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = 0
+            b.logits[len(chunk) - 1] = 1
+            b.n_tokens = len(chunk)
+            self._check(self._llama.llama_decode(self.ctx, b))
+
+    def step(self, token: int, pos: int) -> None:
+        """One single-token decode: the generation hot loop, kept to the minimum."""
+        b = self.batch
+        b.token[0] = token
+        b.pos[0] = pos
+        self._check(self._llama.llama_decode(self.ctx, b))
+
+    def prepare_step(self) -> None:
+        b = self.batch
+        b.n_tokens = 1
+        b.n_seq_id[0] = 1
+        b.seq_id[0][0] = 0
+        b.logits[0] = 1
+
+    def sync(self) -> None:
+        self._llama.llama_synchronize(self.ctx)
+
+    def clear(self) -> None:
+        self._llama.llama_memory_clear(self.memory, True)
+
+    @staticmethod
+    def _check(rc: int) -> None:
+        if rc != 0:
+            raise GgprecError(f"llama_decode failed (code {rc})")
+
+
+def time_pp(dec: Decoder, tokens: list[int]) -> float:
+    """Seconds to decode `tokens` as a prompt into an empty cache."""
+    dec.clear()
+    t0 = time.perf_counter()
+    dec.decode(tokens, 0)
+    dec.sync()
+    return time.perf_counter() - t0
+
+
+def time_tg(dec: Decoder, prefix: list[int], tokens: list[int]) -> float:
+    """Seconds for len(tokens) single-token decodes after `prefix` (decoded untimed)."""
+    dec.clear()
+    dec.decode(prefix, 0)
+    dec.prepare_step()
+    pos = len(prefix)
+    t0 = time.perf_counter()
+    for i, tok in enumerate(tokens):
+        dec.step(tok, pos + i)
+    dec.sync()
+    return time.perf_counter() - t0
+
+
+def peak_rss_bytes() -> int:
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+
+
+def _check_sizes(settings: RuntimeSettings, pp: int, tg: int, reps: int) -> None:
+    if pp < 0 or tg < 0 or reps < 1 or pp + tg == 0:
+        raise GgprecError(f"need pp >= 0, tg >= 0, one of them > 0, reps >= 1 (got pp {pp}, tg {tg}, reps {reps})")
+    if pp > settings.n_ctx or (tg and TG_PREFIX + tg > settings.n_ctx):
+        raise GgprecError(f"context {settings.n_ctx} too small for --pp {pp} / --tg {tg} "
+                          f"(needs pp and {TG_PREFIX} + tg tokens); raise -c")
+
+
+def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp: int = 512, tg: int = 128,
+                  reps: int = 3, prompt: str | None = None,
+                  progress: Callable[[str], None] | None = None, n_predict: int = GEN_TOKENS) -> RunResult:
+    """Load the model with `settings`, measure pp and tg tok/s (`reps` times each), report memory;
+    with `prompt`, also generate up to `n_predict` tokens of text from it (untimed)."""
+    import llama_cpp
+
+    from .hardware import gpu_memory_used_bytes
+
+    say = progress or (lambda _msg: None)
+    _check_sizes(settings, pp, tg, reps)
+    say("loading")
+    with load_model(model_path, settings) as lm:
+        allocation = allocation_from_log(lm.log, model_bytes=llama_cpp.llama_model_size(lm.model))
+        rng = random.Random(SEED)
+        ids = [rng.randrange(lm.n_vocab) for _ in range(max(pp, TG_PREFIX + tg))]
+        dec = Decoder(lm)
+        try:
+            say("warm-up")
+            if pp:
+                time_pp(dec, ids[:min(pp, lm.settings.n_batch)])
+            if tg:
+                time_tg(dec, ids[:TG_PREFIX], ids[TG_PREFIX:TG_PREFIX + 1])
+            pp_s, tg_s = [], []
+            for rep in range(reps):
+                if pp:
+                    say(f"pp {pp}, rep {rep + 1}/{reps}")
+                    pp_s.append(pp / time_pp(dec, ids[:pp]))
+                if tg:
+                    say(f"tg {tg}, rep {rep + 1}/{reps}")
+                    tg_s.append(tg / time_tg(dec, ids[:TG_PREFIX], ids[TG_PREFIX:TG_PREFIX + tg]))
+            generated = None
+            if prompt is not None:
+                say("generating")
+                generated = generate(lm, dec, prompt, n_predict)
+        finally:
+            dec.close()
+        gpu_bytes = gpu_memory_used_bytes()
+        return RunResult(str(model_path), lm.settings, pp, tg, reps, Stats.of(pp_s) if pp_s else None,
+                         Stats.of(tg_s) if tg_s else None, lm.load_s, allocation, peak_rss_bytes(), gpu_bytes,
+                         lm.n_layer, lm.notices, prompt, generated)
+
+
+def tokenize(lm: LoadedModel, text: str) -> list[int]:
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(lm.model)
+    raw = text.encode("utf-8")
+    buf = (llama_cpp.llama_token * (len(raw) + 8))()
+    n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), True, False)
+    if n < 0:
+        raise GgprecError("prompt could not be tokenized")
+    return list(buf[:n])
+
+
+def generate(lm: LoadedModel, dec: Decoder, prompt: str, n_tokens: int) -> str:
+    """Greedy continuation of `prompt` (most likely token each step), stopping at end of generation."""
+    import llama_cpp
+    import numpy as np
+
+    vocab = llama_cpp.llama_model_get_vocab(lm.model)
+    tokens = tokenize(lm, prompt)
+    if not tokens:
+        raise GgprecError("the prompt is empty after tokenization")
+    if len(tokens) + n_tokens > lm.settings.n_ctx:
+        raise GgprecError(f"prompt of {len(tokens)} tokens does not fit the context {lm.settings.n_ctx}")
+    dec.clear()
+    dec.decode(tokens, 0)
+    out = bytearray()
+    piece = (llama_cpp.ctypes.c_char * 64)()
+    for i in range(n_tokens):
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(lm.ctx, -1), shape=(lm.n_vocab,))
+        tok = int(np.argmax(logits))
+        if llama_cpp.llama_vocab_is_eog(vocab, tok):
+            break
+        n = llama_cpp.llama_token_to_piece(vocab, tok, piece, len(piece), 0, False)
+        out += bytes(piece[:max(n, 0)])
+        dec.decode([tok], len(tokens) + i)
+    return out.decode("utf-8", "replace")
+
+
+@dataclass
+class ProfileRun:
+    """A run of `source` as a profile makes it: the result, the file that ran, and the profile."""
+
+    source: str
+    ran: str  # the variant file built from the profile, or the source itself without a profile
+    profile: Any  # ggprec.profile.Profile or None
+    result: RunResult
+
+
+def resolve_settings(profile: Any, overrides: dict[str, Any]) -> RuntimeSettings:
+    """The profile's runtime settings (defaults without one) with the CLI's overrides; `flash_attn`
+    "auto" (None) is an override too: it gives the choice back to the V-cache rule."""
+    base = profile.runtime if profile is not None else RuntimeSettings()
+    fa = overrides.pop("flash_attn", "keep")
+    settings = base.with_overrides(**overrides)
+    if fa != "keep":
+        from dataclasses import replace
+
+        settings = replace(settings, flash_attn=fa)
+    return settings
+
+
+def run_with_profile(model: str | os.PathLike[str], profile_name: str | None, overrides: dict[str, Any],
+                     pp: int = 512, tg: int = 128, reps: int = 3, prompt: str | None = None,
+                     progress: Callable[[str], None] | None = None, n_predict: int = GEN_TOKENS) -> ProfileRun:
+    """`ggprec run`: load the profile, build (or reuse) its variant of `model`, run it with the profile's
+    settings and the overrides."""
+    from pathlib import Path
+
+    if not Path(model).is_file():
+        raise GgprecError(f"{model}: no such file")
+    profile = None
+    ran: str | os.PathLike[str] = model
+    if profile_name is not None:
+        from .profile import load_profile
+        from .quantize import build_variant
+
+        profile = load_profile(profile_name)
+    settings = resolve_settings(profile, dict(overrides))
+    if profile is not None:
+        from .llama_backend import check_settings
+
+        check_settings(settings)  # before a possibly long quantization
+        if progress:
+            progress(f"building the {profile.name} variant (cached after the first time)")
+        ran = build_variant(model, profile, threads=settings.n_threads)
+    result = run_benchmark(ran, settings, pp=pp, tg=tg, reps=reps, prompt=prompt, progress=progress,
+                           n_predict=n_predict)
+    return ProfileRun(str(model), str(ran), profile, result)
+
+
+def record_run(store: Any, run: ProfileRun, hardware: dict[str, Any]) -> int:
+    """Store one run in the history (ggprec.store.Store); returns the row id."""
+    from .store import model_sha256
+
+    results = run.result.to_dict()
+    settings = results.pop("settings")
+    results["ran"] = results.pop("model_path")
+    p = run.profile
+    return store.record("run", run.source, model_sha256(run.source), p.name if p else None,
+                        p.content_hash() if p else None, settings, results, hardware)
