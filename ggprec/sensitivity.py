@@ -1,0 +1,259 @@
+"""`ggprec sensitivity`: which tensor groups hurt when quantized.
+
+For each group (role, role x layer band, or layer), llama.cpp's quantizer writes a copy of the model in
+which only that group is in the probe type and every other tensor keeps the source's precision; the copy
+is evaluated against the reference (whose log-probs are computed once and cached by ggprec.evaluate), and
+deleted. One quantizer pass and one evaluation per group is the least the measurement allows: the damage
+of a group can only be seen with that group alone quantized. The KLD increase per group, top-1 loss and
+KLD per MiB saved are ranked, drawn as a layer x role heatmap, and stored in the history (kind
+'sensitivity', keyed by the model's sha256) where `ggprec recommend` finds them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import GgprecError
+from .ggml_types import weight_type
+from .gguf_info import ModelInfo, read_gguf
+from .recommend import Group, layer_bands, make_groups, quantizable
+from .settings import RuntimeSettings
+
+GROUPINGS = ("role", "role-layer", "layer")
+MIB = 2**20
+
+# progress(done, total, group key)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class GroupResult:
+    key: str
+    role: str
+    layers: list[int]
+    tensors: list[str]
+    n_params: int
+    bytes_saved: int  # source bytes - bytes in the probe type (as llama.cpp writes it)
+    probe_written: str  # the type the file holds (a fallback when the probe's block does not divide rows)
+    kld: float  # mean KLD increase over the baseline
+    kld_se: float
+    top1_loss: float  # baseline top-1 agreement - this group's
+
+    @property
+    def kld_per_mib(self) -> float:
+        return self.kld / (self.bytes_saved / MIB) if self.bytes_saved > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "kld_per_mib": self.kld_per_mib}
+
+
+@dataclass
+class SensitivityResult:
+    model: str
+    reference: str
+    probe_type: str
+    grouping: str
+    n_ctx: int
+    chunks: int | None
+    baseline_kld: float
+    baseline_top1: float
+    groups: list[GroupResult]
+    seconds: float
+    record_id: int | None = None
+    heatmap: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def ranking(self) -> list[str]:
+        """Group keys, most damaging first."""
+        return [g.key for g in sorted(self.groups, key=lambda g: (-g.kld, g.key))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "reference": self.reference, "probe_type": self.probe_type,
+                "grouping": self.grouping, "n_ctx": self.n_ctx, "chunks": self.chunks,
+                "baseline_kld": self.baseline_kld, "baseline_top1": self.baseline_top1,
+                "groups": [g.to_dict() for g in self.groups], "ranking": self.ranking(),
+                "seconds": self.seconds, "record_id": self.record_id, "heatmap": self.heatmap, "notes": self.notes}
+
+
+def sensitivity_groups(info: ModelInfo, grouping: str, n_bands: int = 4) -> list[Group]:
+    """role: one group per role across all layers; role-layer: role x layer band (recommend's groups);
+    layer: every quantizable tensor of one layer band. token_embd (the tied head) and output stand alone."""
+    if grouping not in GROUPINGS:
+        raise GgprecError(f"--groups must be one of {', '.join(GROUPINGS)}, not '{grouping}'")
+    if grouping == "role":
+        return make_groups(info, n_bands=1)
+    if grouping == "role-layer":
+        return make_groups(info, n_bands=n_bands)
+    singles = [g for g in make_groups(info, n_bands=1) if not g.layers]
+    bands = layer_bands(info.hparams.n_layer, n_bands * 2)  # layer groups: finer bands, all roles together
+    out = list(singles)
+    for a, b in bands:
+        ts = tuple(t for t in info.tensors if quantizable(t) and t.layer is not None and a <= t.layer <= b)
+        if ts:
+            out.append(Group(f"layers@{a}-{b}", "layers", tuple(range(a, b + 1)), ts))
+    return out
+
+
+def _probe_profile(info: ModelInfo, group: Group, probe: str, name: str) -> Any:
+    """Only the group's tensors in the probe type; everything else as the source holds it."""
+    from .profile import Profile, Rule
+
+    rules = [Rule.exact(t.name, probe) for t in group.tensors]
+    keep = {}
+    for t in info.tensors:
+        if quantizable(t) and t not in group.tensors:
+            keep.setdefault(t.type.name, []).append(t.name)
+    # The default covers the most common source type; other source types get exact rules.
+    default = max(keep, key=lambda k: len(keep[k])) if keep else "f32"
+    for type_name, names in keep.items():
+        if type_name != default:
+            rules += [Rule.exact(n, type_name) for n in names]
+    return Profile(name=name, description=f"sensitivity probe: {group.key} at {probe}", rules=tuple(rules),
+                   default=default)
+
+
+def measure_sensitivity(model: str | Path, reference: str | Path | None = None, probe_type: str = "q4_0",
+                        grouping: str = "role-layer", text: str | None = None, n_ctx: int = 512,
+                        chunks: int | None = 4, n_bands: int = 4, threads: int = 2, store: bool = True,
+                        heatmap: str | Path | None = None, progress: Progress | None = None,
+                        db: str | Path | None = None) -> SensitivityResult:
+    """Measure every group's damage at probe_type; see the module doc. db: the history (default: Store's)."""
+    import time
+
+    from .evaluate import evaluate
+    from .plan import resolve_plan
+    from .quantize import quantize
+
+    t0 = time.perf_counter()
+    model, ref = Path(model), Path(reference) if reference is not None else Path(model)
+    try:
+        probe = weight_type(probe_type).name
+    except ValueError as e:  # the type table's UnknownTypeError: bad input, one line
+        raise GgprecError(str(e)) from None
+    info = read_gguf(model)
+    if any(t.type.quantized for t in info.tensors if quantizable(t)):
+        raise GgprecError(f"{model}: holds quantized weights; measure sensitivity on an f32/f16/bf16 model "
+                          "(e.g. `ggprec quantize MODEL --profile f32`)")
+    groups = sensitivity_groups(info, grouping, n_bands)
+    settings = RuntimeSettings(n_threads=threads)
+    # The model against itself is exactly 0 KLD and 100% top-1 (llama.cpp is deterministic for fixed
+    # threads), so the baseline pass is only needed for a separate reference.
+    base_kld, base_top1 = 0.0, 1.0
+    if ref.resolve() != model.resolve():
+        base = evaluate(model, ref, text=text, n_ctx=n_ctx, chunks=chunks, settings=settings)
+        base_kld, base_top1 = base.kld_mean, base.top1
+    results: list[GroupResult] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="ggprec-sens-", dir=model.parent if _writable(model.parent)
+                                     else None) as tmp:
+        for i, g in enumerate(groups):
+            if progress:
+                progress(i, len(groups), g.key)
+            plan = resolve_plan(info, _probe_profile(info, g, probe, f"probe-{i}"))
+            written = {tp.name: tp for tp in plan.tensors}
+            types = {written[t.name].type.name for t in g.tensors}
+            saved = sum(t.n_bytes - written[t.name].n_bytes for t in g.tensors)
+            if types != {probe}:
+                notes.append(f"{g.key}: llama.cpp writes {', '.join(sorted(types))} for {probe} (rows not divisible)")
+            out = Path(tmp) / f"probe-{i}.gguf"
+            quantize(model, plan, out, threads=threads, force=True)
+            try:
+                r = evaluate(out, ref, text=text, n_ctx=n_ctx, chunks=chunks, settings=settings)
+            finally:
+                out.unlink(missing_ok=True)
+            results.append(GroupResult(g.key, g.role, list(g.layers), [t.name for t in g.tensors], g.n_params,
+                                       saved, "/".join(sorted(types)), r.kld_mean - base_kld, r.kld_mean_se,
+                                       base_top1 - r.top1))
+    if progress:
+        progress(len(groups), len(groups), "done")
+    res = SensitivityResult(str(model), str(ref), probe, grouping, n_ctx, chunks, base_kld, base_top1,
+                            results, time.perf_counter() - t0, notes=notes)
+    if heatmap is not None:
+        res.heatmap = str(write_heatmap(res, info, heatmap))
+    if store:
+        res.record_id = _store(res, model, text, db)
+    return res
+
+
+def _writable(d: Path) -> bool:
+    import os
+
+    return os.access(d, os.W_OK)
+
+
+def _store(res: SensitivityResult, model: Path, text: str | None, db: str | Path | None) -> int:
+    import hashlib
+
+    from .hardware import fingerprint
+    from .hashing import model_sha256
+    from .store import Store
+
+    sha = model_sha256(model)
+    with Store(db) as s:
+        settings = {"probe_type": res.probe_type, "grouping": res.grouping, "n_ctx": res.n_ctx,
+                    "chunks": res.chunks, "reference": res.reference,
+                    "text_sha256": hashlib.sha256(text.encode()).hexdigest() if text else "default"}
+        return s.record("sensitivity", model, sha, None, None, settings, res.to_dict(), fingerprint())
+
+
+def heat_matrix(res: SensitivityResult, n_layer: int) -> tuple[list[str], list[list[float | None]]]:
+    """Rows: roles (token_embd/output as their own rows); columns: layers. A band's KLD increase is spread
+    evenly over its layers so that bands of different widths compare per layer."""
+    from .roles import ROLE_ORDER
+
+    roles = sorted({g.role for g in res.groups}, key=lambda r: ROLE_ORDER.index(r) if r in ROLE_ORDER else 99)
+    matrix: list[list[float | None]] = [[None] * max(n_layer, 1) for _ in roles]
+    for g in res.groups:
+        row = matrix[roles.index(g.role)]
+        cols = g.layers or list(range(max(n_layer, 1)))
+        for c in cols:
+            row[c] = g.kld / len(cols)
+    return roles, matrix
+
+
+def write_heatmap(res: SensitivityResult, info: ModelInfo, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .fileio import atomic_output
+
+    roles, matrix = heat_matrix(res, info.hparams.n_layer)
+    data = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * data.shape[1] + 3), 0.45 * len(roles) + 2))
+    im = ax.imshow(data, aspect="auto", cmap="magma_r", interpolation="nearest")
+    ax.set_yticks(range(len(roles)), labels=roles)
+    ax.set_xlabel("layer (token_embd/output rows: whole tensor spread over the columns)")
+    ax.set_title(f"KLD increase per layer, one group at {res.probe_type} ({Path(res.model).name})")
+    fig.colorbar(im, ax=ax, label="mean KLD increase per layer")
+    fig.tight_layout()
+    with atomic_output(path, force=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def render(res: SensitivityResult, console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"sensitivity: one group at {res.probe_type} ({res.grouping}), baseline KLD "
+                    f"{res.baseline_kld:.5f}, {res.seconds:.0f} s")
+    for col in ("rank", "group", "written", "MiB saved", "KLD +", "± se", "top-1 loss", "KLD/MiB"):
+        t.add_column(col, justify="left" if col in ("group", "written") else "right", no_wrap=True)
+    order = {k: i for i, k in enumerate(res.ranking())}
+    for g in sorted(res.groups, key=lambda g: order[g.key]):
+        t.add_row(str(order[g.key] + 1), g.key, g.probe_written, f"{g.bytes_saved / MIB:,.1f}", f"{g.kld:.5f}",
+                  f"{g.kld_se:.5f}", f"{g.top1_loss:+.2%}", f"{g.kld_per_mib:.2e}")
+    console.print(t)
+    for n in res.notes:
+        console.print(f"- {n}")
+    if res.heatmap:
+        console.print(f"heatmap: {res.heatmap}")
+    if res.record_id is not None:
+        console.print(f"stored in the history as #{res.record_id} (recommend uses it for this model)")

@@ -1,0 +1,170 @@
+"""Frontier: recommended mixes vs llama.cpp's fixed mixes on SmolLM2, file size vs measured mean KLD.
+
+Usage: python scripts/frontier.py [--out docs] [--chunks 2] [--ctx 512] [--threads 2]
+
+1. The reference: SmolLM2-135M-Instruct (the Q4_1 demo model) dequantized to F32 by llama.cpp.
+2. llama.cpp's own mixes (q4_0, q4_k_m, q5_k_m, q6_k, q8_0) written by llama_model_quantize with its
+   rules (pure off); what it actually wrote is read back (K-quants fall back on rows of 576).
+3. Sensitivity of the reference: the newest stored `ggprec sensitivity` run, else one is measured.
+4. At each mix's file size, `recommend_for_size` (least expected KLD within that size, from the measured
+   sensitivity) is quantized by ggprec and measured the same way.
+Prints a Markdown table (also written to OUT/frontier.md) and draws OUT/frontier.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+MIXES = {"q4_0": 2, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "q8_0": 7}  # llama_ftype
+MIB = 2**20
+
+
+def llama_mix(source: Path, out: Path, ftype: int, threads: int) -> Path:
+    """llama.cpp's own mix, as `llama-quantize SOURCE OUT TYPE` writes it."""
+    import llama_cpp
+
+    from ggprec.llama_backend import capture_log
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.nthread = threads
+    p.ftype = ftype
+    with capture_log():
+        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(p))
+    if rc != 0:
+        raise SystemExit(f"llama_model_quantize failed for ftype {ftype}")
+    return out
+
+
+def written_types(path: Path) -> str:
+    from ggprec.gguf_info import read_gguf
+
+    counts = Counter(t.type.name for t in read_gguf(path).tensors if len(t.shape) >= 2)
+    return " ".join(f"{n}x{t}" for t, n in counts.most_common())
+
+
+def measure_mixes(ref: Path, tmp: Path, cache: Path, args: argparse.Namespace, measure) -> dict[str, dict]:
+    """llama.cpp's mixes of the reference: size, KLD, top-1 and the types written; cached in `cache` for the
+    same reference, context and chunks."""
+    key = {"reference": str(ref), "ctx": args.ctx, "chunks": args.chunks}
+    if cache.is_file():
+        doc = json.loads(cache.read_text())
+        if doc.get("key") == key:
+            return doc["mixes"]
+    mixes = {}
+    for mix, ftype in MIXES.items():
+        path = llama_mix(ref, tmp / f"{mix}.gguf", ftype, args.threads)
+        kld, top1 = measure(path)
+        mixes[mix] = {"bytes": path.stat().st_size, "kld": kld, "top1": top1, "types": written_types(path)}
+        path.unlink()
+        print(f"llama.cpp {mix}: {mixes[mix]['bytes'] / MIB:.1f} MiB, KLD {kld:.4f}, top-1 {top1:.1%}", flush=True)
+    cache.write_text(json.dumps({"key": key, "mixes": mixes}, indent=1))
+    return mixes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="docs")
+    ap.add_argument("--chunks", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--priors", action="store_true",
+                    help="Recommend from recommend's priors instead of the stored sensitivity (frontier-priors.*).")
+    ap.add_argument("--mixes-only", action="store_true",
+                    help="Measure llama.cpp's mixes only (saved to OUT/frontier-mixes.json, reused by a full run).")
+    args = ap.parse_args()
+
+    from ggprec.demo_model import demo_model_path
+    from ggprec.evaluate import evaluate
+    from ggprec.gguf_info import read_gguf
+    from ggprec.plan import resolve_plan
+    from ggprec.profile import load_profile
+    from ggprec.quantize import build_variant, quantize
+    from ggprec.recommend import recommend_for_size, stored_sensitivity
+    from ggprec.sensitivity import measure_sensitivity
+    from ggprec.settings import RuntimeSettings
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ref = build_variant(demo_model_path(quiet=True), load_profile("f32"), threads=args.threads)
+    info = read_gguf(ref)
+    settings = RuntimeSettings(n_threads=args.threads)
+
+    def measure(path: Path) -> tuple[float, float]:
+        r = evaluate(path, ref, n_ctx=args.ctx, chunks=args.chunks, settings=settings)
+        return r.kld_mean, r.top1
+
+    with tempfile.TemporaryDirectory(prefix="ggprec-frontier-", dir=ref.parent) as tmp:
+        mixes = measure_mixes(ref, Path(tmp), out_dir / "frontier-mixes.json", args, measure)
+        if args.mixes_only:
+            return
+        sens = None if args.priors else stored_sensitivity(str(ref))
+        if sens is None and not args.priors:
+            print("no stored sensitivity for the reference: measuring it (role-layer, q4_0)", flush=True)
+            measure_sensitivity(ref, grouping="role-layer", chunks=args.chunks, n_ctx=args.ctx,
+                                threads=args.threads)
+            sens = stored_sensitivity(str(ref))
+        rows = []
+        for mix, m in mixes.items():
+            size = m["bytes"]
+            sized = recommend_for_size(info, size, sens, name=f"rec-{mix}")
+            plan = resolve_plan(info, sized.profile)
+            rpath = quantize(ref, plan, Path(tmp) / f"rec-{mix}.gguf", threads=args.threads, force=True)
+            rsize = rpath.stat().st_size
+            rkld, rtop1 = measure(rpath)
+            rtypes = written_types(rpath)
+            rpath.unlink()
+            kld = m["kld"]
+            row = {"mix": mix, "mix_mib": size / MIB, "mix_kld": kld, "mix_top1": m["top1"], "mix_types": m["types"],
+                   "rec_mib": rsize / MIB, "rec_kld": rkld, "rec_top1": rtop1, "rec_pred_kld": sized.expected_kld,
+                   "rec_types": rtypes, "kld_change": rkld / kld - 1 if kld > 0 else float("nan")}
+            rows.append(row)
+            print(f"{mix}: {size / MIB:.1f} MiB KLD {kld:.4f} | recommended {rsize / MIB:.1f} MiB KLD {rkld:.4f} "
+                  f"(predicted {sized.expected_kld:.4f}) {row['kld_change']:+.0%}", flush=True)
+
+    md = ["| llama.cpp mix | MiB | KLD | top-1 | recommended MiB | KLD | top-1 | predicted KLD | KLD vs mix |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['mix']} | {r['mix_mib']:.1f} | {r['mix_kld']:.4f} | {r['mix_top1']:.1%} | "
+                  f"{r['rec_mib']:.1f} | {r['rec_kld']:.4f} | {r['rec_top1']:.1%} | {r['rec_pred_kld']:.4f} | "
+                  f"{r['kld_change']:+.0%} |")
+    md.append("")
+    md.append("Tensor types written (2-D tensors):")
+    md.append("")
+    for r in rows:
+        md.append(f"- {r['mix']}: llama.cpp `{r['mix_types']}`; recommended `{r['rec_types']}`")
+    text = "\n".join(md) + "\n"
+    stem = "frontier-priors" if args.priors else "frontier"
+    (out_dir / f"{stem}.md").write_text(text)
+    print(text)
+    plot(rows, out_dir / f"{stem}.png", "priors" if sens is None else f"sensitivity #{sens.get('id')}")
+
+
+def plot(rows: list[dict], path: Path, source: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([r["mix_mib"] for r in rows], [r["mix_kld"] for r in rows], "o-", label="llama.cpp mixes")
+    ax.plot([r["rec_mib"] for r in rows], [r["rec_kld"] for r in rows], "s-", label="ggprec recommend (measured)")
+    for r in rows:
+        ax.annotate(r["mix"], (r["mix_mib"], r["mix_kld"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("file size (MiB)")
+    ax.set_ylabel("mean KLD vs F32 reference")
+    ax.set_title(f"SmolLM2-135M: size vs KLD (recommended from {source})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""ggprec sensitivity on the tiny synthetic f32 model: one group at a time quantized by llama.cpp to the
+probe type, evaluated against the model itself, stored where recommend finds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ggprec.cli import main
+from ggprec.errors import GgprecError
+from ggprec.ggml_types import lookup
+from ggprec.gguf_info import read_gguf
+from ggprec.recommend import recommend, stored_sensitivity
+from ggprec.sensitivity import SensitivityResult, heat_matrix, measure_sensitivity, sensitivity_groups
+from ggprec.store import Store
+
+FAST = {"grouping": "role", "n_ctx": 128, "chunks": 2, "threads": 2}
+
+
+@pytest.fixture(scope="session")
+def sens_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sensdb") / "history.db"
+
+
+@pytest.fixture(scope="session")
+def tiny_sensitivity(tiny_model_f32: Path, sens_db: Path, tmp_path_factory: pytest.TempPathFactory
+                     ) -> SensitivityResult:
+    heat = tmp_path_factory.mktemp("heat") / "sens.png"
+    return measure_sensitivity(tiny_model_f32, heatmap=heat, db=sens_db, **FAST)
+
+
+def test_role_grouping_is_one_group_per_role_plus_the_tied_head(tiny_model_f32: Path) -> None:
+    keys = [g.key for g in sensitivity_groups(read_gguf(tiny_model_f32), "role")]
+    assert sorted(keys) == sorted(["token_embd", "attn_q@0-1", "attn_k@0-1", "attn_v@0-1", "attn_output@0-1",
+                                   "ffn_gate@0-1", "ffn_up@0-1", "ffn_down@0-1"])
+
+
+def test_every_group_is_measured_with_the_bytes_llama_cpp_saves(tiny_sensitivity: SensitivityResult,
+                                                                tiny_model_f32: Path) -> None:
+    info = read_gguf(tiny_model_f32)
+    q4 = lookup("q4_0")
+    for g in tiny_sensitivity.groups:
+        tensors = [info.tensor(n) for n in g.tensors]
+        assert g.bytes_saved == sum(t.n_bytes - q4.tensor_bytes(t.shape) for t in tensors)
+        assert g.probe_written == "q4_0"
+        assert g.kld > 0  # random weights at 4 bits move the logits
+    assert len(tiny_sensitivity.ranking()) == 8
+
+
+def test_the_same_measurement_repeated_gives_the_same_ranking(tiny_sensitivity: SensitivityResult,
+                                                               tiny_model_f32: Path) -> None:
+    again = measure_sensitivity(tiny_model_f32, store=False, **FAST)
+    assert again.ranking() == tiny_sensitivity.ranking()
+
+
+def test_result_is_stored_and_drives_recommend(tiny_sensitivity: SensitivityResult, tiny_model_f32: Path,
+                                               sens_db: Path) -> None:
+    with Store(sens_db) as store:
+        found = stored_sensitivity(str(tiny_model_f32), store=store)
+    assert found is not None and found["id"] == tiny_sensitivity.record_id
+    rec = recommend(read_gguf(tiny_model_f32), 0, ram_gb=16, ctx=512, sensitivity=found, host_gbps=20.0)
+    assert rec.loss_source == f"sensitivity #{tiny_sensitivity.record_id} (q4_0 probe)"
+
+
+def test_heatmap_is_a_png_with_a_row_per_role(tiny_sensitivity: SensitivityResult) -> None:
+    assert tiny_sensitivity.heatmap is not None
+    assert Path(tiny_sensitivity.heatmap).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    roles, matrix = heat_matrix(tiny_sensitivity, 2)
+    assert len(roles) == 8 and all(len(row) == 2 for row in matrix)
+
+
+def test_a_quantized_model_is_refused_with_a_one_line_error(demo_model: Path) -> None:
+    with pytest.raises(GgprecError, match="holds quantized weights"):
+        measure_sensitivity(demo_model, store=False)
+
+
+def test_cli_rejects_an_unknown_probe_type_with_exit_2(tiny_model_f32: Path) -> None:
+    r = CliRunner().invoke(main, ["sensitivity", str(tiny_model_f32), "--probe-type", "q4_x", "--no-store"])
+    assert r.exit_code == 2 and "unknown ggml type" in r.output
+
+
+def test_verify_quantizes_the_recommended_plan_and_measures_its_kld(tiny_sensitivity: SensitivityResult,
+                                                                    tiny_model_f32: Path, sens_db: Path) -> None:
+    from ggprec.recommend import verify
+
+    with Store(sens_db) as store:
+        found = stored_sensitivity(str(tiny_model_f32), store=store)
+    # 5.5 MiB of RAM where the f32 model needs 5.8 MiB loaded: the plan must quantize, so it predicts a loss.
+    rec = recommend(read_gguf(tiny_model_f32), 0, ram_gb=5.5 / 1024, ctx=128, margin_mb=1, sensitivity=found,
+                    host_gbps=20.0)
+    assert rec.expected_kld > 0
+    v = verify(rec, str(tiny_model_f32), chunks=2, n_ctx=128)
+    assert v["predicted_kld"] == rec.expected_kld and v["measured_kld"] > 0
+    assert v["file_bytes"] < read_gguf(tiny_model_f32).file_size
