@@ -108,13 +108,344 @@ def demo_model() -> None:
 # --- profiles: profiles, plan, quantize (issue 3) ----------------------------------------------
 
 
+profile_option = click.option("--profile", "-p", "profile_name", required=True,
+                              help="A shipped profile name (see `ggprec profiles`) or a YAML file.")
+
+
+@main.command("profiles")
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+def profiles_cmd(as_json: bool) -> None:
+    """List the shipped precision profiles."""
+    from .profile import shipped_profiles
+
+    profiles = shipped_profiles()
+    if as_json:
+        _print_json([p.to_dict() for p in profiles])
+        return
+    from rich.table import Table
+
+    table = Table(title="shipped profiles")
+    for col in ("name", "description", "KV cache K/V"):
+        table.add_column(col)
+    for p in profiles:
+        table.add_row(p.name, p.description, f"{p.runtime.cache_type_k}/{p.runtime.cache_type_v}")
+    _console().print(table)
+
+
+@main.command("plan")
+@model_argument
+@profile_option
+@click.option("--tensors", is_flag=True, help="List every tensor with its planned type and rule.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_cmd(model: str, profile_name: str, tensors: bool, as_json: bool) -> None:
+    """The type each tensor of MODEL gets under a profile, llama.cpp's fallbacks and the file size."""
+    from .gguf_info import read_gguf
+    from .plan import render, resolve_plan
+    from .profile import load_profile
+
+    plan = resolve_plan(read_gguf(model), load_profile(profile_name))
+    if as_json:
+        _print_json(plan.to_dict())
+    else:
+        render(plan, _console(), tensors=tensors)
+
+
+@main.command("quantize")
+@model_argument
+@profile_option
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="The GGUF file to write.")
+@click.option("-t", "--threads", type=click.IntRange(1), help="Quantizer threads (default: all cores).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None, force: bool) -> None:
+    """Write MODEL under a profile with llama.cpp's quantizer, then check every tensor's type."""
+    import warnings
+
+    from rich.progress import Progress
+
+    from .fileio import check_output
+    from .gguf_info import read_gguf
+    from .plan import resolve_plan
+    from .profile import load_profile
+    from .quantize import RequantizeWarning, quantize
+
+    plan = resolve_plan(read_gguf(model), load_profile(profile_name))
+    check_output(output, force=force, source=model)
+    for w in plan.warnings:
+        click.echo(f"ggprec: warning: {w}", err=True)
+    if plan.requantize:
+        click.echo(f"ggprec: warning: {model} is already quantized: the result's quality is bounded by the source's",
+                   err=True)
+    with Progress(transient=True) as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RequantizeWarning)  # said above, before the work starts
+        task = bar.add_task("quantizing", total=len(plan.tensors))
+
+        def progress(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, description=name)
+
+        path = quantize(model, plan, output, threads=threads, force=force, progress=progress)
+    size = path.stat().st_size
+    click.echo(f"wrote {path} ({size / 2**20:,.1f} MiB, {size:,} bytes; predicted {plan.predicted_file_size:,})")
+
+
 # --- measuring: run, history (issue 4) ---------------------------------------------------------
+
+db_option = click.option("--db", type=click.Path(path_type=str), envvar="GGPREC_DB",
+                         help="History database (default: $GGPREC_DB, else history.db in the user data dir).")
+_FA = {"on": True, "off": False, "auto": None}
+
+
+@main.command()
+@model_argument
+@click.option("--profile", "profile_name", help="A shipped profile name or a profile YAML file.")
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="Layers to offload to the GPU (-1: all).")
+@click.option("-c", "--ctx-size", "n_ctx", type=int, help="Context size in tokens.")
+@click.option("-b", "--batch-size", "n_batch", type=int, help="Logical batch size.")
+@click.option("-ub", "--ubatch-size", "n_ubatch", type=int, help="Physical batch size.")
+@click.option("-t", "--threads", "n_threads", type=int, help="CPU threads.")
+@click.option("-ctk", "--cache-type-k", "cache_type_k", help="K-cache type (f16, q8_0, q4_0, ...).")
+@click.option("-ctv", "--cache-type-v", "cache_type_v", help="V-cache type (a quantized one needs flash attention).")
+@click.option("-fa", "--flash-attn", "flash_attn", type=click.Choice(["on", "off", "auto"]),
+              help="Flash attention (auto: on exactly when the V cache is quantized).")
+@click.option("--pp", type=int, default=512, show_default=True, help="Prompt-processing tokens (one batch).")
+@click.option("--tg", type=int, default=128, show_default=True, help="Generated tokens (single-token decodes).")
+@click.option("--reps", type=int, default=3, show_default=True, help="Repetitions of each test.")
+@click.option("--prompt", help="Also generate a greedy continuation of this text (untimed).")
+@click.option("-n", "--n-predict", "n_predict", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Tokens to generate with --prompt.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
+@db_option
+def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None, n_batch: int | None,
+        n_ubatch: int | None, n_threads: int | None, cache_type_k: str | None, cache_type_v: str | None,
+        flash_attn: str | None, pp: int, tg: int, reps: int, prompt: str | None, n_predict: int, as_json: bool,
+        db: str | None) -> None:
+    """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
+    from .hardware import fingerprint
+    from .run_report import render_run, run_document
+    from .runner import record_run, run_with_profile
+    from .store import Store
+
+    store = Store(db)  # opened first: a bad history path fails before minutes of measuring
+    overrides: dict[str, Any] = dict(n_gpu_layers=ngl, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
+                                     n_threads=n_threads, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+    if flash_attn is not None:
+        overrides["flash_attn"] = _FA[flash_attn]
+    progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
+    done = run_with_profile(model, profile_name, overrides, pp=pp, tg=tg, reps=reps, prompt=prompt,
+                            progress=progress, n_predict=n_predict)
+    for notice in done.result.notices:
+        click.echo(f"ggprec: notice: {notice}", err=True)
+    hardware = fingerprint()
+    with store:
+        record_id = record_run(store, done, hardware)
+    if as_json:
+        _print_json(run_document(done, record_id, hardware))
+    else:
+        render_run(done, _console(), record_id)
+
+
+@main.command()
+@click.option("--model", help="Only rows of this model (path, file name or sha256 prefix).")
+@click.option("--profile", help="Only rows of this profile (name or content-hash prefix).")
+@click.option("--kind", type=click.Choice(["run", "eval", "compare", "sensitivity"]), help="Only this kind.")
+@click.option("--limit", type=int, help="At most this many rows, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
+@db_option
+def history(model: str | None, profile: str | None, kind: str | None, limit: int | None, as_json: bool,
+            db: str | None) -> None:
+    """List stored results, newest first."""
+    from .run_report import history_document, render_history
+    from .store import Store
+
+    with Store(db) as store:
+        records = store.query(kind=kind, model=model, profile=profile, limit=limit)
+    if as_json:
+        _print_json(history_document(records))
+    else:
+        render_history(records, _console())
 
 
 # --- accuracy: eval, compare, demo (issue 5) ---------------------------------------------------
 
 
+@main.command("eval")
+@model_argument
+@click.option("--reference", required=True, type=click.Path(path_type=str),
+              help="The reference model (e.g. an f32 or f16 build of the same weights).")
+@click.option("--text", "text_file", type=click.Path(path_type=str),
+              help="UTF-8 text to evaluate on (default: the English text shipped with ggprec).")
+@click.option("--ctx", "n_ctx", type=int, default=512, show_default=True,
+              help="Window size in tokens; the second half of each window is scored.")
+@click.option("--chunks", type=int, help="Number of windows (default: all the text gives).")
+@click.option("-t", "--threads", "n_threads", type=int, help="CPU threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
+def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chunks: int | None,
+             n_threads: int | None, as_json: bool) -> None:
+    """KL divergence, top-1 agreement and perplexity of MODEL against --reference (llama-perplexity's method)."""
+    from .evaluate import evaluate, read_text
+    from .settings import RuntimeSettings
+
+    text = read_text(text_file) if text_file else None
+    progress = None
+    if sys.stderr.isatty():
+        def progress(stage: str, done: int, total: int) -> None:
+            click.echo(f"\rggprec: {stage} window {done}/{total}", err=True, nl=done == total)
+    result = evaluate(model, reference, text=text, n_ctx=n_ctx, chunks=chunks,
+                      settings=RuntimeSettings(n_threads=n_threads), progress=progress)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    from rich.table import Table
+
+    r = result
+    table = Table(title=f"{model} vs {reference}",
+                  caption=f"{r.n_tokens} tokens scored in {r.n_chunks} windows of {r.n_ctx}"
+                          f"{'; reference from cache' if r.reference_cached else ''}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("± std. error", justify="right")
+    for name, value, se in (("KLD mean", f"{r.kld_mean:.6f}", f"{r.kld_mean_se:.6f}"),
+                            ("KLD median", f"{r.kld_median:.6f}", ""), ("KLD p99", f"{r.kld_p99:.6f}", ""),
+                            ("KLD max", f"{r.kld_max:.6f}", ""),
+                            ("top-1 agreement", f"{100 * r.top1:.2f}%", f"{100 * r.top1_se:.2f}%"),
+                            ("PPL", f"{r.ppl:.4f}", f"{r.ppl_se:.4f}"),
+                            ("PPL reference", f"{r.ppl_ref:.4f}", f"{r.ppl_ref_se:.4f}"),
+                            ("PPL ratio", f"{r.ppl_ratio:.5f}", f"{r.ppl_ratio_se:.5f}")):
+        table.add_row(name, value, se)
+    _console().print(table)
+
+
+def _print_comparison(result: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    from .compare import summary_lines
+    from .report import to_table
+
+    console = _console()
+    console.print(to_table(result.records, title=f"{result.source}: profiles vs baseline {result.baseline}, "
+                                                  f"accuracy vs {result.reference}", highlight=result.baseline))
+    for line in summary_lines(result):
+        console.print(line, highlight=False)
+
+
+@main.command("compare")
+@click.argument("source", type=click.Path(path_type=str))
+@click.option("--profiles", "profile_list", required=True, help="Comma-separated profile names or YAML paths.")
+@click.option("--baseline", default="q8_0", show_default=True, help="Profile the ratios are taken against.")
+@click.option("--reference", default="f32", show_default=True, help="Profile whose build is the accuracy reference.")
+@click.option("--out", "out_dir", type=click.Path(path_type=str), help="Write JSON, CSV, Markdown and PNG plots here.")
+@click.option("--pp", type=click.IntRange(1), default=256, show_default=True, help="Prompt tokens per speed run.")
+@click.option("--tg", type=click.IntRange(1), default=64, show_default=True, help="Generated tokens per speed run.")
+@click.option("--reps", type=click.IntRange(1), default=3, show_default=True, help="Speed repetitions.")
+@click.option("--ctx", "n_ctx", type=click.IntRange(16), default=512, show_default=True, help="Evaluation window.")
+@click.option("--chunks", type=click.IntRange(1), default=4, show_default=True, help="Evaluation windows.")
+@click.option("--text", "text_file", type=click.Path(path_type=str), help="Evaluation text file (default: shipped).")
+@click.option("-t", "--threads", type=click.IntRange(1), help="CPU threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, out_dir: str | None, pp: int,
+                tg: int, reps: int, n_ctx: int, chunks: int, text_file: str | None, threads: int | None,
+                as_json: bool) -> None:
+    """Build, run and evaluate several profiles of SOURCE side by side."""
+    from .compare import compare
+    from .evaluate import read_text
+
+    result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
+                     pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads,
+                     text=None if text_file is None else read_text(text_file), progress=not as_json)
+    _print_comparison(result, as_json)
+
+
+@main.command("demo")
+@click.option("--out", "out_dir", type=click.Path(path_type=str), help="Where tables and plots go "
+              "(default: the cache directory's demo/).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def demo_cmd(out_dir: str | None, as_json: bool) -> None:
+    """The demo: SmolLM2-135M as mixed, mixed-split-head, q8_0, q4_0 and KV-cache variants, measured here."""
+    from .compare import demo
+
+    _print_comparison(demo(out_dir, progress=not as_json), as_json)
+
+
+
 # --- memory: recommend (issue 6) ---------------------------------------------------------------
+
+@main.command()
+@model_argument
+@click.option("--vram", type=float, required=True, help="GPU memory in GiB (0: CPU only).")
+@click.option("--ram", type=float, help="Host memory in GiB (default: this machine's).")
+@click.option("--ctx", type=int, default=4096, show_default=True, help="Context length to fit.")
+@click.option("--goal", type=click.Choice(["quality", "speed"]), default="quality", show_default=True)
+@click.option("--margin", type=float, default=512, show_default=True, help="MiB kept free on each device.")
+@click.option("--bands", type=int, default=4, show_default=True, help="Layer bands per role (groups).")
+@click.option("--bandwidth", type=float, help="GPU memory bandwidth in GB/s (default: an assumption, printed).")
+@click.option("--host-bandwidth", type=float, help="Host memory bandwidth in GB/s (default: measured).")
+@click.option("--priors", is_flag=True, help="Ignore stored sensitivity measurements; use the priors.")
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Write the plan as a profile YAML.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--verify", is_flag=True, help="Quantize the plan and measure its KLD against the model.")
+@click.option("--reference", type=click.Path(path_type=str), help="Reference for --verify (default: MODEL).")
+@click.option("--chunks", type=int, default=4, show_default=True, help="Evaluation windows for --verify.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
+def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, margin: float, bands: int,
+              bandwidth: float | None, host_bandwidth: float | None, priors: bool, output: str | None,
+              force: bool, verify: bool, reference: str | None, chunks: int, as_json: bool) -> None:
+    """The plan (weight types per group, KV cache, n_gpu_layers) that fits VRAM/RAM best for the goal."""
+    from . import recommend as rec_mod
+    from .fileio import atomic_write_text, check_output
+    from .gguf_info import read_gguf
+    from .profile import profile_to_yaml
+
+    if output:
+        check_output(output, force=force, source=model)
+    info = read_gguf(model)
+    sens = None if priors else rec_mod.stored_sensitivity(model)
+    rec = rec_mod.recommend(info, vram, ram, ctx=ctx, goal=goal, margin_mb=margin, n_bands=bands,
+                            sensitivity=sens, gpu_gbps=bandwidth, host_gbps=host_bandwidth)
+    verified = rec_mod.verify(rec, model, reference, chunks=chunks) if verify else None
+    if output:
+        atomic_write_text(output, profile_to_yaml(rec_mod.to_profile(rec)), force=True)
+    if as_json:
+        _print_json({**rec.to_dict(), "verified": verified, "profile": output})
+    else:
+        rec_mod.render(rec, _console(), verified)
+        if output:
+            click.echo(f"wrote {output}")
 
 
 # --- sensitivity (issue 7) ---------------------------------------------------------------------
+
+@main.command()
+@model_argument
+@click.option("--reference", type=click.Path(path_type=str), help="Reference model (default: MODEL itself).")
+@click.option("--probe-type", default="q4_0", show_default=True, help="Type each group is quantized to.")
+@click.option("--groups", "grouping", type=click.Choice(["role", "role-layer", "layer"]), default="role-layer",
+              show_default=True, help="Per role, per role x layer band, or per layer band.")
+@click.option("--bands", type=int, default=4, show_default=True, help="Layer bands (role-layer; layer uses 2x).")
+@click.option("--text", "text_file", type=click.Path(path_type=str), help="Evaluation text (default: shipped).")
+@click.option("--ctx", type=int, default=512, show_default=True, help="Evaluation window.")
+@click.option("--chunks", type=int, default=4, show_default=True, help="Evaluation windows per group.")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--heatmap", type=click.Path(path_type=str), default="sensitivity.png", show_default=True,
+              help="Layer x role heatmap PNG.")
+@click.option("--no-store", is_flag=True, help="Do not record the result in the history.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
+def sensitivity(model: str, reference: str | None, probe_type: str, grouping: str, bands: int,
+                text_file: str | None, ctx: int, chunks: int, threads: int, heatmap: str, no_store: bool,
+                as_json: bool) -> None:
+    """Quantize one tensor group at a time to the probe type and measure the damage (KLD, top-1)."""
+    from .evaluate import read_text
+    from .sensitivity import measure_sensitivity, render
+
+    text = read_text(text_file) if text_file else None
+
+    def progress(done: int, total: int, key: str) -> None:
+        if not as_json:
+            click.echo(f"[{done}/{total}] {key}", err=True)
+
+    res = measure_sensitivity(model, reference, probe_type=probe_type, grouping=grouping, text=text, n_ctx=ctx,
+                              chunks=chunks, n_bands=bands, threads=threads, store=not no_store,
+                              heatmap=heatmap, progress=progress)
+    if as_json:
+        _print_json(res.to_dict())
+    else:
+        render(res, _console())

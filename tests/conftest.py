@@ -26,3 +26,25 @@ def demo_model() -> Path:
     from ggprec.demo_model import demo_model_path
 
     return demo_model_path(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def demo_f32(demo_model: Path) -> Path:
+    """SmolLM2 dequantized to f32 (the lossless reference, ~540 MB), built once by
+    `ggprec.quantize.build_variant` and cached in ggprec's cache dir across sessions."""
+    from ggprec.profile import load_profile
+    from ggprec.quantize import build_variant
+
+    return build_variant(demo_model, load_profile("f32"), threads=2)
+
+
+@pytest.fixture(scope="session")
+def sparse_8b_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Llama-3-8B's shape, f16, written sparsely: 15 GB logical, no disk used (header + hole)."""
+    return write_synth(tmp_path_factory.mktemp("s8b") / "llama-3-8b.gguf", PRESETS["llama-3-8b"], sparse=True)
+
+
+@pytest.fixture(scope="session")
+def sparse_70b_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Llama-3-70B's shape, f16, written sparsely: ~140 GB logical, no disk used."""
+    return write_synth(tmp_path_factory.mktemp("s70b") / "llama-3-70b.gguf", PRESETS["llama-3-70b"], sparse=True)
