@@ -61,3 +61,20 @@ def sparse_8b_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sparse_70b_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Llama-3-70B's shape, f16, written sparsely: ~140 GB logical, no disk used."""
     return write_synth(tmp_path_factory.mktemp("s70b") / "llama-3-70b.gguf", PRESETS["llama-3-70b"], sparse=True)
+
+
+@pytest.fixture(scope="session")
+def unknown_arch_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid GGUF file whose architecture llama.cpp does not know: it refuses to load it."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("unknown-arch") / "unknown-arch.gguf"
+    w = gguf.GGUFWriter(str(path), "nosucharch")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

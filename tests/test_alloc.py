@@ -75,20 +75,9 @@ def test_capture_log_collects_llama_cpp_lines_in_process(tiny_model: Path) -> No
     assert lm.n_layer == 2 and lm.settings.n_threads == 2
 
 
-def test_model_llama_cpp_cannot_load_is_an_error_with_its_reason(tmp_path: Path) -> None:
-    import gguf
-    import numpy as np
-
-    path = tmp_path / "unknown-arch.gguf"
-    w = gguf.GGUFWriter(str(path), "nosucharch")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+def test_model_llama_cpp_cannot_load_is_an_error_with_its_reason(unknown_arch_model: Path) -> None:
     with pytest.raises(GgprecError, match="llama.cpp cannot load it: unknown model architecture: 'nosucharch'"):
-        measure_allocation(path, SETTINGS)
+        measure_allocation(unknown_arch_model, SETTINGS)
 
 
 def test_quantized_v_cache_with_flash_attention_forced_off_is_an_error(tiny_model: Path) -> None:

@@ -110,19 +110,8 @@ def test_bad_runtime_settings_are_one_line_errors(tiny_model: Path, tmp_path: Pa
     assert res.output.startswith("ggprec: error: ") and message in res.output and res.output.count("\n") == 1
 
 
-def test_a_model_llama_cpp_cannot_load_shows_its_reason(tmp_path: Path) -> None:
-    import gguf
-    import numpy as np
-
-    path = tmp_path / "unknown-arch.gguf"
-    w = gguf.GGUFWriter(str(path), "nosucharch")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    res = run_cli("run", str(path), "--db", str(tmp_path / "h.db"))
+def test_a_model_llama_cpp_cannot_load_shows_its_reason(unknown_arch_model: Path, tmp_path: Path) -> None:
+    res = run_cli("run", str(unknown_arch_model), "--db", str(tmp_path / "h.db"))
     assert res.exit_code == 2
     assert "llama.cpp cannot load it: unknown model architecture: 'nosucharch'" in res.output
 
