@@ -199,7 +199,8 @@ def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv
 def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int,
              output_on_gpu: bool) -> None:
     hp = info.hparams
-    n_ub = min(settings.n_ubatch, settings.n_batch, n_kv)
+    # llama.cpp caps the batch at the context size (causal attention), before the KV cells' padding.
+    n_ub = min(settings.n_ubatch, settings.n_batch, settings.n_ctx or n_kv, n_kv)
     embd = hp.n_embd * n_ub * F32
     embd_kv = hp.n_head_kv_max * hp.head_dim_k * n_ub * F32
     fa = settings.flash_attn_effective

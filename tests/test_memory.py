@@ -36,6 +36,13 @@ def test_model_buffer_is_the_mapped_file_range(tiny_model: Path) -> None:
     assert abs(predicted["model:CPU_Mapped"] - reported["model:CPU_Mapped"]) <= LOG_ROUNDING
 
 
+def test_a_context_smaller_than_the_batch_caps_the_compute_buffer_like_llama_cpp(tiny_model: Path) -> None:
+    settings = RuntimeSettings(n_ctx=128, n_batch=512, n_ubatch=512, n_threads=2)
+    predicted = predict(read_gguf(tiny_model), settings, mmap=False).buffers
+    reported = measure_allocation(tiny_model, settings, no_alloc=True).buffers
+    assert abs(predicted["compute:CPU"] - reported["compute:CPU"]) <= LOG_ROUNDING
+
+
 def test_sparse_8b_prediction_matches_no_alloc_within_2_percent(sparse_8b: Path) -> None:
     settings = RuntimeSettings(n_ctx=8192, n_threads=2)
     reported = measure_allocation(sparse_8b, settings, no_alloc=True).buffers
