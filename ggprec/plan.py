@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,7 @@ def resolve_plan(info: ModelInfo, profile: Profile) -> Plan:
 
 def kv_region(info: ModelInfo) -> tuple[dict[str, int], int]:
     """Bytes of each metadata key-value pair in the source header (as llama.cpp copies them), and the
-    offset where the key-value region ends (the tensor infos start)."""
+    offset where the key-value region ends (the tensor infos start). Walks the whole header again."""
     from .gguf_info import _Cursor  # the bounds-checked header walker; reused, not duplicated
 
     sizes: dict[str, int] = {}
@@ -249,13 +250,65 @@ def kv_region(info: ModelInfo) -> tuple[dict[str, int], int]:
         raise GgprecError(f"{info.path}: cannot re-read the header ({e})") from None
 
 
+def _source_tensor_infos(info: ModelInfo) -> bytes:
+    """The source's tensor-info block, byte for byte as read_gguf found it (names, dims, types, offsets)."""
+    out = bytearray()
+    for t in info.tensors:
+        raw = t.name.encode()
+        out += struct.pack("<Q", len(raw)) + raw + struct.pack(f"<I{len(t.shape)}Q", len(t.shape), *t.shape)
+        out += struct.pack("<IQ", t.type.type_id, t.offset - info.data_offset)
+    return bytes(out)
+
+
+def _scalar_pair_bytes(buf: mmap.mmap, kv_end: int, key: str) -> int | None:
+    """Bytes of the pair `key` (a scalar) in the region [24, kv_end), found by its encoded key; None if
+    it is absent; raises LookupError if it is not found exactly once as a scalar (the caller walks)."""
+    from .gguf_info import _SCALARS
+
+    raw = key.encode()
+    needle = struct.pack("<Q", len(raw)) + raw
+    at = buf.find(needle, 24, kv_end)
+    if at < 0:
+        return None
+    if buf.find(needle, at + 1, kv_end) >= 0:
+        raise LookupError(key)  # e.g. a vocabulary entry spelled like the key
+    (vtype,) = struct.unpack_from("<I", buf, at + len(needle))
+    if vtype not in _SCALARS:
+        raise LookupError(key)
+    return len(needle) + 4 + _SCALARS[vtype][1]
+
+
+def _changed_kv_sizes(info: ModelInfo, keys: tuple[str, ...]) -> tuple[dict[str, int], int]:
+    """Bytes of the pairs `keys` (those llama.cpp rewrites or drops) and the end of the metadata region,
+    without a second walk over the vocabulary: the region ends where the tensor-info block (rebuilt
+    from `info`) starts, which lies within one alignment step before the data. Falls back to
+    kv_region's full walk when that does not pin it down."""
+    infos = _source_tensor_infos(info)
+    try:
+        with open(info.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            ends = [e for e in range(info.data_offset - len(infos) - info.alignment + 1,
+                                     info.data_offset - len(infos) + 1)
+                    if e >= 24 and buf[e : e + len(infos)] == infos
+                    and not buf[e + len(infos) : info.data_offset].strip(b"\0")]
+            if len(ends) == 1:
+                sizes = {k: n for k in keys if (n := _scalar_pair_bytes(buf, ends[0], k)) is not None}
+                return sizes, ends[0]
+    except (OSError, ValueError, LookupError, struct.error):
+        pass
+    kv, end = kv_region(info)
+    return {k: kv[k] for k in keys if k in kv}, end
+
+
 def _written_kv_bytes(info: ModelInfo) -> int:
     """Bytes of the metadata llama.cpp's quantizer writes: the source's pairs, split keys removed,
     quantization version and file type (u32) set."""
-    kv, _ = kv_region(info)
-    for key in (*_WRITTEN_U32_KEYS, *_REMOVED_KEYS):
-        kv.pop(key, None)
-    return sum(kv.values()) + sum(8 + len(key.encode()) + 4 + 4 for key in _WRITTEN_U32_KEYS)
+    changed, kv_end = _changed_kv_sizes(info, (*_WRITTEN_U32_KEYS, *_REMOVED_KEYS))
+    return kv_end - 24 - sum(changed.values()) + sum(8 + len(key.encode()) + 4 + 4 for key in _WRITTEN_U32_KEYS)
+
+
+def metadata_end(info: ModelInfo) -> int:
+    """Offset where the source's metadata ends and its tensor infos start."""
+    return _changed_kv_sizes(info, ())[1]
 
 
 def _predict_file_size(info: ModelInfo, tensors: list[TensorPlan], kv_bytes: int) -> int:

@@ -25,15 +25,18 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import ggml_types
 from .errors import GgprecError
 from .fileio import atomic_output, check_output
 from .gguf_info import read_gguf
 from .hashing import model_sha256
-from .plan import OUTPUT, TOKEN_EMBD, Plan, ggml_n_dims, kv_region, quantizable, resolve_plan
+from .plan import OUTPUT, TOKEN_EMBD, Plan, ggml_n_dims, metadata_end, quantizable, resolve_plan
 from .profile import Profile
+
+if TYPE_CHECKING:
+    from .llama_backend import LogCapture
 
 Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, tensor name)
 
@@ -107,20 +110,28 @@ class _QuantizeCall:
 
         from .llama_backend import LogCapture, capture_log
 
-        class _Lines(LogCapture):
-            def _feed(self, level: int, text: str) -> None:
-                n = len(self.lines)
-                super()._feed(level, text)
-                for _, line in self.lines[n:]:
-                    m = _TENSOR_LINE.match(line)
-                    if m and progress is not None:
-                        progress(int(m.group(1)), int(m.group(2)), m.group(3))
-
-        with capture_log(_Lines()) as log:
+        log = LogCapture() if progress is None else _progress_log(progress)
+        with capture_log(log):
             rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(self.params))
         if rc != 0:
             errors = log.errors()
             raise GgprecError(f"llama.cpp could not quantize {source}: {errors[-1] if errors else f'code {rc}'}")
+
+
+def _progress_log(progress: Progress) -> LogCapture:
+    """A LogCapture that also reports each `[ n/ N] tensor` line llama.cpp's quantizer logs."""
+    from .llama_backend import LogCapture
+
+    class _Lines(LogCapture):
+        def _feed(self, level: int, text: str) -> None:
+            n = len(self.lines)
+            super()._feed(level, text)
+            for _, line in self.lines[n:]:
+                m = _TENSOR_LINE.match(line)
+                if m:
+                    progress(int(m.group(1)), int(m.group(2)), m.group(3))
+
+    return _Lines()
 
 
 def _write_split_source(source: Path, target: Path) -> None:
@@ -129,7 +140,7 @@ def _write_split_source(source: Path, target: Path) -> None:
     The metadata is copied byte for byte (re-encoding a 49k-token vocabulary through gguf-py takes
     seconds) and the tensor data is streamed with copy_file_range; only the tensor infos are new."""
     info = read_gguf(source)
-    _, kv_end = kv_region(info)
+    kv_end = metadata_end(info)
     embd = info.tensor(TOKEN_EMBD)
     if embd is None:
         raise GgprecError(f"{source}: no {TOKEN_EMBD} to split an output head from")

@@ -16,9 +16,17 @@ def mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:,.2f}"
 
 
+def relative_error(predicted: int | None, allocated: int | None) -> float | None:
+    """(predicted - allocated) / allocated; None when either is missing or nothing was allocated."""
+    if predicted is None or not allocated:
+        return None
+    return (predicted - allocated) / allocated
+
+
 def allocation_table(alloc: Allocation, predicted: dict[str, int] | None = None) -> Any:
     """Allocated bytes per buffer as llama.cpp reported them; with `predicted` (same keys, e.g. from
-    ggprec.memory) a second column beside them."""
+    ggprec.memory) the prediction and its relative error beside them. llama.cpp logs MiB with two
+    decimals, so an error under ~5 KiB / allocated is within that rounding."""
     from rich.table import Table
 
     table = Table(title="memory allocated by llama.cpp" + (" (simulated, no_alloc)" if alloc.no_alloc else ""))
@@ -26,14 +34,19 @@ def allocation_table(alloc: Allocation, predicted: dict[str, int] | None = None)
     table.add_column("MiB", justify="right")
     if predicted is not None:
         table.add_column("predicted MiB", justify="right")
+        table.add_column("error", justify="right")
     keys = list(alloc.buffers) + [k for k in (predicted or {}) if k not in alloc.buffers]
+
+    def cells(got: int | None, want: int | None) -> list[str]:
+        if predicted is None:
+            return [mib(got)]
+        err = relative_error(want, got)
+        return [mib(got), mib(want), "-" if err is None else f"{err:+.2%}"]
+
     for key in keys:
-        row = [key, mib(alloc.buffers.get(key))]
-        if predicted is not None:
-            row.append(mib(predicted.get(key)))
-        table.add_row(*row)
-    total = [mib(alloc.total)] + ([mib(sum(predicted.values()))] if predicted is not None else [])
-    table.add_row("total", *total, style="bold")
+        table.add_row(key, *cells(alloc.buffers.get(key), None if predicted is None else predicted.get(key)))
+    total_pred = None if predicted is None else sum(predicted.values())
+    table.add_row("total", *cells(alloc.total, total_pred), style="bold")
     return table
 
 
@@ -61,7 +74,7 @@ def render_run(run: ProfileRun, console: Any, record_id: int | None = None) -> N
     if r.tg_tps is not None:
         speed.add_row(f"tg {r.tg}", *_speed(r.tg_tps))
     console.print(speed)
-    console.print(allocation_table(r.allocation))
+    console.print(allocation_table(r.allocation, r.predicted))
     gpu = "" if r.gpu_memory_bytes is None else f"  GPU memory used {mib(r.gpu_memory_bytes)} MiB"
     console.print(f"peak RSS {mib(r.peak_rss_bytes)} MiB{gpu}")
     if r.generated is not None:

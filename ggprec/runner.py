@@ -63,6 +63,7 @@ class RunResult:
     notices: list[str] = field(default_factory=list)
     prompt: str | None = None
     generated: str | None = None
+    predicted: dict[str, int] | None = None  # ggprec.memory's prediction, keyed like allocation.buffers
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -102,14 +103,8 @@ class Decoder:
             b.n_tokens = len(chunk)
             self._check(self._llama.llama_decode(self.ctx, b))
 
-    def step(self, token: int, pos: int) -> None:
-        """One single-token decode: the generation hot loop, kept to the minimum."""
-        b = self.batch
-        b.token[0] = token
-        b.pos[0] = pos
-        self._check(self._llama.llama_decode(self.ctx, b))
-
     def prepare_step(self) -> None:
+        """Set the batch up for single-token decodes (time_tg then writes only token and position)."""
         b = self.batch
         b.n_tokens = 1
         b.n_seq_id[0] = 1
@@ -142,12 +137,20 @@ def time_tg(dec: Decoder, prefix: list[int], tokens: list[int]) -> float:
     dec.clear()
     dec.decode(prefix, 0)
     dec.prepare_step()
-    pos = len(prefix)
+    # The timed loop holds only what a bare llama-cpp-python loop does per token: two stores into the
+    # batch and the decode call; the names are bound once here, the return codes checked after timing.
+    decode, ctx, batch = dec._llama.llama_decode, dec.ctx, dec.batch
+    token, pos = batch.token, batch.pos
+    failed = 0
     t0 = time.perf_counter()
-    for i, tok in enumerate(tokens):
-        dec.step(tok, pos + i)
+    for p, tok in enumerate(tokens, len(prefix)):
+        token[0] = tok
+        pos[0] = p
+        failed |= decode(ctx, batch)
     dec.sync()
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    dec._check(failed)
+    return elapsed
 
 
 def peak_rss_bytes() -> int:
@@ -179,6 +182,11 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
     say("loading")
     with load_model(model_path, settings) as lm:
         allocation = allocation_from_log(lm.log, model_bytes=llama_cpp.llama_model_size(lm.model))
+        try:
+            predicted: dict[str, int] | None = predict_buffers(lm)
+        except GgprecError as e:  # a model the memory model cannot describe still runs
+            predicted = None
+            lm.notices.append(f"no memory prediction: {e}")
         rng = random.Random(SEED)
         ids = [rng.randrange(lm.n_vocab) for _ in range(max(pp, TG_PREFIX + tg))]
         dec = Decoder(lm)
@@ -205,7 +213,21 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
         gpu_bytes = gpu_memory_used_bytes()
         return RunResult(str(model_path), lm.settings, pp, tg, reps, Stats.of(pp_s) if pp_s else None,
                          Stats.of(tg_s) if tg_s else None, lm.load_s, allocation, peak_rss_bytes(), gpu_bytes,
-                         lm.n_layer, lm.notices, prompt, generated)
+                         lm.n_layer, lm.notices, prompt, generated, predicted)
+
+
+def predict_buffers(lm: LoadedModel) -> dict[str, int]:
+    """ggprec.memory's prediction for what `lm` is: the file that was loaded (its own tensor types), the
+    settings as applied (-ngl clamped, threads resolved, and the batch sizes llama.cpp's context really
+    uses: it caps n_batch at the context size), mmap'd unless it was a no_alloc load."""
+    import llama_cpp
+
+    from .gguf_info import read_gguf
+    from .memory import predict
+
+    settings = lm.settings.with_overrides(n_batch=llama_cpp.llama_n_batch(lm.ctx),
+                                          n_ubatch=llama_cpp.llama_n_ubatch(lm.ctx))
+    return predict(read_gguf(lm.path), settings, mmap=not lm.no_alloc).buffers
 
 
 def tokenize(lm: LoadedModel, text: str) -> list[int]:

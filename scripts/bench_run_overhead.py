@@ -2,7 +2,8 @@
 
 Both use the same model, the same llama_context_params and the same token ids, in this one process,
 interleaved rep by rep so that load from other processes hits both alike; ggprec's side is the timing
-code `ggprec run` uses (ggprec.runner.Decoder and time_tg). The bare loop is what a
+code `ggprec run` uses (ggprec.runner.Decoder and time_tg: two stores into a batch prepared once, then
+llama_decode, per token). The bare loop is what a
 llama-cpp-python user would write: `llama_decode(ctx, llama_batch_get_one(token, 1))` per token.
 Prints tok/s of each and the ratio ggprec / bare (target >= 0.98).
 
@@ -12,6 +13,7 @@ Prints tok/s of each and the ratio ggprec / bare (target >= 0.98).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -76,6 +78,7 @@ def main() -> None:
     ids = [rng.randrange(lm.n_vocab) for _ in range(TG_PREFIX + args.tg)]
     ours: list[float] = []
     theirs: list[float] = []
+    load = [os.getloadavg()[0]]
     try:
         time_tg(dec, ids[:TG_PREFIX], ids[TG_PREFIX:TG_PREFIX + 1])  # warm-ups
         bare.tg(ids[:TG_PREFIX + 1])
@@ -86,13 +89,15 @@ def main() -> None:
                     ours.append(args.tg / time_tg(dec, ids[:TG_PREFIX], ids[TG_PREFIX:]))
                 else:
                     theirs.append(bare.tg(ids))
+            load.append(os.getloadavg()[0])
     finally:
         dec.close()
         lm.close()
         bare.close()
     m_ours, m_bare = statistics.median(ours), statistics.median(theirs)
     print(f"model {args.model}")
-    print(f"tg {args.tg} tokens, {args.rounds} interleaved rounds, threads {args.threads}, ctx {args.ctx}")
+    print(f"tg {args.tg} tokens, {args.rounds} interleaved rounds, threads {args.threads}, ctx {args.ctx}; "
+          f"1-min load average {min(load):.2f}-{max(load):.2f} on {os.cpu_count()} CPUs")
     print(f"ggprec run  tg tok/s median {m_ours:8.2f}  best {max(ours):8.2f}  worst {min(ours):8.2f}")
     print(f"bare loop   tg tok/s median {m_bare:8.2f}  best {max(theirs):8.2f}  worst {min(theirs):8.2f}")
     paired = statistics.median(o / t for o, t in zip(ours, theirs, strict=True))  # neighbours in time share the load

@@ -104,3 +104,15 @@ def test_plan_of_a_missing_model_is_one_line_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["plan", str(tmp_path / "none.gguf"), "--profile", "mixed"])
     assert result.exit_code == 2
     assert result.output == f"ggprec: error: {tmp_path / 'none.gguf'}: no such file\n"
+
+
+def test_the_metadata_size_is_found_without_a_second_walk_and_matches_the_walk(tiny_model: Path) -> None:
+    from ggprec import plan as plan_module
+
+    info = read_gguf(tiny_model)
+    sizes, end = plan_module.kv_region(info)  # the full walk over every key-value pair
+    changed, fast_end = plan_module._changed_kv_sizes(info, ("general.file_type", "no.such"))
+    assert fast_end == end == plan_module.metadata_end(info)
+    assert changed == {"general.file_type": sizes["general.file_type"]}  # a u32, found by its encoded key
+    # A key that is not a scalar cannot be sized from its type alone: the walk answers instead.
+    assert plan_module._changed_kv_sizes(info, ("general.name",)) == ({"general.name": sizes["general.name"]}, end)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from ggprec.cli import main
 from ggprec.errors import GgprecError
-from ggprec.runner import run_benchmark
+from ggprec.runner import RunResult, run_benchmark
 from ggprec.settings import RuntimeSettings
 
 SMALL = RuntimeSettings(n_ctx=128, n_batch=64, n_ubatch=64, n_threads=2)
@@ -29,6 +29,33 @@ def test_run_measures_pp_and_tg_each_rep_and_reports_buffers(tiny_model: Path) -
     assert set(r.allocation.buffers) == {"model:CPU_Mapped", "output:CPU", "kv:CPU", "compute:CPU"}
     assert r.load_s > 0 and r.peak_rss_bytes > r.allocation.buffers["kv:CPU"]
     assert r.n_layer == 2 and r.settings.n_threads == 2 and r.generated is None
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model: Path) -> RunResult:
+    return run_benchmark(tiny_model, SMALL, pp=0, tg=2, reps=1)
+
+
+def test_run_predicts_the_kv_and_model_buffers_llama_cpp_allocates(tiny_run: RunResult) -> None:
+    r = tiny_run
+    assert r.predicted is not None
+    half_a_logged_digit = 0.005 * 2**20  # llama.cpp logs MiB with two decimals
+    for key in ("model:CPU_Mapped", "kv:CPU"):
+        assert abs(r.predicted[key] - r.allocation.buffers[key]) <= half_a_logged_digit, key
+
+
+def test_the_run_table_shows_predicted_allocated_and_the_error_per_buffer(tiny_run: RunResult) -> None:
+    from rich.console import Console
+
+    from ggprec.run_report import allocation_table
+
+    r = tiny_run
+    console = Console(width=120, record=True)
+    console.print(allocation_table(r.allocation, r.predicted))
+    text = console.export_text()
+    assert "predicted MiB" in text and "error" in text
+    kv_row = next(line.replace("│", " ").split() for line in text.splitlines() if "kv:CPU" in line)
+    assert kv_row == ["kv:CPU", "0.25", "0.25", "+0.00%"]  # buffer, allocated, predicted, error
 
 
 def test_pp_larger_than_the_batch_is_decoded_in_batch_sized_pieces(tiny_model: Path) -> None:
@@ -56,7 +83,7 @@ RUN_DOC = {
     "pp": int, "tg": int, "reps": int, "pp_tps": (dict, type(None)), "tg_tps": (dict, type(None)),
     "load_s": float, "allocation": dict, "peak_rss_bytes": int, "gpu_memory_bytes": (int, type(None)),
     "n_layer": int, "notices": list, "prompt": (str, type(None)), "generated": (str, type(None)),
-    "hardware": dict,
+    "predicted": (dict, type(None)), "hardware": dict,
 }
 SETTINGS_DOC = {"n_gpu_layers": int, "n_ctx": int, "n_batch": int, "n_ubatch": int,
                 "flash_attn": (bool, type(None)), "flash_attn_effective": bool, "n_threads": int,
@@ -79,6 +106,9 @@ def check_run_document(doc: dict[str, Any]) -> None:
     check(doc["allocation"], ALLOCATION_DOC, "allocation")
     assert all(k.count(":") == 1 and isinstance(v, int) for k, v in doc["allocation"]["buffers"].items())
     check(doc["hardware"], HARDWARE_DOC, "hardware")
+    if doc["predicted"] is not None:
+        assert set(doc["allocation"]["buffers"]) <= set(doc["predicted"])
+        assert all(k.count(":") == 1 and isinstance(v, int) for k, v in doc["predicted"].items())
     for key in ("pp_tps", "tg_tps"):
         if doc[key] is not None:
             check(doc[key], STATS, key)
