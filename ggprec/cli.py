@@ -150,6 +150,10 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, as_json: bool) -> Non
         render(plan, _console(), tensors=tensors)
 
 
+def _quantize_progress(done: int, total: int, name: str) -> None:
+    click.echo(f"\r\033[Kquantizing [{done}/{total}] {name}", nl=False, err=True)
+
+
 @main.command("quantize")
 @model_argument
 @profile_option
@@ -159,8 +163,6 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, as_json: bool) -> Non
 def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None, force: bool) -> None:
     """Write MODEL under a profile with llama.cpp's quantizer, then check every tensor's type."""
     import warnings
-
-    from rich.progress import Progress
 
     from .fileio import check_output
     from .gguf_info import read_gguf
@@ -175,14 +177,13 @@ def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None
     if plan.requantize:
         click.echo(f"ggprec: warning: {model} is already quantized: the result's quality is bounded by the source's",
                    err=True)
-    with Progress(transient=True) as bar, warnings.catch_warnings():
+    # Progress on a terminal only, as one rewritten line: no rich import and no log parsing otherwise.
+    progress = _quantize_progress if sys.stderr.isatty() else None
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RequantizeWarning)  # said above, before the work starts
-        task = bar.add_task("quantizing", total=len(plan.tensors))
-
-        def progress(done: int, total: int, name: str) -> None:
-            bar.update(task, completed=done, total=total, description=name)
-
         path = quantize(model, plan, output, threads=threads, force=force, progress=progress)
+    if progress is not None:
+        click.echo("\r\033[K", nl=False, err=True)
     size = path.stat().st_size
     click.echo(f"wrote {path} ({size / 2**20:,.1f} MiB, {size:,} bytes; predicted {plan.predicted_file_size:,})")
 
@@ -418,6 +419,11 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
 @model_argument
 @click.option("--reference", type=click.Path(path_type=str), help="Reference model (default: MODEL itself).")
 @click.option("--probe-type", default="q4_0", show_default=True, help="Type each group is quantized to.")
+@click.option("--also", "also", multiple=True,
+              help="A further probe type, measured per group too (repeatable); recommend fits each group's "
+                   "loss-vs-bits curve through the probes (e.g. --also q8_0).")
+@click.option("--also-groups", "also_grouping", type=click.Choice(["role", "role-layer", "layer"]),
+              help="Grouping for the --also types (default: --groups); 'role' fits one slope per role cheaply.")
 @click.option("--groups", "grouping", type=click.Choice(["role", "role-layer", "layer"]), default="role-layer",
               show_default=True, help="Per role, per role x layer band, or per layer band.")
 @click.option("--bands", type=int, default=4, show_default=True, help="Layer bands (role-layer; layer uses 2x).")
@@ -429,9 +435,9 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
               help="Layer x role heatmap PNG.")
 @click.option("--no-store", is_flag=True, help="Do not record the result in the history.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
-def sensitivity(model: str, reference: str | None, probe_type: str, grouping: str, bands: int,
-                text_file: str | None, ctx: int, chunks: int, threads: int, heatmap: str, no_store: bool,
-                as_json: bool) -> None:
+def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[str, ...],
+                also_grouping: str | None, grouping: str, bands: int, text_file: str | None, ctx: int,
+                chunks: int, threads: int, heatmap: str, no_store: bool, as_json: bool) -> None:
     """Quantize one tensor group at a time to the probe type and measure the damage (KLD, top-1)."""
     from .evaluate import read_text
     from .sensitivity import measure_sensitivity, render
@@ -444,7 +450,8 @@ def sensitivity(model: str, reference: str | None, probe_type: str, grouping: st
 
     res = measure_sensitivity(model, reference, probe_type=probe_type, grouping=grouping, text=text, n_ctx=ctx,
                               chunks=chunks, n_bands=bands, threads=threads, store=not no_store,
-                              heatmap=heatmap, progress=progress)
+                              heatmap=heatmap, progress=progress, also=also,
+                              also_grouping=also_grouping)
     if as_json:
         _print_json(res.to_dict())
     else:

@@ -18,7 +18,9 @@ expected tg tok/s (bandwidth model) among plans whose expected loss is no worse 
 4.5 bits per weight (a Q4_K_M-like level), taking the fewest bytes that reach that level.
 
 Loss per group: from measured sensitivity (ggprec sensitivity, stored per model sha256) when present,
-otherwise from priors (see `PRIOR_IMPORTANCE`).
+otherwise from priors (see `PRIOR_IMPORTANCE`). With several probe types measured (`--also q5_1 --also
+q8_0`, per band or per role) each group's loss follows its measured points, log-linear in bits between
+them, instead of one probe stretched by a fixed law.
 """
 
 from __future__ import annotations
@@ -153,26 +155,74 @@ def split_at(group: Group, first_gpu_layer: int) -> list[Group]:
 # --- expected loss ---------------------------------------------------------------------------------------
 
 
-def noise(bpw: float) -> float:
+def noise(bpw: float, exponent: float = LOSS_EXPONENT) -> float:
     """Relative damage of quantizing to bpw bits, 1.0 at Q8_0; 0 for 16 bits and more."""
     if bpw >= 16:
         return 0.0
-    return 2.0 ** (-LOSS_EXPONENT * (bpw - Q8_BPW))
+    return 2.0 ** (-exponent * (bpw - Q8_BPW))
+
+
+# Bounds on a fitted per-group exponent: two probes of a group whose KLD is at the measurement floor can
+# give any slope; these keep the curve within what whole-model measurements show (DESIGN.md: ~1.5).
+EXPONENT_RANGE = (0.5, 3.0)
+
+
+def interpolate(points: dict[float, float], bpw: float, exponent: float) -> float:
+    """KLD at bpw from measured (bits, KLD) points: log-linear between the two around bpw; beyond the
+    measured range, 2^(-exponent x bits) from the nearest point."""
+    import math
+
+    xs = sorted(points)
+    if bpw <= xs[0] or bpw >= xs[-1]:
+        edge = xs[0] if bpw <= xs[0] else xs[-1]
+        return points[edge] * 2.0 ** (-exponent * (bpw - edge))
+    hi = next(i for i, x in enumerate(xs) if x >= bpw)
+    x0, x1 = xs[hi - 1], xs[hi]
+    y0, y1 = points[x0], points[x1]
+    if y0 <= 0 or y1 <= 0:
+        return y0 + (y1 - y0) * (bpw - x0) / (x1 - x0)
+    f = (bpw - x0) / (x1 - x0)
+    return math.exp(math.log(y0) + f * (math.log(y1) - math.log(y0)))
+
+
+def fit_exponent(points: dict[float, float]) -> float | None:
+    """The exponent of KLD ~ 2^(-a x bits) through the lowest- and highest-bit probes of one group, or None
+    when fewer than two positive points were measured."""
+    import math
+
+    pos = sorted((b, k) for b, k in points.items() if k > 0 and b < 16)
+    if len(pos) < 2 or pos[-1][0] <= pos[0][0]:
+        return None
+    (b0, k0), (b1, k1) = pos[0], pos[-1]
+    a = math.log2(k0 / k1) / (b1 - b0)
+    return min(max(a, EXPONENT_RANGE[0]), EXPONENT_RANGE[1])
 
 
 @dataclass
 class LossModel:
-    """Expected KLD of each tensor at a given bits per weight: density[name] x noise(bpw) x n_params."""
+    """Expected KLD of each tensor at a given bits per weight: density[name] x noise(bpw, exponent[name]) x
+    n_params (exponent: the tensor's fitted slope where two probe types were measured, else LOSS_EXPONENT)."""
 
     density: dict[str, float]  # expected KLD per parameter at Q8_0, per tensor name
     source: str  # "priors" or "sensitivity <id>"
+    exponent: dict[str, float] = field(default_factory=dict)
+    # Measured KLD per parameter at several bits per weight, per tensor: interpolated log-linearly between
+    # the points (outside them: the exponent, from the nearest point). Wins over density x noise.
+    curve: dict[str, dict[float, float]] = field(default_factory=dict)
     kv: dict[str, float] = field(default_factory=lambda: dict(KV_PRIOR_KLD))
     options_cache: dict[str, list[Option]] = field(default_factory=dict, repr=False)
 
     def group_loss(self, g: Group, bpw: float) -> float:
         if bpw >= g.source_bpw:  # the source itself: nothing lost relative to it
             return 0.0
-        return sum(self.density.get(t.name, 0.0) * t.n_elements for t in g.tensors) * noise(bpw)
+        return sum(self._per_param(t.name, bpw) * t.n_elements for t in g.tensors)
+
+    def _per_param(self, name: str, bpw: float) -> float:
+        exponent = self.exponent.get(name, LOSS_EXPONENT)
+        points = self.curve.get(name)
+        if not points or bpw >= 16:
+            return self.density.get(name, 0.0) * noise(bpw, exponent)
+        return interpolate(points, bpw, exponent)
 
 
 def prior_loss_model(info: ModelInfo, groups: Sequence[Group]) -> LossModel:
@@ -191,21 +241,57 @@ def prior_loss_model(info: ModelInfo, groups: Sequence[Group]) -> LossModel:
 
 
 def sensitivity_loss_model(info: ModelInfo, groups: Sequence[Group], record: dict[str, Any]) -> LossModel:
-    """Loss from a stored sensitivity run: each measured group's KLD increase at the probe type, spread
-    over its tensors by parameters and rescaled to Q8_0; tensors it did not measure keep their prior."""
+    """Loss from a stored sensitivity run: each measured group's KLD increase, spread over its tensors by
+    parameters. With one probe type the curve is stretched to other types by LOSS_EXPONENT; with several
+    (`ggprec sensitivity --also q8_0`) each group gets its own exponent through its lowest- and highest-bit
+    probes, anchored at the highest (the one nearest the types compared at large budgets); where the further
+    types were measured per role only (`--also-groups role`), each band takes its role's exponent, anchored
+    at its own probe. Tensors the run did not measure keep their prior."""
     model = prior_loss_model(info, groups)
-    probe_bpw = lookup(record["probe_type"]).bits_per_weight
     by_name = {t.name: t for t in info.tensors}
+    coarse = _coarse_curves(record)
+    fitted = 0
     for item in record["groups"]:
         names = [n for n in item["tensors"] if n in by_name]
         n_params = sum(by_name[n].n_elements for n in names)
         if not n_params:
             continue
-        per_param = max(float(item["kld"]), 0.0) / n_params / noise(probe_bpw)
+        probe_bpw = lookup(record["probe_type"]).bits_per_weight
+        points = {lookup(t).bits_per_weight: max(float(k), 0.0) for t, k in item.get("kld_at", {}).items()}
+        points.setdefault(probe_bpw, max(float(item["kld"]), 0.0))
+        role_curve = coarse.get(frozenset(names))
+        if fit_exponent(points) is None and role_curve and role_curve.get(probe_bpw, 0) > 0:
+            # The band's own probe scales its role's measured curve.
+            scale = points[probe_bpw] / role_curve[probe_bpw]
+            points = {b: k * scale for b, k in role_curve.items()}
+        exponent = fit_exponent(points)
+        fitted += exponent is not None
+        exponent = LOSS_EXPONENT if exponent is None else exponent
+        per_param = points[probe_bpw] / n_params / noise(probe_bpw, exponent)
         for n in names:
             model.density[n] = per_param
-    model.source = f"sensitivity #{record.get('id', '?')} ({record['probe_type']} probe)"
+            model.exponent[n] = exponent
+            if len(points) > 1:
+                model.curve[n] = {b: k / n_params for b, k in points.items()}
+    probes = "+".join([record["probe_type"], *record.get("also", [])])
+    model.source = f"sensitivity #{record.get('id', '?')} ({probes} probe{'s' if record.get('also') else ''}" \
+                   f"{f', {fitted} groups fitted' if fitted else ''})"
     return model
+
+
+def _coarse_curves(record: dict[str, Any]) -> dict[frozenset[str], dict[float, float]]:
+    """Curves measured on the coarser groups the further probe types were measured on (`--also-groups
+    role`), for each fine group they contain: the coarse group's probe-type point is the sum of its fine
+    groups' (the additive model), its other points are measured."""
+    out: dict[frozenset[str], dict[float, float]] = {}
+    items = [(frozenset(i["tensors"]), max(float(i["kld"]), 0.0)) for i in record["groups"]]
+    for c in record.get("also_groups") or []:
+        members = frozenset(c["tensors"])
+        inside = [(names, k) for names, k in items if names <= members]
+        points = {lookup(t).bits_per_weight: max(float(k), 0.0) for t, k in c.get("kld_at", {}).items()}
+        points[lookup(record["probe_type"]).bits_per_weight] = sum(k for _, k in inside)
+        out.update({names: points for names, _ in inside})
+    return out
 
 
 # --- the knapsack ----------------------------------------------------------------------------------------

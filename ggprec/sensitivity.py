@@ -4,9 +4,18 @@ For each group (role, role x layer band, or layer), llama.cpp's quantizer writes
 which only that group is in the probe type and every other tensor keeps the source's precision; the copy
 is evaluated against the reference (whose log-probs are computed once and cached by ggprec.evaluate), and
 deleted. One quantizer pass and one evaluation per group is the least the measurement allows: the damage
-of a group can only be seen with that group alone quantized. The KLD increase per group, top-1 loss and
-KLD per MiB saved are ranked, drawn as a layer x role heatmap, and stored in the history (kind
-'sensitivity', keyed by the model's sha256) where `ggprec recommend` finds them.
+of a group can only be seen with that group alone quantized. On SmolLM2 the evaluation is almost all of
+a pass (about 6.6 s for 2 windows of 512 tokens on 2 cores; writing the 540 MB F32 copy takes 0.6 s), so
+the count of passes is what sets the run time.
+
+Further probe types (`also`, e.g. q8_0) give recommend a second point on each group's loss-vs-bits curve,
+instead of stretching the q4_0 probe to every type by one fixed law (which overrated F16 near 8 bits).
+They can be measured on coarser groups (`also_grouping="role"`: 9 passes instead of 29 on SmolLM2), since
+the slope varies little between the layer bands of one role while the level varies a lot.
+
+The KLD increase per group, top-1 loss and KLD per MiB saved are ranked, drawn as a layer x role heatmap,
+and stored in the history (kind 'sensitivity', keyed by the model's sha256) where `ggprec recommend` finds
+them.
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ class GroupResult:
     kld: float  # mean KLD increase over the baseline
     kld_se: float
     top1_loss: float  # baseline top-1 agreement - this group's
+    # KLD increase at every probed type (the probe type and the --also types): recommend fits each group's
+    # loss-vs-bits curve through these points instead of stretching one probe by a fixed law.
+    kld_at: dict[str, float] = field(default_factory=dict)
 
     @property
     def kld_per_mib(self) -> float:
@@ -66,6 +78,9 @@ class SensitivityResult:
     record_id: int | None = None
     heatmap: str | None = None
     notes: list[str] = field(default_factory=list)
+    also: list[str] = field(default_factory=list)  # further probe types
+    also_grouping: str | None = None  # the grouping the further types were measured on (None: `grouping`)
+    also_groups: list[GroupResult] = field(default_factory=list)  # those groups, when coarser than `groups`
 
     def ranking(self) -> list[str]:
         """Group keys, most damaging first."""
@@ -74,6 +89,8 @@ class SensitivityResult:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "reference": self.reference, "probe_type": self.probe_type,
                 "grouping": self.grouping, "n_ctx": self.n_ctx, "chunks": self.chunks,
+                "also": self.also, "also_grouping": self.also_grouping,
+                "also_groups": [g.to_dict() for g in self.also_groups],
                 "baseline_kld": self.baseline_kld, "baseline_top1": self.baseline_top1,
                 "groups": [g.to_dict() for g in self.groups], "ranking": self.ranking(),
                 "seconds": self.seconds, "record_id": self.record_id, "heatmap": self.heatmap, "notes": self.notes}
@@ -120,18 +137,22 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
                         grouping: str = "role-layer", text: str | None = None, n_ctx: int = 512,
                         chunks: int | None = 4, n_bands: int = 4, threads: int = 2, store: bool = True,
                         heatmap: str | Path | None = None, progress: Progress | None = None,
-                        db: str | Path | None = None) -> SensitivityResult:
-    """Measure every group's damage at probe_type; see the module doc. db: the history (default: Store's)."""
+                        db: str | Path | None = None, also: tuple[str, ...] | list[str] = (),
+                        also_grouping: str | None = None) -> SensitivityResult:
+    """Measure every group's damage at probe_type, and at each type in `also` (one more quantizer pass and
+    evaluation per group and type) on the `also_grouping` groups (default: the same groups; "role" measures
+    the further types per role only, which is enough to fit each role's loss-vs-bits slope: on SmolLM2 the
+    slopes of one role's layer bands agree to within about 0.2 bits^-1). See the module doc. db: the
+    history (default: Store's)."""
     import time
 
     from .evaluate import evaluate
-    from .plan import resolve_plan
-    from .quantize import quantize
 
     t0 = time.perf_counter()
     model, ref = Path(model), Path(reference) if reference is not None else Path(model)
     try:
         probe = weight_type(probe_type).name
+        extra = [weight_type(t).name for t in also if weight_type(t).name != probe]
     except ValueError as e:  # the type table's UnknownTypeError: bad input, one line
         raise GgprecError(str(e)) from None
     info = read_gguf(model)
@@ -139,6 +160,8 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
         raise GgprecError(f"{model}: holds quantized weights; measure sensitivity on an f32/f16/bf16 model "
                           "(e.g. `ggprec quantize MODEL --profile f32`)")
     groups = sensitivity_groups(info, grouping, n_bands)
+    also_grouping = None if also_grouping in (None, grouping) else also_grouping
+    coarse = sensitivity_groups(info, also_grouping, n_bands) if also_grouping else groups
     settings = RuntimeSettings(n_threads=threads)
     # The model against itself is exactly 0 KLD and 100% top-1 (llama.cpp is deterministic for fixed
     # threads), so the baseline pass is only needed for a separate reference.
@@ -148,35 +171,61 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
         base_kld, base_top1 = base.kld_mean, base.top1
     results: list[GroupResult] = []
     notes: list[str] = []
+    passes = [(g, probe) for g in groups] + [(g, t) for t in extra for g in coarse]
+    measured: dict[tuple[str, str], Any] = {}
     with tempfile.TemporaryDirectory(prefix="ggprec-sens-", dir=model.parent if _writable(model.parent)
                                      else None) as tmp:
-        for i, g in enumerate(groups):
+        for i, (g, ptype) in enumerate(passes):
             if progress:
-                progress(i, len(groups), g.key)
-            plan = resolve_plan(info, _probe_profile(info, g, probe, f"probe-{i}"))
-            written = {tp.name: tp for tp in plan.tensors}
-            types = {written[t.name].type.name for t in g.tensors}
-            saved = sum(t.n_bytes - written[t.name].n_bytes for t in g.tensors)
-            if types != {probe}:
-                notes.append(f"{g.key}: llama.cpp writes {', '.join(sorted(types))} for {probe} (rows not divisible)")
-            out = Path(tmp) / f"probe-{i}.gguf"
-            quantize(model, plan, out, threads=threads, force=True)
-            try:
-                r = evaluate(out, ref, text=text, n_ctx=n_ctx, chunks=chunks, settings=settings)
-            finally:
-                out.unlink(missing_ok=True)
-            results.append(GroupResult(g.key, g.role, list(g.layers), [t.name for t in g.tensors], g.n_params,
-                                       saved, "/".join(sorted(types)), r.kld_mean - base_kld, r.kld_mean_se,
-                                       base_top1 - r.top1))
+                progress(i, len(passes), f"{g.key} at {ptype}")
+            measured[g.key, ptype] = _probe_pass(model, ref, info, g, ptype, Path(tmp) / f"probe-{i}.gguf", text,
+                                                 n_ctx, chunks, settings, threads)
+    for g in groups:
+        types, saved, r = measured[g.key, probe]
+        if types != {probe}:
+            notes.append(f"{g.key}: llama.cpp writes {', '.join(sorted(types))} for {probe} (rows not divisible)")
+        kld_at = {t: measured[g.key, t][2].kld_mean - base_kld for t in [probe, *extra] if (g.key, t) in measured}
+        results.append(GroupResult(g.key, g.role, list(g.layers), [t.name for t in g.tensors], g.n_params,
+                                   saved, "/".join(sorted(types)), r.kld_mean - base_kld, r.kld_mean_se,
+                                   base_top1 - r.top1, kld_at))
     if progress:
         progress(len(groups), len(groups), "done")
+    also_results = []
+    if also_grouping:
+        for g in coarse:
+            kld_at = {t: measured[g.key, t][2].kld_mean - base_kld for t in extra}
+            types, saved, r = measured[g.key, extra[0]]
+            also_results.append(GroupResult(g.key, g.role, list(g.layers), [t.name for t in g.tensors], g.n_params,
+                                            saved, "/".join(sorted(types)), r.kld_mean - base_kld, r.kld_mean_se,
+                                            base_top1 - r.top1, kld_at))
     res = SensitivityResult(str(model), str(ref), probe, grouping, n_ctx, chunks, base_kld, base_top1,
-                            results, time.perf_counter() - t0, notes=notes)
+                            results, time.perf_counter() - t0, notes=notes, also=extra,
+                            also_grouping=also_grouping if extra else None, also_groups=also_results)
     if heatmap is not None:
         res.heatmap = str(write_heatmap(res, info, heatmap))
     if store:
         res.record_id = _store(res, model, text, db)
     return res
+
+
+def _probe_pass(model: Path, ref: Path, info: ModelInfo, g: Group, ptype: str, out: Path, text: str | None,
+                n_ctx: int, chunks: int | None, settings: RuntimeSettings, threads: int) -> tuple[set[str], int, Any]:
+    """One group at one type: llama.cpp writes the copy, it is evaluated and deleted. Returns the types
+    written for the group, the bytes it saves and the evaluation."""
+    from .evaluate import evaluate
+    from .plan import resolve_plan
+    from .quantize import quantize
+
+    plan = resolve_plan(info, _probe_profile(info, g, ptype, f"probe-{ptype}"))
+    written = {tp.name: tp for tp in plan.tensors}
+    types = {written[t.name].type.name for t in g.tensors}
+    saved = sum(t.n_bytes - written[t.name].n_bytes for t in g.tensors)
+    quantize(model, plan, out, threads=threads, force=True)
+    try:
+        r = evaluate(out, ref, text=text, n_ctx=n_ctx, chunks=chunks, settings=settings)
+    finally:
+        out.unlink(missing_ok=True)
+    return types, saved, r
 
 
 def _writable(d: Path) -> bool:
@@ -194,7 +243,8 @@ def _store(res: SensitivityResult, model: Path, text: str | None, db: str | Path
 
     sha = model_sha256(model)
     with Store(db) as s:
-        settings = {"probe_type": res.probe_type, "grouping": res.grouping, "n_ctx": res.n_ctx,
+        settings = {"probe_type": res.probe_type, "also": res.also, "also_grouping": res.also_grouping,
+                    "grouping": res.grouping, "n_ctx": res.n_ctx,
                     "chunks": res.chunks, "reference": res.reference,
                     "text_sha256": hashlib.sha256(text.encode()).hexdigest() if text else "default"}
         return s.record("sensitivity", model, sha, None, None, settings, res.to_dict(), fingerprint())
@@ -244,12 +294,14 @@ def render(res: SensitivityResult, console: Any) -> None:
 
     t = Table(title=f"sensitivity: one group at {res.probe_type} ({res.grouping}), baseline KLD "
                     f"{res.baseline_kld:.5f}, {res.seconds:.0f} s")
-    for col in ("rank", "group", "written", "MiB saved", "KLD +", "± se", "top-1 loss", "KLD/MiB"):
+    for col in ("rank", "group", "written", "MiB saved", "KLD +", "± se", "top-1 loss", "KLD/MiB",
+                *(f"KLD + at {a}" for a in res.also)):
         t.add_column(col, justify="left" if col in ("group", "written") else "right", no_wrap=True)
     order = {k: i for i, k in enumerate(res.ranking())}
     for g in sorted(res.groups, key=lambda g: order[g.key]):
         t.add_row(str(order[g.key] + 1), g.key, g.probe_written, f"{g.bytes_saved / MIB:,.1f}", f"{g.kld:.5f}",
-                  f"{g.kld_se:.5f}", f"{g.top1_loss:+.2%}", f"{g.kld_per_mib:.2e}")
+                  f"{g.kld_se:.5f}", f"{g.top1_loss:+.2%}", f"{g.kld_per_mib:.2e}",
+                  *(f"{g.kld_at.get(a, float('nan')):.6f}" for a in res.also))
     console.print(t)
     for n in res.notes:
         console.print(f"- {n}")

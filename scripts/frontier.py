@@ -5,7 +5,10 @@ Usage: python scripts/frontier.py [--out docs] [--chunks 2] [--ctx 512] [--threa
 1. The reference: SmolLM2-135M-Instruct (the Q4_1 demo model) dequantized to F32 by llama.cpp.
 2. llama.cpp's own mixes (q4_0, q4_k_m, q5_k_m, q6_k, q8_0) written by llama_model_quantize with its
    rules (pure off); what it actually wrote is read back (K-quants fall back on rows of 576).
-3. Sensitivity of the reference: the newest stored `ggprec sensitivity` run, else one is measured.
+3. Sensitivity of the reference: the newest stored `ggprec sensitivity` run, else one is measured
+   (role x layer band at q4_0, plus q5_1 and q8_0 per role, so that every group gets a measured
+   loss-vs-bits curve; the same as `ggprec sensitivity REF --chunks 2 --also q5_1 --also q8_0
+   --also-groups role`).
 4. At each mix's file size, `recommend_for_size` (least expected KLD within that size, from the measured
    sensitivity) is quantized by ggprec and measured the same way.
 Prints a Markdown table (also written to OUT/frontier.md) and draws OUT/frontier.png.
@@ -77,6 +80,9 @@ def main() -> None:
     ap.add_argument("--mixes-only", action="store_true",
                     help="Measure llama.cpp's mixes only (saved to OUT/frontier-mixes.json, reused by a full run).")
     args = ap.parse_args()
+    import time
+
+    t0 = time.perf_counter()
 
     from ggprec.demo_model import demo_model_path
     from ggprec.evaluate import evaluate
@@ -104,9 +110,10 @@ def main() -> None:
             return
         sens = None if args.priors else stored_sensitivity(str(ref))
         if sens is None and not args.priors:
-            print("no stored sensitivity for the reference: measuring it (role-layer, q4_0)", flush=True)
+            print("no stored sensitivity for the reference: measuring it (role-layer q4_0; q5_1, q8_0 per role)",
+                  flush=True)
             measure_sensitivity(ref, grouping="role-layer", chunks=args.chunks, n_ctx=args.ctx,
-                                threads=args.threads)
+                                threads=args.threads, also=("q5_1", "q8_0"), also_grouping="role")
             sens = stored_sensitivity(str(ref))
         rows = []
         for mix, m in mixes.items():
@@ -126,11 +133,17 @@ def main() -> None:
             print(f"{mix}: {size / MIB:.1f} MiB KLD {kld:.4f} | recommended {rsize / MIB:.1f} MiB KLD {rkld:.4f} "
                   f"(predicted {sized.expected_kld:.4f}) {row['kld_change']:+.0%}", flush=True)
 
-    md = ["| llama.cpp mix | MiB | KLD | top-1 | recommended MiB | KLD | top-1 | predicted KLD | KLD vs mix |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    source = "priors" if sens is None else f"sensitivity #{sens.get('id')} ({sens.get('grouping')}, probes " \
+        f"{'+'.join([sens['probe_type'], *sens.get('also', [])])})"
+    md = [f"SmolLM2-135M-Instruct, F32 reference, {args.chunks} windows of {args.ctx} tokens, {args.threads} threads; "
+          f"recommended from {source}.", "",
+          "| llama.cpp mix | MiB | KLD | top-1 | recommended MiB | KLD | top-1 | predicted KLD | measured/predicted "
+          "| KLD vs mix |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['mix']} | {r['mix_mib']:.1f} | {r['mix_kld']:.4f} | {r['mix_top1']:.1%} | "
                   f"{r['rec_mib']:.1f} | {r['rec_kld']:.4f} | {r['rec_top1']:.1%} | {r['rec_pred_kld']:.4f} | "
+                  f"{r['rec_kld'] / r['rec_pred_kld'] if r['rec_pred_kld'] > 0 else float('nan'):.2f} | "
                   f"{r['kld_change']:+.0%} |")
     md.append("")
     md.append("Tensor types written (2-D tensors):")
@@ -141,7 +154,8 @@ def main() -> None:
     stem = "frontier-priors" if args.priors else "frontier"
     (out_dir / f"{stem}.md").write_text(text)
     print(text)
-    plot(rows, out_dir / f"{stem}.png", "priors" if sens is None else f"sensitivity #{sens.get('id')}")
+    plot(rows, out_dir / f"{stem}.png", source)
+    print(f"frontier: {time.perf_counter() - t0:.0f} s wall", flush=True)
 
 
 def plot(rows: list[dict], path: Path, source: str) -> None:
@@ -158,7 +172,7 @@ def plot(rows: list[dict], path: Path, source: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("file size (MiB)")
     ax.set_ylabel("mean KLD vs F32 reference")
-    ax.set_title(f"SmolLM2-135M: size vs KLD (recommended from {source})")
+    ax.set_title(f"SmolLM2-135M: file size vs KLD\nrecommended from {source}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

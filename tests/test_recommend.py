@@ -116,6 +116,52 @@ def test_measured_sensitivity_replaces_the_prior_of_the_groups_it_covers(tiny_mo
     assert losses.source.startswith("sensitivity")
 
 
+def test_two_probe_types_fit_each_groups_own_loss_curve_through_both(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    groups = make_groups(info, n_bands=2)
+    q0 = next(g for g in groups if g.key == "attn_q@0-0")
+    # 2^8 less KLD at q8_0 (8.5 bits) than at q4_0 (4.5 bits): an exponent of 2 bits^-1 instead of 1.5.
+    record = {"probe_type": "q4_0", "also": ["q8_0"],
+              "groups": [{"tensors": [t.name for t in q0.tensors], "kld": 0.5,
+                          "kld_at": {"q4_0": 0.5, "q8_0": 0.5 / 2**8}}]}
+    losses = sensitivity_loss_model(info, groups, record)
+    assert losses.group_loss(q0, 4.5) == pytest.approx(0.5)
+    assert losses.group_loss(q0, 8.5) == pytest.approx(0.5 / 2**8)
+    assert losses.group_loss(q0, 6.5) == pytest.approx(0.5 / 2**4)
+    assert losses.group_loss(q0, 16) == 0.0
+    assert losses.source.endswith("(q4_0+q8_0 probes, 1 groups fitted)")
+
+
+def test_a_further_probe_measured_per_role_gives_every_band_of_the_role_its_slope(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    groups = make_groups(info, n_bands=2)
+    q0, q1 = (next(g for g in groups if g.key == k) for k in ("attn_q@0-0", "attn_q@1-1"))
+    names0, names1 = [t.name for t in q0.tensors], [t.name for t in q1.tensors]
+    # Bands at q4_0: 0.3 + 0.2; the whole role at q8_0: 0.5 / 2^8, an exponent of 2 for both bands.
+    record = {"probe_type": "q4_0", "also": ["q8_0"], "also_grouping": "role",
+              "groups": [{"tensors": names0, "kld": 0.3, "kld_at": {"q4_0": 0.3}},
+                         {"tensors": names1, "kld": 0.2, "kld_at": {"q4_0": 0.2}}],
+              "also_groups": [{"tensors": names0 + names1, "kld": 0.5 / 2**8, "kld_at": {"q8_0": 0.5 / 2**8}}]}
+    losses = sensitivity_loss_model(info, groups, record)
+    assert losses.group_loss(q0, 4.5) == pytest.approx(0.3)
+    assert losses.group_loss(q0, 8.5) == pytest.approx(0.3 / 2**8)
+    assert losses.group_loss(q1, 8.5) == pytest.approx(0.2 / 2**8)
+
+
+def test_a_measured_middle_probe_is_used_as_measured_and_interpolated_between(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    groups = make_groups(info, n_bands=2)
+    q0 = next(g for g in groups if g.key == "attn_q@0-0")
+    names = [t.name for t in q0.tensors]
+    # q4_0 (4.5 bits) 0.4, q5_1 (6.0 bits) 0.04, q8_0 (8.5 bits) 0.004: not one straight line in log space.
+    record = {"probe_type": "q4_0", "also": ["q5_1", "q8_0"],
+              "groups": [{"tensors": names, "kld": 0.4, "kld_at": {"q4_0": 0.4, "q5_1": 0.04, "q8_0": 0.004}}]}
+    losses = sensitivity_loss_model(info, groups, record)
+    assert losses.group_loss(q0, 6.0) == pytest.approx(0.04)
+    assert losses.group_loss(q0, 5.25) == pytest.approx((0.4 * 0.04) ** 0.5)  # halfway, log-linear
+    assert losses.group_loss(q0, 8.5) == pytest.approx(0.004)
+
+
 # --- the search, on sparse synthetic shapes ------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ def sens_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_sensitivity(tiny_model_f32: Path, sens_db: Path, tmp_path_factory: pytest.TempPathFactory
                      ) -> SensitivityResult:
     heat = tmp_path_factory.mktemp("heat") / "sens.png"
-    return measure_sensitivity(tiny_model_f32, heatmap=heat, db=sens_db, **FAST)
+    return measure_sensitivity(tiny_model_f32, heatmap=heat, db=sens_db, also=("q8_0",), **FAST)
 
 
 def test_role_grouping_is_one_group_per_role_plus_the_tied_head(tiny_model_f32: Path) -> None:
@@ -61,7 +61,15 @@ def test_result_is_stored_and_drives_recommend(tiny_sensitivity: SensitivityResu
         found = stored_sensitivity(str(tiny_model_f32), store=store)
     assert found is not None and found["id"] == tiny_sensitivity.record_id
     rec = recommend(read_gguf(tiny_model_f32), 0, ram_gb=16, ctx=512, sensitivity=found, host_gbps=20.0)
-    assert rec.loss_source == f"sensitivity #{tiny_sensitivity.record_id} (q4_0 probe)"
+    assert rec.loss_source == f"sensitivity #{tiny_sensitivity.record_id} (q4_0+q8_0 probes, 8 groups fitted)"
+
+
+def test_a_further_probe_type_is_measured_for_every_group_and_costs_less_kld(
+        tiny_sensitivity: SensitivityResult) -> None:
+    assert tiny_sensitivity.also == ["q8_0"]
+    for g in tiny_sensitivity.groups:
+        assert set(g.kld_at) == {"q4_0", "q8_0"} and g.kld_at["q4_0"] == g.kld
+        assert 0 < g.kld_at["q8_0"] < g.kld_at["q4_0"]
 
 
 def test_heatmap_is_a_png_with_a_row_per_role(tiny_sensitivity: SensitivityResult) -> None:
@@ -87,8 +95,9 @@ def test_verify_quantizes_the_recommended_plan_and_measures_its_kld(tiny_sensiti
 
     with Store(sens_db) as store:
         found = stored_sensitivity(str(tiny_model_f32), store=store)
-    # 5.5 MiB of RAM where the f32 model needs 5.8 MiB loaded: the plan must quantize, so it predicts a loss.
-    rec = recommend(read_gguf(tiny_model_f32), 0, ram_gb=5.5 / 1024, ctx=128, margin_mb=1, sensitivity=found,
+    # 3.3 MiB of RAM where the f32 model needs 5.8 MiB loaded and an all-f16 copy about 3.6 MiB: the plan must
+    # go below 16 bits, so it predicts a loss.
+    rec = recommend(read_gguf(tiny_model_f32), 0, ram_gb=3.3 / 1024, ctx=128, margin_mb=1, sensitivity=found,
                     host_gbps=20.0)
     assert rec.expected_kld > 0
     v = verify(rec, str(tiny_model_f32), chunks=2, n_ctx=128)
