@@ -322,7 +322,7 @@ def run_with_profile(model: str | os.PathLike[str], profile_name: str | None, ov
 
 def record_run(store: Any, run: ProfileRun, hardware: dict[str, Any]) -> int:
     """Store one run in the history (ggprec.store.Store); returns the row id."""
-    from .store import model_sha256
+    from .hashing import model_sha256
 
     results = run.result.to_dict()
     settings = results.pop("settings")

@@ -188,14 +188,6 @@ class _Tx:
         self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
 
 
-def model_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a model file, computed once and cached by path + size + mtime (ggprec.hashing's
-    cache, shared with the quantizer's variant cache, so a model is hashed once for both)."""
-    from .hashing import model_sha256 as cached_sha256
-
-    return cached_sha256(path)
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from click.testing import CliRunner
 from ggprec.cli import main
 from ggprec.errors import GgprecError
 from ggprec.gguf_info import read_gguf
-from ggprec.hashing import model_sha256
 from ggprec.plan import resolve_plan
 from ggprec.profile import Profile, Rule, load_profile, shipped_profiles
 from ggprec.quantize import RequantizeWarning, build_variant, quantize, verify
@@ -179,17 +177,6 @@ def test_build_variant_reuses_an_identical_build(tmp_path: Path, tiny_model: Pat
     assert build_variant(tiny_model, load_profile("q8_0-kv-q8_0"), threads=2) == first  # same weights
     assert first.stat().st_mtime_ns == mtime
     assert build_variant(tiny_model, load_profile("f16"), threads=2) != first
-
-
-def test_model_sha256_is_the_file_hash_and_follows_changes(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GGPREC_CACHE", str(tmp_path / "cache"))
-    f = tmp_path / "m.bin"
-    f.write_bytes(b"abc")
-    assert model_sha256(f) == hashlib.sha256(b"abc").hexdigest()
-    assert (tmp_path / "cache" / "sha256-cache.json").is_file()
-    f.write_bytes(b"abcd")
-    assert model_sha256(f) == hashlib.sha256(b"abcd").hexdigest()
 
 
 @pytest.mark.parametrize(("args", "profile_text", "message"), [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ggprec.errors import GgprecError
-from ggprec.store import MIGRATIONS, Store, model_sha256
+from ggprec.store import MIGRATIONS, Store
 
 
 def add(store: Store, kind: str = "run", model: str = "/models/a.gguf", profile: str | None = "q8_0",
@@ -99,23 +99,6 @@ def test_an_unusable_database_path_is_an_error(tmp_path: Path, name: str, messag
 def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
     with Store(tmp_path / "h.db") as store, pytest.raises(GgprecError, match="unknown history kind 'bench'"):
         add(store, kind="bench")
-
-
-def test_model_sha256_is_the_file_digest_and_cached_until_the_file_changes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hashlib
-    import os
-
-    monkeypatch.setenv("GGPREC_CACHE", str(tmp_path / "cache"))
-    model = tmp_path / "m.gguf"
-    model.write_bytes(b"GGUF" + b"\0" * 1000)
-    assert model_sha256(model) == hashlib.sha256(model.read_bytes()).hexdigest()
-    st = model.stat()
-    model.write_bytes(b"GGUF" + b"\1" * 1000)  # same size, same mtime: the cached digest stands
-    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert model_sha256(model) == hashlib.sha256(b"GGUF" + b"\0" * 1000).hexdigest()
-    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-    assert model_sha256(model) == hashlib.sha256(model.read_bytes()).hexdigest()
 
 
 def test_history_db_is_plain_sqlite(tmp_path: Path) -> None:
