@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -97,7 +98,9 @@ class Store:
             raise GgprecError(f"history database {self.path}: directory {self.path.parent} does not exist")
         try:
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            # Switching a fresh file to WAL needs an exclusive lock, and SQLite answers a competing
+            # opener with "locked" at once instead of waiting on the busy timeout: retry it.
+            _retry_locked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.Error as e:
@@ -113,7 +116,11 @@ class Store:
         self.close()
 
     def _migrate(self) -> None:
+        # Inside BEGIN IMMEDIATE too: an autocommit read-then-write can fail with "locked" at once in WAL
+        # mode when another process committed in between (no busy wait for a stale snapshot).
+        self.db.execute("BEGIN IMMEDIATE")
         self.db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
+        self.db.execute("COMMIT")
         for name, fn in MIGRATIONS:
             # BEGIN IMMEDIATE: two processes opening a fresh DB at once apply each migration once
             self.db.execute("BEGIN IMMEDIATE")
@@ -186,6 +193,17 @@ class _Tx:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _retry_locked(statement: Callable[[], Any]) -> Any:
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _now() -> str:
