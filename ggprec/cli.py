@@ -434,10 +434,13 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
 @click.option("--heatmap", type=click.Path(path_type=str), default="sensitivity.png", show_default=True,
               help="Layer x role heatmap PNG.")
 @click.option("--no-store", is_flag=True, help="Do not record the result in the history.")
+@click.option("--reuse", is_flag=True,
+              help="Take passes already stored for this model, reference, text, --ctx and --chunks from the history "
+                   "instead of repeating them (deterministic at fixed threads).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
 def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[str, ...],
                 also_grouping: str | None, grouping: str, bands: int, text_file: str | None, ctx: int,
-                chunks: int, threads: int, heatmap: str, no_store: bool, as_json: bool) -> None:
+                chunks: int, threads: int, heatmap: str, no_store: bool, reuse: bool, as_json: bool) -> None:
     """Quantize one tensor group at a time to the probe type and measure the damage (KLD, top-1)."""
     from .evaluate import read_text
     from .sensitivity import measure_sensitivity, render
@@ -451,7 +454,7 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
     res = measure_sensitivity(model, reference, probe_type=probe_type, grouping=grouping, text=text, n_ctx=ctx,
                               chunks=chunks, n_bands=bands, threads=threads, store=not no_store,
                               heatmap=heatmap, progress=progress, also=also,
-                              also_grouping=also_grouping)
+                              also_grouping=also_grouping, reuse=reuse)
     if as_json:
         _print_json(res.to_dict())
     else:

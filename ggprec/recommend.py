@@ -43,7 +43,7 @@ HOST_DEVICE = "CPU"
 # divides every row of the group (K-quants need rows of 256; llama.cpp would fall back otherwise) and it is
 # no wider than the source (upcasting buys nothing).
 CANDIDATE_TYPES: tuple[str, ...] = ("f16", "q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "q3_k",
-                                    "q2_k")
+                                    "q2_k", "iq4_nl")
 KV_TYPES: tuple[str, ...] = ("f16", "q8_0", "q4_0")
 
 # Priors, used when no sensitivity was measured for the model. Relative damage per parameter of
@@ -209,6 +209,10 @@ class LossModel:
     # Measured KLD per parameter at several bits per weight, per tensor: interpolated log-linearly between
     # the points (outside them: the exponent, from the nearest point). Wins over density x noise.
     curve: dict[str, dict[float, float]] = field(default_factory=dict)
+    # Measured KLD per parameter per type name, per tensor (`ggprec sensitivity --also`): types of equal bits
+    # differ (iq4_nl, q4_k and q4_0 are all 4.5 bits), so where a group has these, only its measured types
+    # are offered and each costs exactly its measurement (see type_loss, options_for).
+    typed: dict[str, dict[str, float]] = field(default_factory=dict)
     kv: dict[str, float] = field(default_factory=lambda: dict(KV_PRIOR_KLD))
     options_cache: dict[str, list[Option]] = field(default_factory=dict, repr=False)
 
@@ -216,6 +220,32 @@ class LossModel:
         if bpw >= g.source_bpw:  # the source itself: nothing lost relative to it
             return 0.0
         return sum(self._per_param(t.name, bpw) * t.n_elements for t in g.tensors)
+
+    def measured_types(self, g: Group) -> set[str] | None:
+        """The types measured for every tensor of g (two or more), else None (g is known by bits only)."""
+        sets = [set(self.typed.get(t.name, {})) for t in g.tensors]
+        common = set.intersection(*sets) if sets else set()
+        return common if len(common) >= 2 else None
+
+    def offered(self, g: Group, t: GgmlType) -> bool:
+        """Whether recommend may choose t for g: any type where g was measured by bits only; else a measured
+        type, a 16-bit type, or one outside the measured range of bits (below the lowest probe: only the
+        fitted slope can say, and nothing measured can stand in). An unmeasured type between measured ones is
+        not offered: its neighbours' bits say little about it (on SmolLM2 q5_1 measured at half the damage of
+        q4_0, not the 1/6 a bits law through q4_0 and q8_0 predicts)."""
+        measured = self.measured_types(g)
+        if measured is None or t.name in measured or t.bits_per_weight >= 16:
+            return True
+        bits = [lookup(m).bits_per_weight for m in measured]
+        return not min(bits) <= t.bits_per_weight <= max(bits)
+
+    def type_loss(self, g: Group, t: GgmlType) -> float:
+        """Expected KLD of g at type t: its measurement where one was made, else the curve by bits."""
+        if t.bits_per_weight >= g.source_bpw:
+            return 0.0
+        if all(t.name in self.typed.get(x.name, {}) for x in g.tensors):
+            return sum(self.typed[x.name][t.name] * x.n_elements for x in g.tensors)
+        return self.group_loss(g, t.bits_per_weight)
 
     def _per_param(self, name: str, bpw: float) -> float:
         exponent = self.exponent.get(name, LOSS_EXPONENT)
@@ -250,6 +280,7 @@ def sensitivity_loss_model(info: ModelInfo, groups: Sequence[Group], record: dic
     model = prior_loss_model(info, groups)
     by_name = {t.name: t for t in info.tensors}
     coarse = _coarse_curves(record)
+    coarse_typed = _coarse_typed(record)
     fitted = 0
     for item in record["groups"]:
         names = [n for n in item["tensors"] if n in by_name]
@@ -257,13 +288,17 @@ def sensitivity_loss_model(info: ModelInfo, groups: Sequence[Group], record: dic
         if not n_params:
             continue
         probe_bpw = lookup(record["probe_type"]).bits_per_weight
-        points = {lookup(t).bits_per_weight: max(float(k), 0.0) for t, k in item.get("kld_at", {}).items()}
+        points = _bits_points(record["probe_type"], item.get("kld_at", {}))
         points.setdefault(probe_bpw, max(float(item["kld"]), 0.0))
+        typed = {t: max(float(k), 0.0) for t, k in item.get("kld_at", {}).items()}
+        typed.setdefault(record["probe_type"], max(float(item["kld"]), 0.0))
         role_curve = coarse.get(frozenset(names))
+        role_typed = coarse_typed.get(frozenset(names))
         if fit_exponent(points) is None and role_curve and role_curve.get(probe_bpw, 0) > 0:
             # The band's own probe scales its role's measured curve.
             scale = points[probe_bpw] / role_curve[probe_bpw]
             points = {b: k * scale for b, k in role_curve.items()}
+            typed = {t: k * scale for t, k in role_typed.items()} | {record["probe_type"]: typed[record["probe_type"]]}
         exponent = fit_exponent(points)
         fitted += exponent is not None
         exponent = LOSS_EXPONENT if exponent is None else exponent
@@ -273,6 +308,8 @@ def sensitivity_loss_model(info: ModelInfo, groups: Sequence[Group], record: dic
             model.exponent[n] = exponent
             if len(points) > 1:
                 model.curve[n] = {b: k / n_params for b, k in points.items()}
+            if len(typed) > 1:
+                model.typed[n] = {t: k / n_params for t, k in typed.items()}
     probes = "+".join([record["probe_type"], *record.get("also", [])])
     model.source = f"sensitivity #{record.get('id', '?')} ({probes} probe{'s' if record.get('also') else ''}" \
                    f"{f', {fitted} groups fitted' if fitted else ''})"
@@ -288,8 +325,34 @@ def _coarse_curves(record: dict[str, Any]) -> dict[frozenset[str], dict[float, f
     for c in record.get("also_groups") or []:
         members = frozenset(c["tensors"])
         inside = [(names, k) for names, k in items if names <= members]
-        points = {lookup(t).bits_per_weight: max(float(k), 0.0) for t, k in c.get("kld_at", {}).items()}
+        points = _bits_points(record["probe_type"], {**c.get("kld_at", {}), record["probe_type"]: 0.0})
         points[lookup(record["probe_type"]).bits_per_weight] = sum(k for _, k in inside)
+        out.update({names: points for names, _ in inside})
+    return out
+
+
+def _bits_points(probe: str, kld_at: dict[str, float]) -> dict[float, float]:
+    """Measured KLD by bits per weight for the curve between types: where types share a number of bits
+    (q4_0, iq4_nl, q4_k: 4.5) the probe type's point, then a legacy type's, is the one on the curve (the
+    others are used as measured by type_loss)."""
+    def rank(t: str) -> tuple[int, str]:
+        return (0 if t == probe else 1 if not (t.endswith("_k") or t.startswith("iq")) else 2, t)
+
+    points: dict[float, float] = {}
+    for t in sorted(kld_at, key=rank):
+        points.setdefault(lookup(t).bits_per_weight, max(float(kld_at[t]), 0.0))
+    return points
+
+
+def _coarse_typed(record: dict[str, Any]) -> dict[frozenset[str], dict[str, float]]:
+    """_coarse_curves keyed by type name (types of equal bits measured apart)."""
+    out: dict[frozenset[str], dict[str, float]] = {}
+    items = [(frozenset(i["tensors"]), max(float(i["kld"]), 0.0)) for i in record["groups"]]
+    for c in record.get("also_groups") or []:
+        members = frozenset(c["tensors"])
+        inside = [(names, k) for names, k in items if names <= members]
+        points = {t: max(float(k), 0.0) for t, k in c.get("kld_at", {}).items()}
+        points[record["probe_type"]] = sum(k for _, k in inside)
         out.update({names: points for names, _ in inside})
     return out
 
@@ -304,11 +367,13 @@ class Option:
     loss: float
 
 
-def options_for(g: Group, losses: LossModel) -> list[Option]:
-    """The group's candidate types on its lower convex hull of (bytes, loss), smallest first."""
-    opts = [Option(t, g.bytes_as(t), losses.group_loss(g, t.bits_per_weight))
+def options_for(g: Group, losses: LossModel, exclude: Sequence[str] = ()) -> list[Option]:
+    """The group's candidate types on its lower convex hull of (bytes, loss), smallest first; where types
+    were measured for the group, only those LossModel.offered allows, each at its measured loss."""
+    opts = [Option(t, g.bytes_as(t), losses.type_loss(g, t))
             for t in map(lookup, CANDIDATE_TYPES)
-            if g.accepts(t) and t.bits_per_weight <= g.source_bpw + 1e-9]
+            if g.accepts(t) and t.bits_per_weight <= g.source_bpw + 1e-9 and losses.offered(g, t)
+            and t.name not in exclude]
     source = g.tensors[0].type
     if all(x.type == source for x in g.tensors) and source.name not in CANDIDATE_TYPES:
         opts.append(Option(source, g.bytes_as(source), 0.0))  # keeping the source type is always allowed
@@ -800,15 +865,16 @@ class SizedPlan:
 
 
 def recommend_for_size(info: ModelInfo, max_file_bytes: int, sensitivity: dict[str, Any] | None = None,
-                       n_bands: int = 4, name: str = "recommended") -> SizedPlan:
+                       n_bands: int = 4, name: str = "recommended", exclude: Sequence[str] = ()) -> SizedPlan:
     """The mix with the least expected KLD whose written file is at most max_file_bytes (plan's exact
-    size prediction): the same knapsack, with the file as the only budget."""
+    size prediction): the same knapsack, with the file as the only budget. exclude: types not to choose
+    (e.g. the type a reference was dequantized from, which re-quantizes it almost exactly)."""
     from .plan import resolve_plan
     from .profile import Profile, Rule
 
     groups = make_groups(info, n_bands)
     losses = sensitivity_loss_model(info, groups, sensitivity) if sensitivity else prior_loss_model(info, groups)
-    options = [options_for(g, losses) for g in groups]
+    options = [options_for(g, losses, exclude) for g in groups]
     fixed = info.file_size - sum(t.n_bytes for g in groups for t in g.tensors)  # header + tensors kept as they are
     shrink = 0
     for _ in range(4):

@@ -138,12 +138,14 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
                         chunks: int | None = 4, n_bands: int = 4, threads: int = 2, store: bool = True,
                         heatmap: str | Path | None = None, progress: Progress | None = None,
                         db: str | Path | None = None, also: tuple[str, ...] | list[str] = (),
-                        also_grouping: str | None = None) -> SensitivityResult:
+                        also_grouping: str | None = None, reuse: bool = False) -> SensitivityResult:
     """Measure every group's damage at probe_type, and at each type in `also` (one more quantizer pass and
     evaluation per group and type) on the `also_grouping` groups (default: the same groups; "role" measures
     the further types per role only, which is enough to fit each role's loss-vs-bits slope: on SmolLM2 the
     slopes of one role's layer bands agree to within about 0.2 bits^-1). See the module doc. db: the
-    history (default: Store's)."""
+    history (default: Store's). reuse: take the KLD of passes already stored for this model, reference,
+    text, context and windows instead of repeating them (llama.cpp's quantizer and evaluation are
+    deterministic at fixed threads: repeated passes give every KLD equal to the last digit)."""
     import time
 
     from .evaluate import evaluate
@@ -171,11 +173,18 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
         base_kld, base_top1 = base.kld_mean, base.top1
     results: list[GroupResult] = []
     notes: list[str] = []
-    passes = [(g, probe) for g in groups] + [(g, t) for t in extra for g in coarse]
+    # A further type is measured only on groups whose rows its block divides: elsewhere llama.cpp would
+    # write its fallback type, and the point would be filed under the wrong type.
+    passes = [(g, probe) for g in groups] + [(g, t) for t in extra for g in coarse if g.accepts(weight_type(t))]
     measured: dict[tuple[str, str], Any] = {}
+    known = _stored_passes(model, ref, text, n_ctx, chunks, db) if reuse else {}
     with tempfile.TemporaryDirectory(prefix="ggprec-sens-", dir=model.parent if _writable(model.parent)
                                      else None) as tmp:
         for i, (g, ptype) in enumerate(passes):
+            names = frozenset(t.name for t in g.tensors)
+            if (names, ptype) in known:
+                measured[g.key, ptype] = _planned(info, g, ptype) + (known[names, ptype],)
+                continue
             if progress:
                 progress(i, len(passes), f"{g.key} at {ptype}")
             measured[g.key, ptype] = _probe_pass(model, ref, info, g, ptype, Path(tmp) / f"probe-{i}.gguf", text,
@@ -193,8 +202,11 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
     also_results = []
     if also_grouping:
         for g in coarse:
-            kld_at = {t: measured[g.key, t][2].kld_mean - base_kld for t in extra}
-            types, saved, r = measured[g.key, extra[0]]
+            kld_at = {t: measured[g.key, t][2].kld_mean - base_kld for t in extra if (g.key, t) in measured}
+            first = next((t for t in extra if (g.key, t) in measured), None)
+            if first is None:
+                continue
+            types, saved, r = measured[g.key, first]
             also_results.append(GroupResult(g.key, g.role, list(g.layers), [t.name for t in g.tensors], g.n_params,
                                             saved, "/".join(sorted(types)), r.kld_mean - base_kld, r.kld_mean_se,
                                             base_top1 - r.top1, kld_at))
@@ -206,6 +218,50 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
     if store:
         res.record_id = _store(res, model, text, db)
     return res
+
+
+def _stored_passes(model: Path, ref: Path, text: str | None, n_ctx: int, chunks: int | None,
+                   db: str | Path | None) -> dict[tuple[frozenset[str], str], Any]:
+    """Passes stored by earlier runs on the same model file (sha256), reference, text, context and windows:
+    (tensor names, type) -> the evaluation's KLD, its standard error and top-1 (NaN where a run stored the
+    KLD only: the further types after the first on coarse groups)."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from .hashing import model_sha256
+    from .store import Store
+
+    text_sha = hashlib.sha256(text.encode()).hexdigest() if text else "default"
+    nan = float("nan")
+    out: dict[tuple[frozenset[str], str], Any] = {}
+    with Store(db) as s:
+        rows = s.query(kind="sensitivity", model=str(model))
+        if not rows:
+            return out
+        sha = model_sha256(model)
+        for row in reversed(rows):  # oldest first, so the newest wins
+            st, res = row.settings, row.results
+            if (row.model_sha256 != sha or st.get("text_sha256") != text_sha or st.get("n_ctx") != n_ctx
+                    or st.get("chunks") != chunks or Path(st.get("reference", "")).resolve() != ref.resolve()
+                    or res.get("baseline_kld") != 0.0):
+                continue
+            for item in [*res.get("groups", []), *(res.get("also_groups") or [])]:
+                names = frozenset(item["tensors"])
+                first = item["probe_written"] if item["probe_written"] in item.get("kld_at", {}) else None
+                for t, k in item.get("kld_at", {}).items():
+                    full = t == first or (t == res.get("probe_type") and item in res.get("groups", []))
+                    out[names, t] = SimpleNamespace(kld_mean=float(k), kld_mean_se=item["kld_se"] if full else nan,
+                                                    top1=1.0 - item["top1_loss"] if full else nan)
+    return out
+
+
+def _planned(info: ModelInfo, g: Group, ptype: str) -> tuple[set[str], int]:
+    """The types llama.cpp writes for g at ptype and the bytes that saves (from the plan, no quantizing)."""
+    from .plan import resolve_plan
+
+    plan = resolve_plan(info, _probe_profile(info, g, ptype, f"probe-{ptype}"))
+    written = {tp.name: tp for tp in plan.tensors}
+    return {written[t.name].type.name for t in g.tensors}, sum(t.n_bytes - written[t.name].n_bytes for t in g.tensors)
 
 
 def _probe_pass(model: Path, ref: Path, info: ModelInfo, g: Group, ptype: str, out: Path, text: str | None,

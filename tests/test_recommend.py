@@ -162,6 +162,31 @@ def test_a_measured_middle_probe_is_used_as_measured_and_interpolated_between(ti
     assert losses.group_loss(q0, 8.5) == pytest.approx(0.004)
 
 
+def test_where_types_were_measured_only_those_are_offered_each_at_its_own_measurement(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    groups = make_groups(info, n_bands=2)
+    q0, q1 = (next(g for g in groups if g.key == k) for k in ("attn_q@0-0", "attn_q@1-1"))
+    names0, names1 = [t.name for t in q0.tensors], [t.name for t in q1.tensors]
+    # iq4_nl and q4_0 have the same bits (4.5): only their measurements tell them apart. Per role: q4_0
+    # 0.5 (the bands' sum), iq4_nl 0.125, q5_0 0.05, q8_0 0.005; band 0 holds 0.3/0.5 of the role's damage.
+    record = {"probe_type": "q4_0", "also": ["q8_0", "q5_0", "iq4_nl"], "also_grouping": "role",
+              "groups": [{"tensors": names0, "kld": 0.3, "kld_at": {"q4_0": 0.3}},
+                         {"tensors": names1, "kld": 0.2, "kld_at": {"q4_0": 0.2}}],
+              "also_groups": [{"tensors": names0 + names1, "kld": 0.005,
+                               "kld_at": {"q8_0": 0.005, "q5_0": 0.05, "iq4_nl": 0.125}}]}
+    losses = sensitivity_loss_model(info, groups, record)
+    assert losses.type_loss(q0, lookup("iq4_nl")) == pytest.approx(0.075)
+    assert losses.type_loss(q0, lookup("q4_0")) == pytest.approx(0.3)
+    assert losses.type_loss(q0, lookup("q5_0")) == pytest.approx(0.03)
+    # q4_0 costs as many bytes as iq4_nl and loses more; q4_k, q5_1, q6_k lie between measured types unmeasured;
+    # below 4.5 bits (q3_k, q2_k) only the fitted slope can say.
+    opts = [o for o in options_for(q0, losses) if o.type.bits_per_weight >= 4.5]
+    assert [o.type.name for o in opts] == ["iq4_nl", "q5_0", "q8_0", "f16"]
+    assert [o.loss for o in opts] == pytest.approx([0.075, 0.03, 0.003, 0.0])
+    # An excluded type (the one a dequantized reference came from) is never offered.
+    assert "iq4_nl" not in [o.type.name for o in options_for(q0, losses, exclude=("iq4_nl",))]
+
+
 # --- the search, on sparse synthetic shapes ------------------------------------------------------------
 
 

@@ -72,6 +72,16 @@ def test_a_further_probe_type_is_measured_for_every_group_and_costs_less_kld(
         assert 0 < g.kld_at["q8_0"] < g.kld_at["q4_0"]
 
 
+def test_reuse_runs_only_the_passes_not_stored_and_takes_the_rest_from_the_history(
+        tiny_sensitivity: SensitivityResult, tiny_model_f32: Path, sens_db: Path) -> None:
+    run: list[str] = []
+    again = measure_sensitivity(tiny_model_f32, db=sens_db, store=False, also=("q8_0", "q5_0"), reuse=True,
+                                progress=lambda i, n, key: run.append(key), **FAST)
+    assert run == [f"{g.key} at q5_0" for g in again.groups] + ["done"]
+    assert [(g.kld, g.kld_se, g.kld_at["q8_0"]) for g in again.groups] == \
+        [(g.kld, g.kld_se, g.kld_at["q8_0"]) for g in tiny_sensitivity.groups]
+
+
 def test_heatmap_is_a_png_with_a_row_per_role(tiny_sensitivity: SensitivityResult) -> None:
     assert tiny_sensitivity.heatmap is not None
     assert Path(tiny_sensitivity.heatmap).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
