@@ -31,7 +31,8 @@ class _Group(click.Group):
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    # Piped or redirected, rich assumes 80 columns and crushes wide tables: give them room instead.
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _print_json(doc: Any) -> None:

@@ -357,7 +357,7 @@ def render(res: SensitivityResult, console: Any) -> None:
     for g in sorted(res.groups, key=lambda g: order[g.key]):
         t.add_row(str(order[g.key] + 1), g.key, g.probe_written, f"{g.bytes_saved / MIB:,.1f}", f"{g.kld:.5f}",
                   f"{g.kld_se:.5f}", f"{g.top1_loss:+.2%}", f"{g.kld_per_mib:.2e}",
-                  *(f"{g.kld_at.get(a, float('nan')):.6f}" for a in res.also))
+                  *(f"{g.kld_at[a]:.6f}" if a in g.kld_at else "-" for a in res.also))  # '-': not probed
     console.print(t)
     for n in res.notes:
         console.print(f"- {n}")
