@@ -230,13 +230,10 @@ def _load(path: Path, settings: RuntimeSettings, n_ctx: int) -> Any:
     """A llama-cpp-python model whose eval() keeps the logits of every position."""
     from llama_cpp import Llama
 
-    from .ggml_types import UnknownTypeError, kv_cache_type
+    from .llama_backend import kv_type_id
 
-    try:
-        type_k = kv_cache_type(settings.cache_type_k).type_id
-        type_v = kv_cache_type(settings.cache_type_v).type_id
-    except UnknownTypeError as e:
-        raise GgprecError(str(e)) from None
+    type_k = kv_type_id(settings.cache_type_k)
+    type_v = kv_type_id(settings.cache_type_v)
     n_batch = min(settings.n_batch, n_ctx)
     try:
         # logits_all=True: llama-cpp-python 0.3.36 fills Llama.scores for every position only then.

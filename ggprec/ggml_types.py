@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from .errors import GgprecError
+
 
 @dataclass(frozen=True)
 class GgmlType:
@@ -100,8 +102,9 @@ BY_ID: dict[int, GgmlType] = {t.type_id: t for t in TYPES}
 BY_FTYPE: dict[int, GgmlType] = {t.ftype: t for t in TYPES if t.ftype is not None}
 
 
-class UnknownTypeError(ValueError):
-    """A type name or id that is not in the table; the message suggests the nearest name."""
+class UnknownTypeError(GgprecError, ValueError):
+    """A type name or id that is not in the table; the message suggests the nearest name. It is bad
+    input, so the CLI shows it as one line and exits 2 without any caller converting it."""
 
 
 def lookup(name: str) -> GgmlType:

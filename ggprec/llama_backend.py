@@ -113,12 +113,9 @@ def default_threads() -> int:
 
 def kv_type_id(name: str) -> int:
     """ggml type id of a KV-cache type name; an unknown or unsupported name is a GgprecError."""
-    from .ggml_types import UnknownTypeError, kv_cache_type
+    from .ggml_types import kv_cache_type
 
-    try:
-        return kv_cache_type(name).type_id
-    except UnknownTypeError as e:
-        raise GgprecError(str(e)) from None
+    return kv_cache_type(name).type_id
 
 
 def check_settings(settings: RuntimeSettings) -> None:

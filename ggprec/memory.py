@@ -30,7 +30,6 @@ from functools import lru_cache
 from typing import Any
 
 from . import ggml_types
-from .errors import GgprecError
 from .ggml_types import GgmlType
 from .gguf_info import ModelInfo
 from .settings import ALL_LAYERS, RuntimeSettings
@@ -110,10 +109,7 @@ def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[st
     `CPU_Mapped` range) or load mode NONE (`CPU`, also what no_alloc simulates). repack: type -> row
     multiple of the CPU repacking (None: this machine's)."""
     for name in (settings.cache_type_k, settings.cache_type_v):
-        try:
-            ggml_types.kv_cache_type(name)
-        except ggml_types.UnknownTypeError as e:
-            raise GgprecError(str(e)) from None
+        ggml_types.kv_cache_type(name)  # an unknown KV type is a one-line GgprecError
     pred = MemoryPrediction()
     hp = info.hparams
     first_gpu, output_on_gpu = _gpu_layers(settings.n_gpu_layers, hp.n_layer)

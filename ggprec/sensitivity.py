@@ -152,11 +152,8 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
 
     t0 = time.perf_counter()
     model, ref = Path(model), Path(reference) if reference is not None else Path(model)
-    try:
-        probe = weight_type(probe_type).name
-        extra = [weight_type(t).name for t in also if weight_type(t).name != probe]
-    except ValueError as e:  # the type table's UnknownTypeError: bad input, one line
-        raise GgprecError(str(e)) from None
+    probe = weight_type(probe_type).name
+    extra = [weight_type(t).name for t in also if weight_type(t).name != probe]
     info = read_gguf(model)
     if any(t.type.quantized for t in info.tensors if quantizable(t)):
         raise GgprecError(f"{model}: holds quantized weights; measure sensitivity on an f32/f16/bf16 model "
