@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GgprecError
+from .gguf_info import ModelInfo, read_gguf
 from .settings import ALL_LAYERS, RuntimeSettings
 
 # enum ggml_log_level of the vendored ggml (checked against the levels its messages arrive with).
@@ -163,6 +164,7 @@ class LoadedModel:
     load_s: float
     log: LogCapture
     notices: list[str]
+    info: ModelInfo  # the header read before loading, kept so nothing reads it again
     no_alloc: bool = False
 
     def close(self) -> None:
@@ -211,12 +213,6 @@ def context_params(settings: RuntimeSettings) -> Any:
     return cp
 
 
-def _n_layer(path: Path) -> int:
-    from .gguf_info import read_gguf
-
-    return read_gguf(path).hparams.n_layer
-
-
 def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc: bool = False,
                log: LogCapture | None = None) -> LoadedModel:
     """Load `path` and create a context with `settings`; llama.cpp's log lines go to `log` (a new
@@ -229,8 +225,8 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
     if not p.is_file():
         raise GgprecError(f"{p}: no such file")
     check_settings(settings)
-    n_layer = _n_layer(p)  # also rejects non-GGUF files with a clear message
-    settings, notices = clamp_gpu_layers(settings, n_layer)
+    info = read_gguf(p)  # also rejects non-GGUF files with a clear message
+    settings, notices = clamp_gpu_layers(settings, info.hparams.n_layer)
     settings = settings.with_overrides(n_threads=settings.n_threads or default_threads())
     llama_cpp.llama_backend_init()
     with capture_log(log) as log:
@@ -245,7 +241,7 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
         load_s = time.perf_counter() - t0
     n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
     return LoadedModel(p, settings, model, ctx, llama_cpp.llama_model_n_layer(model), n_vocab, load_s, log,
-                       notices, no_alloc)
+                       notices, info, no_alloc)
 
 
 def _reason(log: LogCapture | None) -> str:

@@ -222,12 +222,11 @@ def predict_buffers(lm: LoadedModel) -> dict[str, int]:
     uses: it caps n_batch at the context size), mmap'd unless it was a no_alloc load."""
     import llama_cpp
 
-    from .gguf_info import read_gguf
     from .memory import predict
 
     settings = lm.settings.with_overrides(n_batch=llama_cpp.llama_n_batch(lm.ctx),
                                           n_ubatch=llama_cpp.llama_n_ubatch(lm.ctx))
-    return predict(read_gguf(lm.path), settings, mmap=not lm.no_alloc).buffers
+    return predict(lm.info, settings, mmap=not lm.no_alloc).buffers
 
 
 def tokenize(lm: LoadedModel, text: str) -> list[int]:
