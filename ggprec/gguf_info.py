@@ -97,6 +97,15 @@ class HParams:
     sliding_window: int | None
     n_expert: int
     n_expert_used: int
+    # Mixture-of-experts and MLA (DeepSeek) hyper-parameters; 0 where the model has none.
+    n_expert_shared: int = 0
+    n_ff_exp: int = 0  # feed-forward length of one routed expert
+    n_ff_shexp: int = 0  # feed-forward length of the shared expert(s)
+    n_layer_dense_lead: int = 0  # leading blocks with a dense FFN instead of experts
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    head_dim_k_mla: int = 0  # MLA key/value head sizes as cached (attention.key_length_mla / value_length_mla)
+    head_dim_v_mla: int = 0
 
     @property
     def n_head_kv_max(self) -> int:
@@ -368,4 +377,12 @@ def _hparams(arch: str, md: dict[str, Any], tensors: list[TensorInfo]) -> HParam
         sliding_window=int(window) if window else None,
         n_expert=int(get("expert_count", 0)),
         n_expert_used=int(get("expert_used_count", 0)),
+        n_expert_shared=int(get("expert_shared_count", 0)),
+        n_ff_exp=int(get("expert_feed_forward_length", 0)),
+        n_ff_shexp=int(get("expert_shared_feed_forward_length", 0)),
+        n_layer_dense_lead=int(get("leading_dense_block_count", 0)),
+        q_lora_rank=int(get("attention.q_lora_rank", 0)),
+        kv_lora_rank=int(get("attention.kv_lora_rank", 0)),
+        head_dim_k_mla=int(get("attention.key_length_mla", 0)),
+        head_dim_v_mla=int(get("attention.value_length_mla", 0)),
     )
