@@ -162,6 +162,7 @@ def _mix_type(mix: str) -> str:
 # --- public API -----------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # recommend asks per type per group: after the first call, no work at all
 def weight_prior(type_name: str, n_params: int) -> Prior:
     """Expected whole-model KLD vs the unquantized model if every quantizable weight of a model with
     `n_params` parameters were `type_name`."""
@@ -203,6 +204,7 @@ def kv_fit() -> dict[str, Any]:
     return {"b": b, "q8_0": q8_8b, "q4_0": q8_8b * ratio if ratio else None, "q4_over_q8": ratio}
 
 
+@functools.lru_cache(maxsize=1024)
 def kv_prior(kv_type: str, n_params: int) -> Prior:
     """Expected KLD added by a KV cache of `kv_type` (K and V alike) on a model of `n_params` parameters."""
     t = lookup(kv_type)
@@ -277,7 +279,7 @@ def measure_kv_loss(model_path: str | os.PathLike[str], kv_types: tuple[str, ...
             return None
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps(doc, indent=1) + "\n")
-    what = f"{doc['chunks']} windows of {doc['n_ctx']} tokens"
+    what = f"{doc['chunks']} window{'s' if doc['chunks'] != 1 else ''} of {doc['n_ctx']} tokens"
     return {k: Prior(max(float(doc["kld"][k]), 0.0), f"measured: {k} KV cache on this model ({what})")
             for k in kv_types}
 

@@ -185,8 +185,40 @@ def exclusion(point: dict, nominal: str) -> str | None:
     return None
 
 
+def markdown_table(doc: dict) -> str:
+    """The facts of the data file as one Markdown table (the README's), with the fitted exponents."""
+    from ggprec import priors
+
+    anchor = doc["published"]["llama-3-8b"]
+    measured = doc.get("measured", {})
+    names = list(measured)
+    head = ["mix", "Llama-3-8B (published, less floor)"] + [measured[n]["title"] for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for mix in MIXES:
+        row = [mix, f"{priors.anchor_kld(mix):.4f}"]
+        for n in names:
+            p = measured[n]["weights"].get(mix)
+            cell = f"{p['kld']:.4f} ± {p['kld_se']:.4f} ({p['file_bpw']:.2f} bpw)" if p else "-"
+            row.append(cell + (" *excluded*" if p and p["excluded"] else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    kv8 = anchor["kv"]["q8_0"]["kld"] - anchor["kv_floor"]["kld"]
+    for kv in KV_TYPES:
+        row = [f"KV cache {kv}", f"{kv8:.4f} (PR #7412)" if kv == "q8_0" else "-"]
+        for n in names:
+            p = measured[n]["kv"].get(kv)
+            row.append(f"{p['kld']:.4f} ± {p['kld_se']:.4f}" if p else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    fit, kv = priors.size_fit(), priors.kv_fit()
+    lines.append("")
+    lines.append(f"Size exponent b = {fit.b:.3f} over {len(fit.points)} points (rms log residual "
+                 f"{fit.rms_log_residual:.2f}); KV: b_kv = {kv['b']:.3f}, q4_0/q8_0 KV ratio "
+                 f"{kv['q4_over_q8'] or float('nan'):.0f}.")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--table", action="store_true", help="print the data file's facts as Markdown; measure nothing")
     ap.add_argument("--models", nargs="+", default=list(REAL_MODELS), choices=list(REAL_MODELS))
     ap.add_argument("--chunks", type=int, default=4, help="windows of --ctx tokens per evaluation")
     ap.add_argument("--ctx", type=int, default=512)
@@ -194,6 +226,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=DATA)
     args = ap.parse_args()
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.table:
+        print(markdown_table(doc))
+        return 0
     started = time.time()
     with no_extra_buffer_types():
         measured = {name: measure_model(name, args.chunks, args.ctx, args.threads) for name in args.models}

