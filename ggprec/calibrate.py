@@ -39,6 +39,7 @@ WIDE = SynthShape(n_layer=2, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_v
 # Narrow enough (~0.1 MB a layer) that its weights stay in the CPU caches: its time is the fixed costs.
 NARROW = SynthShape(n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=512, n_ctx=1024)
 NARROW_DEPTHS = (2, 24)
+N_CTX = 256  # context of every calibration run: the pp batch and the tg prefix + tokens fit
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _measure(path: Path, device: str, model: str, effort: Effort, threads: int) 
     from .runner import TG_PREFIX, run_benchmark
     from .settings import ALL_LAYERS, RuntimeSettings
 
-    settings = RuntimeSettings(n_gpu_layers=ALL_LAYERS if device == GPU else 0, n_ctx=NARROW.n_ctx,
+    settings = RuntimeSettings(n_gpu_layers=ALL_LAYERS if device == GPU else 0, n_ctx=N_CTX,
                                n_threads=threads)
     run = run_benchmark(path, settings, pp=effort.pp, tg=effort.tg, reps=effort.reps)
     info = read_gguf(path)
@@ -189,9 +190,11 @@ def gpu_available() -> bool:
 
 def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads: int | None = None,
               gpu: bool | None = None, progress: Callable[[str], None] | None = None,
-              work_dir: str | os.PathLike[str] | None = None) -> Calibration:
+              work_dir: str | os.PathLike[str] | None = None, wide: SynthShape = WIDE,
+              narrow: SynthShape = NARROW) -> Calibration:
     """Measure every type on the host (and the GPU when the build has one: `gpu` None), fit, return.
-    Temporary models are written under `work_dir` (default: the system temp dir) and deleted."""
+    Temporary models are written under `work_dir` (default: the system temp dir) and deleted. `wide`
+    and `narrow` are the two model shapes (their n_layer is set by the effort and NARROW_DEPTHS)."""
     from . import ggml_types
     from .synth import write_synth
 
@@ -217,9 +220,9 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
         narrow_files = []
         for depth in NARROW_DEPTHS:
             say(f"writing a narrow model ({depth} layers)")
-            narrow_files.append(write_synth(tmp / f"narrow-{depth}.gguf", _shape(NARROW, depth), "f16"))
-        say(f"writing a wide model ({effort.wide_layers} layers of n_embd {WIDE.n_embd})")
-        wide_src = write_synth(tmp / "wide.gguf", _shape(WIDE, effort.wide_layers), "f16")
+            narrow_files.append(write_synth(tmp / f"narrow-{depth}.gguf", _shape(narrow, depth), "f16"))
+        say(f"writing a wide model ({effort.wide_layers} layers of n_embd {wide.n_embd})")
+        wide_src = write_synth(tmp / "wide.gguf", _shape(wide, effort.wide_layers), "f16")
         for dev in devices:
             for path in narrow_files:
                 say(f"{dev}: narrow f16, {path.stem}")
