@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,9 +76,10 @@ class SpeedModel:
     # Filled lazily: (device class, type) -> GB/s, so tg_tps is dict lookups and arithmetic only.
     _bw_cache: dict[tuple[str, str], float] = field(default_factory=dict, repr=False, compare=False)
 
-    def describe(self) -> str:
-        """One line: where each device's figures come from."""
-        return "; ".join(f"{'host' if d == HOST else 'GPU'}: {s.source}" for d, s in self.devices.items())
+    def describe(self, devices: Sequence[str] | None = None) -> str:
+        """One line: where each device's figures come from (of `devices` only, when given)."""
+        return "; ".join(f"{'host' if d == HOST else 'GPU'}: {s.source}" for d, s in self.devices.items()
+                         if devices is None or d in devices)
 
     def _bandwidth(self, dev: str, type_name: str) -> float:
         key = (dev, type_name)
@@ -128,7 +129,7 @@ class SpeedModel:
         reads = bytes_read_per_token(info, settings, tensor_types, kv_cells)
         first_gpu = _first_gpu_layer(settings.n_gpu_layers, info.hparams.n_layer)
         layers = {HOST: first_gpu, GPU: info.hparams.n_layer - first_gpu}
-        source = self.describe()
+        source = self.describe([d for d, by_type in reads.items() if any(by_type.values())])
         threads = settings.n_threads
         if self.n_threads is not None and threads is not None and threads != self.n_threads:
             source += f" (calibrated with {self.n_threads} threads, this runs {threads})"
