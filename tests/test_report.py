@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ggprec.printers import to_csv, to_json, to_markdown, to_table
-from ggprec.records import CompareRecord, Column
+from ggprec.records import Column, CompareRecord
 from ggprec.report import pareto_front, write_all
 
 COLS = (
