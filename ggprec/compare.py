@@ -254,7 +254,9 @@ def _record_history(records: list[CompareRecord], loaded: dict[str, Any], result
     settings = {**result.settings, "source": result.source, "reference": result.reference,
                 "baseline": result.baseline}
     with Store() as store:
-        return [store.record(r, model_path=r.path, model_sha256=model_sha256(r.path), profile_name=r.profile,
+        # The row's model is the source, as for `run` (the variant that ran is the record's `path`).
+        source_sha = model_sha256(result.source)
+        return [store.record(r, model_path=result.source, model_sha256=source_sha, profile_name=r.profile,
                              profile_hash=loaded[r.profile].content_hash(),
                              settings={**settings, "runtime": r.runtime}, hardware=hardware)
                 for r in records]

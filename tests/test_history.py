@@ -231,3 +231,22 @@ def test_history_of_an_old_database_prints(tmp_path: Path) -> None:
     res = history(db)
     assert res.exit_code == 0, res.output
     assert " run " in res.output and " compare " in res.output and "820.0" in res.output
+
+
+def test_history_json_follows_the_documented_schema(tmp_path: Path) -> None:
+    """docs/json.md documents every key of a history record and, per kind, every field of its record."""
+    import dataclasses
+
+    from ggprec.records import RECORD_TYPES
+
+    section = (Path(__file__).parents[1] / "docs" / "json.md").read_text()
+    section = section.split("## `ggprec history --json`", 1)[1].split("\n## ", 1)[0]
+    store_all(tmp_path / "h.db", one_of_each_kind())
+    doc = json.loads(history(tmp_path / "h.db", "--json").output)
+    assert doc["schema"] == 2 and f'"schema": {doc["schema"]}' in section
+    for row in doc["records"]:
+        assert all(f"`{key}`" in section for key in row), sorted(row)
+        [line] = [ln for ln in section.splitlines() if ln.startswith(f"| `{row['kind']}` |")]
+        fields = [f.name for f in dataclasses.fields(RECORD_TYPES[row["kind"]])]
+        assert sorted(row["results"]) == sorted(fields)
+        assert [f for f in fields if f"`{f}`" not in line] == []
