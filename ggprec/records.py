@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 from .errors import GgprecError
 
 MIB = 2**20
-GB = 1e9
 
 
 class RecordError(GgprecError):

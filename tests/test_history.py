@@ -250,3 +250,17 @@ def test_history_json_follows_the_documented_schema(tmp_path: Path) -> None:
         fields = [f.name for f in dataclasses.fields(RECORD_TYPES[row["kind"]])]
         assert sorted(row["results"]) == sorted(fields)
         assert [f for f in fields if f"`{f}`" not in line] == []
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_every_printer_prints_every_kind_from_its_metadata(index: int) -> None:
+    from ggprec.printers import to_csv, to_json, to_markdown, to_table
+
+    record = one_of_each_kind()[index]
+    columns = record.columns()
+    assert columns and to_table([record]).row_count == 1
+    header, row = to_csv([record]).splitlines()
+    assert header.split(",") == [c.key for c in columns]
+    md = to_markdown([record]).splitlines()
+    assert md[0] == "| " + " | ".join(c.header for c in columns) + " |" and len(md) == 3
+    assert json.loads(to_json([record])) == [record.to_dict()]
