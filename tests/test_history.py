@@ -264,3 +264,41 @@ def test_every_printer_prints_every_kind_from_its_metadata(index: int) -> None:
     md = to_markdown([record]).splitlines()
     assert md[0] == "| " + " | ".join(c.header for c in columns) + " |" and len(md) == 3
     assert json.loads(to_json([record])) == [record.to_dict()]
+
+
+def test_a_database_of_another_program_is_one_error_line(tmp_path: Path) -> None:
+    db = tmp_path / "foreign.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE results (id INTEGER PRIMARY KEY, score REAL)")
+    con.commit()
+    con.close()
+    res = history(db)
+    assert res.exit_code == 2
+    assert res.output == f"ggprec: error: history database {db}: cannot use it (table results already exists)\n"
+
+
+def test_a_sensitivity_result_is_stored_as_its_record_and_found_by_recommend(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from ggprec.hashing import model_sha256
+    from ggprec.recommend import stored_sensitivity
+    from ggprec.sensitivity import GroupResult, SensitivityResult, render
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    group = GroupResult(key="ffn_down", role="ffn_down", layers=[0, 1], tensors=["blk.0.ffn_down.weight"],
+                        n_params=4096, bytes_saved=6 * MIB, probe_written="q4_0", kld=0.02, kld_se=0.001,
+                        top1_loss=0.01, kld_at={"q4_0": 0.02, "q8_0": 0.001})
+    res = SensitivityResult(model=str(model), reference=str(model), probe_type="q4_0", grouping="role", n_ctx=512,
+                            chunks=2, baseline_kld=0.0, baseline_top1=1.0, groups=[group], seconds=12.0,
+                            also=["q8_0"])
+    with Store(tmp_path / "h.db") as store:
+        rid = store.record(SensitivityRecord.from_dict(res.to_dict()), model_path=model,
+                           model_sha256=model_sha256(model))
+        found = stored_sensitivity(str(model), store=store)
+    assert found is not None and found["id"] == rid and found["groups"] == [group.to_dict()]
+    console = Console(width=200, record=True)
+    render(res, console)
+    [row] = [ln for ln in console.export_text().splitlines() if "ffn_down" in ln]
+    assert [c.strip() for c in row.split("│")[1:-1]] == ["1", "ffn_down", "q4_0", "6.0", "0.02000", "0.00100",
+                                                         "+1.00%", "3.33e-03", "0.001000"]
