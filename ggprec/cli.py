@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .errors import GgprecError
+from .records import KINDS  # stdlib only: keeps `ggprec --help` fast
 
 EXIT_BAD_INPUT = 2
 
@@ -248,8 +249,7 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
 @main.command()
 @click.option("--model", help="Only rows of this model (path, file name or sha256 prefix).")
 @click.option("--profile", help="Only rows of this profile (name or content-hash prefix).")
-@click.option("--kind", type=click.Choice(["run", "eval", "compare", "sensitivity", "recommend", "calibration"]),
-              help="Only this kind.")
+@click.option("--kind", type=click.Choice(KINDS), help="Only this kind.")
 @click.option("--limit", type=int, help="At most this many rows, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option
