@@ -104,7 +104,7 @@ def test_a_second_compare_reuses_builds_and_reference_logits_and_gets_the_same_a
     assert second.path == first.path
     assert (second.reference_cached, second.accuracy_cached) == (True, False)
     for key in ("kld_mean", "kld_p99", "top1_pct", "ppl"):
-        assert second[key] == first[key]
+        assert getattr(second, key) == getattr(first, key)
 
 
 def test_a_second_compare_reuses_the_accuracy_of_unchanged_inputs_but_measures_speed_again(
