@@ -266,6 +266,7 @@ def machine_key(hardware: dict[str, Any]) -> str:
 def store_calibration(cal: Calibration, store: Any = None) -> int:
     """Record `cal` in the history (kind 'calibration'); sets and returns its id."""
     from .hardware import fingerprint
+    from .records import CalibrationRecord
     from .store import Store
 
     hw = fingerprint()
@@ -274,7 +275,9 @@ def store_calibration(cal: Calibration, store: Any = None) -> int:
     own = store is None
     st = Store() if own else store
     try:
-        cal.id = st.record("calibration", None, None, None, None, settings, cal.to_dict(), hw)
+        doc = {k: v for k, v in cal.to_dict().items() if k not in ("id", "created")}
+        cal.id = st.record(CalibrationRecord.from_dict(doc), model_path=None, model_sha256=None, profile_name=None,
+                           profile_hash=None, settings=settings, hardware=hw)
         cal.created = st.query(kind="calibration", limit=1)[0].created
     finally:
         if own:
