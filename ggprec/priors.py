@@ -20,7 +20,7 @@ reach (SmolLM2-135M, Gemma 3 270M). The model:
 KV cache: the geometric mean over the measured models of the KLD each KV type adds, for any size (see
 kv_facts for why no size law); types between q4_0 and q8_0 are interpolated in bits.
 
-The size law is a coarse prior, not a property of quantization: Llama 2 7B loses 3-4x less than Llama 3 8B
+The size law is a coarse prior, not a property of quantization: Llama 2 7B loses 2.5-4x less than Llama 3 8B
 at every type (same table), so training matters as much as size. A model's own measurements (ggprec
 sensitivity, `measure_kv_loss`) always win over these priors.
 """
