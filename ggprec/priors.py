@@ -316,7 +316,7 @@ def _run_kv_worker(path: Path, kv_types: tuple[str, ...], chunks: int, n_ctx: in
 def no_extra_buffer_types() -> Iterator[None]:
     """Inside, every model llama-cpp-python loads has `use_extra_bufts = false` (no AMX or repacked weight
     buffers). Works around a crash of llama-cpp-python 0.3.36 in ggml_backend_amx_mul_mat on CPUs with AMX
-    (seen on quantized SmolLM2 and Gemma 3 files); the weights and results are the same, only slower."""
+    (seen on quantized SmolLM2 and Gemma 3 files): the same weights through the plain CPU kernels, slower."""
     import llama_cpp.llama_cpp as lc
 
     original = lc.llama_model_default_params
