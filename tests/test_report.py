@@ -73,7 +73,7 @@ def test_columns_come_from_the_record_class_when_not_given():
     md = to_markdown([rec]).splitlines()
     assert md[0] == ("| profile | file MiB | mem MiB | mem saved % | pp tok/s | pp x | tg tok/s | tg x | tg / exp | KLD mean "
                      "| KLD p99 | KLD x base | top-1 % | top-1 vs base | PPL |")
-    assert md[2] == "| q4_0 | 91.7 | 120.2 | - | - | - | - | - | 0.3716 | - | - | - | -25.0 | - |"
+    assert md[2] == "| q4_0 | 91.7 | 120.2 | - | - | - | - | - | - | 0.3716 | - | - | - | -25.0 | - |"
     assert to_csv([rec]).splitlines()[1] == "q4_0,91.7,120.25,,,,,,0.3716,,,,-25.0,"
 
 
