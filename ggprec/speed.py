@@ -129,7 +129,7 @@ class SpeedModel:
         reads = bytes_read_per_token(info, settings, tensor_types, kv_cells)
         first_gpu = _first_gpu_layer(settings.n_gpu_layers, info.hparams.n_layer)
         layers = {HOST: first_gpu, GPU: info.hparams.n_layer - first_gpu}
-        source = self.describe([d for d, by_type in reads.items() if any(by_type.values())])
+        source = self.describe([device_class(d) for d, by_type in reads.items() if any(by_type.values())])
         threads = settings.n_threads
         if self.n_threads is not None and threads is not None and threads != self.n_threads:
             source += f" (calibrated with {self.n_threads} threads, this runs {threads})"

@@ -64,6 +64,8 @@ def test_offloaded_layers_and_the_head_are_read_on_the_gpu(tiny_model: Path) -> 
     embd = next(t for t in info.tensors if t.name == "token_embd.weight")
     assert reads[HOST] == {"f16": embd.shape[0] * 2}  # only the embedding row stays on the host
     assert sum(reads["CUDA0"].values()) == sum(t.n_bytes for t in info.tensors)  # the head is token_embd again
+    est = MODEL.expected(info, RuntimeSettings(n_ctx=512, n_gpu_layers=ALL_LAYERS, n_threads=2))
+    assert est.source == "host: test figures; GPU: 500 GB/s assumed"
 
 
 def test_expected_uses_the_types_of_the_file_that_will_run(tiny_model: Path) -> None:
