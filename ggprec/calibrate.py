@@ -103,7 +103,7 @@ class Calibration:
 
     def label_sources(self) -> None:
         """Name this calibration in every device's `source` (shown beside each expected speed)."""
-        when = (self.created or "").replace("+00:00", " UTC").replace("T", " ")
+        when = (self.created or "").replace("T", " ").replace("+00:00", " UTC")
         where = f"history #{self.id}, {when}" if self.id else "not stored"
         self.speeds = {dev: replace(s, source=f"calibrated ({where}, {len(s.gbps)} types, {self.n_threads} threads)")
                        for dev, s in self.speeds.items()}

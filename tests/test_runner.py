@@ -83,8 +83,8 @@ RUN_DOC = {
     "pp": int, "tg": int, "reps": int, "pp_tps": (dict, type(None)), "tg_tps": (dict, type(None)),
     "load_s": float, "allocation": dict, "peak_rss_bytes": int, "gpu_memory_bytes": (int, type(None)),
     "n_layer": int, "notices": list, "prompt": (str, type(None)), "generated": (str, type(None)),
-    "predicted": (dict, type(None)), "hardware": dict, "expected_tg_tps": (float, type(None)),
-    "expected_pp_tps": (float, type(None)), "expected_tg_source": (str, type(None)),
+    "predicted": (dict, type(None)), "expected_tg_tps": (float, type(None)), "expected_pp_tps": (float, type(None)),
+    "expected_tg_source": (str, type(None)), "hardware": dict,
 }
 SETTINGS_DOC = {"n_gpu_layers": int, "n_ctx": int, "n_batch": int, "n_ubatch": int,
                 "flash_attn": (bool, type(None)), "flash_attn_effective": bool, "n_threads": int,
