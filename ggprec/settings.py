@@ -37,4 +37,7 @@ class RuntimeSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-shaped: override_tensor as a list of [pattern, device] pairs (what a stored copy reads back as)."""
+        d = asdict(self)
+        d["override_tensor"] = [list(pair) for pair in self.override_tensor]
+        return d
