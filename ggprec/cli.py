@@ -208,6 +208,12 @@ _FA = {"on": True, "off": False, "auto": None}
 @click.option("-ctv", "--cache-type-v", "cache_type_v", help="V-cache type (a quantized one needs flash attention).")
 @click.option("-fa", "--flash-attn", "flash_attn", type=click.Choice(["on", "off", "auto"]),
               help="Flash attention (auto: on exactly when the V cache is quantized).")
+@click.option("-ot", "--override-tensor", "override_tensor", multiple=True, metavar="PATTERN=DEVICE",
+              help="Put tensors whose name matches the regex on DEVICE (CPU, CUDA0, ...); repeatable and "
+                   "comma-separated like llama.cpp's -ot; replaces the profile's list.")
+@click.option("-cmoe", "--cpu-moe", "cpu_moe", is_flag=True, help="Keep every routed expert tensor on the CPU.")
+@click.option("-ncmoe", "--n-cpu-moe", "n_cpu_moe", type=click.IntRange(min=0),
+              help="Keep the routed expert tensors of the first N blocks on the CPU.")
 @click.option("--pp", type=int, default=512, show_default=True, help="Prompt-processing tokens (one batch).")
 @click.option("--tg", type=int, default=128, show_default=True, help="Generated tokens (single-token decodes).")
 @click.option("--reps", type=int, default=3, show_default=True, help="Repetitions of each test.")
@@ -218,8 +224,8 @@ _FA = {"on": True, "off": False, "auto": None}
 @db_option
 def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None, n_batch: int | None,
         n_ubatch: int | None, n_threads: int | None, cache_type_k: str | None, cache_type_v: str | None,
-        flash_attn: str | None, pp: int, tg: int, reps: int, prompt: str | None, n_predict: int, as_json: bool,
-        db: str | None) -> None:
+        flash_attn: str | None, override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None, pp: int,
+        tg: int, reps: int, prompt: str | None, n_predict: int, as_json: bool, db: str | None) -> None:
     """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
     from .hardware import fingerprint
     from .run_report import render_run, run_document
@@ -231,6 +237,7 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
                                      n_threads=n_threads, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
     if flash_attn is not None:
         overrides["flash_attn"] = _FA[flash_attn]
+    overrides.update(_placement_overrides(override_tensor, cpu_moe, n_cpu_moe))
     progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
     from .speed import load_speed_model
 
@@ -245,6 +252,21 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
         _print_json(run_document(done, record_id, hardware))
     else:
         render_run(done, _console(), record_id)
+
+
+def _placement_overrides(override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None) -> dict[str, Any]:
+    """RuntimeSettings changes from -ot / --cpu-moe / --n-cpu-moe (nothing for flags not given)."""
+    from .settings import ALL_LAYERS
+    from .tensor_overrides import parse_overrides
+
+    if cpu_moe and n_cpu_moe is not None:
+        raise GgprecError("--cpu-moe and --n-cpu-moe are alternatives: give one")
+    out: dict[str, Any] = {}
+    if override_tensor:
+        out["override_tensor"] = parse_overrides(override_tensor)
+    if cpu_moe or n_cpu_moe is not None:
+        out["n_cpu_moe"] = ALL_LAYERS if cpu_moe else n_cpu_moe
+    return out
 
 
 @main.command()

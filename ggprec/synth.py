@@ -234,6 +234,7 @@ def _add_arch_metadata(w, shape: SynthShape) -> None:  # w: gguf.GGUFWriter
             w.add_key_length_mla(shape.qk_nope_dim + shape.rope_dim)
             w.add_value_length_mla(shape.v_head_dim)
             w.add_kv_lora_rank(shape.kv_lora_rank)
+            w.add_q_lora_rank(0)  # no query LoRA (V2-Lite); llama.cpp requires the key unless n_layer is 27
             w.add_leading_dense_block_count(shape.n_layer_dense_lead)
             w.add_expert_shared_count(shape.n_expert_shared)
             w.add_expert_weights_scale(1.0)
