@@ -69,8 +69,10 @@ def inspect(model: str, tensors: bool, as_json: bool) -> None:
 
 @main.command()
 @click.argument("output", type=click.Path(path_type=str))
-@click.option("--preset", type=click.Choice(["tiny", "smollm2-135m", "llama-3.2-1b", "llama-3-8b", "llama-3-70b"]),
-              default="tiny", show_default=True, help="A real model's shape.")
+@click.option("--preset", type=click.Choice(["tiny", "smollm2-135m", "llama-3.2-1b", "llama-3-8b", "llama-3-70b",
+                                             "tiny-moe", "qwen3-30b-a3b", "gpt-oss-20b", "mixtral-8x7b",
+                                             "deepseek-v2-lite"]),
+              default="tiny", show_default=True, help="A real model's shape (the last five: mixtures of experts).")
 @click.option("--type", "dtype", type=click.Choice(["f32", "f16", "bf16"]), default="f16", show_default=True)
 @click.option("--layers", type=int, help="Override the number of layers.")
 @click.option("--embd", type=int, help="Override n_embd.")
@@ -80,6 +82,9 @@ def inspect(model: str, tensors: bool, as_json: bool) -> None:
 @click.option("--vocab", type=int, help="Override the vocabulary size.")
 @click.option("--merges", type=int, help="Override the number of BPE merges.")
 @click.option("--ctx", type=int, help="Override the training context length.")
+@click.option("--experts", type=int, help="Override the number of routed experts (MoE presets).")
+@click.option("--experts-used", type=int, help="Override the experts each token uses (MoE presets).")
+@click.option("--ff-exp", type=int, help="Override one expert's feed-forward length (MoE presets).")
 @click.option("--tied/--untied", default=None, help="Output head tied to token_embd, or a separate output.weight.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sparse", is_flag=True, help="Leave the weights as a hole in the file (no disk used): "
@@ -87,12 +92,14 @@ def inspect(model: str, tensors: bool, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def synth(output: str, preset: str, dtype: str, layers: int | None, embd: int | None, heads: int | None,
           kv_heads: int | None, ff: int | None, vocab: int | None, merges: int | None, ctx: int | None,
-          tied: bool | None, seed: int, sparse: bool, force: bool) -> None:
+          experts: int | None, experts_used: int | None, ff_exp: int | None, tied: bool | None, seed: int,
+          sparse: bool, force: bool) -> None:
     """Write a synthetic GGUF of a real model's shape with random weights (deterministic seed)."""
     from .synth import shape_for, write_synth
 
     shape = shape_for(preset, n_layer=layers, n_embd=embd, n_head=heads, n_head_kv=kv_heads, n_ff=ff,
-                      n_vocab=vocab, n_merges=merges, n_ctx=ctx, tied=tied)
+                      n_vocab=vocab, n_merges=merges, n_ctx=ctx, tied=tied, n_expert=experts,
+                      n_expert_used=experts_used, n_ff_exp=ff_exp)
     path = write_synth(output, shape, dtype=dtype, seed=seed, sparse=sparse, force=force,
                        name=f"synthetic {preset}")
     click.echo(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB{', sparse' if sparse else ''})")
