@@ -117,3 +117,15 @@ def test_cpu_moe_and_n_cpu_moe_together_are_refused(tiny_moe: Path, tmp_path: Pa
     r = CliRunner().invoke(main, ["run", str(tiny_moe), "--cpu-moe", "--n-cpu-moe", "1",
                                   "--db", str(tmp_path / "h.db")])
     assert r.exit_code == 2 and "alternatives" in r.output
+
+
+@pytest.mark.parametrize(("runtime", "message"), [
+    ({"n_cpu_moe": -2}, "n_cpu_moe: expected a block count"),
+    ({"override_tensor": [{"pattern": "exps"}]}, r"override_tensor\[0\]: expected \{pattern"),
+    ({"override_tensor": [{"pattern": "(?<=x)exps", "device": "CPU"}]}, "Python-only regex syntax"),
+])
+def test_bad_placement_in_a_profile_is_a_one_line_error(runtime: dict, message: str) -> None:
+    from ggprec.profile import profile_from_dict
+
+    with pytest.raises(GgprecError, match=message):
+        profile_from_dict({"name": "p", "runtime": runtime})
