@@ -70,8 +70,10 @@ def inspect(model: str, tensors: bool, as_json: bool) -> None:
 
 @main.command()
 @click.argument("output", type=click.Path(path_type=str))
-@click.option("--preset", type=click.Choice(["tiny", "smollm2-135m", "llama-3.2-1b", "llama-3-8b", "llama-3-70b"]),
-              default="tiny", show_default=True, help="A real model's shape.")
+@click.option("--preset", type=click.Choice(["tiny", "smollm2-135m", "llama-3.2-1b", "llama-3-8b", "llama-3-70b",
+                                             "tiny-moe", "qwen3-30b-a3b", "gpt-oss-20b", "mixtral-8x7b",
+                                             "deepseek-v2-lite"]),
+              default="tiny", show_default=True, help="A real model's shape (the last five: mixtures of experts).")
 @click.option("--type", "dtype", type=click.Choice(["f32", "f16", "bf16"]), default="f16", show_default=True)
 @click.option("--layers", type=int, help="Override the number of layers.")
 @click.option("--embd", type=int, help="Override n_embd.")
@@ -81,6 +83,9 @@ def inspect(model: str, tensors: bool, as_json: bool) -> None:
 @click.option("--vocab", type=int, help="Override the vocabulary size.")
 @click.option("--merges", type=int, help="Override the number of BPE merges.")
 @click.option("--ctx", type=int, help="Override the training context length.")
+@click.option("--experts", type=int, help="Override the number of routed experts (MoE presets).")
+@click.option("--experts-used", type=int, help="Override the experts each token uses (MoE presets).")
+@click.option("--ff-exp", type=int, help="Override one expert's feed-forward length (MoE presets).")
 @click.option("--tied/--untied", default=None, help="Output head tied to token_embd, or a separate output.weight.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sparse", is_flag=True, help="Leave the weights as a hole in the file (no disk used): "
@@ -88,12 +93,14 @@ def inspect(model: str, tensors: bool, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def synth(output: str, preset: str, dtype: str, layers: int | None, embd: int | None, heads: int | None,
           kv_heads: int | None, ff: int | None, vocab: int | None, merges: int | None, ctx: int | None,
-          tied: bool | None, seed: int, sparse: bool, force: bool) -> None:
+          experts: int | None, experts_used: int | None, ff_exp: int | None, tied: bool | None, seed: int,
+          sparse: bool, force: bool) -> None:
     """Write a synthetic GGUF of a real model's shape with random weights (deterministic seed)."""
     from .synth import shape_for, write_synth
 
     shape = shape_for(preset, n_layer=layers, n_embd=embd, n_head=heads, n_head_kv=kv_heads, n_ff=ff,
-                      n_vocab=vocab, n_merges=merges, n_ctx=ctx, tied=tied)
+                      n_vocab=vocab, n_merges=merges, n_ctx=ctx, tied=tied, n_expert=experts,
+                      n_expert_used=experts_used, n_ff_exp=ff_exp)
     path = write_synth(output, shape, dtype=dtype, seed=seed, sparse=sparse, force=force,
                        name=f"synthetic {preset}")
     click.echo(f"wrote {path} ({path.stat().st_size / 2**20:,.1f} MiB{', sparse' if sparse else ''})")
@@ -209,6 +216,12 @@ _FA = {"on": True, "off": False, "auto": None}
 @click.option("-ctv", "--cache-type-v", "cache_type_v", help="V-cache type (a quantized one needs flash attention).")
 @click.option("-fa", "--flash-attn", "flash_attn", type=click.Choice(["on", "off", "auto"]),
               help="Flash attention (auto: on exactly when the V cache is quantized).")
+@click.option("-ot", "--override-tensor", "override_tensor", multiple=True, metavar="PATTERN=DEVICE",
+              help="Put tensors whose name matches the regex on DEVICE (CPU, CUDA0, ...); repeatable and "
+                   "comma-separated like llama.cpp's -ot; replaces the profile's list.")
+@click.option("-cmoe", "--cpu-moe", "cpu_moe", is_flag=True, help="Keep every routed expert tensor on the CPU.")
+@click.option("-ncmoe", "--n-cpu-moe", "n_cpu_moe", type=click.IntRange(min=0),
+              help="Keep the routed expert tensors of the first N blocks on the CPU.")
 @click.option("--pp", type=int, default=512, show_default=True, help="Prompt-processing tokens (one batch).")
 @click.option("--tg", type=int, default=128, show_default=True, help="Generated tokens (single-token decodes).")
 @click.option("--reps", type=int, default=3, show_default=True, help="Repetitions of each test.")
@@ -219,8 +232,8 @@ _FA = {"on": True, "off": False, "auto": None}
 @db_option
 def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None, n_batch: int | None,
         n_ubatch: int | None, n_threads: int | None, cache_type_k: str | None, cache_type_v: str | None,
-        flash_attn: str | None, pp: int, tg: int, reps: int, prompt: str | None, n_predict: int, as_json: bool,
-        db: str | None) -> None:
+        flash_attn: str | None, override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None, pp: int,
+        tg: int, reps: int, prompt: str | None, n_predict: int, as_json: bool, db: str | None) -> None:
     """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
     from .hardware import fingerprint
     from .printers import render_run, run_document
@@ -232,6 +245,7 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
                                      n_threads=n_threads, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
     if flash_attn is not None:
         overrides["flash_attn"] = _FA[flash_attn]
+    overrides.update(_placement_overrides(override_tensor, cpu_moe, n_cpu_moe))
     progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
     from .speed import load_speed_model
 
@@ -246,6 +260,21 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
         _print_json(run_document(done, record_id, hardware))
     else:
         render_run(done, _console(), record_id)
+
+
+def _placement_overrides(override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None) -> dict[str, Any]:
+    """RuntimeSettings changes from -ot / --cpu-moe / --n-cpu-moe (nothing for flags not given)."""
+    from .settings import ALL_LAYERS
+    from .tensor_overrides import parse_overrides
+
+    if cpu_moe and n_cpu_moe is not None:
+        raise GgprecError("--cpu-moe and --n-cpu-moe are alternatives: give one")
+    out: dict[str, Any] = {}
+    if override_tensor:
+        out["override_tensor"] = parse_overrides(override_tensor)
+    if cpu_moe or n_cpu_moe is not None:
+        out["n_cpu_moe"] = ALL_LAYERS if cpu_moe else n_cpu_moe
+    return out
 
 
 @main.command()

@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from .gguf_info import ArraySummary, ModelInfo
+from .memory import bytes_read_per_token
+from .roles import is_routed_expert
+from .settings import RuntimeSettings
 
 INSPECT_SCHEMA = 1
 MiB = 1024 * 1024
@@ -45,12 +48,21 @@ def to_dict(info: ModelInfo, tensors: bool = True) -> dict[str, Any]:
             "n_ctx_train": hp.n_ctx_train,
             "sliding_window": hp.sliding_window,
             "n_expert": hp.n_expert,
+            "n_expert_used": hp.n_expert_used,
+            "n_expert_shared": hp.n_expert_shared,
+            "n_ff_exp": hp.n_ff_exp,
+            "n_ff_shexp": hp.n_ff_shexp,
+            "n_layer_dense_lead": hp.n_layer_dense_lead,
+            "q_lora_rank": hp.q_lora_rank,
+            "kv_lora_rank": hp.kv_lora_rank,
         },
         "tied_output": info.tied_output,
         "n_tensors": len(info.tensors),
         "n_params": info.n_params,
         "tensor_bytes": info.tensor_bytes,
         "bits_per_weight": round(info.bits_per_weight, 4),
+        "n_params_active": active_params(info),
+        "bytes_per_token": bytes_per_token(info),
         "totals": {
             key: [
                 {key: k, "tensors": c, "params": n, "bytes": b}
@@ -74,6 +86,24 @@ def to_dict(info: ModelInfo, tensors: bool = True) -> dict[str, Any]:
             for t in info.tensors
         ]
     return doc
+
+
+def active_params(info: ModelInfo) -> int:
+    """Parameters one token uses: every tensor, routed experts at n_expert_used / n_expert (the way model
+    cards count "A3B": embeddings included)."""
+    hp = info.hparams
+    share = hp.n_expert_used / hp.n_expert if hp.n_expert else 1.0
+    return round(sum(t.n_elements * (share if is_routed_expert(t.role) else 1.0) for t in info.tensors))
+
+
+def bytes_per_token(info: ModelInfo) -> dict[str, int]:
+    """Weight type -> bytes one generated token reads from the file as it is (memory.bytes_read_per_token
+    summed over devices: routed experts at their used share, token_embd one row), largest first."""
+    merged: dict[str, int] = {}
+    for per_type in bytes_read_per_token(info, RuntimeSettings()).values():
+        for name, n in per_type.items():
+            merged[name] = merged.get(name, 0) + n
+    return dict(sorted(merged.items(), key=lambda kv: -kv[1]))
 
 
 def _mib(n: int) -> str:
@@ -105,12 +135,18 @@ def render(info: ModelInfo, console: Any, tensors: bool = False) -> None:
     if hp.sliding_window:
         rows.append(("sliding window", f"{hp.sliding_window:,}"))
     if hp.n_expert:
-        rows.append(("experts (used)", f"{hp.n_expert} ({hp.n_expert_used})"))
+        shared = f", {hp.n_expert_shared} shared" if hp.n_expert_shared else ""
+        dense = f", first {hp.n_layer_dense_lead} blocks dense" if hp.n_layer_dense_lead else ""
+        rows.append(("experts (used)", f"{hp.n_expert} ({hp.n_expert_used}) of {hp.n_ff_exp}{shared}{dense}"))
+    if hp.kv_lora_rank:
+        rows.append(("MLA", f"kv_lora_rank {hp.kv_lora_rank}, q_lora_rank {hp.q_lora_rank}"))
     rows += [
         ("output head", "tied to token_embd" if info.tied_output else "separate output.weight"),
         ("tensors", f"{len(info.tensors)}"),
-        ("parameters", f"{info.n_params:,}"),
+        ("parameters", f"{info.n_params:,}" + (f" ({active_params(info):,} active per token)"
+                                                 if hp.n_expert else "")),
         ("tensor data", f"{_mib(info.tensor_bytes)} MiB ({info.bits_per_weight:.2f} bits/weight)"),
+        ("read per token", ", ".join(f"{_mib(n)} MiB {t}" for t, n in bytes_per_token(info).items())),
         ("file size", f"{_mib(info.file_size)} MiB (GGUF v{info.version})"),
     ]
     for k, v in rows:

@@ -41,6 +41,7 @@ F32, F16 = 4, 2
 # Multipliers of one n_embd (or n_embd_kv) activation of n_ubatch tokens, fitted on llama.cpp's
 # reported compute buffers (llama-3.2-1b, 8b, 70b and SmolLM2 shapes; see the module doc).
 ATTN_EMBD, ATTN_EMBD_KV, ATTN_EMBD_FA, OUT_EMBD = 5, 2, 12, 2
+MOE_EMBD = 4  # activations beside the expert FFN's (mixtral-8x7b, flash attention: exact at ctx 4096)
 
 
 @dataclass
@@ -188,16 +189,39 @@ def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings,
     embd = hp.n_embd * n_ub * F32
     embd_kv = hp.n_head_kv_max * hp.head_dim_k * n_ub * F32
     fa = settings.flash_attn_effective
+    # Sliding-window models (gpt-oss, Gemma) keep two KV caches, each with its own attention mask.
+    masks = 2 if hp.sliding_window else 1
     if fa:
-        attn = n_kv * n_ub * F16 + ATTN_EMBD_FA * embd
-        attn_why = f"f16 mask {n_kv}x{n_ub} + {ATTN_EMBD_FA} activations"
+        attn = masks * n_kv * n_ub * F16 + ATTN_EMBD_FA * embd
+        attn_why = f"{masks} f16 mask {n_kv}x{n_ub} + {ATTN_EMBD_FA} activations"
     else:
-        attn = n_kv * n_ub * (hp.n_head + 1) * F32 + ATTN_EMBD * embd + ATTN_EMBD_KV * embd_kv
-        attn_why = f"KQ f32 {n_kv}x{n_ub}x{hp.n_head} heads + f32 mask + {ATTN_EMBD}+{ATTN_EMBD_KV} activations"
+        attn = n_kv * n_ub * (hp.n_head + masks) * F32 + ATTN_EMBD * embd + ATTN_EMBD_KV * embd_kv
+        attn_why = (f"KQ f32 {n_kv}x{n_ub}x{hp.n_head} heads + {masks} f32 mask + {ATTN_EMBD}+{ATTN_EMBD_KV} "
+                    "activations")
+    if hp.n_expert and hp.n_expert_used:
+        # The routed-expert FFN of one ubatch: gate, up and their product for each token's used experts
+        # (f32, n_ff_exp x n_expert_used x n_ubatch each) beside the attention mask and MOE_EMBD activations;
+        # fitted on mixtral-8x7b's no_alloc reports with flash attention (where it is the peak).
+        n_ff_exp = hp.n_ff_exp or hp.n_ff_max
+        moe = (3 * n_ff_exp * hp.n_expert_used * n_ub * F32 + n_kv * n_ub * (F16 if fa else F32)
+               + MOE_EMBD * embd)
+        if moe > attn:
+            attn, attn_why = moe, f"3 expert activations f32 {n_ff_exp}x{hp.n_expert_used}x{n_ub} + mask + " \
+                                  f"{MOE_EMBD} activations"
     quant_kv = any(ggml_types.lookup(t).quantized for t in (settings.cache_type_k, settings.cache_type_v))
     out_n = OUT_EMBD + (1 if fa and quant_kv else 0)
     out = hp.n_vocab * n_ub * F32 + out_n * embd
     out_why = f"logits f32 {hp.n_vocab}x{n_ub} + {out_n} activations"
+    if hp.kv_lora_rank:
+        # MLA: the query, its absorbed no-rope part and the concatenated query (n_head x (kv_lora_rank +
+        # rope) wide) are the block's widest activations; fitted on deepseek-v2-lite's no_alloc reports
+        # (exact at n_ubatch 512 and n_ctx >= 4096; see check_memory_model.py for the rest).
+        mla = n_ub * F32 * hp.n_head * (hp.head_dim_k_mla + hp.kv_lora_rank + hp.head_dim_k)
+        out = hp.n_vocab * n_ub * F32 + max(out_n * embd, mla)
+        out_why = f"logits f32 {hp.n_vocab}x{n_ub} + MLA query activations"
+        if not fa:
+            attn += mla - ATTN_EMBD_KV * embd_kv
+            attn_why += " + MLA query activations"
     has_gpu = first_gpu < hp.n_layer or output_on_gpu
     if not has_gpu:
         key, (n, why) = "compute:CPU", max((attn, attn_why), (out, out_why))

@@ -260,6 +260,9 @@ def profile_from_dict(doc: Any, default_name: str = "profile") -> Profile:
         if not (ok or value is None):
             raise GgprecError(f"runtime.{key}: expected {'true/false' if key == 'flash_attn' else 'an integer'}, "
                               f"got {value!r}")
+    from .tensor_overrides import override_list
+
+    override_list(settings)  # n_cpu_moe below -1 or too many overrides: a one-line error now, not at load
     split = doc.get("split_output")
     return Profile(name=name, description=str(doc.get("description", "")), rules=rules,
                    default=str(doc.get("default", "q8_0")), split_output=None if split is None else str(split),

@@ -35,7 +35,7 @@ class SynthShape:
     # Mixture of experts: 0 experts = a dense model.
     n_expert: int = 0
     n_expert_used: int = 0
-    n_ff_exp: int = 0  # feed-forward length of one routed expert
+    n_ff_exp: int = 0  # feed-forward length of one routed expert (the llama arch uses n_ff)
     n_expert_shared: int = 0  # deepseek2: shared experts of n_ff_exp each
     n_layer_dense_lead: int = 0  # deepseek2: leading blocks with a dense FFN of n_ff
     # DeepSeek MLA (written as llama.cpp's converter does: attn_k_b/attn_v_b, one latent KV head).
@@ -78,7 +78,7 @@ PRESETS: dict[str, SynthShape] = {
     # mistralai/Mixtral-8x7B-v0.1: llama arch, 32 layers, hidden 4096, 32 heads, 8 KV heads, 8 experts
     # of 14336, 2 used.
     "mixtral-8x7b": SynthShape(32, 4096, 32, 8, 14336, 32000, n_ctx=32768, tied=False, rope_base=1000000.0,
-                               n_expert=8, n_expert_used=2, n_ff_exp=14336),
+                               n_expert=8, n_expert_used=2),
     # deepseek-ai/DeepSeek-V2-Lite: 27 layers, hidden 2048, 16 heads, MLA (kv_lora_rank 512, no q LoRA,
     # qk_nope 128 + qk_rope 64, v_head 128), 64 routed experts of 1408 (6 used) + 2 shared, first block dense
     # (intermediate 10944).
@@ -202,7 +202,7 @@ def _block(shape: SynthShape, i: int) -> list[tuple[str, tuple[int, ...]]]:
         out.append(("ffn_norm.weight", (e,)))
     if shape.n_expert == 0 or i < shape.n_layer_dense_lead:
         return out + [("ffn_gate.weight", (ff, e)), ("ffn_up.weight", (ff, e)), ("ffn_down.weight", (e, ff))]
-    nx, fx = shape.n_expert, shape.n_ff_exp
+    nx, fx = shape.n_expert, shape.n_ff if shape.arch == "llama" else shape.n_ff_exp  # llama: experts of n_ff
     out += [
         ("ffn_gate_inp.weight", (nx, e)),
         ("ffn_gate_exps.weight", (nx, fx, e)),
@@ -234,6 +234,7 @@ def _add_arch_metadata(w, shape: SynthShape) -> None:  # w: gguf.GGUFWriter
             w.add_key_length_mla(shape.qk_nope_dim + shape.rope_dim)
             w.add_value_length_mla(shape.v_head_dim)
             w.add_kv_lora_rank(shape.kv_lora_rank)
+            w.add_q_lora_rank(0)  # no query LoRA (V2-Lite); llama.cpp requires the key unless n_layer is 27
             w.add_leading_dense_block_count(shape.n_layer_dense_lead)
             w.add_expert_shared_count(shape.n_expert_shared)
             w.add_expert_weights_scale(1.0)
@@ -244,7 +245,8 @@ def _add_arch_metadata(w, shape: SynthShape) -> None:  # w: gguf.GGUFWriter
     if shape.n_expert:
         w.add_expert_count(shape.n_expert)
         w.add_expert_used_count(shape.n_expert_used)
-        w.add_expert_feed_forward_length(shape.n_ff_exp)
+        if shape.arch != "llama":  # llama.cpp's llama arch sizes its experts by feed_forward_length
+            w.add_expert_feed_forward_length(shape.n_ff_exp)
     if shape.sliding_window:
         w.add_sliding_window(shape.sliding_window)
 

@@ -68,7 +68,7 @@ def parse_overrides(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
     for value in values:
         for item in value.split(","):
             pattern, sep, device = item.partition("=")
-            if not sep or not device:
+            if not sep or not device or not pattern:
                 raise GgprecError(f"-ot {item!r}: expected PATTERN=DEVICE, e.g. exps=CPU")
             out.append((check_pattern(pattern), device))
     return tuple(out)
@@ -115,13 +115,17 @@ class Placer:
             return CPU  # a row lookup: llama.cpp keeps the input layer in host memory
         return GPU if self.output_on_gpu else CPU
 
-    def device(self, name: str, layer: int | None, output_copy: bool = False) -> str:
-        """output_copy: the tied head, which llama.cpp creates as a second `token_embd.weight` in the
-        output layer (so a pattern matching token_embd moves both)."""
+    def override(self, name: str) -> str | None:
+        """The device of the first override whose pattern is found in `name` (None: no override)."""
         for pattern, device in self.overrides:
             if pattern.search(name):
                 return device
-        return self.default_device(name, layer, output_copy)
+        return None
+
+    def device(self, name: str, layer: int | None, output_copy: bool = False) -> str:
+        """output_copy: the tied head, which llama.cpp creates as a second `token_embd.weight` in the
+        output layer (so a pattern matching token_embd moves both)."""
+        return self.override(name) or self.default_device(name, layer, output_copy)
 
 
 def placement(info: ModelInfo, settings: RuntimeSettings) -> dict[str, str]:
@@ -129,6 +133,13 @@ def placement(info: ModelInfo, settings: RuntimeSettings) -> dict[str, str]:
     of the file. A tied output head (no output.weight) is not a file tensor: see Placer.device."""
     placer = Placer.for_model(info.hparams.n_layer, settings)
     return {t.name: placer.device(t.name, t.layer) for t in info.tensors}
+
+
+def overridden(info: ModelInfo, settings: RuntimeSettings) -> dict[str, str]:
+    """Tensor name -> device for the tensors an override matches: the ones llama.cpp logs as
+    "buffer type overridden" when it loads the file."""
+    placer = Placer.for_model(info.hparams.n_layer, settings)
+    return {t.name: dev for t in info.tensors if (dev := placer.override(t.name)) is not None}
 
 
 # --- ctypes: the array llama.cpp reads -----------------------------------------------------------

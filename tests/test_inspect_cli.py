@@ -66,12 +66,14 @@ def test_tensors_flag_lists_every_tensor(tiny_model: Path) -> None:
 TOP_LEVEL: dict[str, Any] = {
     "schema": int, "path": str, "file_size": int, "gguf_version": int, "architecture": str,
     "name": (str, None), "hparams": dict, "tied_output": bool, "n_tensors": int, "n_params": int,
-    "tensor_bytes": int, "bits_per_weight": float, "totals": dict, "metadata": dict, "tensors": list,
+    "tensor_bytes": int, "bits_per_weight": float, "n_params_active": int, "bytes_per_token": dict,
+    "totals": dict, "metadata": dict, "tensors": list,
 }
 HPARAMS: dict[str, Any] = {
     "n_layer": int, "n_embd": int, "n_head": int, "n_head_kv": int, "n_head_kv_per_layer": list,
     "head_dim_k": int, "head_dim_v": int, "n_ff": int, "n_vocab": int, "n_ctx_train": int,
-    "sliding_window": (int, None), "n_expert": int,
+    "sliding_window": (int, None), "n_expert": int, "n_expert_used": int, "n_expert_shared": int, "n_ff_exp": int,
+    "n_ff_shexp": int, "n_layer_dense_lead": int, "q_lora_rank": int, "kv_lora_rank": int,
 }
 TOTAL_ROW: dict[str, Any] = {"tensors": int, "params": int, "bytes": int}
 TENSOR: dict[str, Any] = {
@@ -285,3 +287,17 @@ def test_json_of_odd_metadata_is_still_valid_json(tmp_path: Path) -> None:
     assert md["odd.nested"] == [[1, 2], {"array_of": "int32", "count": 5000}]
     assert doc["architecture"] == "llama" and doc["hparams"]["n_layer"] == 0
     assert run_cli("inspect", "--tensors", str(path)).exit_code == 0  # the tables cope with no layers
+
+
+def test_a_mixture_of_experts_reports_active_parameters_and_bytes_read_per_token(tiny_moe: Path) -> None:
+    """tiny-moe: 4 experts of 256, 2 used; one token reads half the expert bytes and one token_embd row."""
+    doc = json.loads(run_cli("inspect", "--json", str(tiny_moe)).stdout)
+    check_inspect_document(doc)
+    exps = [t for t in doc["tensors"] if t["role"] in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")]
+    assert len(exps) == 6 and all(t["shape"] == ([256, 256, 4]) for t in exps)
+    assert doc["n_params_active"] == doc["n_params"] - sum(256 * 256 * 4 for _ in exps) // 2
+    f16 = [t for t in doc["tensors"] if t["type"] == "f16"]
+    embd = 256 * 1024 * 2
+    assert doc["bytes_per_token"]["f16"] == sum(t["bytes"] for t in f16) - sum(t["bytes"] for t in exps) // 2 \
+        - embd + 256 * 2
+    assert (doc["hparams"]["n_expert"], doc["hparams"]["n_expert_used"], doc["hparams"]["n_ff_exp"]) == (4, 2, 256)

@@ -9,9 +9,9 @@ import pytest
 from ggprec.alloc import measure_allocation
 from ggprec.ggml_types import lookup
 from ggprec.gguf_info import read_gguf
-from ggprec.memory import predict
+from ggprec.memory import bytes_read_per_token, predict
 from ggprec.settings import ALL_LAYERS, RuntimeSettings
-from ggprec.synth import PRESETS, write_synth
+from ggprec.synth import PRESETS, shape_for, write_synth
 
 LOG_ROUNDING = 5243  # llama.cpp logs MiB with two decimals: +-0.005 MiB
 
@@ -89,3 +89,58 @@ def test_an_unknown_kv_type_is_a_one_line_error(tiny_model: Path) -> None:
 
     with pytest.raises(GgprecError, match="not a KV-cache type"):
         predict(read_gguf(tiny_model), RuntimeSettings(cache_type_k="q4_k"))
+
+
+# --- mixtures of experts and per-tensor placement ---------------------------------------------------
+
+def test_tiny_moe_prediction_matches_no_alloc_within_2_percent(tiny_moe: Path) -> None:
+    s = RuntimeSettings(n_ctx=1024, n_threads=1)
+    rep = measure_allocation(tiny_moe, s, no_alloc=True).buffers
+    pred = predict(read_gguf(tiny_moe), s, mmap=False).buffers
+    assert set(pred) == set(rep)
+    for key, n in rep.items():
+        assert abs(pred[key] - n) <= 0.02 * n + 5243, key
+
+
+def test_cpu_moe_moves_exactly_the_expert_bytes_from_the_gpu_to_host_memory(tiny_moe: Path) -> None:
+    info = read_gguf(tiny_moe)
+    exps = sum(t.n_bytes for t in info.tensors if t.role.endswith("_exps"))
+    full = predict(info, RuntimeSettings(n_gpu_layers=ALL_LAYERS), mmap=False).buffers
+    moved = predict(info, RuntimeSettings(n_gpu_layers=ALL_LAYERS, n_cpu_moe=ALL_LAYERS), mmap=False).buffers
+    assert full["model:CUDA0"] - moved["model:CUDA0"] == exps
+    assert moved["model:CPU"] - full["model:CPU"] == exps
+    assert moved["kv:CUDA0"] == full["kv:CUDA0"]  # the KV cache follows the layers, not the overrides
+
+
+def test_an_override_to_the_gpu_moves_host_tensors_there(tiny_moe: Path) -> None:
+    """`^output` and not `output`, which is also found in every attn_output."""
+    info = read_gguf(tiny_moe)
+    pred = predict(info, RuntimeSettings(override_tensor=(("^output", "CUDA0"),)), mmap=False).buffers
+    assert pred["model:CUDA0"] == info.tensor("output.weight").n_bytes + info.tensor("output_norm.weight").n_bytes
+
+
+def test_mla_caches_one_latent_row_per_cell_and_no_v(tmp_path: Path) -> None:
+    path = write_synth(tmp_path / "ds.gguf", shape_for("deepseek-v2-lite", n_layer=2, n_vocab=1000), sparse=True)
+    s = RuntimeSettings(n_ctx=512, n_threads=1)
+    pred = predict(read_gguf(path), s, mmap=False).buffers
+    assert pred["kv:CPU"] == 2 * 512 * (512 + 64) * 2  # layers x cells x (kv_lora_rank + rope dims) x f16
+    # llama.cpp logs the simulated cache in MiB with two decimals: known to +-0.005 MiB
+    assert abs(pred["kv:CPU"] - measure_allocation(path, s, no_alloc=True).buffers["kv:CPU"]) <= 5243
+
+
+def test_a_token_reads_the_used_share_of_the_routed_experts(tiny_moe: Path) -> None:
+    """tiny-moe: 2 of 4 experts used; token_embd is one row of 256 f16; norms are f32."""
+    info = read_gguf(tiny_moe)
+    exps = sum(t.n_bytes for t in info.tensors if t.role.endswith("_exps"))
+    f16_dense = sum(t.n_bytes for t in info.tensors
+                    if t.type.name == "f16" and not t.role.endswith("_exps") and t.name != "token_embd.weight")
+    f32 = sum(t.n_bytes for t in info.tensors if t.type.name == "f32")
+    assert bytes_read_per_token(info, RuntimeSettings()) == {"CPU": {"f16": exps // 2 + f16_dense + 256 * 2,
+                                                                     "f32": f32}}
+
+
+def test_cpu_moe_puts_the_expert_reads_on_the_host(tiny_moe: Path) -> None:
+    info = read_gguf(tiny_moe)
+    reads = bytes_read_per_token(info, RuntimeSettings(n_gpu_layers=ALL_LAYERS, n_cpu_moe=ALL_LAYERS))
+    exps = sum(t.n_bytes for t in info.tensors if t.role.endswith("_exps"))
+    assert reads["CPU"] == {"f16": exps // 2 + 256 * 2}
