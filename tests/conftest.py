@@ -52,6 +52,8 @@ LLAMA_TESTS = frozenset({
     "test_flags_win_over_a_calibration_which_wins_over_assumptions",  # the hardware fingerprint asks llama.cpp
     "test_run_carries_the_expected_tg_of_the_speed_model_it_was_given",
     "test_calibrate_command_stores_and_prints_json_then_run_uses_it",
+    "test_tiny_moe_prediction_matches_no_alloc_within_2_percent",
+    "test_mla_caches_one_latent_row_per_cell_and_no_v",
 })
 
 
