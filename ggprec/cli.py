@@ -21,12 +21,46 @@ EXIT_BAD_INPUT = 2
 
 
 class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
+    """The command group: every command runs under interrupts.guard(), and every way it can fail on bad
+    input or a signal ends in exactly one line on stderr: `ggprec: error: ...` with exit code 2 (a
+    GgprecError or a Click usage error), `ggprec: interrupted (SIGINT) ...` with 130 / 143."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            # standalone_mode=False: Click raises its usage errors instead of printing three lines itself.
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # bare `ggprec`: the help
+                click.echo(e.ctx.get_help())
+                sys.exit(0)
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            _fail(f"error: {e.format_message()}{hint}", EXIT_BAD_INPUT)
+        except click.ClickException as e:  # e.g. a file option Click itself could not open
+            _fail(f"error: {e.format_message()}", e.exit_code)
+        except click.Abort:  # Ctrl-C or end of input outside a command (e.g. at a prompt)
+            _fail("interrupted (SIGINT)", 130)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .interrupts import Interrupted, guard
+
+        try:
+            with guard():
+                return super().invoke(ctx)
         except GgprecError as e:
-            click.echo(f"ggprec: error: {e}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+            _fail(f"error: {e}", EXIT_BAD_INPUT)
+        except Interrupted as e:
+            _fail(str(e), e.exit_code)
+
+
+def _fail(message: str, code: int) -> None:
+    """One line on stderr (starting a fresh line if a progress line was being drawn), then exit."""
+    clear = "\r\033[K" if sys.stderr.isatty() else ""
+    click.echo(f"{clear}ggprec: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 def _console() -> Any:
@@ -152,8 +186,8 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, as_json: bool) -> Non
         render(plan, _console(), tensors=tensors)
 
 
-def _quantize_progress(done: int, total: int, name: str) -> None:
-    click.echo(f"\r\033[Kquantizing [{done}/{total}] {name}", nl=False, err=True)
+def _quantize_progress(tensor: str, done: int, total: int) -> None:
+    click.echo(f"\r\033[Kquantizing [{done}/{total}] {tensor}", nl=False, err=True)
 
 
 @main.command("quantize")
@@ -490,3 +524,7 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
         _print_json(res.to_dict())
     else:
         render(res, _console())
+
+
+if __name__ == "__main__":
+    main()
