@@ -7,6 +7,7 @@ exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -51,7 +52,10 @@ class _Group(click.Group):
             with guard():
                 return super().invoke(ctx)
         except GgprecError as e:
-            _fail(f"error: {e}", EXIT_BAD_INPUT)
+            from .fileio import OutputExistsError
+
+            hint = " (use --force to replace it)" if isinstance(e, OutputExistsError) else ""
+            _fail(f"error: {e}{hint}", EXIT_BAD_INPUT)
         except Interrupted as e:
             _fail(str(e), e.exit_code)
 
@@ -343,7 +347,7 @@ def history(model: str | None, profile: str | None, kind: str | None, limit: int
 @click.option("--ctx", "n_ctx", type=int, default=512, show_default=True,
               help="Window size in tokens; the second half of each window is scored.")
 @click.option("--chunks", type=int, help="Number of windows (default: all the text gives).")
-@click.option("-t", "--threads", "n_threads", type=int, help="CPU threads.")
+@click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (default: all logical CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option
 def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chunks: int | None,
@@ -380,6 +384,13 @@ def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chun
                                           f"history row {record_id}"))
 
 
+def _bar(title: str, as_json: bool) -> Any:
+    """A progress bar on a terminal's stderr; nothing when piped or printing JSON."""
+    from .progress import terminal_bar
+
+    return terminal_bar(title) if sys.stderr.isatty() and not as_json else contextlib.nullcontext()
+
+
 def _print_comparison(result: Any, as_json: bool) -> None:
     if as_json:
         _print_json(result.to_dict())
@@ -414,10 +425,11 @@ def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, o
     """Build, run and evaluate several profiles of SOURCE side by side."""
     from .compare import compare
     from .evaluate import read_text
-
-    result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
-                     pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads,
-                     text=None if text_file is None else read_text(text_file), progress=not as_json)
+    text = None if text_file is None else read_text(text_file)
+    with _bar("compare", as_json) as progress:
+        result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
+                         pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads, text=text,
+                         progress=progress)
     _print_comparison(result, as_json)
 
 
@@ -429,7 +441,9 @@ def demo_cmd(out_dir: str | None, as_json: bool) -> None:
     """The demo: SmolLM2-135M as mixed, mixed-split-head, q8_0, q4_0 and KV-cache variants, measured here."""
     from .compare import demo
 
-    _print_comparison(demo(out_dir, progress=not as_json), as_json)
+    with _bar("demo", as_json) as progress:
+        result = demo(out_dir, progress=progress)
+    _print_comparison(result, as_json)
 
 
 
@@ -512,7 +526,7 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
 
     text = read_text(text_file) if text_file else None
 
-    def progress(done: int, total: int, key: str) -> None:
+    def progress(key: str, done: int, total: int) -> None:
         if not as_json:
             click.echo(f"[{done}/{total}] {key}", err=True)
 

@@ -183,9 +183,14 @@ def read_text(path: str | Path) -> str:
     if not p.is_file():
         raise GgprecError(f"{p}: no such text file")
     try:
-        return p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise GgprecError(f"{p}: not UTF-8 text") from None
+    except OSError as e:
+        raise GgprecError(f"{p}: cannot read ({e.strerror})") from None
+    if not text.strip():
+        raise GgprecError(f"{p}: the text is empty")
+    return text
 
 
 @dataclass(frozen=True)
@@ -213,12 +218,12 @@ class Windows:
 
 def make_windows(tokens: list[int], n_ctx: int, chunks: int | None, bos: int | None) -> Windows:
     if n_ctx < MIN_CTX:
-        raise GgprecError(f"--ctx {n_ctx}: must be at least {MIN_CTX}")
+        raise GgprecError(f"a window of {n_ctx} tokens is too small: windows need at least {MIN_CTX}")
     available = len(tokens) // n_ctx
     if available == 0:
         raise GgprecError(f"text too short: {len(tokens)} tokens, one window needs {n_ctx}")
     if chunks is not None and chunks < 1:
-        raise GgprecError(f"--chunks {chunks}: must be at least 1")
+        raise GgprecError(f"{chunks} windows asked: at least 1 is needed")
     if chunks is not None and chunks > available:
         raise GgprecError(f"text gives only {available} windows of {n_ctx} tokens ({len(tokens)} tokens), "
                           f"{chunks} asked")
@@ -385,6 +390,13 @@ def _load_vocab_tokens(path: Path, text: str) -> tuple[list[int], int | None]:
         return tokenize(model, text), bos_token(model)
 
 
+def check_text(model: Path, text: str, n_ctx: int, chunks: int | None) -> Windows:
+    """Refuse, before any long work, a text that gives no windows (or fewer than asked) under `model`'s
+    tokenizer (its vocabulary only is loaded). Returns the windows."""
+    tokens, bos = _vocab_tokens(Path(model), text)
+    return make_windows(tokens, n_ctx, chunks, bos)
+
+
 def check_pair(candidate: Path, reference: Path, text: str, n_ctx: int, chunks: int | None) -> Windows:
     """Refuse, before any inference, a pair that cannot be compared on this text: missing or bad files,
     different vocabularies or tokenizers, a text too short for the windows asked. Returns the windows."""
@@ -416,9 +428,12 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
     file. The reference's log-probs are cached on disk, so only the first call per reference runs it."""
     import numpy as np
 
+    from .llama_backend import check_settings
+
     candidate, reference = Path(candidate), Path(reference)
     text = default_text() if text is None else text
     settings = (settings or RuntimeSettings()).with_overrides(n_ctx=n_ctx)
+    check_settings(settings)  # e.g. 0 threads: refused before any file is read
     windows = check_pair(candidate, reference, text, n_ctx, chunks)
     ref, cached = reference_logits(reference, text, n_ctx, chunks, _reference_settings(settings), progress)
     if not np.array_equal(np.asarray(windows.tokens, dtype=np.int32), ref.tokens):

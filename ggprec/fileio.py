@@ -13,6 +13,10 @@ from .errors import GgprecError
 from .interrupts import note_removed
 
 
+class OutputExistsError(GgprecError):
+    """The output file exists and replacing it was not asked for (the CLI names its option for that)."""
+
+
 def check_output(
     path: str | os.PathLike[str], force: bool = False, source: str | os.PathLike[str] | None = None
 ) -> Path:
@@ -24,7 +28,7 @@ def check_output(
     if out.is_dir():
         raise GgprecError(f"{out}: is a directory")
     if out.exists() and not force:
-        raise GgprecError(f"{out}: already exists (use --force to replace it)")
+        raise OutputExistsError(f"{out}: already exists")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise GgprecError(f"{out}: directory {parent} does not exist")

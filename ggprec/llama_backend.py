@@ -138,7 +138,7 @@ def check_settings(settings: RuntimeSettings) -> None:
 
     if settings.flash_attn is False and lookup(settings.cache_type_v).quantized:
         raise GgprecError(f"a quantized V cache ({lookup(settings.cache_type_v).name}) needs flash attention; "
-                          "use -fa on or an f16 V cache")
+                          "turn flash attention on or use an f16 V cache")
     for name in ("n_ctx", "n_batch", "n_ubatch"):
         if getattr(settings, name) < 1:
             raise GgprecError(f"{name} must be at least 1 (got {getattr(settings, name)})")
