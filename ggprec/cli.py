@@ -7,6 +7,7 @@ exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -21,12 +22,49 @@ EXIT_BAD_INPUT = 2
 
 
 class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
+    """The command group: every command runs under interrupts.guard(), and every way it can fail on bad
+    input or a signal ends in exactly one line on stderr: `ggprec: error: ...` with exit code 2 (a
+    GgprecError or a Click usage error), `ggprec: interrupted (SIGINT) ...` with 130 / 143."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            # standalone_mode=False: Click raises its usage errors instead of printing three lines itself.
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # bare `ggprec`: the help
+                click.echo(e.ctx.get_help())
+                sys.exit(0)
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            _fail(f"error: {e.format_message()}{hint}", EXIT_BAD_INPUT)
+        except click.ClickException as e:  # e.g. a file option Click itself could not open
+            _fail(f"error: {e.format_message()}", e.exit_code)
+        except click.Abort:  # Ctrl-C or end of input outside a command (e.g. at a prompt)
+            _fail("interrupted (SIGINT)", 130)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .interrupts import Interrupted, guard
+
+        try:
+            with guard():
+                return super().invoke(ctx)
         except GgprecError as e:
-            click.echo(f"ggprec: error: {e}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+            from .fileio import OutputExistsError
+
+            hint = " (use --force to replace it)" if isinstance(e, OutputExistsError) else ""
+            _fail(f"error: {e}{hint}", EXIT_BAD_INPUT)
+        except Interrupted as e:
+            _fail(str(e), e.exit_code)
+
+
+def _fail(message: str, code: int) -> None:
+    """One line on stderr (starting a fresh line if a progress line was being drawn), then exit."""
+    clear = "\r\033[K" if sys.stderr.isatty() else ""
+    click.echo(f"{clear}ggprec: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 def _console() -> Any:
@@ -159,8 +197,8 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, as_json: bool) -> Non
         render(plan, _console(), tensors=tensors)
 
 
-def _quantize_progress(done: int, total: int, name: str) -> None:
-    click.echo(f"\r\033[Kquantizing [{done}/{total}] {name}", nl=False, err=True)
+def _quantize_progress(tensor: str, done: int, total: int) -> None:
+    click.echo(f"\r\033[Kquantizing [{done}/{total}] {tensor}", nl=False, err=True)
 
 
 @main.command("quantize")
@@ -338,7 +376,7 @@ def history(model: str | None, profile: str | None, kind: str | None, limit: int
 @click.option("--ctx", "n_ctx", type=int, default=512, show_default=True,
               help="Window size in tokens; the second half of each window is scored.")
 @click.option("--chunks", type=int, help="Number of windows (default: all the text gives).")
-@click.option("-t", "--threads", "n_threads", type=int, help="CPU threads.")
+@click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (default: all logical CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option
 def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chunks: int | None,
@@ -375,6 +413,13 @@ def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chun
                                           f"history row {record_id}"))
 
 
+def _bar(title: str, as_json: bool) -> Any:
+    """A progress bar on a terminal's stderr; nothing when piped or printing JSON."""
+    from .progress import terminal_bar
+
+    return terminal_bar(title) if sys.stderr.isatty() and not as_json else contextlib.nullcontext()
+
+
 def _print_comparison(result: Any, as_json: bool) -> None:
     if as_json:
         _print_json(result.to_dict())
@@ -409,10 +454,11 @@ def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, o
     """Build, run and evaluate several profiles of SOURCE side by side."""
     from .compare import compare
     from .evaluate import read_text
-
-    result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
-                     pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads,
-                     text=None if text_file is None else read_text(text_file), progress=not as_json)
+    text = None if text_file is None else read_text(text_file)
+    with _bar("compare", as_json) as progress:
+        result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
+                         pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads, text=text,
+                         progress=progress)
     _print_comparison(result, as_json)
 
 
@@ -424,7 +470,9 @@ def demo_cmd(out_dir: str | None, as_json: bool) -> None:
     """The demo: SmolLM2-135M as mixed, mixed-split-head, q8_0, q4_0 and KV-cache variants, measured here."""
     from .compare import demo
 
-    _print_comparison(demo(out_dir, progress=not as_json), as_json)
+    with _bar("demo", as_json) as progress:
+        result = demo(out_dir, progress=progress)
+    _print_comparison(result, as_json)
 
 
 
@@ -507,7 +555,7 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
 
     text = read_text(text_file) if text_file else None
 
-    def progress(done: int, total: int, key: str) -> None:
+    def progress(key: str, done: int, total: int) -> None:
         if not as_json:
             click.echo(f"[{done}/{total}] {key}", err=True)
 
@@ -519,3 +567,7 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
         _print_json(res.to_dict())
     else:
         render(res, _console())
+
+
+if __name__ == "__main__":
+    main()

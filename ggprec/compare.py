@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GgprecError
+from .progress import Progress
 from .records import CompareRecord
 
 # Defaults sized so that `ggprec demo` fits 10 minutes on a 2-core CPU (2 minutes with cached builds and
@@ -56,37 +57,22 @@ class Comparison:
 
 
 class _Steps:
-    """One progress bar over every long step (builds, speed runs, evaluations), on stderr so that
-    `--json` output on stdout stays clean. Silent when show is False."""
+    """Counts the long steps (builds, speed runs, evaluations) for a progress(stage, done, total)
+    callback: the stage is reported when a step starts, with the steps done so far."""
 
-    def __init__(self, total: int, show: bool) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-        if show:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-            self._task = self._bar.add_task("compare", total=total)
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
 
     @contextmanager
     def step(self, description: str) -> Iterator[None]:
-        if self._bar is not None:
-            self._bar.update(self._task, description=description)
+        if self.progress is not None:
+            self.progress(description, self.done, self.total)
         yield
-        if self._bar is not None:
-            self._bar.advance(self._task)
+        self.done += 1
 
-    def __enter__(self) -> _Steps:
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, description="done")
-            self._bar.stop()
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress("done", self.done, self.total)
 
 
 # --- one profile ------------------------------------------------------------------------------------
@@ -198,7 +184,7 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
             reference: str = DEMO_REFERENCE, out_dir: str | os.PathLike[str] | None = None, *,
             pp: int = DEFAULT_PP, tg: int = DEFAULT_TG, reps: int = DEFAULT_REPS, n_ctx: int = DEFAULT_CTX,
             chunks: int | None = DEFAULT_CHUNKS, text: str | None = None, threads: int | None = None,
-            progress: bool = True, record: bool = True, reuse_accuracy: bool = True) -> Comparison:
+            progress: Progress | None = None, record: bool = True, reuse_accuracy: bool = True) -> Comparison:
     """Build, run and evaluate every profile on `source`; accuracy is measured against the variant that
     the `reference` profile builds (e.g. f32: lossless from any source). Writes JSON/CSV/Markdown/PNG
     into out_dir when given, and one history row per profile (kind 'compare'). Builds, reference logits
@@ -216,33 +202,41 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
     # Every profile is loaded before anything long starts, so a typo fails in a second, not minutes later.
     loaded = {name: load_profile(name) for name in names}
     ref_profile = load_profile(reference)
+    # So is a text that gives no evaluation windows (the variants share the source's tokenizer).
+    from .evaluate import check_text, default_text
+
+    check_text(src, default_text() if text is None else text, n_ctx, chunks)
     threads = threads or os.cpu_count() or 1
     settings = {"pp": pp, "tg": tg, "reps": reps, "n_ctx": n_ctx, "chunks": chunks, "threads": threads}
 
     speed = load_speed_model()  # once: every row's expected tok/s from the same figures
     records: list[CompareRecord] = []
-    with _Steps(1 + 3 * len(names), show=progress) as steps:
-        with steps.step(f"build reference ({reference})"):
-            ref_path = build_variant(src, ref_profile, threads=threads)
-        for name in names:
-            profile = loaded[name]
-            runtime = profile.runtime.with_overrides(n_threads=threads)
-            with steps.step(f"build {name}"):
-                path = build_variant(src, profile, threads=threads)
-            with steps.step(f"speed {name} (pp {pp}, tg {tg}, x{reps})"):
-                run = run_benchmark(path, runtime, pp=pp, tg=tg, reps=reps, speed_model=speed)
-            with steps.step(f"accuracy {name} vs {reference}"):
-                ev, reused = _evaluate(path, ref_path, text, n_ctx, chunks, runtime, reuse_accuracy)
-            size = path.stat().st_size
-            records.append(CompareRecord(profile=name, path=str(path), file_bytes=size, file_mb=size / MIB,
-                                         **_speed_fields(run), **_accuracy_fields(ev), accuracy_cached=reused,
-                                         runtime=runtime.to_dict()))
+    steps = _Steps(1 + 3 * len(names), progress)
+    with steps.step(f"build reference ({reference})"):
+        ref_path = build_variant(src, ref_profile, threads=threads)
+    for name in names:
+        profile = loaded[name]
+        runtime = profile.runtime.with_overrides(n_threads=threads)
+        with steps.step(f"build {name}"):
+            path = build_variant(src, profile, threads=threads)
+        with steps.step(f"speed {name} (pp {pp}, tg {tg}, x{reps})"):
+            run = run_benchmark(path, runtime, pp=pp, tg=tg, reps=reps, speed_model=speed)
+        with steps.step(f"accuracy {name} vs {reference}"):
+            ev, reused = _evaluate(path, ref_path, text, n_ctx, chunks, runtime, reuse_accuracy)
+        size = path.stat().st_size
+        records.append(CompareRecord(profile=name, path=str(path), file_bytes=size, file_mb=size / MIB,
+                                     **_speed_fields(run), **_accuracy_fields(ev), accuracy_cached=reused,
+                                     runtime=runtime.to_dict()))
+    steps.finish()
     add_baseline_ratios(records, baseline)
 
     result = Comparison(source=str(src), reference=reference, baseline=baseline, settings=settings,
                         records=records)
     if record:
-        result.history_ids = _record_history(result.records, loaded, result)
+        from .interrupts import deferred
+
+        with deferred():  # all of the comparison's rows, or none: a signal waits until they are written
+            result.history_ids = _record_history(result.records, loaded, result)
     if out_dir is not None:
         from .report import write_all
 
@@ -296,11 +290,12 @@ def demo_out_dir() -> Path:
     return cache_dir() / "demo"
 
 
-def demo(out_dir: str | os.PathLike[str] | None = None, progress: bool = True, **options: Any) -> Comparison:
+def demo(out_dir: str | os.PathLike[str] | None = None, progress: Progress | None = None,
+         **options: Any) -> Comparison:
     """The README's main job: on SmolLM2-135M, the f32 reference, then mixed, mixed-split-head, q8_0
     (baseline), q4_0 and the KV-cache variants of q8_0, with tables and plots in out_dir."""
     from .demo_model import demo_model_path
 
-    return compare(demo_model_path(quiet=not progress), DEMO_PROFILES, baseline=DEMO_BASELINE,
+    return compare(demo_model_path(quiet=progress is None), DEMO_PROFILES, baseline=DEMO_BASELINE,
                    reference=DEMO_REFERENCE, out_dir=out_dir if out_dir is not None else demo_out_dir(),
                    progress=progress, **options)

@@ -22,24 +22,26 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import GgprecError
+from .progress import Progress
 from .settings import RuntimeSettings
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from .llama_backend import LoadedModel
 
 LOGP_LEVELS = 65535  # uint16 codes per position's log-probability range
 CACHE_FORMAT = 1  # bump when the cache layout or the way log-probs are computed changes
 EVAL_SCHEMA = 1  # version of the `eval --json` document
 MIN_CTX = 16  # below this a window scores too few tokens for a standard error
 
-# progress(stage, done, total): stage is "reference" or "candidate", counted in windows.
-Progress = Callable[[str, int, int], None]
+# progress(stage, done, total) while evaluating: stage is "reference" or "candidate", counted in windows.
 
 
 # --- maths on numpy arrays ---------------------------------------------------------------------------
@@ -181,9 +183,14 @@ def read_text(path: str | Path) -> str:
     if not p.is_file():
         raise GgprecError(f"{p}: no such text file")
     try:
-        return p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise GgprecError(f"{p}: not UTF-8 text") from None
+    except OSError as e:
+        raise GgprecError(f"{p}: cannot read ({e.strerror})") from None
+    if not text.strip():
+        raise GgprecError(f"{p}: the text is empty")
+    return text
 
 
 @dataclass(frozen=True)
@@ -211,12 +218,12 @@ class Windows:
 
 def make_windows(tokens: list[int], n_ctx: int, chunks: int | None, bos: int | None) -> Windows:
     if n_ctx < MIN_CTX:
-        raise GgprecError(f"--ctx {n_ctx}: must be at least {MIN_CTX}")
+        raise GgprecError(f"a window of {n_ctx} tokens is too small: windows need at least {MIN_CTX}")
     available = len(tokens) // n_ctx
     if available == 0:
         raise GgprecError(f"text too short: {len(tokens)} tokens, one window needs {n_ctx}")
     if chunks is not None and chunks < 1:
-        raise GgprecError(f"--chunks {chunks}: must be at least 1")
+        raise GgprecError(f"{chunks} windows asked: at least 1 is needed")
     if chunks is not None and chunks > available:
         raise GgprecError(f"text gives only {available} windows of {n_ctx} tokens ({len(tokens)} tokens), "
                           f"{chunks} asked")
@@ -226,56 +233,24 @@ def make_windows(tokens: list[int], n_ctx: int, chunks: int | None, bos: int | N
 # --- llama.cpp ---------------------------------------------------------------------------------------
 
 
-def _load(path: Path, settings: RuntimeSettings, n_ctx: int) -> Any:
-    """A llama-cpp-python model whose eval() keeps the logits of every position."""
-    from llama_cpp import Llama
+def _load(path: Path, settings: RuntimeSettings, n_ctx: int) -> LoadedModel:
+    """The model loaded for windows of n_ctx tokens, through the one loader (llama_backend.load_model).
+    Threads default to every logical CPU: evaluation is all prompt-style batches, which scale with cores
+    (llama-cpp-python's default for batches too)."""
+    from .llama_backend import load_model
 
-    from .llama_backend import kv_type_id
-
-    type_k = kv_type_id(settings.cache_type_k)
-    type_v = kv_type_id(settings.cache_type_v)
-    n_batch = min(settings.n_batch, n_ctx)
-    import llama_cpp.llama_cpp as raw
-
-    from .cpu_buffers import host_buffers
-
-    default_params = raw.llama_model_default_params
-
-    def model_params() -> Any:  # Llama() takes no use_extra_bufts: see cpu_buffers
-        mp = default_params()
-        mp.use_extra_bufts = host_buffers().use_extra
-        return mp
-
-    raw.llama_model_default_params = model_params
-    try:
-        # logits_all=True: llama-cpp-python 0.3.36 fills Llama.scores for every position only then.
-        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(settings.n_ubatch, n_batch),
-                     n_threads=settings.n_threads, n_threads_batch=settings.n_threads,
-                     n_gpu_layers=settings.n_gpu_layers, flash_attn=settings.flash_attn_effective,
-                     type_k=type_k, type_v=type_v, logits_all=True, verbose=False)
-    except (ValueError, RuntimeError) as e:
-        raise GgprecError(f"{path}: llama.cpp could not load it ({e})") from None
-    finally:
-        raw.llama_model_default_params = default_params
+    return load_model(path, settings.with_overrides(n_ctx=n_ctx, n_batch=min(settings.n_batch, n_ctx),
+                                                    n_threads=settings.n_threads or os.cpu_count() or 1))
 
 
-def _tokenize(llm: Any, text: str) -> list[int]:
-    return list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-
-
-def _bos(llm: Any) -> int | None:
-    return int(llm.token_bos()) if llm._model.add_bos_token() else None
-
-
-def _window_logp(llm: Any, windows: Windows, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """Log-probabilities (float64) at the scored positions of window i, and the actual next tokens."""
+def _window_logp(lm: LoadedModel, windows: Windows, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probabilities (float64) at the scored positions of window i, and the actual next tokens. Only
+    the scored positions' logits are asked of llama.cpp (each window starts from an empty KV cache)."""
     import numpy as np
 
     w = windows.window(i)
-    llm.reset()  # n_tokens = 0: eval() then clears the whole KV cache, so each window starts fresh
-    llm.eval(w)
     first, n = windows.first, windows.n_ctx
-    logp = log_softmax(llm.scores[first:n - 1])
+    logp = log_softmax(lm.decode_logits(w, range(first, n - 1)))
     return logp, np.asarray(w[first + 1:n], dtype=np.int64)
 
 
@@ -352,15 +327,16 @@ def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None
     """Run the reference over the text's windows and keep what the KLD, top-1 and PPL need."""
     import numpy as np
 
+    from .llama_backend import bos_token, tokenize
+
     global reference_runs
-    llm = _load(reference, settings, n_ctx)
-    try:
-        tokens = _tokenize(llm, text)
-        windows = make_windows(tokens, n_ctx, chunks, _bos(llm))
+    with _load(reference, settings, n_ctx) as lm:
+        tokens = tokenize(lm.model, text)
+        windows = make_windows(tokens, n_ctx, chunks, bos_token(lm.model))
         reference_runs += 1
         codes, los, argmax, nll = [], [], [], []
         for i in range(windows.n_chunks):
-            logp, nxt = _window_logp(llm, windows, i)
+            logp, nxt = _window_logp(lm, windows, i)
             c, lo = quantize_logp(logp)
             codes.append(c)
             los.append(lo)
@@ -368,8 +344,6 @@ def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None
             nll.append(token_nll(logp, nxt))
             if progress:
                 progress("reference", i + 1, windows.n_chunks)
-    finally:
-        llm.close()
     return ReferenceLogits(tokens=np.asarray(tokens, dtype=np.int32), codes=np.concatenate(codes),
                            lo=np.concatenate(los), argmax=np.concatenate(argmax), nll=np.concatenate(nll),
                            bos=-1 if windows.bos is None else windows.bos)
@@ -410,20 +384,17 @@ def _vocab_tokens(path: Path, text: str) -> tuple[list[int], int | None]:
 
 
 def _load_vocab_tokens(path: Path, text: str) -> tuple[list[int], int | None]:
-    import llama_cpp
-    from llama_cpp._internals import LlamaModel
+    from .llama_backend import bos_token, load_vocab, tokenize
 
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True  # no weights, no context: a fraction of a second even for large models
-    try:
-        model = LlamaModel(path_model=str(path), params=params, verbose=False)
-    except (ValueError, RuntimeError) as e:
-        raise GgprecError(f"{path}: llama.cpp could not load it ({e})") from None
-    try:
-        tokens = list(model.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-        return tokens, (int(model.token_bos()) if model.add_bos_token() else None)
-    finally:
-        model.close()
+    with load_vocab(path) as model:
+        return tokenize(model, text), bos_token(model)
+
+
+def check_text(model: Path, text: str, n_ctx: int, chunks: int | None) -> Windows:
+    """Refuse, before any long work, a text that gives no windows (or fewer than asked) under `model`'s
+    tokenizer (its vocabulary only is loaded). Returns the windows."""
+    tokens, bos = _vocab_tokens(Path(model), text)
+    return make_windows(tokens, n_ctx, chunks, bos)
 
 
 def check_pair(candidate: Path, reference: Path, text: str, n_ctx: int, chunks: int | None) -> Windows:
@@ -457,29 +428,29 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
     file. The reference's log-probs are cached on disk, so only the first call per reference runs it."""
     import numpy as np
 
+    from .llama_backend import check_settings
+
     candidate, reference = Path(candidate), Path(reference)
     text = default_text() if text is None else text
     settings = (settings or RuntimeSettings()).with_overrides(n_ctx=n_ctx)
+    check_settings(settings)  # e.g. 0 threads: refused before any file is read
     windows = check_pair(candidate, reference, text, n_ctx, chunks)
     ref, cached = reference_logits(reference, text, n_ctx, chunks, _reference_settings(settings), progress)
     if not np.array_equal(np.asarray(windows.tokens, dtype=np.int32), ref.tokens):
         raise GgprecError(f"{reference}: the cached reference tokens differ from its tokenizer's; "
                           f"delete {reference_cache_dir()}")
 
-    llm = _load(candidate, settings, n_ctx)
-    try:
+    with _load(candidate, settings, n_ctx) as lm:
         per = windows.scored_per_window
         klds, agree, nll = [], [], []
         for i in range(windows.n_chunks):
-            logp, nxt = _window_logp(llm, windows, i)
+            logp, nxt = _window_logp(lm, windows, i)
             rows = slice(i * per, (i + 1) * per)
             klds.append(kl_divergence_quantized(ref.codes[rows], ref.lo[rows], logp))
             agree.append(np.argmax(logp, axis=-1) == ref.argmax[rows])
             nll.append(token_nll(logp, nxt))
             if progress:
                 progress("candidate", i + 1, windows.n_chunks)
-    finally:
-        llm.close()
     result = summarize(np.concatenate(klds), np.concatenate(agree), np.concatenate(nll), ref.nll, windows.n_chunks)
     from dataclasses import replace
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import GgprecError
+from .interrupts import note_removed
+
+
+class OutputExistsError(GgprecError):
+    """The output file exists and replacing it was not asked for (the CLI names its option for that)."""
 
 
 def check_output(
@@ -22,7 +28,7 @@ def check_output(
     if out.is_dir():
         raise GgprecError(f"{out}: is a directory")
     if out.exists() and not force:
-        raise GgprecError(f"{out}: already exists (use --force to replace it)")
+        raise OutputExistsError(f"{out}: already exists")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise GgprecError(f"{out}: directory {parent} does not exist")
@@ -37,18 +43,47 @@ def atomic_output(path: str | os.PathLike[str], force: bool = False,
     """Yield a temporary path in the target's directory; rename it onto the target when the block
     succeeds, delete it when the block fails, so a failed write leaves nothing behind."""
     out = check_output(path, force=force, source=source)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as e:
-        raise GgprecError(f"{out}: cannot write ({e.strerror})") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp_file(out)
     try:
         yield tmp
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        note_removed(e, tmp)
         raise
+
+
+def _new_temp_file(out: Path) -> Path:
+    """An empty, new file beside `out`, created with mode 0666 minus the umask, as the output itself
+    would be (tempfile.mkstemp's 0600 would survive the rename and hide the output from other users)."""
+    for _ in range(100):
+        tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise GgprecError(f"{out}: cannot write ({e.strerror})") from None
+    raise GgprecError(f"{out}: cannot create a temporary file beside it")
+
+
+@contextlib.contextmanager
+def temporary_directory(beside: Path, prefix: str) -> Iterator[Path]:
+    """A new directory in `beside` (intermediate files of one output), removed with its contents when
+    the block ends, however it ends."""
+    try:
+        d = Path(os.path.realpath(beside)) / f"{prefix}{secrets.token_hex(4)}"
+        d.mkdir(mode=0o700)
+    except OSError as e:
+        raise GgprecError(f"{beside}: cannot create a temporary directory ({e.strerror})") from None
+    try:
+        yield d
+    except BaseException as e:
+        note_removed(e, d)
+        raise
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, force: bool = True) -> Path:

@@ -15,16 +15,19 @@ import ctypes
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import tensor_overrides
+from . import interrupts, tensor_overrides
 from .cpu_buffers import host_buffers
 from .errors import GgprecError
 from .gguf_info import ModelInfo, read_gguf
 from .settings import ALL_LAYERS, RuntimeSettings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # enum ggml_log_level of the vendored ggml (checked against the levels its messages arrive with).
 LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_CONT = 1, 2, 3, 4, 5
@@ -71,26 +74,32 @@ _lock = threading.Lock()
 _callback: Any = None  # the ctypes function object must stay referenced while installed
 
 
+@interrupts.callback
+def _on_log(level: int, text: bytes, user: ctypes.c_void_p) -> None:
+    """llama.cpp's log callback: lines go to the innermost capture; outside a capture they are dropped
+    (ggprec runs llama.cpp quietly; what matters reaches the user as a GgprecError)."""
+    if _stack:
+        _stack[-1]._feed(level, text.decode("utf-8", "replace"))
+
+
 def _install() -> None:
-    """Install ggprec's callback once. Outside a capture it hands lines to llama-cpp-python's own
-    callback, which prints them only when verbose; ggprec runs llama.cpp quietly (as verbose=False)."""
+    """Install ggprec's log callback once, replacing the printing one llama-cpp-python installs."""
     global _callback
     import llama_cpp
-    from llama_cpp import _logger
 
     if _callback is not None:
         return
-
-    @llama_cpp.llama_log_callback
-    def _cb(level: int, text: bytes, user: ctypes.c_void_p) -> None:
-        if _stack:
-            _stack[-1]._feed(level, text.decode("utf-8", "replace"))
-        else:
-            _logger.llama_log_callback(level, text, user)
-
-    _logger.set_verbose(False)
-    _callback = _cb
+    _callback = llama_cpp.llama_log_callback(_on_log)
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+def _llama() -> Any:
+    """The llama_cpp bindings with ggprec's log callback installed (so nothing prints behind our back)."""
+    import llama_cpp
+
+    with _lock:
+        _install()
+    return llama_cpp
 
 
 @contextlib.contextmanager
@@ -129,7 +138,7 @@ def check_settings(settings: RuntimeSettings) -> None:
 
     if settings.flash_attn is False and lookup(settings.cache_type_v).quantized:
         raise GgprecError(f"a quantized V cache ({lookup(settings.cache_type_v).name}) needs flash attention; "
-                          "use -fa on or an f16 V cache")
+                          "turn flash attention on or use an f16 V cache")
     for name in ("n_ctx", "n_batch", "n_ubatch"):
         if getattr(settings, name) < 1:
             raise GgprecError(f"{name} must be at least 1 (got {getattr(settings, name)})")
@@ -168,10 +177,14 @@ class LoadedModel:
     notices: list[str]
     info: ModelInfo  # the header read before loading, kept so nothing reads it again
     no_alloc: bool = False
+    _batch: Any = None  # a llama_batch of n_batch tokens, made on the first decode_logits
 
     def close(self) -> None:
         import llama_cpp
 
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
         if self.ctx is not None:
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
@@ -185,24 +198,77 @@ class LoadedModel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def decode_logits(self, tokens: Sequence[int], outputs: range) -> np.ndarray:
+        """Decode `tokens` as one sequence from position 0 on an empty KV cache and return the logits
+        (float32, one row of n_vocab per position) of the positions in `outputs` only: the batch asks
+        llama.cpp for exactly those rows, so the output layer runs for no other position. The tokens go
+        in llama_decode calls of n_batch tokens (each well under a second on a small model); a signal
+        under interrupts.guard() is raised between them."""
+        import numpy as np
 
-def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool) -> Any:
-    import llama_cpp
+        llama_cpp = _llama()
+        if outputs.step != 1 or (len(outputs) and (outputs.start < 0 or outputs.stop > len(tokens))):
+            raise ValueError(f"outputs {outputs} must be a contiguous range inside the {len(tokens)} tokens")
+        n_batch = self.settings.n_batch
+        if self._batch is None:
+            self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        rows = np.empty((len(outputs), self.n_vocab), dtype=np.float32)
+        batch = self._batch
+        for start in range(0, len(tokens), n_batch):
+            chunk = tokens[start:start + n_batch]
+            wanted = [outputs.start <= start + i < outputs.stop for i in range(len(chunk))]
+            batch.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = wanted[i]
+            rc = llama_cpp.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise GgprecError(f"{self.path}: llama.cpp could not decode {len(chunk)} tokens (code {rc})")
+            n_out = sum(wanted)
+            if n_out:
+                first = start + wanted.index(True) - outputs.start
+                out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(n_out * self.n_vocab,))
+                rows[first:first + n_out] = out.reshape(n_out, self.n_vocab)
+            interrupts.check()
+        return rows
+
+
+def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool, vocab_only: bool = False) -> Any:
+    llama_cpp = _llama()
 
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = -1 if settings.n_gpu_layers == ALL_LAYERS else settings.n_gpu_layers
     mp.use_extra_bufts = extra_buffers  # off = llama.cpp's --no-repack (see cpu_buffers)
     tensor_overrides.attach(mp, settings)  # -ot / --n-cpu-moe; the array lives on mp
+    mp.vocab_only = vocab_only
     if no_alloc:
         # llama.cpp simulates allocations only without mmap (load mode NONE).
         mp.no_alloc = True
         mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+    global _LOAD_PROGRESS
+    if _LOAD_PROGRESS is None:
+        _LOAD_PROGRESS = llama_cpp.llama_progress_callback(_keep_loading)
+    mp.progress_callback = _LOAD_PROGRESS
     return mp
 
 
+@interrupts.callback
+def _keep_loading(progress: float, user: ctypes.c_void_p) -> bool:
+    """llama.cpp's load progress callback: returning False stops a load (a signal under guard())."""
+    return not interrupts.requested()
+
+
+_LOAD_PROGRESS: Any = None  # made on first use (needs llama_cpp), kept referenced while loads use it
+
+
 def context_params(settings: RuntimeSettings) -> Any:
-    """llama_context_params for the settings (threads must already be resolved)."""
-    import llama_cpp
+    """llama_context_params for the settings (threads must already be resolved). The one mapping of
+    RuntimeSettings to llama.cpp's context parameters: run, alloc and evaluate all load through it."""
+    llama_cpp = _llama()
 
     cp = llama_cpp.llama_context_default_params()
     cp.n_ctx = settings.n_ctx
@@ -220,12 +286,12 @@ def context_params(settings: RuntimeSettings) -> Any:
 def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc: bool = False,
                log: LogCapture | None = None, extra_buffers: bool | None = None) -> LoadedModel:
     """Load `path` and create a context with `settings`; llama.cpp's log lines go to `log` (a new
-    capture when None). A model or context llama.cpp refuses is a GgprecError with its reason.
+    capture when None). A model or context llama.cpp refuses is a GgprecError with its reason; a signal
+    under interrupts.guard() stops the load (llama.cpp's progress callback) and raises Interrupted.
     extra_buffers: llama.cpp's AMX/repacked weight buffers (None: on unless they crash here, see cpu_buffers)."""
     import time
 
-    import llama_cpp
-
+    llama_cpp = _llama()
     p = Path(path)
     if not p.is_file():
         raise GgprecError(f"{p}: no such file")
@@ -243,15 +309,74 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
         t0 = time.perf_counter()
         model = llama_cpp.llama_model_load_from_file(str(p).encode(), _model_params(settings, no_alloc, extra_buffers))
         if not model:
+            interrupts.check()  # the load stopped because of a signal
             raise GgprecError(f"{p}: llama.cpp cannot load it: {_reason(log)}")
         ctx = llama_cpp.llama_init_from_model(model, context_params(settings))
         if not ctx:
             llama_cpp.llama_model_free(model)
             raise GgprecError(f"{p}: llama.cpp cannot create a context: {_reason(log)}")
         load_s = time.perf_counter() - t0
-    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
-    return LoadedModel(p, settings, model, ctx, llama_cpp.llama_model_n_layer(model), n_vocab, load_s, log,
-                       notices, info, no_alloc)
+    loaded = LoadedModel(p, settings, model, ctx, llama_cpp.llama_model_n_layer(model), vocab_size(model), load_s,
+                         log, notices, info, no_alloc)
+    try:
+        interrupts.check()
+    except BaseException:
+        loaded.close()
+        raise
+    return loaded
+
+
+# --- vocabulary --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def load_vocab(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """A model with its vocabulary only (no weights, no context: a fraction of a second even for large
+    models), for tokenize/vocab_size/bos_token; freed when the block ends."""
+    llama_cpp = _llama()
+    p = Path(path)
+    if not p.is_file():
+        raise GgprecError(f"{p}: no such file")
+    with capture_log() as log:
+        model = llama_cpp.llama_model_load_from_file(str(p).encode(),
+                                                     _model_params(RuntimeSettings(), False, False, vocab_only=True))
+    if not model:
+        interrupts.check()
+        raise GgprecError(f"{p}: llama.cpp cannot load its vocabulary: {_reason(log)}")
+    try:
+        yield model
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def vocab_size(model: Any) -> int:
+    """Tokens in the vocabulary of a loaded llama_model (LoadedModel.model or load_vocab's)."""
+    llama_cpp = _llama()
+    return int(llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model)))
+
+
+def bos_token(model: Any) -> int | None:
+    """The BOS token id when the model's tokenizer adds one to a text, else None."""
+    llama_cpp = _llama()
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    return int(llama_cpp.llama_vocab_bos(vocab)) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
+
+
+def tokenize(model: Any, text: str, add_bos: bool = False, special: bool = False) -> list[int]:
+    """The token ids of `text` under the model's tokenizer (llama_tokenize)."""
+    llama_cpp = _llama()
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    raw = text.encode("utf-8")
+    n_max = len(raw) + 16  # one token per byte at most, plus BOS/EOS a tokenizer may add
+    buf = (llama_cpp.llama_token * n_max)()
+    n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, n_max, add_bos, special)
+    if n < 0:  # more tokens than bytes (some SentencePiece vocabularies): -n is the count needed
+        n_max = -n
+        buf = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, n_max, add_bos, special)
+        if n < 0:
+            raise GgprecError(f"llama.cpp could not tokenize the text ({len(raw)} bytes)")
+    return list(buf[:n])
 
 
 def _reason(log: LogCapture | None) -> str:

@@ -10,6 +10,7 @@ an optional layer selector. Quantizable tensors no rule names get the profile's 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -47,30 +48,66 @@ def _type_name(value: Any, where: str) -> str:
         raise GgprecError(f"{where}: unknown ggml type '{value}'{hint}") from None
 
 
+def _role_names(raw: Any) -> tuple[str, ...]:
+    """A rule's roles as a tuple of names: one name or a list of names, nothing else."""
+    items = [raw] if isinstance(raw, str) else raw if isinstance(raw, (list, tuple)) else None
+    if items is None or not all(isinstance(r, str) for r in items):
+        shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:40] + "..."
+        raise GgprecError(f"'role' must be a role name or a list of role names, got {shown}")
+    return tuple(items)
+
+
 def _unknown_key(key: str, allowed: tuple[str, ...], where: str) -> GgprecError:
     near = difflib.get_close_matches(key, allowed, n=1)
     hint = f" (did you mean '{near[0]}'?)" if near else f" (allowed: {', '.join(allowed)})"
     return GgprecError(f"{where}: unknown key '{key}'{hint}")
 
 
-def parse_layers(spec: str, n_layer: int) -> frozenset[int]:
-    """Layers named by a selector: 'first N', 'last N', or indices and ranges like '0-3,7'."""
+# Layer numbers a selector may name. llama.cpp itself stops at LLAMA_MAX_LAYERS = 512; a bound far above
+# it refuses typos like '0-3000000' at once instead of walking millions of layers for every tensor.
+MAX_LAYER = 4095
+
+
+@functools.lru_cache(maxsize=256)
+def _layer_spec(spec: str) -> tuple[str, int] | tuple[tuple[int, int], ...]:
+    """A selector parsed once: ('first'|'last', n) or the (lo, hi) ranges it lists, never expanded."""
     m = _LAYER_SPEC.match(spec)
     if not m:
         raise GgprecError(f"invalid layer selector '{spec}' (use 'first N', 'last N' or '0-3,7')")
     if m.group(1):
-        n = int(m.group(2))
-        if m.group(1) == "first":
-            return frozenset(range(min(n, n_layer)))
-        return frozenset(range(max(n_layer - n, 0), n_layer))
-    layers: set[int] = set()
+        return m.group(1), _layer_number(m.group(2), spec, count=True)
+    ranges = []
     for part in m.group(3).split(","):
         lo, _, hi = part.partition("-")
-        a, b = int(lo), int(hi or lo)
+        a = _layer_number(lo, spec)
+        b = _layer_number(hi, spec) if hi else a
         if b < a:
             raise GgprecError(f"invalid layer range '{part.strip()}' in '{spec}'")
-        layers.update(range(a, b + 1))
-    return frozenset(layers)
+        ranges.append((a, b))
+    return tuple(ranges)
+
+
+def _layer_number(digits: str, spec: str, count: bool = False) -> int:
+    digits = digits.strip()
+    n = int(digits) if len(digits) <= 9 else MAX_LAYER + 1  # no int() of a thousand-digit string
+    if not count and n > MAX_LAYER:
+        raise GgprecError(f"layer {digits[:12]}{'...' if len(digits) > 12 else ''} in '{spec[:40]}' is beyond any "
+                          f"model (layer numbers go up to {MAX_LAYER})")
+    return n
+
+
+def _layer_selected(spec: str, layer: int, n_layer: int) -> bool:
+    parsed = _layer_spec(spec)
+    if parsed and isinstance(parsed[0], str):
+        which, n = parsed
+        return 0 <= layer < n_layer and (layer < n if which == "first" else layer >= n_layer - n)
+    return 0 <= layer < n_layer and any(a <= layer <= b for a, b in parsed)  # type: ignore[misc]
+
+
+def parse_layers(spec: str, n_layer: int) -> frozenset[int]:
+    """Layers of a model with n_layer layers named by a selector: 'first N', 'last N', or indices and
+    ranges like '0-3,7' (layers the model does not have are left out)."""
+    return frozenset(i for i in range(n_layer) if _layer_selected(spec, i, n_layer))
 
 
 @dataclass(frozen=True)
@@ -83,8 +120,8 @@ class Rule:
     layers: str | None = None  # 'first N', 'last N', '0-3,7'; resolved against the model's n_layer
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "roles", _role_names(self.roles))  # first: describe() joins them
         object.__setattr__(self, "type", _type_name(self.type, f"rule {self.describe()}"))
-        object.__setattr__(self, "roles", (self.roles,) if isinstance(self.roles, str) else tuple(self.roles))
         if self.match is None and not self.roles:
             raise GgprecError("rule needs 'match' (a regex) or 'role'")
         if self.match is not None:
@@ -99,7 +136,7 @@ class Rule:
                 raise GgprecError(f"rule {self.describe()}: unknown role '{role}'{hint}")
         if self.layers is not None:
             object.__setattr__(self, "layers", str(self.layers))
-            parse_layers(self.layers, 1)  # syntax check now; the layers themselves need the model
+            _layer_spec(self.layers)  # syntax and bounds now; the layers themselves need the model
 
     @classmethod
     def exact(cls, tensor_name: str, type: str) -> Rule:
@@ -122,7 +159,7 @@ class Rule:
         if self.roles and role not in self.roles:
             return False
         if self.layers is not None:
-            return layer is not None and layer in parse_layers(self.layers, n_layer)
+            return layer is not None and _layer_selected(self.layers, layer, n_layer)
         return True
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,11 +238,12 @@ def _rule_from_yaml(raw: Any, i: int) -> Rule:
             raise _unknown_key(str(key), _RULE_KEYS, where)
     if "type" not in raw:
         raise GgprecError(f"{where}: missing 'type'")
-    roles = raw.get("role", ())
-    roles = (roles,) if isinstance(roles, str) else tuple(str(r) for r in roles)
+    for key in ("match", "layers", "type"):
+        if isinstance(raw.get(key), (dict, list)):
+            raise GgprecError(f"{where}: '{key}' must be a single value, not a {type(raw[key]).__name__}")
     try:
         return Rule(type=str(raw["type"]), match=None if raw.get("match") is None else str(raw["match"]),
-                    roles=roles, layers=None if raw.get("layers") is None else str(raw["layers"]))
+                    roles=raw.get("role", ()), layers=None if raw.get("layers") is None else str(raw["layers"]))
     except GgprecError as e:
         raise GgprecError(f"{where}: {e}") from None
 

@@ -17,28 +17,30 @@ into place.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
+import signal
 import struct
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from . import ggml_types
+from . import ggml_types, interrupts
 from .errors import GgprecError
-from .fileio import atomic_output, check_output
+from .fileio import atomic_output, check_output, temporary_directory
 from .gguf_info import read_gguf
 from .hashing import model_sha256
 from .plan import OUTPUT, TOKEN_EMBD, Plan, ggml_n_dims, metadata_end, quantizable, resolve_plan
 from .profile import Profile
+from .progress import Progress
 
 if TYPE_CHECKING:
     from .llama_backend import LogCapture
 
-Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, tensor name)
+# progress(stage, done, total) while quantizing: stage is the tensor llama.cpp is writing.
 
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
@@ -106,20 +108,104 @@ class _QuantizeCall:
         return next(t.shape for t in plan.tensors if t.name == name)
 
     def run(self, source: Path, out: Path, progress: Progress | None) -> None:
+        """llama_model_quantize(source -> out) in a forked child process.
+
+        llama.cpp's quantizer has no way to be cancelled, and a Python exception raised in its log
+        callback is only printed ("Exception ignored"), so the call runs in a child that the parent kills
+        when it is interrupted (SIGINT/SIGTERM under interrupts.guard(), or KeyboardInterrupt). fork, not
+        spawn: the child starts in milliseconds with llama_cpp already imported and the parameter block
+        already built. The child reports progress lines and the result over a pipe."""
+        import llama_cpp  # noqa: F401  (imported before the fork, so the child has it)
+
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the parent's code
+            code = 70
+            try:
+                os.close(read_fd)
+                self._child(source, out, write_fd, progress is not None)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        try:
+            rc, error = _follow_child(read_fd, progress)
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)  # nothing in the quantizer's state is worth waiting for
+            os.waitpid(pid, 0)
+            raise
+        finally:
+            os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            raise GgprecError(f"llama.cpp's quantizer was killed by {signal.Signals(os.WTERMSIG(status)).name} "
+                              f"while writing {out}")
+        if rc is None:
+            raise GgprecError(f"llama.cpp's quantizer exited with code {os.waitstatus_to_exitcode(status)} "
+                              f"before finishing {out}")
+        if rc != 0:
+            raise GgprecError(f"llama.cpp could not quantize {source}: {error or f'code {rc}'}")
+
+    def _child(self, source: Path, out: Path, write_fd: int, with_progress: bool) -> None:
         import llama_cpp
 
         from .llama_backend import LogCapture, capture_log
 
-        log = LogCapture() if progress is None else _progress_log(progress)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides: it kills this process
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _die_with_parent()
+
+        def send(message: list[Any]) -> None:
+            os.write(write_fd, json.dumps(message).encode() + b"\n")
+
+        log = _progress_log(lambda name, done, total: send(["progress", name, done, total])) if with_progress \
+            else LogCapture()
         with capture_log(log):
             rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(self.params))
-        if rc != 0:
-            errors = log.errors()
-            raise GgprecError(f"llama.cpp could not quantize {source}: {errors[-1] if errors else f'code {rc}'}")
+        errors = log.errors()
+        send(["result", rc, errors[-1] if errors else None])
 
 
-def _progress_log(progress: Progress) -> LogCapture:
-    """A LogCapture that also reports each `[ n/ N] tensor` line llama.cpp's quantizer logs."""
+def _follow_child(read_fd: int, progress: Progress | None) -> tuple[int | None, str | None]:
+    """Read the child's messages until it closes the pipe; returns (llama_model_quantize's return code,
+    its last error line), (None, None) when the child ended without reporting. Polls so that a signal
+    noted without being raised is still seen within a fraction of a second."""
+    import select
+
+    rc: int | None = None
+    error: str | None = None
+    buf = b""
+    while True:
+        interrupts.check()
+        ready, _, _ = select.select([read_fd], [], [], 0.2)
+        if not ready:
+            continue
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            return rc, error
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            message = json.loads(line)
+            if message[0] == "progress" and progress is not None:
+                progress(message[1], message[2], message[3])
+            elif message[0] == "result":
+                rc, error = message[1], message[2]
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this (child) process if the parent dies first, e.g. by SIGKILL, so no quantizer
+    goes on writing a file nobody will clean up. Elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _progress_log(report: Callable[[str, int, int], None]) -> LogCapture:
+    """A LogCapture that also reports each `[ n/ N] tensor` line llama.cpp's quantizer logs as
+    (tensor name, n, N)."""
     from .llama_backend import LogCapture
 
     class _Lines(LogCapture):
@@ -129,7 +215,7 @@ def _progress_log(progress: Progress) -> LogCapture:
             for _, line in self.lines[n:]:
                 m = _TENSOR_LINE.match(line)
                 if m:
-                    progress(int(m.group(1)), int(m.group(2)), m.group(3))
+                    report(m.group(3), int(m.group(1)), int(m.group(2)))
 
     return _Lines()
 
@@ -245,8 +331,8 @@ def quantize(source: str | os.PathLike[str], plan: Plan, out: str | os.PathLike[
     call = _QuantizeCall(plan, threads)
     with atomic_output(target, force=force, source=src) as tmp:
         if plan.split_output:
-            with tempfile.TemporaryDirectory(prefix=".ggprec-split-", dir=target.parent) as d:
-                split_src = Path(d) / "split-head.gguf"
+            with temporary_directory(target.parent, ".ggprec-split-") as d:
+                split_src = d / "split-head.gguf"
                 _write_split_source(src, split_src)
                 call.run(split_src, tmp, progress)
         else:

@@ -21,7 +21,6 @@ them.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,14 @@ from typing import Any
 from .errors import GgprecError
 from .ggml_types import weight_type
 from .gguf_info import ModelInfo, read_gguf
+from .progress import Progress
 from .recommend import Group, layer_bands, make_groups, quantizable
 from .settings import RuntimeSettings
 
 GROUPINGS = ("role", "role-layer", "layer")
 MIB = 2**20
 
-# progress(done, total, group key)
-Progress = Callable[[int, int, str], None]
+# progress(stage, done, total): stage is the pass about to run ("attn_q@0-7 at q4_0"), done of total passes.
 
 
 @dataclass
@@ -158,6 +157,9 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
     if any(t.type.quantized for t in info.tensors if quantizable(t)):
         raise GgprecError(f"{model}: holds quantized weights; measure sensitivity on an f32/f16/bf16 model "
                           "(e.g. `ggprec quantize MODEL --profile f32`)")
+    from .evaluate import check_text, default_text
+
+    check_text(ref, default_text() if text is None else text, n_ctx, chunks)  # before any pass
     groups = sensitivity_groups(info, grouping, n_bands)
     also_grouping = None if also_grouping in (None, grouping) else also_grouping
     coarse = sensitivity_groups(info, also_grouping, n_bands) if also_grouping else groups
@@ -183,7 +185,7 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
                 measured[g.key, ptype] = _planned(info, g, ptype) + (known[names, ptype],)
                 continue
             if progress:
-                progress(i, len(passes), f"{g.key} at {ptype}")
+                progress(f"{g.key} at {ptype}", i, len(passes))
             measured[g.key, ptype] = _probe_pass(model, ref, info, g, ptype, Path(tmp) / f"probe-{i}.gguf", text,
                                                  n_ctx, chunks, settings, threads)
     for g in groups:
@@ -195,7 +197,7 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
                                    saved, "/".join(sorted(types)), r.kld_mean - base_kld, r.kld_mean_se,
                                    base_top1 - r.top1, kld_at))
     if progress:
-        progress(len(groups), len(groups), "done")
+        progress("done", len(passes), len(passes))
     also_results = []
     if also_grouping:
         for g in coarse:

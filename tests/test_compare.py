@@ -13,7 +13,7 @@ from ggprec.cli import main
 from ggprec.compare import Comparison, compare
 
 # Small sizes: the tiny model is random, so only the plumbing and the orderings are checked here.
-FAST = {"pp": 32, "tg": 8, "reps": 1, "n_ctx": 64, "chunks": 2, "threads": 2, "progress": False}
+FAST = {"pp": 32, "tg": 8, "reps": 1, "n_ctx": 64, "chunks": 2, "threads": 2, "progress": None}
 
 
 @pytest.fixture(scope="module")

@@ -111,3 +111,26 @@ def test_profiles_command_lists_the_shipped_profiles() -> None:
     assert result.exit_code == 0
     for name in SHIPPED:
         assert name in result.output
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("rules:\n  - role: 5\n    type: f16\n", "rules[0]: 'role' must be a role name or a list of role names, got 5"),
+    ("rules:\n  - role: [attn_q, 7]\n    type: f16\n", "got ['attn_q', 7]"),
+    ("rules:\n  - role: attn_q\n    type: [f16]\n", "rules[0]: 'type' must be a single value, not a list"),
+    ("rules:\n  - role: attn_q\n    layers: 0-3000000\n    type: f16\n",
+     "layer 3000000 in '0-3000000' is beyond any model (layer numbers go up to 4095)"),
+    ("rules:\n  - role: attn_q\n    layers: '" + "9" * 5000 + "'\n    type: f16\n", "layer 999999999999... in"),
+])
+def test_bad_rule_values_give_one_line_at_once(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(GgprecError) as err:
+        load_profile(write(tmp_path, text))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_layer_selectors_name_only_the_models_layers_and_never_expand_large_counts() -> None:
+    assert parse_layers("28-4095", 30) == {28, 29}
+    assert parse_layers("first 999999999", 3) == {0, 1, 2}
+    rule = Rule(type="f16", roles=("attn_q",), layers="0-4095")
+    assert rule.selects("blk.29.attn_q.weight", "attn_q", 29, 30)
+    assert not rule.selects("blk.30.attn_q.weight", "attn_q", 30, 30)

@@ -140,7 +140,7 @@ def test_requantizing_a_quantized_source_warns(tmp_path: Path, tiny_model: Path)
 def test_progress_reports_every_tensor(tmp_path: Path, tiny_model: Path) -> None:
     seen: list[tuple[int, int, str]] = []
     plan = plan_for(tiny_model, "mixed")
-    quantize(tiny_model, plan, tmp_path / "m.gguf", threads=2, progress=lambda d, n, name: seen.append((d, n, name)))
+    quantize(tiny_model, plan, tmp_path / "m.gguf", threads=2, progress=lambda name, d, n: seen.append((d, n, name)))
     assert [d for d, _, _ in seen] == list(range(1, len(plan.tensors) + 1))
     assert {name for _, _, name in seen} == {t.name for t in plan.tensors}
 

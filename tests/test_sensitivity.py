@@ -76,7 +76,7 @@ def test_reuse_runs_only_the_passes_not_stored_and_takes_the_rest_from_the_histo
         tiny_sensitivity: SensitivityResult, tiny_model_f32: Path, sens_db: Path) -> None:
     run: list[str] = []
     again = measure_sensitivity(tiny_model_f32, db=sens_db, store=False, also=("q8_0", "q5_0"), reuse=True,
-                                progress=lambda i, n, key: run.append(key), **FAST)
+                                progress=lambda key, i, n: run.append(key), **FAST)
     assert run == [f"{g.key} at q5_0" for g in again.groups] + ["done"]
     assert [(g.kld, g.kld_se, g.kld_at["q8_0"]) for g in again.groups] == \
         [(g.kld, g.kld_se, g.kld_at["q8_0"]) for g in tiny_sensitivity.groups]
