@@ -28,6 +28,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .errors import GgprecError
@@ -146,10 +147,17 @@ def overridden(info: ModelInfo, settings: RuntimeSettings) -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def _libggml() -> Any:
-    """libggml as llama-cpp-python loaded it (same process-wide registry llama.cpp uses), with the
-    device-registry functions declared."""
-    import llama_cpp  # noqa: F401  (loads libllama and its libggml first)
-    from llama_cpp._ggml import libggml
+    """The libggml llama-cpp-python ships beside libllama, with the device-registry functions declared.
+    llama_cpp is imported first, so the library is already loaded and dlopen returns that same copy:
+    one process-wide device registry, the one llama.cpp uses."""
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    names = ("libggml.so", "libggml.dylib", "ggml.dll")
+    path = next((lib_dir / n for n in names if (lib_dir / n).exists()), None)
+    if path is None:
+        raise GgprecError(f"no libggml in {lib_dir}: this llama-cpp-python build cannot place tensors")
+    libggml = ctypes.CDLL(str(path))
 
     sigs: dict[str, tuple[list[Any], Any]] = {
         "ggml_backend_dev_count": ([], ctypes.c_size_t),

@@ -223,11 +223,6 @@ def test_ggprec_uses_no_private_llama_cpp_python_api():
     import re
 
     private = re.compile(r"llama_cpp\._(?!_)\w|from llama_cpp import _|llama_cpp\._internals|\._model\b|\._ctx\b")
-    # Known and reported, outside the llama_backend boundary's area: ggml's device bindings live only in
-    # llama_cpp._ggml in 0.3.36 (tensor_overrides lists the buffer types of this build with them).
-    known = {"tensor_overrides.py"}
     for path in (Path(__file__).parents[1] / "ggprec").rglob("*.py"):
-        if path.name in known:
-            continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             assert not private.search(line), f"{path.name}:{n}: {line.strip()}"
