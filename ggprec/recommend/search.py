@@ -1,0 +1,228 @@
+"""The search: every placement that fits, each swept from its smallest mix to its least-loss mix.
+
+A placement is a KV-cache type x n_gpu_layers (and, for a mixture of experts, x n_cpu_moe): it fixes the
+device of every tensor (standins.placement, as llama.cpp loads it) and the non-weight buffers (KV cache,
+compute, output: memory.predict). Within a placement every group lives on one device (bands are split where
+the devices change), so the weights are a multiple-choice knapsack per device under that device's budget.
+
+The sweep is the Lagrangian one with the price of a byte set by the speed model: from every group's
+smallest option, upgrades are taken in order of expected KLD saved per second of decode time added (on one
+device that is the order of loss saved per byte, so the last plan of the walk is the least-loss knapsack
+solution of each device), skipping those that no longer fit. Every plan along the walk is a point (expected
+KLD, expected seconds per token); the front is the Pareto set of all points of all placements
+(frontier.pareto), and the rule of the goal picks one row (frontier.choose).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ggml_types import GgmlType
+from ..gguf_info import ModelInfo
+from ..settings import RuntimeSettings
+from .groups import Group, reads_per_token, split_by_device
+from .knapsack import Option, cached_options
+from .loss import KV_TYPES, LossModel
+from .standins import is_gpu, placement
+
+GIB = 2**30
+MIB = 2**20
+MAPPED = "model:CPU_Mapped"
+
+Predictor = Callable[[ModelInfo, RuntimeSettings, dict[str, GgmlType]], Any]
+
+
+def default_predict(info: ModelInfo, settings: RuntimeSettings, types: dict[str, GgmlType]) -> Any:
+    from ..memory import predict
+
+    return predict(info, settings, tensor_types=types)
+
+
+class SecondsPerByte:
+    """The speed model, linearised per (device, type): seconds one more byte read per token adds. The
+    walk orders upgrades by it; rows of the front get the speed model's own figure (tg_of)."""
+
+    PROBE = 2**30
+
+    def __init__(self, speed: Any) -> None:
+        self.speed = speed
+        self.cache: dict[tuple[str, str], float] = {}
+
+    def __call__(self, device: str, type_name: str) -> float:
+        key = (device, type_name)
+        if key not in self.cache:
+            one = 1.0 / self.speed.tg_tps({device: {type_name: self.PROBE}})
+            two = 1.0 / self.speed.tg_tps({device: {type_name: 2 * self.PROBE}})
+            self.cache[key] = max(two - one, 0.0) / self.PROBE or one / self.PROBE
+        return self.cache[key]
+
+
+@dataclass
+class Walk:
+    """One placement's plans: its groups (each on one device), their options, and the upgrades taken in
+    order; plan n is the smallest options with the first n upgrades applied."""
+
+    settings: RuntimeSettings
+    device: dict[str, str]  # tensor name -> device
+    groups: list[Group]
+    devices: list[str]
+    options: list[list[Option]]
+    steps: list[tuple[int, int]]  # (group, option index) in the order taken
+    # After 0..len(steps) upgrades: (expected KLD incl. the KV cache, seconds per token, GPU bytes, RAM bytes).
+    points: list[tuple[float, float, int, int]]
+    kv_reads: dict[str, int]  # device -> KV-cache bytes read per token
+    kv_loss: float
+    buffers: dict[str, int] = field(default_factory=dict)  # memory.predict of the last plan
+    totals: tuple[int, int] = (0, 0)  # (GPU, RAM) bytes of the last plan
+
+    def choice(self, n: int) -> list[int]:
+        choice = [0] * len(self.groups)
+        for gi, k in self.steps[:n]:
+            choice[gi] = k
+        return choice
+
+    def types(self, choice: list[int]) -> dict[str, GgmlType]:
+        return {t.name: opts[k].type for g, opts, k in zip(self.groups, self.options, choice, strict=True)
+                for t in g.tensors}
+
+    def reads(self, choice: list[int], info: ModelInfo) -> dict[str, dict[str, int]]:
+        """Bytes read per generated token, by device and type, for the speed model."""
+        out: dict[str, dict[str, int]] = {}
+        for g, dev, opts, k in zip(self.groups, self.devices, self.options, choice, strict=True):
+            n = int(opts[k].bytes * reads_per_token(g, info))
+            if n:
+                by_type = out.setdefault(dev, {})
+                by_type[opts[k].type.name] = by_type.get(opts[k].type.name, 0) + n
+        kv = self.settings.cache_type_k
+        for dev, n in self.kv_reads.items():
+            by_type = out.setdefault(dev, {})
+            by_type[kv] = by_type.get(kv, 0) + n
+        return out
+
+
+def totals(pred: Any, info: ModelInfo, types: Mapping[str, GgmlType], device: Mapping[str, str]) -> tuple[int, int]:
+    """(GPU bytes, RAM bytes) a plan needs. llama.cpp maps one file range spanning every host tensor, which
+    includes offloaded tensors lying in between; those pages are read once to upload them and are then clean
+    page cache the kernel drops, so RAM counts only the weights that stay on the host."""
+    gpu = sum(v for k, v in pred.buffers.items() if is_gpu(_device_of(k)))
+    host = sum(v for k, v in pred.buffers.items() if not is_gpu(_device_of(k)))
+    if MAPPED in pred.buffers:
+        resident = sum(types.get(t.name, t.type).tensor_bytes(t.shape) for t in info.tensors
+                       if not is_gpu(device[t.name]))
+        host += min(resident, pred.buffers[MAPPED]) - pred.buffers[MAPPED]
+    return gpu, host
+
+
+def _device_of(key: str) -> str:
+    return key.split(":", 1)[1] if ":" in key else "CPU"
+
+
+def placements(info: ModelInfo, ctx: int, vram: int) -> list[RuntimeSettings]:
+    """KV type x n_gpu_layers (all of them down to 0; only 0 without VRAM), and for a mixture of experts
+    with every layer offloaded, x n_cpu_moe (the routed experts of the first N layers kept in RAM)."""
+    n_layer = info.hparams.n_layer
+    ngls = list(range(n_layer + 1, -1, -1)) if vram > 0 else [0]
+    moe = info.hparams.n_expert > 0 and _supports_n_cpu_moe()
+    out = []
+    for kv in KV_TYPES:
+        for ngl in ngls:
+            out.append(RuntimeSettings(n_gpu_layers=ngl, n_ctx=ctx, cache_type_k=kv, cache_type_v=kv))
+        if moe and vram > 0:
+            for n in range(1, n_layer + 1):
+                out.append(RuntimeSettings(n_gpu_layers=n_layer + 1, n_ctx=ctx, cache_type_k=kv, cache_type_v=kv,
+                                           n_cpu_moe=n))  # type: ignore[call-arg]
+    return out
+
+
+def _supports_n_cpu_moe() -> bool:
+    import dataclasses
+
+    return any(f.name == "n_cpu_moe" for f in dataclasses.fields(RuntimeSettings))
+
+
+def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list[Group], losses: LossModel,
+                   vram: int, ram: int, margin: int, predict: Predictor, spb: SecondsPerByte,
+                   smallest: list[tuple[int, int]]) -> Walk | None:
+    """The plans of one placement within the budgets, or None when even its smallest mix does not fit."""
+    device = placement(info, settings)
+    parts = [p for g in base_groups for p in split_by_device(g, device)]
+    groups = [g for g, _ in parts]
+    devices = [d for _, d in parts]
+    options = [cached_options(g, losses) for g in groups]
+    low = Walk(settings, device, groups, devices, options, [], [], {}, 0.0)
+    low_types = low.types([0] * len(groups))
+    pred = predict(info, settings, low_types)
+    gpu0, host0 = totals(pred, info, low_types, device)
+    smallest.append((gpu0, host0))
+    low_gpu = sum(o[0].bytes for o, d in zip(options, devices, strict=True) if is_gpu(d))
+    low_host = sum(o[0].bytes for o, d in zip(options, devices, strict=True) if not is_gpu(d))
+    over_gpu, over_host = gpu0 - low_gpu, host0 - low_host  # KV cache, compute, fixed tensors, host overhead
+    kv_reads: dict[str, int] = {}
+    for k, v in pred.buffers.items():
+        if k.startswith("kv:"):
+            kv_reads[_device_of(k)] = kv_reads.get(_device_of(k), 0) + v
+    kv_loss = losses.kv.get(settings.cache_type_k, 0.0)
+    shrink = 0
+    for _ in range(3):  # the compute buffer may grow with wider types: re-check and tighten
+        budget = {True: vram - margin - over_gpu - shrink, False: ram - margin - over_host - shrink}
+        walk = Walk(settings, device, groups, devices, options, [], [], kv_reads, kv_loss)
+        if not _sweep(walk, info, budget, spb):
+            return None
+        types = walk.types(walk.choice(len(walk.steps)))
+        pred = predict(info, settings, types)
+        gpu, host = totals(pred, info, types, device)
+        over = max(gpu - (vram - margin) if vram or gpu else 0, host - (ram - margin))
+        if over <= 0:
+            walk.buffers = dict(pred.buffers)
+            walk.totals = (gpu, host)
+            return walk
+        shrink += over
+    return None
+
+
+def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsPerByte) -> bool:
+    """Fill walk.steps and walk.points; False when the smallest mix exceeds a budget."""
+    groups, devices, options = walk.groups, walk.devices, walk.options
+    gpu_flags = [is_gpu(d) for d in devices]
+    share = [reads_per_token(g, info) for g in groups]
+
+    def seconds(i: int, k: int) -> float:
+        o = options[i][k]
+        return o.bytes * share[i] * spb(devices[i], o.type.name)
+
+    used = {True: 0, False: 0}
+    for i, o in enumerate(options):
+        used[gpu_flags[i]] += o[0].bytes
+    if used[True] > budget[True] or used[False] > budget[False]:
+        return False
+    loss = sum(o[0].loss for o in options) + walk.kv_loss
+    secs = sum(seconds(i, 0) for i in range(len(groups)))
+    secs += sum(n * spb(dev, walk.settings.cache_type_k) for dev, n in walk.kv_reads.items())
+    walk.points.append((loss, secs, used[True], used[False]))
+    heap: list[tuple[float, int, int]] = []
+
+    def push(i: int, k: int) -> None:
+        if k < len(options[i]):
+            d_loss = options[i][k - 1].loss - options[i][k].loss
+            d_secs = seconds(i, k) - seconds(i, k - 1)
+            eff = math.inf if d_secs <= 0 else d_loss / d_secs
+            heapq.heappush(heap, (-eff, i, k))
+
+    for i in range(len(groups)):
+        push(i, 1)
+    while heap:
+        _, i, k = heapq.heappop(heap)
+        d_bytes = options[i][k].bytes - options[i][k - 1].bytes
+        if used[gpu_flags[i]] + d_bytes > budget[gpu_flags[i]]:
+            continue  # this group stops here: its later upgrades build on this one
+        used[gpu_flags[i]] += d_bytes
+        loss -= options[i][k - 1].loss - options[i][k].loss
+        secs += seconds(i, k) - seconds(i, k - 1)
+        walk.steps.append((i, k))
+        walk.points.append((max(loss, 0.0), secs, used[True], used[False]))
+        push(i, k + 1)
+    return True
