@@ -17,7 +17,18 @@ from .frontier import GOALS, FrontRow, choose, pareto, shown_rows, trade_text
 from .groups import make_groups
 from .knapsack import options_for, solve
 from .loss import LossModel, prior_loss_model, sensitivity_loss_model
-from .search import GIB, MIB, Predictor, SecondsPerByte, Walk, default_predict, placements, totals, walk_placement
+from .search import (
+    GIB,
+    MIB,
+    Predictor,
+    SecondsPerByte,
+    Walk,
+    check_walk,
+    default_predict,
+    placements,
+    totals,
+    walk_placement,
+)
 from .standins import is_gpu, load_speed_model
 
 METHOD = ("every placement (KV type x n_gpu_layers, x n_cpu_moe for MoE) swept from its smallest to its least-loss "
@@ -139,32 +150,51 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
             walks.append(w)
     if not walks:
         raise NoFitError(_no_fit_message(smallest, vram, ram, margin))
-    points = [(secs, loss, wi, n) for wi, w in enumerate(walks) for n, (loss, secs, _, _) in enumerate(w.points)]
-    front = [_row(info, walks, wi, n, speed) for _, _, wi, n in pareto(points)]
-    front.sort(key=lambda r: (-r.tg_tps, r.expected_kld))
+    front, searched = _front(info, walks, speed, vram, ram, margin, predict, spb)
+    if not front:
+        raise NoFitError(_no_fit_message(smallest, vram, ram, margin))
     speed_max = sum(losses.type_loss(g, lookup("q4_k") if g.accepts(lookup("q4_k")) else lookup("q4_0"))
                     for g in base_groups)
     chosen, rule = choose(front, goal, min_tps, max_kld, speed_max)
     shown = shown_rows(front, chosen)
     return _recommendation(info, walks, front, chosen, shown, rule, goal, vram, ram, margin, losses, speed,
-                           predict, len(points))
+                           predict, searched)
+
+
+def _front(info: ModelInfo, walks: list[Walk], speed: Any, vram: int, ram: int, margin: int, predict: Predictor,
+           spb: SecondsPerByte) -> tuple[list[FrontRow], int]:
+    """The Pareto front of every walk's plans, fastest first, after checking with memory.predict each walk
+    that has a plan on it (a walk changed by its check can change the front: repeat until none does)."""
+    checked: set[int] = set()
+    while True:
+        points = [(secs, loss, wi, n) for wi, w in enumerate(walks) if w.points
+                  for n, (loss, secs, _, _) in enumerate(w.points)]
+        best = pareto(points)
+        todo = {wi for _, _, wi, _ in best} - checked
+        if not todo:
+            break
+        for wi in todo:
+            checked.add(wi)
+            if not check_walk(walks[wi], info, vram, ram, margin, predict, spb):
+                walks[wi].points.clear()
+                walks[wi].steps.clear()
+    front = [_row(info, walks, wi, n, speed) for _, _, wi, n in best]
+    front.sort(key=lambda r: (-r.tg_tps, r.expected_kld))
+    return front, len(points)
 
 
 def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any) -> FrontRow:
-    """Plan n of walk wi as a row: its memory is the walk's checked last plan less the bytes of the upgrades
-    not taken; its speed is the speed model's figure for its reads."""
+    """Plan n of walk wi as a row, with the speed model's figure for its reads."""
     w = walks[wi]
     choice = w.choice(n)
     loss = sum(opts[k].loss for opts, k in zip(w.options, choice, strict=True)) + w.kv_loss
     n_params = sum(g.n_params for g in w.groups)
     weight_bytes = sum(opts[k].bytes for opts, k in zip(w.options, choice, strict=True))
-    _, _, gpu_last, host_last = w.points[-1]
-    _, _, gpu_n, host_n = w.points[n]
-    gpu_total, host_total = w.totals
+    gpu, ram = w.memory(n)
     return FrontRow(bits_per_weight=8 * weight_bytes / max(n_params, 1), kv_type=w.settings.cache_type_k,
                     n_gpu_layers=w.settings.n_gpu_layers, n_cpu_moe=getattr(w.settings, "n_cpu_moe", 0),
-                    gpu_bytes=gpu_total - (gpu_last - gpu_n), ram_bytes=host_total - (host_last - host_n),
-                    expected_kld=loss, tg_tps=speed.tg_tps(w.reads(choice, info)), walk=wi, steps=n)
+                    gpu_bytes=gpu, ram_bytes=ram, expected_kld=loss, tg_tps=speed.tg_tps(w.reads(choice, info)),
+                    walk=wi, steps=n)
 
 
 def _no_fit_message(smallest: list[tuple[int, int]], vram: int, ram: int, margin: int) -> str:
@@ -182,7 +212,7 @@ def _recommendation(info: ModelInfo, walks: list[Walk], front: list[FrontRow], c
     choice = w.choice(row.steps)
     types = w.types(choice)
     pred = predict(info, w.settings, types)
-    gpu, host = totals(pred, info, types, w.device)
+    gpu, host = totals(pred, w.resident_host(choice))
     row.gpu_bytes, row.ram_bytes = gpu, host
     groups = []
     for g, dev, opts, k in zip(w.groups, w.devices, w.options, choice, strict=True):

@@ -25,10 +25,16 @@ class Option:
 def options_for(g: Group, losses: LossModel, exclude: Sequence[str] = ()) -> list[Option]:
     """The group's candidate types on its lower convex hull of (bytes, loss), smallest first; where types
     were measured for the group, only those LossModel.offered allows, each at its measured loss."""
-    opts = [Option(t, g.bytes_as(t), losses.type_loss(g, t))
-            for t in map(lookup, CANDIDATE_TYPES)
-            if g.accepts(t) and t.bits_per_weight <= g.source_bpw + 1e-9 and losses.offered(g, t)
-            and t.name not in exclude]
+    measured = losses.measured_types(g)
+    source_bpw = g.source_bpw
+    opts = []
+    for t in map(lookup, CANDIDATE_TYPES):
+        if (t.bits_per_weight > source_bpw + 1e-9 or t.name in exclude or not g.accepts(t)
+                or not losses.offered(g, t, measured)):
+            continue
+        costs = [losses.tensor_cost(x, t) for x in g.tensors]
+        loss = 0.0 if t.bits_per_weight >= source_bpw else sum(c[1] for c in costs)
+        opts.append(Option(t, sum(c[0] for c in costs), loss))
     source = g.tensors[0].type
     if all(x.type == source for x in g.tensors) and source.name not in CANDIDATE_TYPES:
         opts.append(Option(source, g.bytes_as(source), 0.0))  # keeping the source type is always allowed

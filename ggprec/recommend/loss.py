@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ggml_types import GgmlType, lookup
-from ..gguf_info import ModelInfo
+from ..gguf_info import ModelInfo, TensorInfo
 from .groups import Group, reads_per_token
 from .standins import kv_prior, weight_prior
 
@@ -51,6 +51,9 @@ EDGE_LAYER_BONUS = 1.5  # llama.cpp's use_more_bits: the first and last eighth o
 # SmolLM2: all Q4_0 / all Q8_0 = 0.37 / 0.0062 ~ 2^(1.5 x 4)).
 LOSS_EXPONENT = 1.5
 Q8_BPW = 8.5
+
+
+_UNSET: Any = object()
 
 
 def role_importance(role: str) -> float:
@@ -123,6 +126,7 @@ class LossModel:
     kv_source: dict[str, str] = field(default_factory=dict)
     options_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     _prior: dict[str, float] = field(default_factory=dict, repr=False)
+    _tensor_costs: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict, repr=False)
 
     def prior_kld(self, type_name: str) -> float:
         """Whole-model KLD at this type from the priors (cached: one call per type)."""
@@ -153,13 +157,14 @@ class LossModel:
         common = set.intersection(*sets) if sets else set()
         return common if len(common) >= 2 else None
 
-    def offered(self, g: Group, t: GgmlType) -> bool:
+    def offered(self, g: Group, t: GgmlType, measured: Any = _UNSET) -> bool:
         """Whether recommend may choose t for g: any type where g was measured by bits only or not at all;
         else a measured type, a 16-bit type, or one outside the measured range of bits (below the lowest
         probe: only the fitted slope can say, and nothing measured can stand in). An unmeasured type between
         measured ones is not offered: its neighbours' bits say little about it (on SmolLM2 q5_1 measured at
         half the damage of q4_0, not the 1/6 a bits law through q4_0 and q8_0 predicts)."""
-        measured = self.measured_types(g)
+        if measured is _UNSET:  # callers asking for many types pass measured_types(g) once
+            measured = self.measured_types(g)
         if measured is None or t.name in measured or t.bits_per_weight >= 16:
             return True
         bits = [lookup(m).bits_per_weight for m in measured]
@@ -179,6 +184,23 @@ class LossModel:
             else:
                 total += self.prior_kld(t.name) * self.share.get(x.name, 0.0)
         return total
+
+    def tensor_cost(self, x: TensorInfo, t: GgmlType) -> tuple[int, float]:
+        """(bytes, expected KLD) of one tensor at type t, as type_loss counts it in a group of x's source
+        type (cached: the same tensors recur in the groups of every placement)."""
+        key = (x.name, t.name)
+        cost = self._tensor_costs.get(key)
+        if cost is None:
+            if t.bits_per_weight >= x.type.bits_per_weight:
+                loss = 0.0
+            elif t.name in self.typed.get(x.name, {}):
+                loss = self.typed[x.name][t.name] * x.n_elements
+            elif x.name in self.density:
+                loss = self._per_param(x.name, t.bits_per_weight) * x.n_elements
+            else:
+                loss = self.prior_kld(t.name) * self.share.get(x.name, 0.0)
+            cost = self._tensor_costs[key] = (t.tensor_bytes(x.shape), loss)
+        return cost
 
     def _per_param(self, name: str, bpw: float) -> float:
         exponent = self.exponent.get(name, LOSS_EXPONENT)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,8 +76,21 @@ class Walk:
     points: list[tuple[float, float, int, int]]
     kv_reads: dict[str, int]  # device -> KV-cache bytes read per token
     kv_loss: float
-    buffers: dict[str, int] = field(default_factory=dict)  # memory.predict of the last plan
-    totals: tuple[int, int] = (0, 0)  # (GPU, RAM) bytes of the last plan
+    overhead: tuple[int, int] = (0, 0)  # (GPU, RAM) bytes besides the chosen weights, at the smallest mix
+    fixed_host: int = 0  # host bytes of the tensors recommend does not choose a type for
+    # memory.predict of the last plan less the estimate (overhead + weights), once checked; None: not yet.
+    correction: tuple[int, int] | None = None
+
+    def memory(self, n: int) -> tuple[int, int]:
+        """(GPU, RAM) bytes of plan n: the overhead plus its weights, corrected by the check of the last."""
+        _, _, gpu, host = self.points[n]
+        dg, dh = self.correction or (0, 0)
+        return self.overhead[0] + gpu + dg, self.overhead[1] + host + dh
+
+    def resident_host(self, choice: list[int]) -> int:
+        """Weights that stay in RAM (the mapped range also spans offloaded tensors; see totals)."""
+        return self.fixed_host + sum(opts[k].bytes for opts, k, d in zip(self.options, choice, self.devices,
+                                                                          strict=True) if not is_gpu(d))
 
     def choice(self, n: int) -> list[int]:
         choice = [0] * len(self.groups)
@@ -104,16 +117,14 @@ class Walk:
         return out
 
 
-def totals(pred: Any, info: ModelInfo, types: Mapping[str, GgmlType], device: Mapping[str, str]) -> tuple[int, int]:
+def totals(pred: Any, resident_host: int) -> tuple[int, int]:
     """(GPU bytes, RAM bytes) a plan needs. llama.cpp maps one file range spanning every host tensor, which
     includes offloaded tensors lying in between; those pages are read once to upload them and are then clean
-    page cache the kernel drops, so RAM counts only the weights that stay on the host."""
+    page cache the kernel drops, so RAM counts only the weights that stay on the host (resident_host)."""
     gpu = sum(v for k, v in pred.buffers.items() if is_gpu(_device_of(k)))
     host = sum(v for k, v in pred.buffers.items() if not is_gpu(_device_of(k)))
     if MAPPED in pred.buffers:
-        resident = sum(types.get(t.name, t.type).tensor_bytes(t.shape) for t in info.tensors
-                       if not is_gpu(device[t.name]))
-        host += min(resident, pred.buffers[MAPPED]) - pred.buffers[MAPPED]
+        host += min(resident_host, pred.buffers[MAPPED]) - pred.buffers[MAPPED]
     return gpu, host
 
 
@@ -147,41 +158,55 @@ def _supports_n_cpu_moe() -> bool:
 def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list[Group], losses: LossModel,
                    vram: int, ram: int, margin: int, predict: Predictor, spb: SecondsPerByte,
                    smallest: list[tuple[int, int]]) -> Walk | None:
-    """The plans of one placement within the budgets, or None when even its smallest mix does not fit."""
+    """The plans of one placement within the budgets (not yet checked by memory.predict beyond the smallest:
+    see check_walk), or None when even its smallest mix does not fit."""
     device = placement(info, settings)
     parts = [p for g in base_groups for p in split_by_device(g, device)]
     groups = [g for g, _ in parts]
     devices = [d for _, d in parts]
     options = [cached_options(g, losses) for g in groups]
-    low = Walk(settings, device, groups, devices, options, [], [], {}, 0.0)
-    low_types = low.types([0] * len(groups))
-    pred = predict(info, settings, low_types)
-    gpu0, host0 = totals(pred, info, low_types, device)
+    grouped = {t.name for g in groups for t in g.tensors}
+    fixed_host = sum(t.n_bytes for t in info.tensors if t.name not in grouped and not is_gpu(device[t.name]))
+    walk = Walk(settings, device, groups, devices, options, [], [], {}, losses.kv.get(settings.cache_type_k, 0.0),
+                fixed_host=fixed_host)
+    low = [0] * len(groups)
+    pred = predict(info, settings, walk.types(low))
+    gpu0, host0 = totals(pred, walk.resident_host(low))
     smallest.append((gpu0, host0))
     low_gpu = sum(o[0].bytes for o, d in zip(options, devices, strict=True) if is_gpu(d))
-    low_host = sum(o[0].bytes for o, d in zip(options, devices, strict=True) if not is_gpu(d))
-    over_gpu, over_host = gpu0 - low_gpu, host0 - low_host  # KV cache, compute, fixed tensors, host overhead
-    kv_reads: dict[str, int] = {}
+    walk.overhead = (gpu0 - low_gpu, host0 - (walk.resident_host(low) - fixed_host))  # KV, compute, fixed tensors
     for k, v in pred.buffers.items():
         if k.startswith("kv:"):
-            kv_reads[_device_of(k)] = kv_reads.get(_device_of(k), 0) + v
-    kv_loss = losses.kv.get(settings.cache_type_k, 0.0)
+            walk.kv_reads[_device_of(k)] = walk.kv_reads.get(_device_of(k), 0) + v
+    return walk if _sweep(walk, info, _budget(walk, vram, ram, margin, 0), spb) else None
+
+
+def _budget(walk: Walk, vram: int, ram: int, margin: int, shrink: int) -> dict[bool, float]:
+    return {True: vram - margin - walk.overhead[0] - shrink, False: ram - margin - walk.overhead[1] - shrink}
+
+
+def check_walk(walk: Walk, info: ModelInfo, vram: int, ram: int, margin: int, predict: Predictor,
+               spb: SecondsPerByte) -> bool:
+    """Check the walk's last plan with memory.predict (the compute buffer and the CPU's repacked copies
+    depend on the types); where it is over, sweep again with the budgets tightened by the excess. False when
+    no plan of the walk fits."""
     shrink = 0
-    for _ in range(3):  # the compute buffer may grow with wider types: re-check and tighten
-        budget = {True: vram - margin - over_gpu - shrink, False: ram - margin - over_host - shrink}
-        walk = Walk(settings, device, groups, devices, options, [], [], kv_reads, kv_loss)
-        if not _sweep(walk, info, budget, spb):
-            return None
-        types = walk.types(walk.choice(len(walk.steps)))
-        pred = predict(info, settings, types)
-        gpu, host = totals(pred, info, types, device)
+    for _ in range(3):
+        choice = walk.choice(len(walk.steps))
+        pred = predict(info, walk.settings, walk.types(choice))
+        gpu, host = totals(pred, walk.resident_host(choice))
+        _, _, gpu_w, host_w = walk.points[-1]
+        walk.correction = (gpu - walk.overhead[0] - gpu_w, host - walk.overhead[1] - host_w)
         over = max(gpu - (vram - margin) if vram or gpu else 0, host - (ram - margin))
         if over <= 0:
-            walk.buffers = dict(pred.buffers)
-            walk.totals = (gpu, host)
-            return walk
+            return True
         shrink += over
-    return None
+        walk.steps.clear()
+        walk.points.clear()
+        walk.correction = None
+        if not _sweep(walk, info, _budget(walk, vram, ram, margin, shrink), spb):
+            return False
+    return False
 
 
 def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsPerByte) -> bool:
