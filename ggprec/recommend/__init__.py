@@ -7,7 +7,17 @@ prior), `knapsack` (types per group under a byte budget), `search` (placements a
 (llama-quantize / llama-server lines), `render` (the terminal output), `standins` (the interfaces of the
 speed model, priors and tensor placement that other modules provide)."""
 
-from .api import NoFitError, Recommendation, SizedPlan, recommend, recommend_for_size, system_ram_gib, to_profile, verify
+from .api import (
+    NoFitError,
+    Recommendation,
+    SizedPlan,
+    recommend,
+    recommend_for_size,
+    system_ram_gib,
+    to_profile,
+    validate,
+    verify,
+)
 from .frontier import BALANCED_MIN_TPS, GOALS, KLD_FLOOR, FrontRow
 from .groups import Group, layer_bands, make_groups, quantizable
 from .knapsack import Option, Solution, options_for, solve
@@ -27,5 +37,5 @@ __all__ = [
     "FrontRow", "Group", "LossModel", "NoFitError", "Option", "Recommendation", "SizedPlan", "Solution",
     "layer_bands", "make_groups", "options_for", "prior_loss_model", "quantizable", "recommend",
     "recommend_for_size", "sensitivity_loss_model", "solve", "stored_sensitivity", "system_ram_gib",
-    "to_profile", "verify",
+    "to_profile", "validate", "verify",
 ]

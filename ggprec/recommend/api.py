@@ -188,7 +188,7 @@ def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any) -> Fro
     w = walks[wi]
     choice = w.choice(n)
     loss = sum(opts[k].loss for opts, k in zip(w.options, choice, strict=True)) + w.kv_loss
-    n_params = sum(g.n_params for g in w.groups)
+    n_params = w.n_params
     weight_bytes = sum(opts[k].bytes for opts, k in zip(w.options, choice, strict=True))
     gpu, ram = w.memory(n)
     return FrontRow(bits_per_weight=8 * weight_bytes / max(n_params, 1), kv_type=w.settings.cache_type_k,
@@ -260,8 +260,11 @@ def _kv_reason(rec: Recommendation, losses: LossModel) -> str:
     if kv == "f16":
         return "KV cache f16: a quantized cache would add expected KLD that the memory it frees does not buy back"
     f16 = [r for r in rec.front if r.kv_type == "f16"]
-    alt = (f"the nearest f16-cache plan on the front: KLD {min(f16, key=lambda r: abs(r.tg_tps - rec.tg_tps)).expected_kld:.4f}"
-           if f16 else "no f16-cache plan is on the front")
+    if f16:
+        near = min(f16, key=lambda r: abs(r.tg_tps - rec.tg_tps))
+        alt = f"the f16-cache plan nearest in speed: KLD {near.expected_kld:.4f} at {near.tg_tps:.1f} tok/s"
+    else:
+        alt = "no f16-cache plan is on the front"
     return (f"KV cache {kv}: expected +{rec.kv_kld:.4f} KLD ({rec.kv_source}), worth the memory and reads it frees; "
             f"{alt}")
 

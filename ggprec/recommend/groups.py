@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..ggml_types import GgmlType
 from ..gguf_info import ModelInfo, TensorInfo
@@ -22,11 +23,11 @@ class Group:
     layers: tuple[int, ...]  # block layers covered; empty outside the blocks
     tensors: tuple[TensorInfo, ...]
 
-    @property
+    @cached_property
     def n_params(self) -> int:
         return sum(t.n_elements for t in self.tensors)
 
-    @property
+    @cached_property
     def source_bpw(self) -> float:
         return max(t.type.bits_per_weight for t in self.tensors)
 

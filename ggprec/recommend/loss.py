@@ -273,7 +273,8 @@ def sensitivity_loss_model(info: ModelInfo, groups: Sequence[Group], record: dic
             if len(typed) > 1:
                 model.typed[n] = {t: k / n_params for t, k in typed.items()}
     probes = "+".join([record["probe_type"], *record.get("also", [])])
-    model.source = f"measured: sensitivity #{record.get('id', '?')} ({probes} probe{'s' if record.get('also') else ''}" \
+    plural = "s" if record.get("also") else ""
+    model.source = f"measured: sensitivity #{record.get('id', '?')} ({probes} probe{plural}" \
                    f"{f', {fitted} groups fitted' if fitted else ''})"
     return model
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..ggml_types import GgmlType
@@ -80,6 +80,10 @@ class Walk:
     fixed_host: int = 0  # host bytes of the tensors recommend does not choose a type for
     # memory.predict of the last plan less the estimate (overhead + weights), once checked; None: not yet.
     correction: tuple[int, int] | None = None
+
+    @property
+    def n_params(self) -> int:
+        return sum(g.n_params for g in self.groups)
 
     def memory(self, n: int) -> tuple[int, int]:
         """(GPU, RAM) bytes of plan n: the overhead plus its weights, corrected by the check of the last."""

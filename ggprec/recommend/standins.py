@@ -12,7 +12,7 @@ import importlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from ..ggml_types import lookup
@@ -23,7 +23,7 @@ GPU_DEVICE = "CUDA0"
 HOST_DEVICE = "CPU"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _real(module: str, name: str) -> Callable[..., Any] | None:
     """The other area's function when its module is there (looked up once: a failed import is not cached by
     Python and would search the path on every call)."""
@@ -131,9 +131,6 @@ def _layer_placement(info: ModelInfo, settings: RuntimeSettings) -> dict[str, st
     ngl = n_layer + 1 if settings.n_gpu_layers == ALL_LAYERS else settings.n_gpu_layers
     out = {}
     for t in info.tensors:
-        if t.layer is not None:
-            gpu = t.layer >= n_layer - ngl
-        else:
-            gpu = t.role == "output" and ngl > n_layer
+        gpu = t.layer >= n_layer - ngl if t.layer is not None else (t.role == "output" and ngl > n_layer)
         out[t.name] = GPU_DEVICE if gpu else HOST_DEVICE
     return out
