@@ -374,3 +374,10 @@ def test_cli_refuses_bad_numbers_in_one_line_with_exit_2(sparse_8b_session: Path
     r = CliRunner().invoke(main, ["recommend", str(sparse_8b_session), "--host-bandwidth", "60", *args])
     assert r.exit_code == 2
     assert r.output.strip() == f"ggprec: error: {message}"
+
+
+def test_without_vram_every_plan_runs_on_the_host(sparse_8b_session: Path) -> None:
+    rec = _rec(sparse_8b_session, 0, 16)
+    assert rec.settings.n_gpu_layers == 0 and rec.gpu_total == 0
+    assert all(r.n_gpu_layers == 0 and r.gpu_bytes == 0 for r in rec.front)
+    assert rec.host_total <= 16 * GIB - 512 * MIB

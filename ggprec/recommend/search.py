@@ -226,7 +226,7 @@ def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsP
     used = {True: 0, False: 0}
     for i, o in enumerate(options):
         used[gpu_flags[i]] += o[0].bytes
-    if used[True] > budget[True] or used[False] > budget[False]:
+    if any(used[d] and used[d] > budget[d] for d in (True, False)):  # a device without weights: check_walk
         return False
     loss = sum(o[0].loss for o in options) + walk.kv_loss
     secs = sum(seconds(i, 0) for i in range(len(groups)))
