@@ -29,7 +29,7 @@ from .search import (
     totals,
     walk_placement,
 )
-from .standins import is_gpu, load_speed_model
+from .standins import is_gpu
 
 METHOD = ("every placement (KV type x n_gpu_layers, x n_cpu_moe for MoE) swept from its smallest to its least-loss "
           "mix: a multiple-choice knapsack per device (groups x candidate types, bytes = cost, expected KLD = loss) "
@@ -134,7 +134,11 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
     vram = int(vram_gb * GIB)
     ram = int((ram_gb if ram_gb is not None else system_ram_gib()) * GIB)
     margin = int(margin_mb * MIB)
-    speed = speed_model or load_speed_model(host_gbps=host_gbps, gpu_gbps=gpu_gbps)
+    if speed_model is None:
+        from ..speed import load_speed_model
+
+        speed_model = load_speed_model(host_gbps=host_gbps, gpu_gbps=gpu_gbps)
+    speed = speed_model
     spb = SecondsPerByte(speed)
     base_groups = make_groups(info, n_bands)
     if not base_groups:
@@ -157,6 +161,7 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
                     for g in base_groups)
     chosen, rule = choose(front, goal, min_tps, max_kld, speed_max)
     shown = shown_rows(front, chosen)
+    _add_pp(info, walks, front, shown, speed)
     return _recommendation(info, walks, front, chosen, shown, rule, goal, vram, ram, margin, losses, speed,
                            predict, searched)
 
@@ -183,6 +188,15 @@ def _front(info: ModelInfo, walks: list[Walk], speed: Any, vram: int, ram: int, 
     return front, len(points)
 
 
+def _add_pp(info: ModelInfo, walks: list[Walk], front: list[FrontRow], shown: list[int], speed: Any) -> None:
+    """Expected prompt speed of the printed rows, where the speed model has pp figures (a calibration)."""
+    from ..speed import matmul_elements
+
+    for i in shown:
+        w = walks[front[i].walk]
+        front[i].pp_tps = speed.pp_tps(matmul_elements(info, w.settings, w.types(w.choice(front[i].steps))))
+
+
 def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any) -> FrontRow:
     """Plan n of walk wi as a row, with the speed model's figure for its reads."""
     w = walks[wi]
@@ -193,7 +207,7 @@ def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any) -> Fro
     gpu, ram = w.memory(n)
     return FrontRow(bits_per_weight=8 * weight_bytes / max(n_params, 1), kv_type=w.settings.cache_type_k,
                     n_gpu_layers=w.settings.n_gpu_layers, n_cpu_moe=getattr(w.settings, "n_cpu_moe", 0),
-                    gpu_bytes=gpu, ram_bytes=ram, expected_kld=loss, tg_tps=speed.tg_tps(w.reads(choice, info)),
+                    gpu_bytes=gpu, ram_bytes=ram, expected_kld=loss, tg_tps=speed.tg_tps(w.reads(choice, info), w.layers),
                     walk=wi, steps=n)
 
 

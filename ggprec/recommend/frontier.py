@@ -42,8 +42,9 @@ class FrontRow:
     ram_bytes: int
     expected_kld: float
     tg_tps: float
-    walk: int  # which placement (index into the search's walks)
-    steps: int  # how many upgrades of that placement's walk
+    pp_tps: float | None = None  # expected prompt tok/s, where the speed model has pp figures (shown rows)
+    walk: int = 0  # which placement (index into the search's walks)
+    steps: int = 0  # how many upgrades of that placement's walk
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -15,6 +15,7 @@ FRONT_COLUMNS = ("", "bits/weight", "KV", "GPU layers", "GPU GiB", "RAM GiB", "e
 def front_rows(rec: Recommendation, n_layer: int) -> list[tuple[str, ...]]:
     """The printed rows of the front, as text (the table and the README show the same)."""
     out = []
+    with_pp = any(rec.front[i].pp_tps for i in rec.shown)
     for i in rec.shown:
         r = rec.front[i]
         layers = f"all {n_layer}" if r.n_gpu_layers > n_layer else f"{r.n_gpu_layers}/{n_layer}"
@@ -22,7 +23,7 @@ def front_rows(rec: Recommendation, n_layer: int) -> list[tuple[str, ...]]:
             layers += f", experts of {r.n_cpu_moe} in RAM"
         out.append(("->" if i == rec.chosen else "", f"{r.bits_per_weight:.2f}", r.kv_type, layers,
                     f"{r.gpu_bytes / GIB:.2f}", f"{r.ram_bytes / GIB:.2f}", f"{r.expected_kld:.4f}",
-                    f"{r.tg_tps:.1f}"))
+                    f"{r.tg_tps:.1f}", *([f"{r.pp_tps:.0f}" if r.pp_tps else "-"] if with_pp else [])))
     return out
 
 
@@ -34,9 +35,10 @@ def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaComma
     console.print(f"[bold]{rec.model}[/]: goal {rec.goal}, budget {rec.vram / GIB:g} GiB VRAM + "
                   f"{rec.ram / GIB:.1f} GiB RAM, margin {rec.margin / MIB:g} MiB, ctx {s.n_ctx}")
     front = Table(title=f"quality/speed front ({len(rec.shown)} of {len(rec.front)} plans; all in --json)")
-    for col in FRONT_COLUMNS:
+    rows = front_rows(rec, n_layer)
+    for col in FRONT_COLUMNS + (("expected pp tok/s",) if rows and len(rows[0]) > len(FRONT_COLUMNS) else ()):
         front.add_column(col, justify="left" if col in ("", "KV", "GPU layers") else "right")
-    for row in front_rows(rec, n_layer):
+    for row in rows:
         front.add_row(*row, style="bold" if row[0] else None)
     console.print(front)
     for r in rec.reasons:

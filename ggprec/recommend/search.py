@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..ggml_types import GgmlType
@@ -76,6 +76,8 @@ class Walk:
     points: list[tuple[float, float, int, int]]
     kv_reads: dict[str, int]  # device -> KV-cache bytes read per token
     kv_loss: float
+    layers: dict[str, int] = field(default_factory=dict)  # device -> blocks with tensors there (fixed costs)
+    fixed_secs: float = 0.0  # the speed model's fixed seconds per token of this placement
     overhead: tuple[int, int] = (0, 0)  # (GPU, RAM) bytes besides the chosen weights, at the smallest mix
     fixed_host: int = 0  # host bytes of the tensors recommend does not choose a type for
     # memory.predict of the last plan less the estimate (overhead + weights), once checked; None: not yet.
@@ -182,6 +184,15 @@ def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list
     for k, v in pred.buffers.items():
         if k.startswith("kv:"):
             walk.kv_reads[_device_of(k)] = walk.kv_reads.get(_device_of(k), 0) + v
+    by_layer: dict[int, set[str]] = {}
+    for t in info.tensors:
+        if t.layer is not None:
+            by_layer.setdefault(t.layer, set()).add(device[t.name])
+    for devs in by_layer.values():
+        for d in devs:
+            walk.layers[d] = walk.layers.get(d, 0) + 1
+    reading = {d for g, d in parts if reads_per_token(g, info) > 0} | set(walk.kv_reads)
+    walk.fixed_secs = 1.0 / spb.speed.tg_tps({d: {} for d in reading}, walk.layers)
     return walk if _sweep(walk, info, _budget(walk, vram, ram, margin, 0), spb) else None
 
 
@@ -229,7 +240,7 @@ def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsP
     if any(used[d] and used[d] > budget[d] for d in (True, False)):  # a device without weights: check_walk
         return False
     loss = sum(o[0].loss for o in options) + walk.kv_loss
-    secs = sum(seconds(i, 0) for i in range(len(groups)))
+    secs = walk.fixed_secs + sum(seconds(i, 0) for i in range(len(groups)))
     secs += sum(n * spb(dev, walk.settings.cache_type_k) for dev, n in walk.kv_reads.items())
     walk.points.append((loss, secs, used[True], used[False]))
     heap: list[tuple[float, int, int]] = []

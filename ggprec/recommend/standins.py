@@ -1,7 +1,7 @@
-"""The interfaces recommend codes against from other areas, in one place: the speed model
-(`ggprec.speed`), the loss priors (`ggprec.priors`) and per-tensor placement (`ggprec.tensor_overrides`).
-Where the real module exists it is used; until it is merged, a thin stand-in with the same names:
-- speed: the memory-bandwidth model of `ggprec.bandwidth` (bytes read per token / bandwidth per device);
+"""The interfaces recommend codes against from other areas, in one place: the loss priors
+(`ggprec.priors`) and per-tensor placement (`ggprec.tensor_overrides`); the device classes of the speed
+model (`ggprec.speed`). Where the real module exists it is used; until it is merged, a thin stand-in with
+the same names:
 - priors: llama.cpp's published Llama-3-8B table (KLD vs FP16 when every weight is one type), without
   size dependence, log-linear in bits between its types for the types it lacks;
 - placement: llama.cpp's whole-layer offload (-ngl) only."""
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -34,36 +34,10 @@ def _real(module: str, name: str) -> Callable[..., Any] | None:
 
 
 def is_gpu(device: str) -> bool:
-    """GPU memory; CPU buffers and pinned host memory (CUDA_Host) count as RAM."""
-    return not (device.startswith("CPU") or device.endswith("_Host"))
+    """GPU memory; CPU, AMX and mapped buffers and pinned host memory (CUDA_Host) count as RAM."""
+    from ..speed import GPU, device_class
 
-
-# --- speed ----------------------------------------------------------------------------------------------
-
-
-class BandwidthSpeedModel:
-    """tok/s = 1 / sum over devices of bytes read per token / that device's bandwidth."""
-
-    def __init__(self, host_gbps: float | None, gpu_gbps: float | None) -> None:
-        from ..bandwidth import bandwidth
-
-        self.bw = bandwidth(host_gbps, gpu_gbps)
-
-    def tg_tps(self, reads: Mapping[str, Mapping[str, int]]) -> float:
-        seconds = sum(n / ((self.bw.gpu_gbps if is_gpu(dev) else self.bw.host_gbps) * 1e9)
-                      for dev, by_type in reads.items() for n in by_type.values())
-        return 1.0 / seconds if seconds > 0 else float("inf")
-
-    def describe(self) -> str:
-        return (f"bandwidth model: GPU {self.bw.gpu_gbps:.0f} GB/s ({self.bw.gpu_source}), host "
-                f"{self.bw.host_gbps:.1f} GB/s ({self.bw.host_source})")
-
-
-def load_speed_model(host_gbps: float | None = None, gpu_gbps: float | None = None, store: Any = None) -> Any:
-    real = _real("speed", "load_speed_model")
-    if real is None:
-        return BandwidthSpeedModel(host_gbps, gpu_gbps)
-    return real(host_gbps=host_gbps, gpu_gbps=gpu_gbps, store=store)
+    return device_class(device) == GPU
 
 
 # --- loss priors ----------------------------------------------------------------------------------------
