@@ -413,7 +413,8 @@ def demo_cmd(out_dir: str | None, as_json: bool) -> None:
 @click.option("--gpu-bandwidth", "--bandwidth", "gpu_bandwidth", type=float,
               help="GPU memory bandwidth in GB/s (plan for another machine; default: calibration or an assumption).")
 @click.option("--host-bandwidth", type=float, help="Host memory bandwidth in GB/s (default: calibration or measured).")
-@click.option("--priors", is_flag=True, help="Ignore stored sensitivity measurements; use the priors.")
+@click.option("--priors", is_flag=True,
+              help="Use the priors only: no stored sensitivity, no measured KV-cache loss.")
 @click.option("-o", "--output", type=click.Path(path_type=str),
               help="Write the plan as a profile YAML, and llama-quantize's tensor-type file next to it.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
@@ -430,6 +431,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     from . import recommend as rec_mod
     from .fileio import atomic_write_text, check_output
     from .gguf_info import read_gguf
+    from .priors import measure_kv_loss
     from .profile import profile_to_yaml
     from .recommend.commands import llama_commands, tensor_type_file_for
 
@@ -439,9 +441,12 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
         check_output(tensor_type_file_for(output), force=force, source=model)
     info = read_gguf(model)
     sens = None if priors else rec_mod.stored_sensitivity(model)
+    # The KV cache's loss on this very model: one evaluation per KV type when the file runs here (cached by
+    # sha256; None at once for a sparse file), else the prior.
+    kv_measured = None if priors else measure_kv_loss(model)
     rec = rec_mod.recommend(info, vram, ram, ctx=ctx, goal=goal, margin_mb=margin, n_bands=bands,
                             sensitivity=sens, gpu_gbps=gpu_bandwidth, host_gbps=host_bandwidth, min_tps=min_tps,
-                            max_kld=max_kld)
+                            max_kld=max_kld, kv_measured=kv_measured)
     commands = llama_commands(rec, info, tensor_type_file_for(output) if output else None)
     verified = rec_mod.verify(rec, model, reference, chunks=chunks) if verify else None
     if output:

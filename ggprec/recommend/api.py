@@ -123,10 +123,11 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
               goal: str = "balanced", margin_mb: float = 512, n_bands: int = 4,
               sensitivity: dict[str, Any] | None = None, gpu_gbps: float | None = None,
               host_gbps: float | None = None, predictor: Predictor | None = None, min_tps: float | None = None,
-              max_kld: float | None = None, speed_model: Any = None) -> Recommendation:
+              max_kld: float | None = None, speed_model: Any = None, kv_measured: dict[str, Any] | None = None
+              ) -> Recommendation:
     """The front of plans that fit vram_gb (GiB) of GPU memory and ram_gb (GiB; default this machine's RAM)
     with margin_mb (MiB) to spare on each, and the row the goal (or min_tps / max_kld) picks. Raises
-    NoFitError when nothing fits."""
+    NoFitError when nothing fits. kv_measured: priors.measure_kv_loss of the model (wins over the KV prior)."""
     if goal not in GOALS:
         raise GgprecError(f"goal must be one of {', '.join(GOALS)}, not '{goal}'")
     validate(vram_gb, ram_gb, ctx, margin_mb, n_bands, min_tps, max_kld, gpu_gbps, host_gbps)
@@ -143,8 +144,8 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
     base_groups = make_groups(info, n_bands)
     if not base_groups:
         raise GgprecError(f"{info.path}: no quantizable weights found")
-    losses = (sensitivity_loss_model(info, base_groups, sensitivity) if sensitivity
-              else prior_loss_model(info, base_groups))
+    losses = (sensitivity_loss_model(info, base_groups, sensitivity, kv_measured) if sensitivity
+              else prior_loss_model(info, base_groups, kv_measured))
 
     walks: list[Walk] = []
     smallest: list[tuple[int, int]] = []  # (gpu, host) bytes of the smallest plan of each placement
@@ -207,8 +208,8 @@ def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any) -> Fro
     gpu, ram = w.memory(n)
     return FrontRow(bits_per_weight=8 * weight_bytes / max(n_params, 1), kv_type=w.settings.cache_type_k,
                     n_gpu_layers=w.settings.n_gpu_layers, n_cpu_moe=getattr(w.settings, "n_cpu_moe", 0),
-                    gpu_bytes=gpu, ram_bytes=ram, expected_kld=loss, tg_tps=speed.tg_tps(w.reads(choice, info), w.layers),
-                    walk=wi, steps=n)
+                    gpu_bytes=gpu, ram_bytes=ram, expected_kld=loss,
+                    tg_tps=speed.tg_tps(w.reads(choice, info), w.layers), walk=wi, steps=n)
 
 
 def _no_fit_message(smallest: list[tuple[int, int]], vram: int, ram: int, margin: int) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 from ..ggml_types import GgmlType, lookup
 from ..gguf_info import ModelInfo, TensorInfo
+from ..priors import Prior, kv_prior, weight_prior
 from .groups import Group, reads_per_token
-from .standins import kv_prior, weight_prior
 
 # Weight types recommend chooses from, best first. A type is offered for a group only when its block
 # divides every row of the group (K-quants need rows of 256; llama.cpp would fall back otherwise) and it is
@@ -135,7 +135,7 @@ class LossModel:
         return self._prior[type_name]
 
     def group_source(self, g: Group) -> str:
-        return "measured" if all(t.name in self.density for t in g.tensors) else f"prior: {self.prior_source}"
+        return "measured" if all(t.name in self.density for t in g.tensors) else self.prior_source
 
     def group_loss(self, g: Group, bpw: float) -> float:
         """Expected KLD of g at bpw bits (measured tensors by their curve; the others by the prior of the
@@ -210,7 +210,8 @@ class LossModel:
         return interpolate(points, bpw, exponent)
 
 
-def prior_loss_model(info: ModelInfo, groups: Sequence[Group]) -> LossModel:
+def prior_loss_model(info: ModelInfo, groups: Sequence[Group], kv_measured: dict[str, Prior] | None = None
+                     ) -> LossModel:
     """Priors: each tensor's share of the whole-model damage by role importance x parameters x how often a
     token reads it (x EDGE_LAYER_BONUS in the first and last eighth of the layers)."""
     n_layer = info.hparams.n_layer
@@ -223,23 +224,24 @@ def prior_loss_model(info: ModelInfo, groups: Sequence[Group]) -> LossModel:
             weights[t.name] = w * bonus * t.n_elements
     total = sum(weights.values()) or 1.0
     n_params = sum(g.n_params for g in groups)
-    source = weight_prior("q4_0", n_params).source
-    model = LossModel({k: v / total for k, v in weights.items()}, n_params, source, source=f"prior: {source}")
+    source = weight_prior("q4_k", n_params).source  # "prior: <where>" (or "measured: ..." at a measured size)
+    model = LossModel({k: v / total for k, v in weights.items()}, n_params, source, source=source)
     for kv in KV_TYPES:
-        p = kv_prior(kv, n_params)
+        p = (kv_measured or {}).get(kv) or kv_prior(kv, n_params)
         model.kv[kv] = p.kld
-        model.kv_source[kv] = "no loss" if kv == "f16" else f"prior: {p.source}"
+        model.kv_source[kv] = p.source
     return model
 
 
-def sensitivity_loss_model(info: ModelInfo, groups: Sequence[Group], record: dict[str, Any]) -> LossModel:
+def sensitivity_loss_model(info: ModelInfo, groups: Sequence[Group], record: dict[str, Any],
+                           kv_measured: dict[str, Prior] | None = None) -> LossModel:
     """Loss from a stored sensitivity run: each measured group's KLD increase, spread over its tensors by
     parameters. With one probe type the curve is stretched to other types by LOSS_EXPONENT; with several
     (`ggprec sensitivity --also q8_0`) each group gets its own exponent through its lowest- and highest-bit
     probes, anchored at the highest (the one nearest the types compared at large budgets); where the further
     types were measured per role only (`--also-groups role`), each band takes its role's exponent, anchored
     at its own probe. Tensors the run did not measure keep their prior."""
-    model = prior_loss_model(info, groups)
+    model = prior_loss_model(info, groups, kv_measured)
     by_name = {t.name: t for t in info.tensors}
     coarse = _coarse_curves(record)
     coarse_typed = _coarse_typed(record)
