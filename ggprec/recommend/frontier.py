@@ -28,6 +28,7 @@ BALANCED_MIN_TPS = 3.0  # tok/s: about the slowest decode still usable for readi
 KLD_FLOOR = 0.001
 GOALS = ("balanced", "quality", "speed")
 MAX_SHOWN = 8
+SHOWN_MIN_STEP = 1.15  # printed rows differ in speed by at least this factor (the chosen row and the ends aside)
 
 
 @dataclass
@@ -98,16 +99,19 @@ def choose(front: Sequence[FrontRow], goal: str, min_tps: float | None = None, m
 
 
 def shown_rows(front: Sequence[FrontRow], chosen: int, limit: int = MAX_SHOWN) -> list[int]:
-    """At most `limit` rows to print: both ends, the chosen row, and rows spread evenly in log speed."""
+    """At most `limit` rows to print: both ends, the chosen row, and rows spread evenly in log speed between
+    them, none within SHOWN_MIN_STEP of the speed of a row already printed (near-twins trade nothing)."""
     if len(front) <= limit:
         return list(range(len(front)))
     keep = {0, len(front) - 1, chosen}
-    hi, lo = math.log(front[0].tg_tps), math.log(front[-1].tg_tps)
+    logs = [math.log(r.tg_tps) for r in front]
     n_targets = limit - len(keep)
     for j in range(1, n_targets + 1):
-        target = hi + (lo - hi) * j / (n_targets + 1)
-        keep.add(min(range(len(front)), key=lambda i: (abs(math.log(front[i].tg_tps) - target), i)))
-    return sorted(keep)  # the three fixed rows + at most limit - 3 targets
+        target = logs[0] + (logs[-1] - logs[0]) * j / (n_targets + 1)
+        i = min(range(len(front)), key=lambda i: (abs(logs[i] - target), i))
+        if all(abs(logs[i] - logs[k]) > math.log(SHOWN_MIN_STEP) for k in keep):
+            keep.add(i)
+    return sorted(keep)
 
 
 def trade_text(front: Sequence[FrontRow], shown: Sequence[int], chosen: int) -> list[str]:
