@@ -381,3 +381,12 @@ def test_without_vram_every_plan_runs_on_the_host(sparse_8b_session: Path) -> No
     assert rec.settings.n_gpu_layers == 0 and rec.gpu_total == 0
     assert all(r.n_gpu_layers == 0 and r.gpu_bytes == 0 for r in rec.front)
     assert rec.host_total <= 16 * GIB - 512 * MIB
+
+
+def test_a_kv_loss_measured_on_the_model_wins_over_the_prior(sparse_8b_session: Path) -> None:
+    from ggprec.priors import Prior
+
+    costly = {k: Prior(0.5, f"measured: {k} KV cache on this model") for k in ("q8_0", "q4_0")}
+    rec = _rec(sparse_8b_session, 8, 16, kv_measured=costly)
+    assert rec.settings.cache_type_k == "f16"
+    assert all(r.expected_kld >= 0.5 for r in rec.front if r.kv_type != "f16")
