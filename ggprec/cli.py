@@ -457,7 +457,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     else:
         from .recommend.render import render
 
-        render(rec, _console(), info.hparams.n_layer, commands, verified)
+        render(rec, _console(), info.hparams.n_layer, commands, verified, written=bool(output))
         if output:
             click.echo(f"wrote {output} and {commands.tensor_type_file}")
 

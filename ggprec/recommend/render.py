@@ -28,7 +28,7 @@ def front_rows(rec: Recommendation, n_layer: int) -> list[tuple[str, ...]]:
 
 
 def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaCommands | None = None,
-           verified: dict[str, Any] | None = None) -> None:
+           verified: dict[str, Any] | None = None, written: bool = False) -> None:
     from rich.table import Table
 
     s = rec.settings
@@ -69,8 +69,9 @@ def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaComma
         console.print("llama.cpp:")
         console.print(f"  {commands.quantize}", soft_wrap=True, markup=False)
         console.print(f"  {commands.server}", soft_wrap=True, markup=False)
-        console.print(f"  ({len(commands.tensor_type_lines)} lines in {commands.tensor_type_file}; llama-cli "
-                      "takes the same flags)", markup=False)
+        where = "" if written else " (-o writes it next to the profile)"
+        console.print(f"  ({len(commands.tensor_type_lines)} anchored name=type lines in {commands.tensor_type_file}"
+                      f"{where}; llama-cli takes the same flags)", markup=False)
     if verified:
         console.print(f"verified: predicted KLD {verified['predicted_kld']:.4f}, measured "
                       f"{verified['measured_kld']:.4f} (top-1 {verified['measured_top1']:.1%})"
