@@ -17,6 +17,9 @@ reach (SmolLM2-135M, Gemma 3 270M). The model:
 - Where a measured model's own size is asked and its point for that mix is usable, the measurement itself
   is returned (`measured: ...`).
 
+KV cache: the geometric mean over the measured models of the KLD each KV type adds, for any size (see
+kv_facts for why no size law); types between q4_0 and q8_0 are interpolated in bits.
+
 The size law is a coarse prior, not a property of quantization: Llama 2 7B loses 3-4x less than Llama 3 8B
 at every type (same table), so training matters as much as size. A model's own measurements (ggprec
 sensitivity, `measure_kv_loss`) always win over these priors.
@@ -179,51 +182,42 @@ def weight_prior(type_name: str, n_params: int) -> Prior:
 
 
 @functools.lru_cache(maxsize=1)
-def kv_fit() -> dict[str, Any]:
-    """The KV-cache law: KLD_kv(type, N) = KLD_kv_8B(type) x (N / N_8B)^(-b_kv).
-
-    q8_0 at 8B is published (PR #7412, less its floor; before llama.cpp rotated K and V, so an upper bound);
-    b_kv is fitted on the measured q8_0 KV points like b. q4_0 has no published 8B figure: its 8B value is
-    the q8_0 one times the geometric mean of the measured q4_0 / q8_0 ratios."""
+def kv_facts() -> dict[str, Any]:
+    """The KV-cache prior: per KV type, the geometric mean over the measured models of the KLD the cache adds
+    (less what flash attention alone changes), with no size dependence: the two measured models give no sign
+    of one (Gemma 3 270M loses more than SmolLM2-135M), and the only published Llama-3-8B figure (q8_0, PR
+    #7412) predates llama.cpp's rotation of K and V, so it only caps the q8_0 prior from above."""
     a = _anchor()
-    n8 = a["n_params"]
-    q8_8b = max(a["kv"]["q8_0"]["kld"] - a["kv_floor"]["kld"], 0.0)
-    pts, ratios = [], []
+    logs: dict[str, list[float]] = {}
     for m in facts().get("measured", {}).values():
         kv = m.get("kv", {})
-        floor = kv.get("f16", {}).get("kld", 0.0)  # flash attention alone: subtracted like the table's floor
-        q8 = kv.get("q8_0", {}).get("kld", 0.0) - floor
-        q4 = kv.get("q4_0", {}).get("kld", 0.0) - floor
-        if q8 > 0:
-            pts.append((math.log(int(m["n_params"]) / n8), math.log(q8 / q8_8b)))
-            if q4 > 0:
-                ratios.append(math.log(q4 / q8))
-    sxx = sum(x * x for x, _ in pts)
-    b = -sum(x * y for x, y in pts) / sxx if sxx else 0.0
-    ratio = math.exp(sum(ratios) / len(ratios)) if ratios else None
-    return {"b": b, "q8_0": q8_8b, "q4_0": q8_8b * ratio if ratio else None, "q4_over_q8": ratio}
+        control = kv.get("f16", {}).get("kld", 0.0)
+        for name, p in kv.items():
+            if name != "f16" and p["kld"] - control > 0:
+                logs.setdefault(name, []).append(math.log(p["kld"] - control))
+    out = {name: math.exp(sum(v) / len(v)) for name, v in logs.items()}
+    cap = max(a["kv"]["q8_0"]["kld"] - a["kv_floor"]["kld"], 0.0)
+    out["q8_0"] = min(out.get("q8_0", cap), cap)
+    return out
 
 
 @functools.lru_cache(maxsize=1024)
 def kv_prior(kv_type: str, n_params: int) -> Prior:
-    """Expected KLD added by a KV cache of `kv_type` (K and V alike) on a model of `n_params` parameters."""
+    """Expected KLD added by a KV cache of `kv_type` (K and V alike). `n_params` is accepted for symmetry with
+    weight_prior and ignored: no size dependence is assumed (see kv_facts)."""
     t = lookup(kv_type)
     if t.bits_per_weight >= LOSSLESS_BPW:
         return Prior(0.0, "prior: a 16-bit KV cache loses nothing")
-    fit = kv_fit()
-    scale = _scale(n_params, fit["b"])
-    label = f"scaled to {_size_label(n_params)} (b_kv={fit['b']:.2f})"
-    if fit["q4_0"] is None:  # no measured q4_0 point: only the published q8_0 one, bits law through nothing
-        return Prior(fit["q8_0"] * scale, f"prior: llama.cpp PR #7412 Llama-3-8B q8_0 KV {label}")
-    q8_bits, q4_bits = lookup("q8_0").bits_per_weight, lookup("q4_0").bits_per_weight
-    if t.name == "q8_0":
-        return Prior(fit["q8_0"] * scale, f"prior: llama.cpp PR #7412 Llama-3-8B q8_0 KV {label}")
-    if t.name == "q4_0":
-        return Prior(fit["q4_0"] * scale, f"prior: PR #7412 q8_0 KV x measured q4_0/q8_0 ratio "
-                                          f"{fit['q4_over_q8']:.0f}, {label}")
-    f = (t.bits_per_weight - q4_bits) / (q8_bits - q4_bits)  # log-linear in bits between q4_0 and q8_0
-    kld = math.exp(math.log(fit["q4_0"]) + f * (math.log(fit["q8_0"]) - math.log(fit["q4_0"])))
-    return Prior(kld * scale, f"prior: interpolated in bits between q4_0 and q8_0 KV, {label}")
+    known = kv_facts()
+    models = " and ".join(m.get("title", n).split(" (")[0] for n, m in facts().get("measured", {}).items())
+    if t.name in known:
+        return Prior(known[t.name], f"prior: {t.name} KV cache, geometric mean of {models} (no size law)")
+    if not {"q8_0", "q4_0"} <= set(known):
+        raise GgprecError(f"no KV-cache prior for {t.name}: the data file has no measured q8_0 and q4_0 KV points")
+    lo, hi = lookup("q4_0").bits_per_weight, lookup("q8_0").bits_per_weight
+    f = min(max((t.bits_per_weight - lo) / (hi - lo), 0.0), 1.0)  # log-linear in bits between q4_0 and q8_0
+    kld = math.exp(math.log(known["q4_0"]) + f * (math.log(known["q8_0"]) - math.log(known["q4_0"])))
+    return Prior(kld, f"prior: {t.name} KV cache interpolated in bits between q4_0 and q8_0 ({models})")
 
 
 # --- the KV loss of one model, measured --------------------------------------------------------------------

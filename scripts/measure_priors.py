@@ -208,11 +208,11 @@ def markdown_table(doc: dict) -> str:
             p = measured[n]["kv"].get(kv)
             row.append(f"{p['kld']:.4f} ± {p['kld_se']:.4f}" if p else "-")
         lines.append("| " + " | ".join(row) + " |")
-    fit, kv = priors.size_fit(), priors.kv_fit()
+    fit, kv = priors.size_fit(), priors.kv_facts()
     lines.append("")
     lines.append(f"Size exponent b = {fit.b:.3f} over {len(fit.points)} points (rms log residual "
-                 f"{fit.rms_log_residual:.2f}); KV: b_kv = {kv['b']:.3f}, q4_0/q8_0 KV ratio "
-                 f"{kv['q4_over_q8'] or float('nan'):.0f}.")
+                 f"{fit.rms_log_residual:.2f}); KV priors (any size): "
+                 + ", ".join(f"{k} {v:.5f}" for k, v in sorted(kv.items())) + ".")
     return "\n".join(lines)
 
 
