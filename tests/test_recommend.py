@@ -390,3 +390,12 @@ def test_a_kv_loss_measured_on_the_model_wins_over_the_prior(sparse_8b_session: 
     rec = _rec(sparse_8b_session, 8, 16, kv_measured=costly)
     assert rec.settings.cache_type_k == "f16"
     assert all(r.expected_kld >= 0.5 for r in rec.front if r.kv_type != "f16")
+
+
+def test_a_bf16_source_keeps_bf16_as_its_16_bit_option_never_f16(tmp_path: Path) -> None:
+    from ggprec.synth import PRESETS, write_synth
+
+    info = read_gguf(write_synth(tmp_path / "tiny-bf16.gguf", PRESETS["tiny"], dtype="bf16"))
+    groups = make_groups(info, n_bands=2)
+    names = {o.type.name for o in options_for(groups[0], prior_loss_model(info, groups))}
+    assert "bf16" in names and "f16" not in names  # f16 would clip bf16's range

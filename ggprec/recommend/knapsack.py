@@ -27,15 +27,17 @@ def options_for(g: Group, losses: LossModel, exclude: Sequence[str] = ()) -> lis
     were measured for the group, only those LossModel.offered allows, each at its measured loss."""
     measured = losses.measured_types(g)
     source_bpw = g.source_bpw
+    source = g.tensors[0].type
     opts = []
     for t in map(lookup, CANDIDATE_TYPES):
         if (t.bits_per_weight > source_bpw + 1e-9 or t.name in exclude or not g.accepts(t)
                 or not losses.offered(g, t, measured)):
             continue
+        if t.name == "f16" and source.name == "bf16":
+            continue  # as wide, but narrower in range: keeping bf16 (below) is the lossless 16-bit choice
         costs = [losses.tensor_cost(x, t) for x in g.tensors]
         loss = 0.0 if t.bits_per_weight >= source_bpw else sum(c[1] for c in costs)
         opts.append(Option(t, sum(c[0] for c in costs), loss))
-    source = g.tensors[0].type
     if all(x.type == source for x in g.tensors) and source.name not in CANDIDATE_TYPES:
         opts.append(Option(source, g.bytes_as(source), 0.0))  # keeping the source type is always allowed
     opts.sort(key=lambda o: (o.bytes, o.loss))
