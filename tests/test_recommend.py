@@ -77,13 +77,6 @@ def test_knapsack_says_none_when_even_the_smallest_options_exceed_the_budget() -
     assert solve([[_opt("q4_0", 100, 1.0)], [_opt("q4_0", 100, 1.0)]], budget=199) is None
 
 
-def test_knapsack_with_a_loss_target_stops_at_the_fewest_bytes_reaching_it() -> None:
-    a = [_opt("q4_0", 100, 1.0), _opt("q8_0", 200, 0.1)]
-    b = [_opt("q4_0", 100, 0.5), _opt("q8_0", 200, 0.45)]
-    sol = solve([a, b], budget=None, loss_target=0.7)
-    assert sol is not None and sol.choice == [1, 0] and sol.bytes == 300
-
-
 def test_options_offer_only_types_whose_blocks_divide_the_rows_and_no_upcast(demo_model: Path) -> None:
     info = read_gguf(demo_model)  # SmolLM2: rows of 576 (not a multiple of 256), source q4_1 / q8_0
     groups = make_groups(info)

@@ -71,15 +71,13 @@ class Solution:
     multiplier: float  # loss saved per byte at the last upgrade taken (Lagrange multiplier)
 
 
-def solve(options: Sequence[Sequence[Option]], budget: float | None = None,
-          loss_target: float | None = None) -> Solution | None:
-    """Multiple-choice knapsack by Lagrangian relaxation over convex hulls. Start every group at its
-    smallest option and take upgrades in order of loss saved per byte: up to the byte budget (least loss
-    within budget), or until the loss target is reached (fewest bytes for that loss). None if even the
-    smallest options exceed the budget."""
+def solve(options: Sequence[Sequence[Option]], budget: float | None = None) -> Solution | None:
+    """Multiple-choice knapsack by Lagrangian relaxation over convex hulls, for one byte budget (a file size:
+    recommend_for_size; recommend sweeps every budget of a placement in search._sweep). Start every group at
+    its smallest option and take upgrades in order of loss saved per byte while the budget allows (least
+    loss within budget). None if even the smallest options exceed the budget."""
     choice = [0] * len(options)
     total_bytes = sum(o[0].bytes for o in options)
-    total_loss = sum(o[0].loss for o in options)
     if budget is not None and total_bytes > budget:
         return None
     steps = []
@@ -91,9 +89,7 @@ def solve(options: Sequence[Sequence[Option]], budget: float | None = None,
     steps.sort(key=lambda s: -s[0])  # hull steps within a group come out in order: their slopes fall
     multiplier = 0.0
     blocked: set[int] = set()
-    for eff, gi, k, d_bytes, d_loss in steps:
-        if loss_target is not None and total_loss <= loss_target:
-            break
+    for eff, gi, k, d_bytes, _ in steps:
         if gi in blocked or choice[gi] != k - 1:
             continue
         if budget is not None and total_bytes + d_bytes > budget:
@@ -101,7 +97,6 @@ def solve(options: Sequence[Sequence[Option]], budget: float | None = None,
             continue
         choice[gi] = k
         total_bytes += d_bytes
-        total_loss -= d_loss
         multiplier = eff
     exact_loss = sum(opts[k].loss for opts, k in zip(options, choice, strict=True))  # no float drift
     return Solution(choice, total_bytes, exact_loss, multiplier)
