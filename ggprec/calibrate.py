@@ -10,10 +10,11 @@ The seconds per token of every run are fitted to
     seconds = token_s + n_layer * layer_s + bytes / (gbps[type] * 1e9)
 
 (token_s and layer_s from the two narrow runs, whose few MB stay in the CPU caches so their bytes cost
-next to nothing; then gbps of each type from its wide run less those fixed costs). Prompt speed is compute-bound: weight
-elements multiplied per prompt token / seconds per prompt token of the wide run gives each type's
-elements per second. The result is stored in the history (kind `calibration`) with the hardware
-fingerprint; `find_calibration` returns the newest one whose machine and llama.cpp build match this one.
+next to nothing; then gbps of each type from its wide run less those fixed costs). Prompt speed is
+compute-bound: seconds per prompt token = weight elements multiplied per token (the output head runs for
+the last token only) / that type's elements per second + n_layer * pp_layer_s (the narrow pair again).
+The result is stored in the history (kind `calibration`) with the hardware fingerprint;
+`find_calibration` returns the newest one whose machine and llama.cpp build match this one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ WIDE = SynthShape(n_layer=2, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_v
 # Narrow enough (~0.1 MB a layer) that its weights stay in the CPU caches: its time is the fixed costs.
 NARROW = SynthShape(n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=512, n_ctx=1024)
 NARROW_DEPTHS = (2, 24)
+N_CTX = 256  # context of every calibration run: the pp batch and the tg prefix + tokens fit
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class Calibration:
 
     def label_sources(self) -> None:
         """Name this calibration in every device's `source` (shown beside each expected speed)."""
-        where = f"history #{self.id}, {self.created.replace('+00:00', ' UTC')}" if self.id else "not stored"
+        when = (self.created or "").replace("+00:00", " UTC").replace("T", " ")
+        where = f"history #{self.id}, {when}" if self.id else "not stored"
         self.speeds = {dev: replace(s, source=f"calibrated ({where}, {len(s.gbps)} types, {self.n_threads} threads)")
                        for dev, s in self.speeds.items()}
 
@@ -122,14 +125,14 @@ def _variant(src: Path, type_name: str, out_dir: Path, threads: int) -> Path:
     return quantize(src, plan, out_dir / f"{src.stem}.{type_name}.gguf", threads=threads, force=True)
 
 
-def _measure(path: Path, device: str, model: str, effort: Effort, threads: int, pp: bool) -> Point:
+def _measure(path: Path, device: str, model: str, effort: Effort, threads: int) -> Point:
     from .gguf_info import read_gguf
     from .runner import TG_PREFIX, run_benchmark
     from .settings import ALL_LAYERS, RuntimeSettings
 
-    settings = RuntimeSettings(n_gpu_layers=ALL_LAYERS if device == GPU else 0, n_ctx=NARROW.n_ctx,
+    settings = RuntimeSettings(n_gpu_layers=ALL_LAYERS if device == GPU else 0, n_ctx=N_CTX,
                                n_threads=threads)
-    run = run_benchmark(path, settings, pp=effort.pp if pp else 0, tg=effort.tg, reps=effort.reps)
+    run = run_benchmark(path, settings, pp=effort.pp, tg=effort.tg, reps=effort.reps)
     info = read_gguf(path)
     # The KV cells in use during the timed decodes: the prefix and, on average, half the generated tokens.
     reads = bytes_read_per_token(info, settings, kv_cells=TG_PREFIX + effort.tg // 2)
@@ -149,7 +152,7 @@ def fit(points: Sequence[Point], device: str) -> tuple[DeviceSpeed, list[str]]:
     narrow = sorted((p for p in points if p.model == "narrow" and p.device == device), key=lambda p: p.n_layer)
     wide = {p.type: p for p in points if p.model == "wide" and p.device == device}
     notes: list[str] = []
-    token_s = layer_s = 0.0
+    token_s = layer_s = pp_layer_s = 0.0
     if len(narrow) >= 2 and narrow[-1].n_layer > narrow[0].n_layer:
         a, b = narrow[0], narrow[-1]
         layer_s = (b.tg_seconds - a.tg_seconds) / (b.n_layer - a.n_layer)
@@ -158,6 +161,9 @@ def fit(points: Sequence[Point], device: str) -> tuple[DeviceSpeed, list[str]]:
             notes.append(f"fixed costs fitted negative (token {token_s * 1e3:.3f} ms, layer {layer_s * 1e3:.4f} ms: "
                          "noise); clamped to 0")
             token_s, layer_s = max(token_s, 0.0), max(layer_s, 0.0)
+        if a.pp_tps and b.pp_tps:
+            pp_layer_s = max((1 / b.pp_tps - 1 / a.pp_tps) / (b.n_layer - a.n_layer), 0.0)
+            notes.append(f"prompt: {pp_layer_s * 1e6:.2f} us per layer per token beside the matmuls")
         notes.append(f"fixed costs: {token_s * 1e3:.3f} ms per token + {layer_s * 1e3:.4f} ms per layer "
                      f"(narrow model: {a.n_layer} layers {a.tg_tps:.0f} tok/s, "
                      f"{b.n_layer} layers {b.tg_tps:.0f} tok/s)")
@@ -171,9 +177,10 @@ def fit(points: Sequence[Point], device: str) -> tuple[DeviceSpeed, list[str]]:
             transfer = p.tg_seconds
         gbps[type_name] = p.bytes_per_token / transfer / 1e9
         if p.pp_tps:
-            pp_rates[type_name] = p.elems_per_token * p.pp_tps
+            matmul_s = 1 / p.pp_tps - p.n_layer * pp_layer_s
+            pp_rates[type_name] = p.elems_per_token / (matmul_s if matmul_s > 0 else 1 / p.pp_tps)
     default = sorted(gbps.values())[len(gbps) // 2] if gbps else 0.0
-    return DeviceSpeed(gbps, default, token_s, layer_s, pp_rates), notes
+    return DeviceSpeed(gbps, default, token_s, layer_s, pp_rates, pp_layer_s), notes
 
 
 def gpu_available() -> bool:
@@ -184,9 +191,11 @@ def gpu_available() -> bool:
 
 def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads: int | None = None,
               gpu: bool | None = None, progress: Callable[[str], None] | None = None,
-              work_dir: str | os.PathLike[str] | None = None) -> Calibration:
+              work_dir: str | os.PathLike[str] | None = None, wide: SynthShape = WIDE,
+              narrow: SynthShape = NARROW) -> Calibration:
     """Measure every type on the host (and the GPU when the build has one: `gpu` None), fit, return.
-    Temporary models are written under `work_dir` (default: the system temp dir) and deleted."""
+    Temporary models are written under `work_dir` (default: the system temp dir) and deleted. `wide`
+    and `narrow` are the two model shapes (their n_layer is set by the effort and NARROW_DEPTHS)."""
     from . import ggml_types
     from .synth import write_synth
 
@@ -212,19 +221,19 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
         narrow_files = []
         for depth in NARROW_DEPTHS:
             say(f"writing a narrow model ({depth} layers)")
-            narrow_files.append(write_synth(tmp / f"narrow-{depth}.gguf", _shape(NARROW, depth), "f16"))
-        say(f"writing a wide model ({effort.wide_layers} layers of n_embd {WIDE.n_embd})")
-        wide_src = write_synth(tmp / "wide.gguf", _shape(WIDE, effort.wide_layers), "f16")
+            narrow_files.append(write_synth(tmp / f"narrow-{depth}.gguf", _shape(narrow, depth), "f16"))
+        say(f"writing a wide model ({effort.wide_layers} layers of n_embd {wide.n_embd})")
+        wide_src = write_synth(tmp / "wide.gguf", _shape(wide, effort.wide_layers), "f16")
         for dev in devices:
             for path in narrow_files:
                 say(f"{dev}: narrow f16, {path.stem}")
-                points.append(_measure(path, dev, "narrow", effort, threads, pp=False))
+                points.append(_measure(path, dev, "narrow", effort, threads))
         for type_name in names:
             say(f"quantizing to {type_name}")
             path = _variant(wide_src, type_name, tmp, threads)
             for dev in devices:
                 say(f"{dev}: wide {type_name}")
-                points.append(_measure(path, dev, "wide", effort, threads, pp=True))
+                points.append(_measure(path, dev, "wide", effort, threads))
             if path != wide_src:
                 path.unlink()
     speeds, notes = {}, []

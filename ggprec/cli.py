@@ -232,8 +232,10 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
     if flash_attn is not None:
         overrides["flash_attn"] = _FA[flash_attn]
     progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
+    from .speed import load_speed_model
+
     done = run_with_profile(model, profile_name, overrides, pp=pp, tg=tg, reps=reps, prompt=prompt,
-                            progress=progress, n_predict=n_predict)
+                            progress=progress, n_predict=n_predict, speed_model=load_speed_model(store=store))
     for notice in done.result.notices:
         click.echo(f"ggprec: notice: {notice}", err=True)
     hardware = fingerprint()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,11 +50,13 @@ class DeviceSpeed:
     token_s: float = 0.0  # fixed seconds per token when this device takes part
     layer_s: float = 0.0  # fixed seconds per layer on this device per token
     pp_elems_per_s: dict[str, float] = field(default_factory=dict)  # type -> weight elements/s in pp
+    pp_layer_s: float = 0.0  # fixed seconds per layer per prompt token (attention, norms, ...)
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"gbps": dict(self.gbps), "default_gbps": self.default_gbps, "token_s": self.token_s,
-                "layer_s": self.layer_s, "pp_elems_per_s": dict(self.pp_elems_per_s), "source": self.source}
+                "layer_s": self.layer_s, "pp_elems_per_s": dict(self.pp_elems_per_s),
+                "pp_layer_s": self.pp_layer_s, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,10 @@ class SpeedModel:
     # Filled lazily: (device class, type) -> GB/s, so tg_tps is dict lookups and arithmetic only.
     _bw_cache: dict[tuple[str, str], float] = field(default_factory=dict, repr=False, compare=False)
 
-    def describe(self) -> str:
-        """One line: where each device's figures come from."""
-        return "; ".join(f"{'host' if d == HOST else 'GPU'}: {s.source}" for d, s in self.devices.items())
+    def describe(self, devices: Sequence[str] | None = None) -> str:
+        """One line: where each device's figures come from (of `devices` only, when given)."""
+        return "; ".join(f"{'host' if d == HOST else 'GPU'}: {s.source}" for d, s in self.devices.items()
+                         if devices is None or d in devices)
 
     def _bandwidth(self, dev: str, type_name: str) -> float:
         key = (dev, type_name)
@@ -103,9 +106,9 @@ class SpeedModel:
             seconds += n_layers * self.devices[device_class(device)].layer_s
         return 1.0 / seconds if seconds > 0 else float("inf")
 
-    def pp_tps(self, elems: Mapping[str, Mapping[str, int]]) -> float | None:
-        """Expected prompt tok/s for `elems` (device -> type -> weight elements multiplied per token), or
-        None when a device taking part has no pp figures."""
+    def pp_tps(self, elems: Mapping[str, Mapping[str, int]], layers: Mapping[str, int] | None = None) -> float | None:
+        """Expected prompt tok/s for `elems` (device -> type -> weight elements multiplied per token) and
+        `layers` (device -> blocks there), or None when a device taking part has no pp figures."""
         seconds = 0.0
         for device, by_type in elems.items():
             spd = self.devices[device_class(device)]
@@ -114,6 +117,8 @@ class SpeedModel:
             for type_name, n in by_type.items():
                 rate = spd.pp_elems_per_s.get(type_name) or _nearest(spd.pp_elems_per_s, type_name)
                 seconds += n / rate
+        for device, n_layers in (layers or {}).items():
+            seconds += n_layers * self.devices[device_class(device)].pp_layer_s
         return 1.0 / seconds if seconds > 0 else None
 
     def expected(self, info: ModelInfo, settings: RuntimeSettings,
@@ -124,12 +129,12 @@ class SpeedModel:
         reads = bytes_read_per_token(info, settings, tensor_types, kv_cells)
         first_gpu = _first_gpu_layer(settings.n_gpu_layers, info.hparams.n_layer)
         layers = {HOST: first_gpu, GPU: info.hparams.n_layer - first_gpu}
-        source = self.describe()
+        source = self.describe([d for d, by_type in reads.items() if any(by_type.values())])
         threads = settings.n_threads
         if self.n_threads is not None and threads is not None and threads != self.n_threads:
             source += f" (calibrated with {self.n_threads} threads, this runs {threads})"
-        return SpeedEstimate(self.tg_tps(reads, layers), self.pp_tps(matmul_elements(info, settings, tensor_types)),
-                             source)
+        pp = self.pp_tps(matmul_elements(info, settings, tensor_types), {d: n for d, n in layers.items() if n})
+        return SpeedEstimate(self.tg_tps(reads, layers), pp, source)
 
     def to_dict(self) -> dict[str, Any]:
         return {"devices": {d: s.to_dict() for d, s in self.devices.items()}, "n_threads": self.n_threads,
@@ -222,10 +227,10 @@ def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
 def matmul_elements(info: ModelInfo, settings: RuntimeSettings,
                     tensor_types: Mapping[str, ggml_types.GgmlType] | None = None) -> dict[str, dict[str, int]]:
     """Device class -> type -> weight elements multiplied per prompt token (matrices only; token_embd is a
-    lookup, norms are element-wise)."""
+    lookup, norms are element-wise, and the output head runs for the last prompt token only)."""
     elems: dict[str, dict[str, int]] = {}
     for dev, gtype, shape, name in _placed_tensors(info, settings, tensor_types):
-        if name == "token_embd.weight" or len(shape) < 2:
+        if name in ("token_embd.weight", "output.weight", "output(tied)") or len(shape) < 2:
             continue
         n = 1
         for d in shape:
