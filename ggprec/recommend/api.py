@@ -198,7 +198,7 @@ def _add_pp(info: ModelInfo, walks: list[Walk], front: list[FrontRow], shown: li
 
     for i in shown:
         w = walks[front[i].walk]
-        front[i].pp_tps = speed.pp_tps(matmul_elements(info, w.settings, w.types(w.choice(front[i].steps))))
+        front[i].pp_tps = speed.pp_tps(matmul_elements(info, w.settings, w.types(w.choice(front[i].steps))), w.layers)
 
 
 def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any) -> FrontRow:
