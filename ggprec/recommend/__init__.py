@@ -4,8 +4,8 @@ picks, in ggprec's and llama.cpp's own terms.
 One home per concept: `groups` (what takes one type), `loss` (expected KLD per group and type: measured or
 prior), `knapsack` (types per group under a byte budget), `search` (placements and their sweeps), `frontier`
 (the Pareto front and the rules that pick a row), `api` (recommend() and the Recommendation), `commands`
-(llama-quantize / llama-server lines), `render` (the terminal output), `standins` (the interfaces of the
-speed model, priors and tensor placement that other modules provide)."""
+(llama-quantize / llama-server lines), `render` (the terminal output). Other areas' modules it uses: `priors`
+(loss priors), `speed` (expected tok/s), `tensor_overrides` (where each tensor lives), `memory` (buffers)."""
 
 from .api import (
     NoFitError,

@@ -25,11 +25,11 @@ from .search import (
     Walk,
     check_walk,
     default_predict,
+    is_gpu,
     placements,
     totals,
     walk_placement,
 )
-from .standins import is_gpu
 
 METHOD = ("every placement (KV type x n_gpu_layers, x n_cpu_moe for MoE) swept from its smallest to its least-loss "
           "mix: a multiple-choice knapsack per device (groups x candidate types, bytes = cost, expected KLD = loss) "
@@ -210,7 +210,7 @@ def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any) -> Fro
     weight_bytes = sum(opts[k].bytes for opts, k in zip(w.options, choice, strict=True))
     gpu, ram = w.memory(n)
     return FrontRow(bits_per_weight=8 * weight_bytes / max(n_params, 1), kv_type=w.settings.cache_type_k,
-                    n_gpu_layers=w.settings.n_gpu_layers, n_cpu_moe=getattr(w.settings, "n_cpu_moe", 0),
+                    n_gpu_layers=w.settings.n_gpu_layers, n_cpu_moe=w.settings.n_cpu_moe,
                     gpu_bytes=gpu, ram_bytes=ram, expected_kld=loss,
                     tg_tps=speed.tg_tps(w.reads(choice, info), w.layers), walk=wi, steps=n)
 
@@ -254,7 +254,7 @@ def _reasons(info: ModelInfo, rec: Recommendation, walks: list[Walk], losses: Lo
     n_layer = info.hparams.n_layer
     s = rec.settings
     out = [rec.rule]
-    n_cpu_moe = getattr(s, "n_cpu_moe", 0)
+    n_cpu_moe = s.n_cpu_moe
     if rec.vram == 0:
         where = "CPU only (no VRAM given)"
     elif s.n_gpu_layers > n_layer and n_cpu_moe:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..settings import ALL_LAYERS
+
 # llama-quantize's ftype names for a plan whose most common type is the key (QUANT_OPTIONS in quantize.cpp).
 FTYPE_OF: dict[str, str] = {
     "q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k": "Q5_K_S", "q5_1": "Q5_1", "q5_0": "Q5_0", "q4_k": "Q4_K_S",
@@ -89,10 +91,10 @@ def _run_flags(rec: Any, model: str) -> list[str]:
     s = rec.settings
     flags = ["-m", model, "-c", str(s.n_ctx), "-ngl", str(s.n_gpu_layers), "-ctk", s.cache_type_k,
              "-ctv", s.cache_type_v, "-fa", "on" if s.flash_attn_effective else "off"]
-    overrides = getattr(s, "override_tensor", ()) or ()
-    if overrides:
-        flags += ["-ot", ",".join(f"{pattern}={device}" for pattern, device in overrides)]
-    n_cpu_moe = getattr(s, "n_cpu_moe", 0) or 0
-    if n_cpu_moe:
-        flags += ["--n-cpu-moe", str(n_cpu_moe)]
+    if s.override_tensor:
+        flags += ["-ot", ",".join(f"{pattern}={device}" for pattern, device in s.override_tensor)]
+    if s.n_cpu_moe == ALL_LAYERS:
+        flags += ["--cpu-moe"]
+    elif s.n_cpu_moe:
+        flags += ["--n-cpu-moe", str(s.n_cpu_moe)]
     return flags

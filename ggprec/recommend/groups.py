@@ -9,9 +9,7 @@ from functools import cached_property
 
 from ..ggml_types import GgmlType
 from ..gguf_info import ModelInfo, TensorInfo
-
-# Routed-expert roles: a token reads expert_used_count of expert_count experts of these tensors.
-ROUTED_EXPERT_SUFFIX = "_exps"
+from ..roles import ROUTED_EXPERT_ROLES
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ def reads_per_token(g: Group, info: ModelInfo) -> float:
     expert_used/expert_count of routed experts, all of every other weight."""
     if g.role == "token_embd":
         return 0.0
-    if g.role.endswith(ROUTED_EXPERT_SUFFIX):
+    if g.role in ROUTED_EXPERT_ROLES:
         hp = info.hparams
         return hp.n_expert_used / hp.n_expert if hp.n_expert and hp.n_expert_used else 1.0
     return 1.0

@@ -45,7 +45,7 @@ def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaComma
         console.print(f"- {r}")
     console.print(f"chosen: n_gpu_layers {s.n_gpu_layers}, KV cache {s.cache_type_k}/{s.cache_type_v}"
                   f"{', flash attention' if s.flash_attn_effective else ''}"
-                  f"{f', n_cpu_moe {s.n_cpu_moe}' if getattr(s, 'n_cpu_moe', 0) else ''}")
+                  f"{f', n_cpu_moe {s.n_cpu_moe}' if s.n_cpu_moe else ''}")
     t = Table(title="weights by group")
     for col in ("group", "type", "MiB", "device", "expected KLD", "source"):
         t.add_column(col, justify="right" if col in ("MiB", "expected KLD") else "left")

@@ -1,7 +1,7 @@
 """The search: every placement that fits, each swept from its smallest mix to its least-loss mix.
 
 A placement is a KV-cache type x n_gpu_layers (and, for a mixture of experts, x n_cpu_moe): it fixes the
-device of every tensor (standins.placement, as llama.cpp loads it) and the non-weight buffers (KV cache,
+device of every tensor (tensor_overrides.placement, as llama.cpp loads it) and the non-weight buffers (KV cache,
 compute, output: memory.predict). Within a placement every group lives on one device (bands are split where
 the devices change), so the weights are a multiple-choice knapsack per device under that device's budget.
 
@@ -24,14 +24,20 @@ from typing import Any
 from ..ggml_types import GgmlType
 from ..gguf_info import ModelInfo
 from ..settings import RuntimeSettings
+from ..speed import GPU, device_class
+from ..tensor_overrides import Placer, placement
 from .groups import Group, reads_per_token, split_by_device
 from .knapsack import Option, cached_options
 from .loss import KV_TYPES, LossModel
-from .standins import is_gpu, placement
 
 GIB = 2**30
 MIB = 2**20
 MAPPED = "model:CPU_Mapped"
+
+def is_gpu(device: str) -> bool:
+    """GPU memory; CPU, AMX and mapped buffers and pinned host memory (CUDA_Host) count as RAM."""
+    return device_class(device) == GPU
+
 
 Predictor = Callable[[ModelInfo, RuntimeSettings, dict[str, GgmlType]], Any]
 
@@ -69,7 +75,8 @@ class Walk:
     settings: RuntimeSettings
     device: dict[str, str]  # tensor name -> device
     groups: list[Group]
-    devices: list[str]
+    devices: list[str]  # where each group's bytes are held
+    read_devices: list[str]  # where each group is read per token (a tied head: its copy in the output layer)
     options: list[list[Option]]
     steps: list[tuple[int, int]]  # (group, option index) in the order taken
     # After 0..len(steps) upgrades: (expected KLD incl. the KV cache, seconds per token, GPU bytes, RAM bytes).
@@ -111,7 +118,7 @@ class Walk:
     def reads(self, choice: list[int], info: ModelInfo) -> dict[str, dict[str, int]]:
         """Bytes read per generated token, by device and type, for the speed model."""
         out: dict[str, dict[str, int]] = {}
-        for g, dev, opts, k in zip(self.groups, self.devices, self.options, choice, strict=True):
+        for g, dev, opts, k in zip(self.groups, self.read_devices, self.options, choice, strict=True):
             n = int(opts[k].bytes * reads_per_token(g, info))
             if n:
                 by_type = out.setdefault(dev, {})
@@ -143,7 +150,7 @@ def placements(info: ModelInfo, ctx: int, vram: int) -> list[RuntimeSettings]:
     with every layer offloaded, x n_cpu_moe (the routed experts of the first N layers kept in RAM)."""
     n_layer = info.hparams.n_layer
     ngls = list(range(n_layer + 1, -1, -1)) if vram > 0 else [0]
-    moe = info.hparams.n_expert > 0 and _supports_n_cpu_moe()
+    moe = info.hparams.n_expert > 0
     out = []
     for kv in KV_TYPES:
         for ngl in ngls:
@@ -151,14 +158,8 @@ def placements(info: ModelInfo, ctx: int, vram: int) -> list[RuntimeSettings]:
         if moe and vram > 0:
             for n in range(1, n_layer + 1):
                 out.append(RuntimeSettings(n_gpu_layers=n_layer + 1, n_ctx=ctx, cache_type_k=kv, cache_type_v=kv,
-                                           n_cpu_moe=n))  # type: ignore[call-arg]
+                                           n_cpu_moe=n))
     return out
-
-
-def _supports_n_cpu_moe() -> bool:
-    import dataclasses
-
-    return any(f.name == "n_cpu_moe" for f in dataclasses.fields(RuntimeSettings))
 
 
 def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list[Group], losses: LossModel,
@@ -170,11 +171,13 @@ def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list
     parts = [p for g in base_groups for p in split_by_device(g, device)]
     groups = [g for g, _ in parts]
     devices = [d for _, d in parts]
+    head = Placer.for_model(info.hparams.n_layer, settings).device("token_embd.weight", None, output_copy=True)
+    read_devices = [head if g.role == "tied_head" else d for g, d in parts]
     options = [cached_options(g, losses) for g in groups]
     grouped = {t.name for g in groups for t in g.tensors}
     fixed_host = sum(t.n_bytes for t in info.tensors if t.name not in grouped and not is_gpu(device[t.name]))
-    walk = Walk(settings, device, groups, devices, options, [], [], {}, losses.kv.get(settings.cache_type_k, 0.0),
-                fixed_host=fixed_host)
+    walk = Walk(settings, device, groups, devices, read_devices, options, [], [], {},
+                losses.kv.get(settings.cache_type_k, 0.0), fixed_host=fixed_host)
     low = [0] * len(groups)
     pred = predict(info, settings, walk.types(low))
     gpu0, host0 = totals(pred, walk.resident_host(low))
@@ -191,7 +194,8 @@ def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list
     for devs in by_layer.values():
         for d in devs:
             walk.layers[d] = walk.layers.get(d, 0) + 1
-    reading = {d for g, d in parts if reads_per_token(g, info) > 0} | set(walk.kv_reads)
+    reading = {d for g, d in zip(groups, read_devices, strict=True) if reads_per_token(g, info) > 0}
+    reading |= set(walk.kv_reads)
     walk.fixed_secs = 1.0 / spb.speed.tg_tps({d: {} for d in reading}, walk.layers)
     return walk if _sweep(walk, info, _budget(walk, vram, ram, margin, 0), spb) else None
 
@@ -232,7 +236,7 @@ def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsP
 
     def seconds(i: int, k: int) -> float:
         o = options[i][k]
-        return o.bytes * share[i] * spb(devices[i], o.type.name)
+        return o.bytes * share[i] * spb(walk.read_devices[i], o.type.name)
 
     used = {True: 0, False: 0}
     for i, o in enumerate(options):
