@@ -1,4 +1,5 @@
-"""Time `recommend` (front included) on sparse synthetic Llama-3 shapes: goals <= 1 s on an 8B, <= 3 s on a 70B.
+"""Time `recommend` (front included) on sparse synthetic shapes: goals <= 1 s on an 8B, <= 3 s on a 70B (and on
+the Qwen3-30B-A3B mixture of experts).
 
 Usage: python scripts/bench_recommend.py [--reps 3]
 Writes the sparse files (no disk used) to a temporary directory, runs recommend for issue 10's scenarios
@@ -25,8 +26,10 @@ CASES = (  # preset, vram GiB, ram GiB, ctx, goal
     ("llama-3-8b", 8, 16, 8192, "speed"),
     ("llama-3-8b", 24, 64, 8192, "balanced"),
     ("llama-3-70b", 24, 64, 8192, "balanced"),
+    ("qwen3-30b-a3b", 24, 64, 32768, "balanced"),  # a mixture of experts: x n_cpu_moe placements
+    ("qwen3-30b-a3b", 8, 32, 32768, "balanced"),
 )
-GOAL_S = {"llama-3-8b": 1.0, "llama-3-70b": 3.0}
+GOAL_S = {"llama-3-8b": 1.0, "llama-3-70b": 3.0, "qwen3-30b-a3b": 3.0}
 HOST_GBPS, GPU_GBPS = 60.0, 936.0
 
 
@@ -36,8 +39,9 @@ def main() -> None:
     args = ap.parse_args()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {p: write_synth(Path(tmp) / f"{p}.gguf", PRESETS[p], sparse=True) for p in {c[0] for c in CASES}}
-        print(f"{'model':12} {'vram':>5} {'ram':>5} {'ctx':>6} {'goal':8} {'median s':>9} {'goal s':>7} "
+        paths = {p: write_synth(Path(tmp) / f"{p}.gguf", PRESETS[p], dtype="bf16", sparse=True)
+                 for p in {c[0] for c in CASES}}
+        print(f"{'model':13} {'vram':>5} {'ram':>5} {'ctx':>6} {'goal':8} {'median s':>9} {'goal s':>7} "
               f"{'ratio':>6} {'front':>6}  chosen")
         for preset, vram, ram, ctx, goal in CASES:
             times = []
@@ -49,9 +53,10 @@ def main() -> None:
             med = statistics.median(times)
             limit = GOAL_S[preset]
             r = rec.row
-            print(f"{preset:12} {vram:5} {ram:5} {ctx:6} {goal:8} {med:9.3f} {limit:7.1f} {med / limit:6.2f} "
+            print(f"{preset:13} {vram:5} {ram:5} {ctx:6} {goal:8} {med:9.3f} {limit:7.1f} {med / limit:6.2f} "
                   f"{len(rec.front):6}  {r.bits_per_weight:.2f} bits/weight, KV {r.kv_type}, ngl {r.n_gpu_layers}, "
-                  f"KLD {r.expected_kld:.4f}, {r.tg_tps:.1f} tok/s")
+                  f"{f'n_cpu_moe {r.n_cpu_moe}, ' if r.n_cpu_moe else ''}KLD {r.expected_kld:.4f}, "
+                  f"{r.tg_tps:.1f} tok/s")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -232,11 +232,9 @@ def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsP
     """Fill walk.steps and walk.points; False when the smallest mix exceeds a budget."""
     groups, devices, options = walk.groups, walk.devices, walk.options
     gpu_flags = [is_gpu(d) for d in devices]
-    share = [reads_per_token(g, info) for g in groups]
-
-    def seconds(i: int, k: int) -> float:
-        o = options[i][k]
-        return o.bytes * share[i] * spb(walk.read_devices[i], o.type.name)
+    # Decode seconds per token of every option of every group (bytes read x the device's seconds per byte).
+    sec = [[o.bytes * reads_per_token(g, info) * spb(dev, o.type.name) for o in opts]
+           for g, dev, opts in zip(groups, walk.read_devices, options, strict=True)]
 
     used = {True: 0, False: 0}
     for i, o in enumerate(options):
@@ -244,7 +242,7 @@ def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsP
     if any(used[d] and used[d] > budget[d] for d in (True, False)):  # a device without weights: check_walk
         return False
     loss = sum(o[0].loss for o in options) + walk.kv_loss
-    secs = walk.fixed_secs + sum(seconds(i, 0) for i in range(len(groups)))
+    secs = walk.fixed_secs + sum(s[0] for s in sec)
     secs += sum(n * spb(dev, walk.settings.cache_type_k) for dev, n in walk.kv_reads.items())
     walk.points.append((loss, secs, used[True], used[False]))
     heap: list[tuple[float, int, int]] = []
@@ -252,7 +250,7 @@ def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsP
     def push(i: int, k: int) -> None:
         if k < len(options[i]):
             d_loss = options[i][k - 1].loss - options[i][k].loss
-            d_secs = seconds(i, k) - seconds(i, k - 1)
+            d_secs = sec[i][k] - sec[i][k - 1]
             eff = math.inf if d_secs <= 0 else d_loss / d_secs
             heapq.heappush(heap, (-eff, i, k))
 
@@ -265,7 +263,7 @@ def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsP
             continue  # this group stops here: its later upgrades build on this one
         used[gpu_flags[i]] += d_bytes
         loss -= options[i][k - 1].loss - options[i][k].loss
-        secs += seconds(i, k) - seconds(i, k - 1)
+        secs += sec[i][k] - sec[i][k - 1]
         walk.steps.append((i, k))
         walk.points.append((max(loss, 0.0), secs, used[True], used[False]))
         push(i, k + 1)
