@@ -46,13 +46,17 @@ def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaComma
     console.print(f"chosen: n_gpu_layers {s.n_gpu_layers}, KV cache {s.cache_type_k}/{s.cache_type_v}"
                   f"{', flash attention' if s.flash_attn_effective else ''}"
                   f"{f', n_cpu_moe {s.n_cpu_moe}' if s.n_cpu_moe else ''}")
+    sources = {g["source"] for g in rec.group_types}
+    one_source = len(sources) == 1
     t = Table(title="weights by group")
-    for col in ("group", "type", "MiB", "device", "expected KLD", "source"):
+    for col in ("group", "type", "MiB", "device", "expected KLD", *(() if one_source else ("source",))):
         t.add_column(col, justify="right" if col in ("MiB", "expected KLD") else "left")
     for g in rec.group_types:
         t.add_row(g["key"], g["type"], f"{g['bytes'] / MIB:,.1f}", g["device"], f"{g['expected_kld']:.5f}",
-                  g["source"])
+                  *(() if one_source else (g["source"],)))
     console.print(t)
+    if one_source:
+        console.print(f"expected KLD of every group: {next(iter(sources))}")
     b = Table(title="predicted memory (memory.predict)")
     b.add_column("buffer")
     b.add_column("MiB", justify="right")
