@@ -73,7 +73,6 @@ class Walk:
     order; plan n is the smallest options with the first n upgrades applied."""
 
     settings: RuntimeSettings
-    device: dict[str, str]  # tensor name -> device
     groups: list[Group]
     devices: list[str]  # where each group's bytes are held
     read_devices: list[str]  # where each group is read per token (a tied head: its copy in the output layer)
@@ -176,7 +175,7 @@ def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list
     options = [cached_options(g, losses) for g in groups]
     grouped = {t.name for g in groups for t in g.tensors}
     fixed_host = sum(t.n_bytes for t in info.tensors if t.name not in grouped and not is_gpu(device[t.name]))
-    walk = Walk(settings, device, groups, devices, read_devices, options, [], [], {},
+    walk = Walk(settings, groups, devices, read_devices, options, [], [], {},
                 losses.kv.get(settings.cache_type_k, 0.0), fixed_host=fixed_host)
     low = [0] * len(groups)
     pred = predict(info, settings, walk.types(low))
