@@ -31,7 +31,7 @@ KEEP_ARRAY_MAX = 4096
 MAX_DIMS = 4
 
 # GGUF metadata value types: id -> (struct format, size); strings (8) and arrays (9) are special.
-_SCALARS: dict[int, tuple[str, int]] = {
+SCALARS: dict[int, tuple[str, int]] = {
     0: ("<B", 1),
     1: ("<b", 1),
     2: ("<H", 2),
@@ -179,7 +179,7 @@ class ModelInfo:
         return {k: (groups[k][0], groups[k][1], groups[k][2]) for k in keys}
 
 
-class _Cursor:
+class Cursor:
     """Bounds-checked little-endian reads over the mapped header."""
 
     def __init__(self, buf: mmap.mmap | bytes, size: int) -> None:
@@ -226,8 +226,8 @@ class _Cursor:
         self.pos = pos
 
     def value(self, vtype: int, what: str) -> Any:
-        if vtype in _SCALARS:
-            fmt, n = _SCALARS[vtype]
+        if vtype in SCALARS:
+            fmt, n = SCALARS[vtype]
             return self.unpack(fmt, n, what)
         if vtype == _STRING:
             return self.string(what)
@@ -238,8 +238,8 @@ class _Cursor:
         raise GgprecError(f"corrupt header: {what} has unknown value type {vtype}")
 
     def array(self, etype: int, count: int, what: str) -> Any:
-        if etype in _SCALARS:
-            fmt, n = _SCALARS[etype]
+        if etype in SCALARS:
+            fmt, n = SCALARS[etype]
             self.need(count * n, what)
             if count > KEEP_ARRAY_MAX:
                 self.pos += count * n
@@ -281,7 +281,7 @@ def read_gguf(path: str | os.PathLike[str]) -> ModelInfo:
 
 
 def _parse(path: Path, buf: mmap.mmap, size: int) -> ModelInfo:
-    cur = _Cursor(buf, size)
+    cur = Cursor(buf, size)
     cur.need(4, "magic")
     if buf[0:4] != GGUF_MAGIC:
         raise GgprecError("not a GGUF file (bad magic)")

@@ -231,12 +231,12 @@ def resolve_plan(info: ModelInfo, profile: Profile) -> Plan:
 def kv_region(info: ModelInfo) -> tuple[dict[str, int], int]:
     """Bytes of each metadata key-value pair in the source header (as llama.cpp copies them), and the
     offset where the key-value region ends (the tensor infos start). Walks the whole header again."""
-    from .gguf_info import _Cursor  # the bounds-checked header walker; reused, not duplicated
+    from .gguf_info import Cursor  # the bounds-checked header walker; reused, not duplicated
 
     sizes: dict[str, int] = {}
     try:
         with open(info.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            cur = _Cursor(buf, info.file_size)
+            cur = Cursor(buf, info.file_size)
             cur.pos = 24  # magic, version, tensor count, kv count
             for _ in range(len(info.metadata)):
                 start = cur.pos
@@ -263,7 +263,7 @@ def _source_tensor_infos(info: ModelInfo) -> bytes:
 def _scalar_pair_bytes(buf: mmap.mmap, kv_end: int, key: str) -> int | None:
     """Bytes of the pair `key` (a scalar) in the region [24, kv_end), found by its encoded key; None if
     it is absent; raises LookupError if it is not found exactly once as a scalar (the caller walks)."""
-    from .gguf_info import _SCALARS
+    from .gguf_info import SCALARS
 
     raw = key.encode()
     needle = struct.pack("<Q", len(raw)) + raw
@@ -273,9 +273,9 @@ def _scalar_pair_bytes(buf: mmap.mmap, kv_end: int, key: str) -> int | None:
     if buf.find(needle, at + 1, kv_end) >= 0:
         raise LookupError(key)  # e.g. a vocabulary entry spelled like the key
     (vtype,) = struct.unpack_from("<I", buf, at + len(needle))
-    if vtype not in _SCALARS:
+    if vtype not in SCALARS:
         raise LookupError(key)
-    return len(needle) + 4 + _SCALARS[vtype][1]
+    return len(needle) + 4 + SCALARS[vtype][1]
 
 
 def _changed_kv_sizes(info: ModelInfo, keys: tuple[str, ...]) -> tuple[dict[str, int], int]:

@@ -20,19 +20,21 @@ reach (SmolLM2-135M, Gemma 3 270M). The model:
 KV cache: the geometric mean over the measured models of the KLD each KV type adds, for any size (see
 kv_facts for why no size law); types between q4_0 and q8_0 are interpolated in bits.
 
-The size law is a coarse prior, not a property of quantization: Llama 2 7B loses 3-4x less than Llama 3 8B
+The size law is a coarse prior, not a property of quantization: Llama 2 7B loses 2.5-4x less than Llama 3 8B
 at every type (same table), so training matters as much as size. A model's own measurements (ggprec
 sensitivity, `measure_kv_loss`) always win over these priors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -46,7 +48,7 @@ ANCHOR = "llama-3-8b"
 LADDER = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")
 LOSSLESS_BPW = 16.0
 KV_WINDOWS = 2
-KV_CACHE_FORMAT = 1
+KV_CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def _measured_here(n_params: int, type_name: str) -> Prior | None:
             continue
         for mix, p in m.get("weights", {}).items():
             if p.get("excluded") is None and _mix_type(mix) == type_name:
-                return Prior(float(p["kld"]), f"measured: {m.get('title', name)} {mix}")
+                return Prior(float(p["kld"]), f"measured: {m.get('title', name)}, llama.cpp mix {mix}")
     return None
 
 
@@ -250,7 +252,9 @@ def measure_kv_loss(model_path: str | os.PathLike[str], kv_types: tuple[str, ...
                     timeout_s: float | None = None) -> dict[str, Prior] | None:
     """The KLD a quantized KV cache adds on this very model: one evaluation per KV type of the model against
     itself with an f16 cache (flash attention on, as a quantized V cache needs), `chunks` windows of
-    n_ctx tokens of the shipped text. Cached in ggprec's cache by the model's sha256, so it is measured once.
+    n_ctx tokens of the shipped text, less what flash attention alone changes (one more evaluation with an
+    f16 cache and flash attention: on the quantized SmolLM2 file that alone is a KLD of ~0.003, ten times
+    the q8_0 cache's own share). Cached in ggprec's cache by the model's sha256, so it is measured once.
     None, quickly, for a file that cannot be evaluated here (sparse, unreadable, or llama.cpp refuses or
     crashes on it: the evaluation runs in a child process); the caller then uses kv_prior."""
     from .fileio import atomic_write_text
@@ -274,28 +278,59 @@ def measure_kv_loss(model_path: str | os.PathLike[str], kv_types: tuple[str, ...
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps(doc, indent=1) + "\n")
     what = f"{doc['chunks']} window{'s' if doc['chunks'] != 1 else ''} of {doc['n_ctx']} tokens"
-    return {k: Prior(max(float(doc["kld"][k]), 0.0), f"measured: {k} KV cache on this model ({what})")
+    if not doc.get("extra_buffer_types", True):
+        what += ", extra CPU buffer types off"
+    control = float(doc["kld"]["f16"])
+    return {k: Prior(max(float(doc["kld"][k]) - control, 0.0), f"measured: {k} KV cache on this model ({what})")
             for k in kv_types}
 
 
 def _run_kv_worker(path: Path, kv_types: tuple[str, ...], chunks: int, n_ctx: int, threads: int | None,
                    timeout_s: float | None) -> dict[str, Any] | None:
-    """Run the evaluations in a child Python (a llama.cpp crash must not take the caller with it)."""
-    request = {"path": str(path), "kv_types": list(kv_types), "chunks": chunks, "n_ctx": n_ctx, "threads": threads}
+    """Run the evaluations in a child Python (a llama.cpp crash must not take the caller with it). A child
+    killed by a signal is retried once with llama.cpp's extra CPU buffer types off: llama-cpp-python 0.3.36
+    crashes in ggml_backend_amx_mul_mat on AMX CPUs for quantized weights (see no_extra_buffer_types)."""
+    request = {"path": str(path), "kv_types": list(kv_types), "chunks": chunks, "n_ctx": n_ctx, "threads": threads,
+               "extra_buffer_types": True}
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
+    for extra in (True, False):
+        request["extra_buffer_types"] = extra
+        try:
+            done = subprocess.run([sys.executable, "-c", "from ggprec.priors import _kv_worker; _kv_worker()"],
+                                  input=json.dumps(request), capture_output=True, text=True, env=env,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        if done.returncode == 0:
+            try:
+                return json.loads(done.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                return None
+        if done.returncode > 0:  # llama.cpp or ggprec refused the model: not worth a second try
+            return None
+    return None
+
+
+@contextlib.contextmanager
+def no_extra_buffer_types() -> Iterator[None]:
+    """Inside, every model llama-cpp-python loads has `use_extra_bufts = false` (no AMX or repacked weight
+    buffers). Works around a crash of llama-cpp-python 0.3.36 in ggml_backend_amx_mul_mat on CPUs with AMX
+    (seen on quantized SmolLM2 and Gemma 3 files): the same weights through the plain CPU kernels, slower."""
+    import llama_cpp.llama_cpp as lc
+
+    original = lc.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    lc.llama_model_default_params = params
     try:
-        done = subprocess.run([sys.executable, "-c", "from ggprec.priors import _kv_worker; _kv_worker()"],
-                              input=json.dumps(request), capture_output=True, text=True, env=env,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return None
-    if done.returncode != 0:
-        return None
-    try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
+        yield
+    finally:
+        lc.llama_model_default_params = original
 
 
 def _kv_worker() -> None:
@@ -306,12 +341,15 @@ def _kv_worker() -> None:
     req = json.loads(sys.stdin.read())
     base = RuntimeSettings(n_threads=req["threads"])
     kld, se = {}, {}
+    guard = contextlib.nullcontext() if req["extra_buffer_types"] else no_extra_buffer_types()
     try:
-        for kv in req["kv_types"]:
-            settings = base.with_overrides(cache_type_k=kv, cache_type_v=kv, flash_attn=True)
-            r = evaluate(req["path"], req["path"], n_ctx=req["n_ctx"], chunks=req["chunks"], settings=settings)
-            kld[kv], se[kv] = r.kld_mean, r.kld_mean_se
+        with guard:
+            for kv in ("f16", *req["kv_types"]):  # f16 with flash attention first: the control
+                settings = base.with_overrides(cache_type_k=kv, cache_type_v=kv, flash_attn=True)
+                r = evaluate(req["path"], req["path"], n_ctx=req["n_ctx"], chunks=req["chunks"], settings=settings)
+                kld[kv], se[kv] = r.kld_mean, r.kld_mean_se
     except GgprecError as e:
         print(f"ggprec: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(json.dumps({"kld": kld, "kld_se": se, "chunks": req["chunks"], "n_ctx": req["n_ctx"]}))
+    print(json.dumps({"kld": kld, "kld_se": se, "chunks": req["chunks"], "n_ctx": req["n_ctx"],
+                      "extra_buffer_types": req["extra_buffer_types"]}))

@@ -107,7 +107,7 @@ def test_a_measured_model_of_exactly_that_size_gets_its_measurement() -> None:
     usable = {priors._mix_type(m): p for m, p in smol["weights"].items() if p["excluded"] is None}
     assert "q8_0" in usable
     p = priors.weight_prior("q8_0", smol["n_params"])
-    assert p == priors.Prior(usable["q8_0"]["kld"], f"measured: {smol['title']} q8_0")
+    assert p == priors.Prior(usable["q8_0"]["kld"], f"measured: {smol['title']}, llama.cpp mix q8_0")
     assert priors.weight_prior("q8_0", smol["n_params"] + 1).source.startswith("prior: ")
 
 
@@ -158,3 +158,16 @@ def test_measure_kv_loss_refuses_a_sparse_file_without_running_anything(
 
 def test_measure_kv_loss_is_none_for_a_model_llama_cpp_refuses(unknown_arch_model: Path) -> None:
     assert priors.measure_kv_loss(unknown_arch_model, chunks=1, threads=2) is None
+
+
+@pytest.mark.slow
+def test_measure_kv_loss_on_the_real_demo_model_agrees_with_the_stored_facts(demo_model: Path) -> None:
+    """The quantized demo file itself (not its f32 reference), one window: the KV cache's own share, after the
+    flash-attention control, lands near what measure_priors.py measured on the f32 reference."""
+    got = priors.measure_kv_loss(demo_model, chunks=1, threads=2)
+    assert got is not None
+    stored = priors.facts()["measured"]["smollm2-135m"]["kv"]
+    for kv in ("q8_0", "q4_0"):
+        assert got[kv].source.startswith(f"measured: {kv} KV cache on this model (1 window of 512 tokens")
+        assert stored[kv]["kld"] / 3 < got[kv].kld < stored[kv]["kld"] * 3, kv
+    assert got["q8_0"].kld < got["q4_0"].kld
