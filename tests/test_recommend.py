@@ -350,7 +350,7 @@ def test_cli_table_marks_the_chosen_row_and_prints_the_llama_cpp_lines(sparse_8b
 
 def test_cli_exits_2_when_nothing_fits(sparse_8b_session: Path) -> None:
     bad = CliRunner().invoke(main, ["recommend", str(sparse_8b_session), "--vram", "0.5", "--ram", "1",
-                                    "--host-bandwidth", "20"])
+                                    "--host-bandwidth", "60", "--gpu-bandwidth", "936"])
     assert bad.exit_code == 2 and "smallest plan needs" in bad.output
 
 
