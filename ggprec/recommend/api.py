@@ -37,6 +37,9 @@ METHOD = ("every placement (KV type x n_gpu_layers, x n_cpu_moe for MoE) swept f
           "plans; memory checked with memory.predict")
 
 
+JSON_SCHEMA = 1  # `recommend --json` (docs/json.md)
+
+
 class NoFitError(GgprecError):
     """Nothing fits the budget; the message says the smallest budget that would."""
 
@@ -75,7 +78,7 @@ class Recommendation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "goal": self.goal,
+            "schema": JSON_SCHEMA, "model": self.model, "goal": self.goal,
             "budget": {"vram_bytes": self.vram, "ram_bytes": self.ram, "margin_bytes": self.margin},
             "settings": self.settings.to_dict(),
             "groups": self.group_types, "tensor_types": self.tensor_types,
