@@ -396,3 +396,13 @@ def test_a_bf16_source_keeps_bf16_as_its_16_bit_option_never_f16(tmp_path: Path)
     groups = make_groups(info, n_bands=2)
     names = {o.type.name for o in options_for(groups[0], prior_loss_model(info, groups))}
     assert "bf16" in names and "f16" not in names  # f16 would clip bf16's range
+
+
+def test_the_expected_speed_is_the_one_run_will_print_for_the_plan(rec_8b_8gib: Recommendation,
+                                                                  sparse_8b_session: Path) -> None:
+    from ggprec.speed import load_speed_model
+
+    info = read_gguf(sparse_8b_session)
+    speed = load_speed_model(host_gbps=HOST_GBPS, gpu_gbps=GPU_GBPS)
+    types = {n: lookup(t) for n, t in rec_8b_8gib.tensor_types.items()}
+    assert rec_8b_8gib.tg_tps == pytest.approx(speed.expected(info, rec_8b_8gib.settings, types).tg_tps, rel=0.01)

@@ -70,3 +70,13 @@ def test_8_gib_and_32_gib_ram_is_still_a_plan_with_most_experts_in_ram(qwen3_moe
     rec = recommend(qwen3_moe, 8, ram_gb=32, ctx=32768, host_gbps=HOST_GBPS, gpu_gbps=GPU_GBPS)
     assert rec.settings.n_cpu_moe > qwen3_moe.hparams.n_layer // 2
     assert rec.gpu_total <= 8 * GIB - 512 * MIB and rec.host_total <= 32 * GIB - 512 * MIB
+
+
+def test_the_expected_speed_is_the_one_run_will_print_for_the_plan(qwen3_moe: ModelInfo,
+                                                                  rec_24: Recommendation) -> None:
+    from ggprec.ggml_types import lookup
+    from ggprec.speed import load_speed_model
+
+    speed = load_speed_model(host_gbps=HOST_GBPS, gpu_gbps=GPU_GBPS)
+    types = {n: lookup(t) for n, t in rec_24.tensor_types.items()}
+    assert rec_24.tg_tps == pytest.approx(speed.expected(qwen3_moe, rec_24.settings, types).tg_tps, rel=0.01)
