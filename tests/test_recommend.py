@@ -406,3 +406,14 @@ def test_the_expected_speed_is_the_one_run_will_print_for_the_plan(rec_8b_8gib: 
     speed = load_speed_model(host_gbps=HOST_GBPS, gpu_gbps=GPU_GBPS)
     types = {n: lookup(t) for n, t in rec_8b_8gib.tensor_types.items()}
     assert rec_8b_8gib.tg_tps == pytest.approx(speed.expected(info, rec_8b_8gib.settings, types).tg_tps, rel=0.01)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--min-tps", "100000"], "no plan is expected at 100000 tok/s or more; the fastest that fits is"),
+    (["--max-kld", "0.00000001"], "no plan is expected within KLD 1e-08; the least expected KLD that fits is"),
+])
+def test_a_constraint_no_plan_meets_is_one_line_with_the_nearest_figure(sparse_8b_session: Path, args: list[str],
+                                                                         message: str) -> None:
+    r = CliRunner().invoke(main, ["recommend", str(sparse_8b_session), "--vram", "4", "--ram", "8",
+                                  "--host-bandwidth", "60", "--gpu-bandwidth", "936", *args])
+    assert r.exit_code == 2 and r.output.startswith(f"ggprec: error: {message}") and r.output.count("\n") == 1

@@ -34,6 +34,7 @@ GIB = 2**30
 MIB = 2**20
 MAPPED = "model:CPU_Mapped"
 
+
 def is_gpu(device: str) -> bool:
     """GPU memory; CPU, AMX and mapped buffers and pinned host memory (CUDA_Host) count as RAM."""
     return device_class(device) == GPU
@@ -50,7 +51,7 @@ def default_predict(info: ModelInfo, settings: RuntimeSettings, types: dict[str,
 
 class SecondsPerByte:
     """The speed model, linearised per (device, type): seconds one more byte read per token adds. The
-    walk orders upgrades by it; rows of the front get the speed model's own figure (tg_of)."""
+    walk orders upgrades by it; rows of the front get the speed model's own figure (api._row)."""
 
     PROBE = 2**30
 
