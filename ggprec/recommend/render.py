@@ -5,26 +5,46 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..printers import to_markdown, to_table
+from ..records import Column
 from .api import Recommendation
 from .commands import LlamaCommands
 from .search import GIB, MIB
 
-FRONT_COLUMNS = ("", "bits/weight", "KV", "GPU layers", "GPU GiB", "RAM GiB", "expected KLD", "expected tg tok/s")
+# The front's printed columns (printers.Column: header, format, scale); pp only where the speed model has it.
+FRONT_COLUMNS = (
+    Column("mark", ""),
+    Column("bits_per_weight", "bits/weight", ".2f"),
+    Column("kv_type", "KV"),
+    Column("layers", "GPU layers"),
+    Column("gpu_bytes", "GPU GiB", ".2f", "GiB", scale=GIB),
+    Column("ram_bytes", "RAM GiB", ".2f", "GiB", scale=GIB),
+    Column("expected_kld", "expected KLD", ".4f"),
+    Column("tg_tps", "expected tg tok/s", ".1f", "tok/s"),
+)
+PP_COLUMN = Column("pp_tps", "expected pp tok/s", ".0f", "tok/s")
 
 
-def front_rows(rec: Recommendation, n_layer: int) -> list[tuple[str, ...]]:
-    """The printed rows of the front, as text (the table and the README show the same)."""
+def front_rows(rec: Recommendation, n_layer: int) -> list[dict[str, Any]]:
+    """The printed rows of the front (the table, `to_markdown` for the README): each row's figures, the
+    chosen one marked, where its layers (and experts) live in words."""
     out = []
-    with_pp = any(rec.front[i].pp_tps for i in rec.shown)
     for i in rec.shown:
         r = rec.front[i]
         layers = f"all {n_layer}" if r.n_gpu_layers > n_layer else f"{r.n_gpu_layers}/{n_layer}"
         if r.n_cpu_moe:
             layers += f", experts of {r.n_cpu_moe} in RAM"
-        out.append(("->" if i == rec.chosen else "", f"{r.bits_per_weight:.2f}", r.kv_type, layers,
-                    f"{r.gpu_bytes / GIB:.2f}", f"{r.ram_bytes / GIB:.2f}", f"{r.expected_kld:.4f}",
-                    f"{r.tg_tps:.1f}", *([f"{r.pp_tps:.0f}" if r.pp_tps else "-"] if with_pp else [])))
+        out.append({**r.to_dict(), "mark": "->" if i == rec.chosen else "", "layers": layers})
     return out
+
+
+def front_columns(rows: list[dict[str, Any]]) -> tuple[Column, ...]:
+    return FRONT_COLUMNS + ((PP_COLUMN,) if any(r["pp_tps"] for r in rows) else ())
+
+
+def front_markdown(rec: Recommendation, n_layer: int) -> str:
+    rows = front_rows(rec, n_layer)
+    return to_markdown(rows, front_columns(rows))
 
 
 def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaCommands | None = None,
@@ -34,12 +54,9 @@ def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaComma
     s = rec.settings
     console.print(f"[bold]{rec.model}[/]: goal {rec.goal}, budget {rec.vram / GIB:g} GiB VRAM + "
                   f"{rec.ram / GIB:.1f} GiB RAM, margin {rec.margin / MIB:g} MiB, ctx {s.n_ctx}")
-    front = Table(title=f"quality/speed front ({len(rec.shown)} of {len(rec.front)} plans; all in --json)")
     rows = front_rows(rec, n_layer)
-    for col in FRONT_COLUMNS + (("expected pp tok/s",) if rows and len(rows[0]) > len(FRONT_COLUMNS) else ()):
-        front.add_column(col, justify="left" if col in ("", "KV", "GPU layers") else "right")
-    for row in rows:
-        front.add_row(*row, style="bold" if row[0] else None)
+    front = to_table(rows, front_columns(rows), highlight=lambda r: bool(r["mark"]),
+                     title=f"quality/speed front ({len(rec.shown)} of {len(rec.front)} plans; all in --json)")
     console.print(front)
     for r in rec.reasons:
         console.print(f"- {r}")
