@@ -417,3 +417,15 @@ def test_a_constraint_no_plan_meets_is_one_line_with_the_nearest_figure(sparse_8
     r = CliRunner().invoke(main, ["recommend", str(sparse_8b_session), "--vram", "4", "--ram", "8",
                                   "--host-bandwidth", "60", "--gpu-bandwidth", "936", *args])
     assert r.exit_code == 2 and r.output.startswith(f"ggprec: error: {message}") and r.output.count("\n") == 1
+
+
+def test_each_tensor_type_line_matches_exactly_its_own_tensor(rec_8b_8gib: Recommendation,
+                                                              sparse_8b_session: Path) -> None:
+    import re
+
+    info = read_gguf(sparse_8b_session)
+    names = [t.name for t in info.tensors]
+    for line in llama_commands(rec_8b_8gib, info, "t.txt").tensor_type_lines:
+        pattern, type_name = line.rsplit("=", 1)
+        hits = [n for n in names if re.search(pattern, n)]  # quantize.cpp: std::regex_search on the name
+        assert len(hits) == 1 and llama_type_name(rec_8b_8gib.tensor_types[hits[0]]) == type_name
