@@ -10,7 +10,6 @@ common type is not), which makes the ftype's own mix logic apply to nothing.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,10 +47,6 @@ def llama_type_name(name: str) -> str:
     return name[:-2] + "_K" if name.endswith("_k") else name
 
 
-def anchored(tensor_name: str) -> str:
-    return "^" + re.escape(tensor_name) + "$"
-
-
 def tensor_type_file_for(profile_path: str | Path) -> Path:
     """The tensor-type file written next to a profile: plan.yaml -> plan.tensor-types.txt."""
     p = Path(profile_path)
@@ -63,6 +58,7 @@ def llama_commands(rec: Any, info: Any, tensor_type_file: str | Path | None = No
     """What a user of plain llama.cpp runs for this recommendation (rec: a Recommendation; info: the
     source's ModelInfo)."""
     from ..plan import quantizable
+    from ..quantize import anchored  # the same exact pattern ggprec's own quantize passes to llama.cpp
 
     source = str(info.path)
     out = output_model or str(Path(source).with_name(Path(source).stem + "-ggprec.gguf"))
