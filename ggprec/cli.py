@@ -483,42 +483,63 @@ def demo_cmd(out_dir: str | None, as_json: bool) -> None:
 @click.option("--vram", type=float, required=True, help="GPU memory in GiB (0: CPU only).")
 @click.option("--ram", type=float, help="Host memory in GiB (default: this machine's).")
 @click.option("--ctx", type=int, default=4096, show_default=True, help="Context length to fit.")
-@click.option("--goal", type=click.Choice(["quality", "speed"]), default="quality", show_default=True)
+@click.option("--goal", type=click.Choice(["balanced", "quality", "speed"]), default="balanced", show_default=True,
+              help="balanced: the most tok/s per unit of expected KLD among plans at >= 3 tok/s; quality: the least "
+                   "loss; speed: the fastest within a Q4_K_M-like loss.")
+@click.option("--min-tps", type=float, help="The least loss among plans expected at least this fast (tok/s).")
+@click.option("--max-kld", type=float, help="The fastest plan expected within this KLD.")
 @click.option("--margin", type=float, default=512, show_default=True, help="MiB kept free on each device.")
 @click.option("--bands", type=int, default=4, show_default=True, help="Layer bands per role (groups).")
-@click.option("--bandwidth", type=float, help="GPU memory bandwidth in GB/s (default: an assumption, printed).")
-@click.option("--host-bandwidth", type=float, help="Host memory bandwidth in GB/s (default: measured).")
-@click.option("--priors", is_flag=True, help="Ignore stored sensitivity measurements; use the priors.")
-@click.option("-o", "--output", type=click.Path(path_type=str), help="Write the plan as a profile YAML.")
+@click.option("--gpu-bandwidth", "--bandwidth", "gpu_bandwidth", type=float,
+              help="GPU memory bandwidth in GB/s (plan for another machine; default: calibration or an assumption).")
+@click.option("--host-bandwidth", type=float, help="Host memory bandwidth in GB/s (default: calibration or measured).")
+@click.option("--priors", is_flag=True,
+              help="Use the priors only: no stored sensitivity, no measured KV-cache loss.")
+@click.option("-o", "--output", type=click.Path(path_type=str),
+              help="Write the plan as a profile YAML, and llama-quantize's tensor-type file next to it.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--verify", is_flag=True, help="Quantize the plan and measure its KLD against the model.")
 @click.option("--reference", type=click.Path(path_type=str), help="Reference for --verify (default: MODEL).")
 @click.option("--chunks", type=int, default=4, show_default=True, help="Evaluation windows for --verify.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
-def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, margin: float, bands: int,
-              bandwidth: float | None, host_bandwidth: float | None, priors: bool, output: str | None,
-              force: bool, verify: bool, reference: str | None, chunks: int, as_json: bool) -> None:
-    """The plan (weight types per group, KV cache, n_gpu_layers) that fits VRAM/RAM best for the goal."""
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (every row of the front).")
+def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, min_tps: float | None,
+              max_kld: float | None, margin: float, bands: int, gpu_bandwidth: float | None,
+              host_bandwidth: float | None, priors: bool, output: str | None, force: bool, verify: bool,
+              reference: str | None, chunks: int, as_json: bool) -> None:
+    """The quality/speed front of plans (weight types per group, KV cache, GPU layers) that fit VRAM/RAM, and
+    the one the goal picks, with the llama.cpp commands that make and run it."""
     from . import recommend as rec_mod
     from .fileio import atomic_write_text, check_output
     from .gguf_info import read_gguf
+    from .priors import measure_kv_loss
     from .profile import profile_to_yaml
+    from .recommend.commands import llama_commands, tensor_type_file_for
 
+    rec_mod.validate(vram, ram, ctx, margin, bands, min_tps, max_kld, gpu_bandwidth, host_bandwidth)
     if output:
         check_output(output, force=force, source=model)
+        check_output(tensor_type_file_for(output), force=force, source=model)
     info = read_gguf(model)
     sens = None if priors else rec_mod.stored_sensitivity(model)
+    # The KV cache's loss on this very model: one evaluation per KV type when the file runs here (cached by
+    # sha256; None at once for a sparse file), else the prior.
+    kv_measured = None if priors else measure_kv_loss(model)
     rec = rec_mod.recommend(info, vram, ram, ctx=ctx, goal=goal, margin_mb=margin, n_bands=bands,
-                            sensitivity=sens, gpu_gbps=bandwidth, host_gbps=host_bandwidth)
+                            sensitivity=sens, gpu_gbps=gpu_bandwidth, host_gbps=host_bandwidth, min_tps=min_tps,
+                            max_kld=max_kld, kv_measured=kv_measured)
+    commands = llama_commands(rec, info, tensor_type_file_for(output) if output else None)
     verified = rec_mod.verify(rec, model, reference, chunks=chunks) if verify else None
     if output:
         atomic_write_text(output, profile_to_yaml(rec_mod.to_profile(rec)), force=True)
+        atomic_write_text(commands.tensor_type_file, commands.tensor_type_text(), force=True)
     if as_json:
-        _print_json({**rec.to_dict(), "verified": verified, "profile": output})
+        _print_json({**rec.to_dict(), "llama_cpp": commands.to_dict(), "verified": verified, "profile": output})
     else:
-        rec_mod.render(rec, _console(), verified)
+        from .recommend.render import render
+
+        render(rec, _console(), info.hparams.n_layer, commands, verified, written=bool(output))
         if output:
-            click.echo(f"wrote {output}")
+            click.echo(f"wrote {output} and {commands.tensor_type_file}")
 
 
 # --- sensitivity (issue 7) ---------------------------------------------------------------------

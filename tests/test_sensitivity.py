@@ -61,7 +61,7 @@ def test_result_is_stored_and_drives_recommend(tiny_sensitivity: SensitivityResu
         found = stored_sensitivity(str(tiny_model_f32), store=store)
     assert found is not None and found["id"] == tiny_sensitivity.record_id
     rec = recommend(read_gguf(tiny_model_f32), 0, ram_gb=16, ctx=512, sensitivity=found, host_gbps=20.0)
-    assert rec.loss_source == f"sensitivity #{tiny_sensitivity.record_id} (q4_0+q8_0 probes, 8 groups fitted)"
+    assert rec.loss_source == f"measured: sensitivity #{tiny_sensitivity.record_id} (q4_0+q8_0 probes, 8 groups fitted)"
 
 
 def test_a_further_probe_type_is_measured_for_every_group_and_costs_less_kld(

@@ -1,0 +1,99 @@
+"""The terminal output of `ggprec recommend`: the front (a few rows, the chosen one marked), why that row,
+the chosen plan by group with each loss figure's source, its predicted memory, and the llama.cpp commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..printers import to_markdown, to_table
+from ..records import Column
+from .api import Recommendation
+from .commands import LlamaCommands
+from .search import GIB, MIB
+
+# The front's printed columns (printers.Column: header, format, scale); pp only where the speed model has it.
+FRONT_COLUMNS = (
+    Column("mark", ""),
+    Column("bits_per_weight", "bits/weight", ".2f"),
+    Column("kv_type", "KV"),
+    Column("layers", "GPU layers"),
+    Column("gpu_bytes", "GPU GiB", ".2f", "GiB", scale=GIB),
+    Column("ram_bytes", "RAM GiB", ".2f", "GiB", scale=GIB),
+    Column("expected_kld", "expected KLD", ".4f"),
+    Column("tg_tps", "expected tg tok/s", ".1f", "tok/s"),
+)
+PP_COLUMN = Column("pp_tps", "expected pp tok/s", ".0f", "tok/s")
+
+
+def front_rows(rec: Recommendation, n_layer: int) -> list[dict[str, Any]]:
+    """The printed rows of the front (the table, `to_markdown` for the README): each row's figures, the
+    chosen one marked, where its layers (and experts) live in words."""
+    out = []
+    for i in rec.shown:
+        r = rec.front[i]
+        layers = f"all {n_layer}" if r.n_gpu_layers > n_layer else f"{r.n_gpu_layers}/{n_layer}"
+        if r.n_cpu_moe:
+            layers += f", experts of {r.n_cpu_moe} in RAM"
+        out.append({**r.to_dict(), "mark": "->" if i == rec.chosen else "", "layers": layers})
+    return out
+
+
+def front_columns(rows: list[dict[str, Any]]) -> tuple[Column, ...]:
+    return FRONT_COLUMNS + ((PP_COLUMN,) if any(r["pp_tps"] for r in rows) else ())
+
+
+def front_markdown(rec: Recommendation, n_layer: int) -> str:
+    rows = front_rows(rec, n_layer)
+    return to_markdown(rows, front_columns(rows))
+
+
+def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaCommands | None = None,
+           verified: dict[str, Any] | None = None, written: bool = False) -> None:
+    from rich.table import Table
+
+    s = rec.settings
+    console.print(f"[bold]{rec.model}[/]: goal {rec.goal}, budget {rec.vram / GIB:g} GiB VRAM + "
+                  f"{rec.ram / GIB:.1f} GiB RAM, margin {rec.margin / MIB:g} MiB, ctx {s.n_ctx}")
+    rows = front_rows(rec, n_layer)
+    front = to_table(rows, front_columns(rows), highlight=lambda r: bool(r["mark"]),
+                     title=f"quality/speed front ({len(rec.shown)} of {len(rec.front)} plans; all in --json)")
+    console.print(front)
+    for r in rec.reasons:
+        console.print(f"- {r}")
+    console.print(f"chosen: n_gpu_layers {s.n_gpu_layers}, KV cache {s.cache_type_k}/{s.cache_type_v}"
+                  f"{', flash attention' if s.flash_attn_effective else ''}"
+                  f"{f', n_cpu_moe {s.n_cpu_moe}' if s.n_cpu_moe else ''}")
+    sources = {g["source"] for g in rec.group_types}
+    one_source = len(sources) == 1
+    t = Table(title="weights by group")
+    for col in ("group", "type", "MiB", "device", "expected KLD", *(() if one_source else ("source",))):
+        t.add_column(col, justify="right" if col in ("MiB", "expected KLD") else "left")
+    for g in rec.group_types:
+        t.add_row(g["key"], g["type"], f"{g['bytes'] / MIB:,.1f}", g["device"], f"{g['expected_kld']:.5f}",
+                  *(() if one_source else (g["source"],)))
+    console.print(t)
+    if one_source:
+        console.print(f"expected KLD of every group: {next(iter(sources))}")
+    b = Table(title="predicted memory (memory.predict)")
+    b.add_column("buffer")
+    b.add_column("MiB", justify="right")
+    for key, n in rec.buffers.items():
+        b.add_row(key, f"{n / MIB:,.1f}")
+    b.add_row("[bold]GPU total[/]", f"{rec.gpu_total / MIB:,.1f}")
+    b.add_row("[bold]RAM total[/]", f"{rec.host_total / MIB:,.1f}")
+    console.print(b)
+    console.print(f"expected KLD {rec.expected_kld:.4f} (weights {rec.expected_kld - rec.kv_kld:.4f}: "
+                  f"{rec.loss_source}; KV cache {rec.kv_kld:.4f}: {rec.kv_source or 'no loss'}); expected tg "
+                  f"{rec.tg_tps:.1f} tok/s ({rec.speed_source})")
+    console.print(f"method: {rec.method}")
+    if commands:
+        console.print("llama.cpp:")
+        console.print(f"  {commands.quantize}", soft_wrap=True, markup=False)
+        console.print(f"  {commands.server}", soft_wrap=True, markup=False)
+        where = "" if written else " (-o writes it next to the profile)"
+        console.print(f"  ({len(commands.tensor_type_lines)} anchored name=type lines in {commands.tensor_type_file}"
+                      f"{where}; llama-cli takes the same flags)", markup=False)
+    if verified:
+        console.print(f"verified: predicted KLD {verified['predicted_kld']:.4f}, measured "
+                      f"{verified['measured_kld']:.4f} (top-1 {verified['measured_top1']:.1%})"
+                      f" on {verified['variant']}")

@@ -1,0 +1,270 @@
+"""The search: every placement that fits, each swept from its smallest mix to its least-loss mix.
+
+A placement is a KV-cache type x n_gpu_layers (and, for a mixture of experts, x n_cpu_moe): it fixes the
+device of every tensor (tensor_overrides.placement, as llama.cpp loads it) and the non-weight buffers (KV cache,
+compute, output: memory.predict). Within a placement every group lives on one device (bands are split where
+the devices change), so the weights are a multiple-choice knapsack per device under that device's budget.
+
+The sweep is the Lagrangian one with the price of a byte set by the speed model: from every group's
+smallest option, upgrades are taken in order of expected KLD saved per second of decode time added (on one
+device that is the order of loss saved per byte, so the last plan of the walk is the least-loss knapsack
+solution of each device), skipping those that no longer fit. Every plan along the walk is a point (expected
+KLD, expected seconds per token); the front is the Pareto set of all points of all placements
+(frontier.pareto), and the rule of the goal picks one row (frontier.choose).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ggml_types import GgmlType
+from ..gguf_info import ModelInfo
+from ..settings import RuntimeSettings
+from ..speed import GPU, device_class
+from ..tensor_overrides import Placer, placement
+from .groups import Group, reads_per_token, split_by_device
+from .knapsack import Option, cached_options
+from .loss import KV_TYPES, LossModel
+
+GIB = 2**30
+MIB = 2**20
+MAPPED = "model:CPU_Mapped"
+
+
+def is_gpu(device: str) -> bool:
+    """GPU memory; CPU, AMX and mapped buffers and pinned host memory (CUDA_Host) count as RAM."""
+    return device_class(device) == GPU
+
+
+Predictor = Callable[[ModelInfo, RuntimeSettings, dict[str, GgmlType]], Any]
+
+
+def default_predict(info: ModelInfo, settings: RuntimeSettings, types: dict[str, GgmlType]) -> Any:
+    from ..memory import predict
+
+    return predict(info, settings, tensor_types=types)
+
+
+class SecondsPerByte:
+    """The speed model, linearised per (device, type): seconds one more byte read per token adds. The
+    walk orders upgrades by it; rows of the front get the speed model's own figure (api._row)."""
+
+    PROBE = 2**30
+
+    def __init__(self, speed: Any) -> None:
+        self.speed = speed
+        self.cache: dict[tuple[str, str], float] = {}
+
+    def __call__(self, device: str, type_name: str) -> float:
+        key = (device, type_name)
+        if key not in self.cache:
+            one = 1.0 / self.speed.tg_tps({device: {type_name: self.PROBE}})
+            two = 1.0 / self.speed.tg_tps({device: {type_name: 2 * self.PROBE}})
+            self.cache[key] = max(two - one, 0.0) / self.PROBE or one / self.PROBE
+        return self.cache[key]
+
+
+@dataclass
+class Walk:
+    """One placement's plans: its groups (each on one device), their options, and the upgrades taken in
+    order; plan n is the smallest options with the first n upgrades applied."""
+
+    settings: RuntimeSettings
+    groups: list[Group]
+    devices: list[str]  # where each group's bytes are held
+    read_devices: list[str]  # where each group is read per token (a tied head: its copy in the output layer)
+    options: list[list[Option]]
+    steps: list[tuple[int, int]]  # (group, option index) in the order taken
+    # After 0..len(steps) upgrades: (expected KLD incl. the KV cache, seconds per token, GPU bytes, RAM bytes).
+    points: list[tuple[float, float, int, int]]
+    kv_reads: dict[str, int]  # device -> KV-cache bytes read per token
+    kv_loss: float
+    layers: dict[str, int] = field(default_factory=dict)  # device -> blocks with tensors there (fixed costs)
+    fixed_secs: float = 0.0  # the speed model's fixed seconds per token of this placement
+    overhead: tuple[int, int] = (0, 0)  # (GPU, RAM) bytes besides the chosen weights, at the smallest mix
+    fixed_host: int = 0  # host bytes of the tensors recommend does not choose a type for
+    # memory.predict of the last plan less the estimate (overhead + weights), once checked; None: not yet.
+    correction: tuple[int, int] | None = None
+
+    @property
+    def n_params(self) -> int:
+        return sum(g.n_params for g in self.groups)
+
+    def memory(self, n: int) -> tuple[int, int]:
+        """(GPU, RAM) bytes of plan n: the overhead plus its weights, corrected by the check of the last."""
+        _, _, gpu, host = self.points[n]
+        dg, dh = self.correction or (0, 0)
+        return self.overhead[0] + gpu + dg, self.overhead[1] + host + dh
+
+    def resident_host(self, choice: list[int]) -> int:
+        """Weights that stay in RAM (the mapped range also spans offloaded tensors; see totals)."""
+        return self.fixed_host + sum(opts[k].bytes for opts, k, d in zip(self.options, choice, self.devices,
+                                                                          strict=True) if not is_gpu(d))
+
+    def choice(self, n: int) -> list[int]:
+        choice = [0] * len(self.groups)
+        for gi, k in self.steps[:n]:
+            choice[gi] = k
+        return choice
+
+    def types(self, choice: list[int]) -> dict[str, GgmlType]:
+        return {t.name: opts[k].type for g, opts, k in zip(self.groups, self.options, choice, strict=True)
+                for t in g.tensors}
+
+    def reads(self, choice: list[int], info: ModelInfo) -> dict[str, dict[str, int]]:
+        """Bytes read per generated token, by device and type, for the speed model."""
+        out: dict[str, dict[str, int]] = {}
+        for g, dev, opts, k in zip(self.groups, self.read_devices, self.options, choice, strict=True):
+            n = int(opts[k].bytes * reads_per_token(g, info))
+            if n:
+                by_type = out.setdefault(dev, {})
+                by_type[opts[k].type.name] = by_type.get(opts[k].type.name, 0) + n
+        kv = self.settings.cache_type_k
+        for dev, n in self.kv_reads.items():
+            by_type = out.setdefault(dev, {})
+            by_type[kv] = by_type.get(kv, 0) + n
+        return out
+
+
+def totals(pred: Any, resident_host: int) -> tuple[int, int]:
+    """(GPU bytes, RAM bytes) a plan needs. llama.cpp maps one file range spanning every host tensor, which
+    includes offloaded tensors lying in between; those pages are read once to upload them and are then clean
+    page cache the kernel drops, so RAM counts only the weights that stay on the host (resident_host)."""
+    gpu = sum(v for k, v in pred.buffers.items() if is_gpu(_device_of(k)))
+    host = sum(v for k, v in pred.buffers.items() if not is_gpu(_device_of(k)))
+    if MAPPED in pred.buffers:
+        host += min(resident_host, pred.buffers[MAPPED]) - pred.buffers[MAPPED]
+    return gpu, host
+
+
+def _device_of(key: str) -> str:
+    return key.split(":", 1)[1] if ":" in key else "CPU"
+
+
+def placements(info: ModelInfo, ctx: int, vram: int) -> list[RuntimeSettings]:
+    """KV type x n_gpu_layers (all of them down to 0; only 0 without VRAM), and for a mixture of experts
+    with every layer offloaded, x n_cpu_moe (the routed experts of the first N layers kept in RAM)."""
+    n_layer = info.hparams.n_layer
+    ngls = list(range(n_layer + 1, -1, -1)) if vram > 0 else [0]
+    moe = info.hparams.n_expert > 0
+    out = []
+    for kv in KV_TYPES:
+        for ngl in ngls:
+            out.append(RuntimeSettings(n_gpu_layers=ngl, n_ctx=ctx, cache_type_k=kv, cache_type_v=kv))
+        if moe and vram > 0:
+            for n in range(1, n_layer + 1):
+                out.append(RuntimeSettings(n_gpu_layers=n_layer + 1, n_ctx=ctx, cache_type_k=kv, cache_type_v=kv,
+                                           n_cpu_moe=n))
+    return out
+
+
+def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list[Group], losses: LossModel,
+                   vram: int, ram: int, margin: int, predict: Predictor, spb: SecondsPerByte,
+                   smallest: list[tuple[int, int]]) -> Walk | None:
+    """The plans of one placement within the budgets (not yet checked by memory.predict beyond the smallest:
+    see check_walk), or None when even its smallest mix does not fit."""
+    device = placement(info, settings)
+    parts = [p for g in base_groups for p in split_by_device(g, device)]
+    groups = [g for g, _ in parts]
+    devices = [d for _, d in parts]
+    head = Placer.for_model(info.hparams.n_layer, settings).device("token_embd.weight", None, output_copy=True)
+    read_devices = [head if g.role == "tied_head" else d for g, d in parts]
+    options = [cached_options(g, losses) for g in groups]
+    grouped = {t.name for g in groups for t in g.tensors}
+    fixed_host = sum(t.n_bytes for t in info.tensors if t.name not in grouped and not is_gpu(device[t.name]))
+    walk = Walk(settings, groups, devices, read_devices, options, [], [], {},
+                losses.kv.get(settings.cache_type_k, 0.0), fixed_host=fixed_host)
+    low = [0] * len(groups)
+    pred = predict(info, settings, walk.types(low))
+    gpu0, host0 = totals(pred, walk.resident_host(low))
+    smallest.append((gpu0, host0))
+    low_gpu = sum(o[0].bytes for o, d in zip(options, devices, strict=True) if is_gpu(d))
+    walk.overhead = (gpu0 - low_gpu, host0 - (walk.resident_host(low) - fixed_host))  # KV, compute, fixed tensors
+    for k, v in pred.buffers.items():
+        if k.startswith("kv:"):
+            walk.kv_reads[_device_of(k)] = walk.kv_reads.get(_device_of(k), 0) + v
+    by_layer: dict[int, set[str]] = {}
+    for t in info.tensors:
+        if t.layer is not None:
+            by_layer.setdefault(t.layer, set()).add(device[t.name])
+    for devs in by_layer.values():
+        for d in devs:
+            walk.layers[d] = walk.layers.get(d, 0) + 1
+    reading = {d for g, d in zip(groups, read_devices, strict=True) if reads_per_token(g, info) > 0}
+    reading |= set(walk.kv_reads)
+    walk.fixed_secs = 1.0 / spb.speed.tg_tps({d: {} for d in reading}, walk.layers)
+    return walk if _sweep(walk, info, _budget(walk, vram, ram, margin, 0), spb) else None
+
+
+def _budget(walk: Walk, vram: int, ram: int, margin: int, shrink: int) -> dict[bool, float]:
+    return {True: vram - margin - walk.overhead[0] - shrink, False: ram - margin - walk.overhead[1] - shrink}
+
+
+def check_walk(walk: Walk, info: ModelInfo, vram: int, ram: int, margin: int, predict: Predictor,
+               spb: SecondsPerByte) -> bool:
+    """Check the walk's last plan with memory.predict (the compute buffer and the CPU's repacked copies
+    depend on the types); where it is over, sweep again with the budgets tightened by the excess. False when
+    no plan of the walk fits."""
+    shrink = 0
+    for _ in range(3):
+        choice = walk.choice(len(walk.steps))
+        pred = predict(info, walk.settings, walk.types(choice))
+        gpu, host = totals(pred, walk.resident_host(choice))
+        _, _, gpu_w, host_w = walk.points[-1]
+        walk.correction = (gpu - walk.overhead[0] - gpu_w, host - walk.overhead[1] - host_w)
+        over = max(gpu - (vram - margin) if vram or gpu else 0, host - (ram - margin))
+        if over <= 0:
+            return True
+        shrink += over
+        walk.steps.clear()
+        walk.points.clear()
+        walk.correction = None
+        if not _sweep(walk, info, _budget(walk, vram, ram, margin, shrink), spb):
+            return False
+    return False
+
+
+def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsPerByte) -> bool:
+    """Fill walk.steps and walk.points; False when the smallest mix exceeds a budget."""
+    groups, devices, options = walk.groups, walk.devices, walk.options
+    gpu_flags = [is_gpu(d) for d in devices]
+    # Decode seconds per token of every option of every group (bytes read x the device's seconds per byte).
+    sec = [[o.bytes * reads_per_token(g, info) * spb(dev, o.type.name) for o in opts]
+           for g, dev, opts in zip(groups, walk.read_devices, options, strict=True)]
+
+    used = {True: 0, False: 0}
+    for i, o in enumerate(options):
+        used[gpu_flags[i]] += o[0].bytes
+    if any(used[d] and used[d] > budget[d] for d in (True, False)):  # a device without weights: check_walk
+        return False
+    loss = sum(o[0].loss for o in options) + walk.kv_loss
+    secs = walk.fixed_secs + sum(s[0] for s in sec)
+    secs += sum(n * spb(dev, walk.settings.cache_type_k) for dev, n in walk.kv_reads.items())
+    walk.points.append((loss, secs, used[True], used[False]))
+    heap: list[tuple[float, int, int]] = []
+
+    def push(i: int, k: int) -> None:
+        if k < len(options[i]):
+            d_loss = options[i][k - 1].loss - options[i][k].loss
+            d_secs = sec[i][k] - sec[i][k - 1]
+            eff = math.inf if d_secs <= 0 else d_loss / d_secs
+            heapq.heappush(heap, (-eff, i, k))
+
+    for i in range(len(groups)):
+        push(i, 1)
+    while heap:
+        _, i, k = heapq.heappop(heap)
+        d_bytes = options[i][k].bytes - options[i][k - 1].bytes
+        if used[gpu_flags[i]] + d_bytes > budget[gpu_flags[i]]:
+            continue  # this group stops here: its later upgrades build on this one
+        used[gpu_flags[i]] += d_bytes
+        loss -= options[i][k - 1].loss - options[i][k].loss
+        secs += sec[i][k] - sec[i][k - 1]
+        walk.steps.append((i, k))
+        walk.points.append((max(loss, 0.0), secs, used[True], used[False]))
+        push(i, k + 1)
+    return True
