@@ -269,27 +269,3 @@ def load_speed_model(host_gbps: float | None = None, gpu_gbps: float | None = No
             devices[dev] = flat(ASSUMED_GPU_GBPS, f"{ASSUMED_GPU_GBPS:g} GB/s assumed (give --gpu-bandwidth)")
     threads = calibration.n_threads if calibration is not None and host_gbps is None else None
     return SpeedModel(devices, n_threads=threads)
-
-
-# --- the flat view recommend.py still uses (its helper moves it to SpeedModel.tg_tps) ------------------
-
-
-@dataclass(frozen=True)
-class Bandwidth:
-    host_gbps: float
-    gpu_gbps: float
-    host_source: str
-    gpu_source: str
-
-
-def bandwidth(host_gbps: float | None = None, gpu_gbps: float | None = None) -> Bandwidth:
-    """One GB/s per device from load_speed_model (a calibration's median over its types)."""
-    model = load_speed_model(host_gbps, gpu_gbps)
-    host, gpu = model.devices[HOST], model.devices[GPU]
-    return Bandwidth(host.default_gbps, gpu.default_gbps, host.source, gpu.source)
-
-
-def tg_tokens_per_second(gpu_bytes: int, host_bytes: int, bw: Bandwidth) -> float:
-    """Expected decode tok/s when each token reads gpu_bytes from VRAM and host_bytes from RAM."""
-    seconds = gpu_bytes / (bw.gpu_gbps * 1e9) + host_bytes / (bw.host_gbps * 1e9)
-    return 1.0 / seconds if seconds > 0 else float("inf")
