@@ -231,7 +231,8 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
     llama_cpp.llama_backend_init()
     with capture_log(log) as log:
         t0 = time.perf_counter()
-        model = llama_cpp.llama_model_load_from_file(str(p).encode(), _model_params(settings, no_alloc))
+        # llama.cpp loads a split model from its first shard only (and finds the others itself).
+        model = llama_cpp.llama_model_load_from_file(str(info.path).encode(), _model_params(settings, no_alloc))
         if not model:
             raise GgprecError(f"{p}: llama.cpp cannot load it: {_reason(log)}")
         ctx = llama_cpp.llama_init_from_model(model, context_params(settings))
