@@ -244,8 +244,10 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
     if flash_attn is not None:
         overrides["flash_attn"] = _FA[flash_attn]
     progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
+    from .speed import load_speed_model
+
     done = run_with_profile(model, profile_name, overrides, pp=pp, tg=tg, reps=reps, prompt=prompt,
-                            progress=progress, n_predict=n_predict)
+                            progress=progress, n_predict=n_predict, speed_model=load_speed_model(store=store))
     for notice in done.result.notices:
         click.echo(f"ggprec: notice: {notice}", err=True)
     hardware = fingerprint()
@@ -258,9 +260,36 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
 
 
 @main.command()
+@click.option("--types", help="Comma-separated weight types to measure (default: "
+              "f16,q8_0,q6_k,q5_k,q4_k,q5_0,q4_0,q3_k,q2_k; --quick: f16,q8_0,q4_k,q4_0).")
+@click.option("--quick", is_flag=True, help="A smaller model, fewer tokens and types (~4x faster, noisier).")
+@click.option("-t", "--threads", type=click.IntRange(1), help="CPU threads (default: as `ggprec run`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
+@db_option
+def calibrate(types: str | None, quick: bool, threads: int | None, as_json: bool, db: str | None) -> None:
+    """Measure decode and prompt speed per weight type on this machine with llama.cpp; keep it in the
+    history for recommend, run and compare (expected tok/s)."""
+    from . import calibrate as cal_mod
+    from .store import Store
+
+    store = Store(db)  # opened first: a bad history path fails before a minute of measuring
+    chosen = [t.strip() for t in types.split(",") if t.strip()] if types else (
+        cal_mod.QUICK_TYPES if quick else cal_mod.DEFAULT_TYPES)
+    progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
+    result = cal_mod.calibrate(chosen, quick=quick, threads=threads, progress=progress)
+    with store:
+        cal_mod.store_calibration(result, store)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        cal_mod.render(result, _console())
+
+
+@main.command()
 @click.option("--model", help="Only rows of this model (path, file name or sha256 prefix).")
 @click.option("--profile", help="Only rows of this profile (name or content-hash prefix).")
-@click.option("--kind", type=click.Choice(["run", "eval", "compare", "sensitivity"]), help="Only this kind.")
+@click.option("--kind", type=click.Choice(["run", "eval", "compare", "sensitivity", "calibration"]),
+              help="Only this kind.")
 @click.option("--limit", type=int, help="At most this many rows, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option

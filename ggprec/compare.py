@@ -96,7 +96,11 @@ def _speed_fields(run: Any) -> dict[str, Any]:
 
     pp, pp_spread = stats(run.pp_tps)
     tg, tg_spread = stats(run.tg_tps)
+    expected = run.expected_tg_tps
     return {"pp_tps": pp, "pp_spread": pp_spread, "tg_tps": tg, "tg_spread": tg_spread, "load_s": run.load_s,
+            # ggprec.speed's expectation for this build and runtime, and measured / expected
+            "expected_tg_tps": expected, "expected_tg_source": run.expected_tg_source,
+            "tg_vs_expected": None if expected is None or tg is None else tg / expected,
             # model + KV cache + compute (+ output) buffers on every device, as llama.cpp logged them
             "memory_bytes": run.allocation.total or None, "buffers": dict(run.allocation.buffers),
             "peak_rss_bytes": run.peak_rss_bytes, "gpu_memory_bytes": run.gpu_memory_bytes}
@@ -199,6 +203,7 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
     from .profile import load_profile
     from .quantize import build_variant
     from .runner import run_benchmark
+    from .speed import load_speed_model
 
     src = Path(source)
     if not src.is_file():
@@ -210,6 +215,7 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
     threads = threads or os.cpu_count() or 1
     settings = {"pp": pp, "tg": tg, "reps": reps, "n_ctx": n_ctx, "chunks": chunks, "threads": threads}
 
+    speed = load_speed_model()  # once: every row's expected tok/s from the same figures
     records: list[dict[str, Any]] = []
     with _Steps(1 + 3 * len(names), show=progress) as steps:
         with steps.step(f"build reference ({reference})"):
@@ -220,7 +226,7 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
             with steps.step(f"build {name}"):
                 path = build_variant(src, profile, threads=threads)
             with steps.step(f"speed {name} (pp {pp}, tg {tg}, x{reps})"):
-                run = run_benchmark(path, runtime, pp=pp, tg=tg, reps=reps)
+                run = run_benchmark(path, runtime, pp=pp, tg=tg, reps=reps, speed_model=speed)
             with steps.step(f"accuracy {name} vs {reference}"):
                 ev, reused = _evaluate(path, ref_path, text, n_ctx, chunks, runtime, reuse_accuracy)
             records.append({"profile": name, "path": str(path), "file_bytes": path.stat().st_size,

@@ -235,6 +235,18 @@ def _load(path: Path, settings: RuntimeSettings, n_ctx: int) -> Any:
     type_k = kv_type_id(settings.cache_type_k)
     type_v = kv_type_id(settings.cache_type_v)
     n_batch = min(settings.n_batch, n_ctx)
+    import llama_cpp.llama_cpp as raw
+
+    from .cpu_buffers import host_buffers
+
+    default_params = raw.llama_model_default_params
+
+    def model_params() -> Any:  # Llama() takes no use_extra_bufts: see cpu_buffers
+        mp = default_params()
+        mp.use_extra_bufts = host_buffers().use_extra
+        return mp
+
+    raw.llama_model_default_params = model_params
     try:
         # logits_all=True: llama-cpp-python 0.3.36 fills Llama.scores for every position only then.
         return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(settings.n_ubatch, n_batch),
@@ -243,6 +255,8 @@ def _load(path: Path, settings: RuntimeSettings, n_ctx: int) -> Any:
                      type_k=type_k, type_v=type_v, logits_all=True, verbose=False)
     except (ValueError, RuntimeError) as e:
         raise GgprecError(f"{path}: llama.cpp could not load it ({e})") from None
+    finally:
+        raw.llama_model_default_params = default_params
 
 
 def _tokenize(llm: Any, text: str) -> list[int]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cpu_buffers import host_buffers
 from .errors import GgprecError
 from .gguf_info import ModelInfo, read_gguf
 from .settings import ALL_LAYERS, RuntimeSettings
@@ -184,11 +185,12 @@ class LoadedModel:
         self.close()
 
 
-def _model_params(settings: RuntimeSettings, no_alloc: bool) -> Any:
+def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool) -> Any:
     import llama_cpp
 
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = -1 if settings.n_gpu_layers == ALL_LAYERS else settings.n_gpu_layers
+    mp.use_extra_bufts = extra_buffers  # off = llama.cpp's --no-repack (see cpu_buffers)
     if no_alloc:
         # llama.cpp simulates allocations only without mmap (load mode NONE).
         mp.no_alloc = True
@@ -214,9 +216,10 @@ def context_params(settings: RuntimeSettings) -> Any:
 
 
 def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc: bool = False,
-               log: LogCapture | None = None) -> LoadedModel:
+               log: LogCapture | None = None, extra_buffers: bool | None = None) -> LoadedModel:
     """Load `path` and create a context with `settings`; llama.cpp's log lines go to `log` (a new
-    capture when None). A model or context llama.cpp refuses is a GgprecError with its reason."""
+    capture when None). A model or context llama.cpp refuses is a GgprecError with its reason.
+    extra_buffers: llama.cpp's AMX/repacked weight buffers (None: on unless they crash here, see cpu_buffers)."""
     import time
 
     import llama_cpp
@@ -228,11 +231,17 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
     info = read_gguf(p)  # also rejects non-GGUF files with a clear message
     settings, notices = clamp_gpu_layers(settings, info.hparams.n_layer)
     settings = settings.with_overrides(n_threads=settings.n_threads or default_threads())
+    if extra_buffers is None:
+        host = host_buffers()
+        extra_buffers = host.use_extra
+        if host.note:
+            notices.append(host.note)
     llama_cpp.llama_backend_init()
     with capture_log(log) as log:
         t0 = time.perf_counter()
         # llama.cpp loads a split model from its first shard only (and finds the others itself).
-        model = llama_cpp.llama_model_load_from_file(str(info.path).encode(), _model_params(settings, no_alloc))
+        model = llama_cpp.llama_model_load_from_file(str(info.path).encode(),
+                                                     _model_params(settings, no_alloc, extra_buffers))
         if not model:
             raise GgprecError(f"{p}: llama.cpp cannot load it: {_reason(log)}")
         ctx = llama_cpp.llama_init_from_model(model, context_params(settings))

@@ -7,9 +7,10 @@ beside what llama.cpp reports. The rules follow llama.cpp (vendored in llama-cpp
   n_gpu_layers > n_layer; token_embd always stays in host memory (a row lookup). A tied head offloaded
   to the GPU is a copy of token_embd there. Host weights are one mmap'd range per file (`CPU_Mapped`:
   from the first to the last host tensor in file order, padding included; a split model maps each shard
-  on its own; a file the quantizer writes orders its tensors by name, then by layer), except weights the CPU backend
-  repacks for faster matmuls (`CPU_REPACK`: q4_0, q4_k, iq4_nl on AVX2 x86), which get their own copy
-  (a tied head of such a type too: token_embd stays mapped for the lookup, its copy is repacked).
+  on its own; a file the quantizer writes orders its tensors by name, then by layer), except matmul
+  weights the CPU backend moves into its extra buffer types (`AMX`, `CPU_REPACK`: which types, shapes
+  and sizes is `ggprec.cpu_buffers`), which get their own copy (a tied head of such a type too:
+  token_embd stays mapped for the lookup, its copy is moved).
 - KV cache: n_ctx padded to 256 cells x per layer (K row of n_head_kv*head_dim_k elements in the K
   type + the same for V); on the GPU for offloaded layers.
 - compute: the scheduler's buffer is the peak of ggml-alloc over the reserved graph. It is predicted as
@@ -23,13 +24,12 @@ GPU buffers follow the same rules but could not be checked here (no GPU): see th
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from . import ggml_types
+from .cpu_buffers import HostBuffers, host_buffers
 from .ggml_types import GgmlType
 from .gguf_info import ModelInfo
 from .settings import ALL_LAYERS, RuntimeSettings
@@ -38,10 +38,6 @@ GPU = "CUDA0"
 GPU_HOST = "CUDA_Host"
 KV_PAD = 256  # llama.cpp pads n_ctx to a multiple of 256 cells
 F32, F16 = 4, 2
-# Weight types the CPU backend repacks into interleaved layouts on x86 with AVX2, and the row-count
-# multiple each needs (measured: q4_0, q4_k and iq4_nl get a CPU_REPACK buffer; q8_0, k-quants other
-# than q4_k, q4_1, q5_x do not).
-REPACK_X86_AVX2: dict[str, int] = {"q4_0": 8, "q4_k": 8, "iq4_nl": 4}
 # Multipliers of one n_embd (or n_embd_kv) activation of n_ubatch tokens, fitted on llama.cpp's
 # reported compute buffers (llama-3.2-1b, 8b, 70b and SmolLM2 shapes; see the module doc).
 ATTN_EMBD, ATTN_EMBD_KV, ATTN_EMBD_FA, OUT_EMBD = 5, 2, 12, 2
@@ -81,19 +77,6 @@ def _is_host(device: str) -> bool:
     return device.startswith("CPU") or device.endswith("_Host")
 
 
-@lru_cache(maxsize=1)
-def host_repack_types() -> dict[str, int]:
-    """The repack table that applies to this machine's CPU (empty where none was verified)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return {}
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return {}
-    return dict(REPACK_X86_AVX2) if " avx2" in flags else {}
-
-
 def _gpu_layers(n_gpu_layers: int, n_layer: int) -> tuple[int, bool]:
     """(first block on the GPU, output head on the GPU) as llama.cpp assigns them."""
     ngl = n_layer + 1 if n_gpu_layers == ALL_LAYERS else max(n_gpu_layers, 0)
@@ -101,20 +84,20 @@ def _gpu_layers(n_gpu_layers: int, n_layer: int) -> tuple[int, bool]:
 
 
 def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[str, GgmlType] | None = None,
-            mmap: bool = True, repack: Mapping[str, int] | None = None) -> MemoryPrediction:
+            mmap: bool = True, host: HostBuffers | None = None) -> MemoryPrediction:
     """Bytes of every buffer llama.cpp allocates when it loads `info` with `settings`.
 
     tensor_types: the type of each tensor in the file that will be loaded (None: the file as it is); an
     `output.weight` the source lacks is a split head. mmap: llama.cpp's default load (host weights in a
-    `CPU_Mapped` range) or load mode NONE (`CPU`, also what no_alloc simulates). repack: type -> row
-    multiple of the CPU repacking (None: this machine's)."""
+    `CPU_Mapped` range) or load mode NONE (`CPU`, also what no_alloc simulates). host: the extra CPU
+    buffer types in use (None: this machine's, see cpu_buffers)."""
     for name in (settings.cache_type_k, settings.cache_type_v):
         ggml_types.kv_cache_type(name)  # an unknown KV type is a one-line GgprecError
     pred = MemoryPrediction()
     hp = info.hparams
     first_gpu, output_on_gpu = _gpu_layers(settings.n_gpu_layers, hp.n_layer)
     _weights(pred, info, tensor_types, first_gpu, output_on_gpu, mmap,
-             host_repack_types() if repack is None else repack)
+             host_buffers() if host is None else host)
     n_kv = -(-settings.n_ctx // KV_PAD) * KV_PAD
     _kv(pred, info, settings, n_kv, first_gpu)
     _compute(pred, info, settings, n_kv, first_gpu, output_on_gpu)
@@ -124,7 +107,7 @@ def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[st
 
 
 def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str, GgmlType] | None,
-             first_gpu: int, output_on_gpu: bool, mmap: bool, repack: Mapping[str, int]) -> None:
+             first_gpu: int, output_on_gpu: bool, mmap: bool, host: HostBuffers) -> None:
     types = {t.name: t.type for t in info.tensors}
     if tensor_types:
         types.update(tensor_types)
@@ -140,7 +123,8 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
     if "output.weight" not in shapes and "token_embd.weight" in shapes:
         shapes["output.weight"] = shapes["token_embd.weight"]
     align = info.alignment
-    pos, gpu_bytes, gpu_n, repack_bytes, repack_n, host_n, host_bytes = 0, 0, 0, 0, 0, 0, 0
+    pos, gpu_bytes, gpu_n, host_n, host_bytes = 0, 0, 0, 0, 0
+    moved: dict[str, list[int]] = {}  # extra buffer type -> [bytes, tensors]
     host_range: dict[int, list[int]] = {}  # shard -> [start, end] of its host tensors
     for name in order:
         gtype, shape = types[name], shapes[name]
@@ -151,29 +135,31 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
         if on_gpu:
             gpu_bytes, gpu_n = gpu_bytes + n, gpu_n + 1
             continue
-        mult = repack.get(gtype.name)
-        if mult and len(shape) == 2 and shape[1] % mult == 0 and name != "token_embd.weight":
-            repack_bytes, repack_n = repack_bytes + n, repack_n + 1
+        extra = host.buffer_for(gtype, shape) if name != "token_embd.weight" else None
+        if extra:
+            acc = moved.setdefault(extra[0], [0, 0])
+            acc[0], acc[1] = acc[0] + extra[1], acc[1] + 1
             continue
         host_n, host_bytes = host_n + 1, host_bytes + n
         host_range.setdefault(shard.get(name, 0), [start, 0])[1] = start + n
     if info.tied_output and "output.weight" not in types:
         # llama.cpp loads a tied head as a duplicate of token_embd in the output layer's buffer: a copy
-        # on the GPU when offloaded, a repacked copy on the CPU when its type repacks.
+        # on the GPU when offloaded, a copy in an extra CPU buffer when its type moves there.
         embd_type, embd_shape = types["token_embd.weight"], shapes["token_embd.weight"]
-        n = embd_type.tensor_bytes(embd_shape)
-        mult = repack.get(embd_type.name)
+        extra = host.buffer_for(embd_type, embd_shape)
         if output_on_gpu:
-            gpu_bytes, gpu_n = gpu_bytes + n, gpu_n + 1
-        elif mult and embd_shape[1] % mult == 0:
-            repack_bytes, repack_n = repack_bytes + n, repack_n + 1
+            gpu_bytes, gpu_n = gpu_bytes + embd_type.tensor_bytes(embd_shape), gpu_n + 1
+        elif extra:
+            acc = moved.setdefault(extra[0], [0, 0])
+            acc[0], acc[1] = acc[0] + extra[1], acc[1] + 1
     if mmap and host_range:
         files = f" in {len(host_range)} shard files" if len(host_range) > 1 else ""
         pred._add("model:CPU_Mapped", sum(end - start for start, end in host_range.values()),
                   f"mmap'd file range over {host_n} host tensors{files} (alignment padding included)")
     else:
         pred._add("model:CPU", host_bytes, f"{host_n} host tensors")
-    pred._add("model:CPU_REPACK", repack_bytes, f"{repack_n} host matmul weights the CPU backend repacks")
+    for buft, (n_bytes, n_tensors) in moved.items():
+        pred._add(f"model:{buft}", n_bytes, f"{n_tensors} host matmul weights in the CPU backend's {buft} buffer")
     pred._add(f"model:{GPU}", gpu_bytes, f"{gpu_n} tensors of the offloaded layers"
               + (" and the output head" if output_on_gpu else ""))
 

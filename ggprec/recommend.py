@@ -563,7 +563,7 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
               host_gbps: float | None = None, predictor: Predictor | None = None) -> Recommendation:
     """The plan that fits vram_gb (GiB) of GPU memory and ram_gb (GiB; default this machine's RAM) with
     margin_mb (MiB) to spare on each, best for the goal. Raises NoFitError when nothing fits."""
-    from .bandwidth import bandwidth, tg_tokens_per_second
+    from .speed import bandwidth, tg_tokens_per_second
 
     if goal not in ("quality", "speed"):
         raise GgprecError(f"goal must be 'quality' or 'speed', not '{goal}'")

@@ -46,6 +46,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("pp_ratio", "pp x", ".2f", "pp tok/s / baseline pp tok/s"),
     Column("tg_tps", "tg tok/s", ".1f", "generation speed, median"),
     Column("tg_ratio", "tg x", ".2f", "tg tok/s / baseline tg tok/s"),
+    Column("tg_vs_expected", "tg / exp", ".2f", "tg tok/s / expected tg tok/s (ggprec.speed; source in the JSON)"),
     Column("kld_mean", "KLD mean", ".4f", "mean KL divergence from the reference, nats per token"),
     Column("kld_p99", "KLD p99", ".4f", "99th percentile of the per-token KL divergence"),
     Column("kld_vs_baseline", "KLD x base", ".2f", "KLD mean / baseline KLD mean"),

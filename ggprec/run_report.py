@@ -56,6 +56,19 @@ def _speed(s: Stats | None) -> list[str]:
     return [f"{s.median:,.1f}", f"{s.min:,.1f} - {s.max:,.1f}", f"{s.stdev:,.1f}"]
 
 
+def expected_line(r: Any) -> str | None:
+    """Expected tg (and pp) tok/s beside the measured medians, with measured / expected."""
+    if r.expected_tg_tps is None:
+        return None
+    parts = []
+    for name, want, got in (("tg", r.expected_tg_tps, r.tg_tps), ("pp", r.expected_pp_tps, r.pp_tps)):
+        if want is None:
+            continue
+        ratio = f" (measured x{got.median / want:.2f})" if got is not None and want else ""
+        parts.append(f"{name} {want:,.1f} tok/s{ratio}")
+    return f"expected {', '.join(parts)}; {r.expected_tg_source}"
+
+
 def render_run(run: ProfileRun, console: Any, record_id: int | None = None) -> None:
     from rich.table import Table
 
@@ -74,6 +87,9 @@ def render_run(run: ProfileRun, console: Any, record_id: int | None = None) -> N
     if r.tg_tps is not None:
         speed.add_row(f"tg {r.tg}", *_speed(r.tg_tps))
     console.print(speed)
+    line = expected_line(r)
+    if line:
+        console.print(line)
     console.print(allocation_table(r.allocation, r.predicted))
     gpu = "" if r.gpu_memory_bytes is None else f"  GPU memory used {mib(r.gpu_memory_bytes)} MiB"
     console.print(f"peak RSS {mib(r.peak_rss_bytes)} MiB{gpu}")

@@ -64,6 +64,9 @@ class RunResult:
     prompt: str | None = None
     generated: str | None = None
     predicted: dict[str, int] | None = None  # ggprec.memory's prediction, keyed like allocation.buffers
+    expected_tg_tps: float | None = None  # ggprec.speed's expectation for this file and these settings
+    expected_pp_tps: float | None = None  # None where the speed model has no pp figures
+    expected_tg_source: str | None = None  # where the speed model's figures come from
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -170,9 +173,11 @@ def _check_sizes(settings: RuntimeSettings, pp: int, tg: int, reps: int) -> None
 
 def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp: int = 512, tg: int = 128,
                   reps: int = 3, prompt: str | None = None,
-                  progress: Callable[[str], None] | None = None, n_predict: int = GEN_TOKENS) -> RunResult:
+                  progress: Callable[[str], None] | None = None, n_predict: int = GEN_TOKENS,
+                  speed_model: Any = None) -> RunResult:
     """Load the model with `settings`, measure pp and tg tok/s (`reps` times each), report memory;
-    with `prompt`, also generate up to `n_predict` tokens of text from it (untimed)."""
+    with `prompt`, also generate up to `n_predict` tokens of text from it (untimed). The expected speed
+    beside it comes from `speed_model` (a ggprec.speed.SpeedModel; None: load_speed_model())."""
     import llama_cpp
 
     from .hardware import gpu_memory_used_bytes
@@ -211,9 +216,25 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
         finally:
             dec.close()
         gpu_bytes = gpu_memory_used_bytes()
+        expected = expected_speed(lm, tg, speed_model)
         return RunResult(str(model_path), lm.settings, pp, tg, reps, Stats.of(pp_s) if pp_s else None,
                          Stats.of(tg_s) if tg_s else None, lm.load_s, allocation, peak_rss_bytes(), gpu_bytes,
-                         lm.n_layer, lm.notices, prompt, generated, predicted)
+                         lm.n_layer, lm.notices, prompt, generated, predicted,
+                         None if expected is None else expected.tg_tps, None if expected is None else expected.pp_tps,
+                         None if expected is None else expected.source)
+
+
+def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None) -> Any:
+    """ggprec.speed's expected tok/s for what `lm` is (its file, the settings as applied), with the KV
+    cells the timed decodes use on average; None for a model the speed model cannot describe."""
+    from .speed import load_speed_model
+
+    try:
+        model = speed_model if speed_model is not None else load_speed_model()
+        return model.expected(lm.info, lm.settings, kv_cells=TG_PREFIX + tg // 2)
+    except (GgprecError, ValueError, KeyError) as e:
+        lm.notices.append(f"no speed expectation: {e}")
+        return None
 
 
 def predict_buffers(lm: LoadedModel) -> dict[str, int]:
@@ -292,7 +313,8 @@ def resolve_settings(profile: Any, overrides: dict[str, Any]) -> RuntimeSettings
 
 def run_with_profile(model: str | os.PathLike[str], profile_name: str | None, overrides: dict[str, Any],
                      pp: int = 512, tg: int = 128, reps: int = 3, prompt: str | None = None,
-                     progress: Callable[[str], None] | None = None, n_predict: int = GEN_TOKENS) -> ProfileRun:
+                     progress: Callable[[str], None] | None = None, n_predict: int = GEN_TOKENS,
+                     speed_model: Any = None) -> ProfileRun:
     """`ggprec run`: load the profile, build (or reuse) its variant of `model`, run it with the profile's
     settings and the overrides."""
     from pathlib import Path
@@ -315,7 +337,7 @@ def run_with_profile(model: str | os.PathLike[str], profile_name: str | None, ov
             progress(f"building the {profile.name} variant (cached after the first time)")
         ran = build_variant(model, profile, threads=settings.n_threads)
     result = run_benchmark(ran, settings, pp=pp, tg=tg, reps=reps, prompt=prompt, progress=progress,
-                           n_predict=n_predict)
+                           n_predict=n_predict, speed_model=speed_model)
     return ProfileRun(str(model), str(ran), profile, result)
 
 

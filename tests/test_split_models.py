@@ -83,18 +83,18 @@ def test_a_shard_of_another_split_is_refused(shards: list[Path], tmp_path: Path)
         read_gguf(first)
 
 
-def test_memory_maps_each_shard_on_its_own(shards: list[Path], tiny_model: Path) -> None:
+def test_memory_maps_each_shard_on_its_own(shards: list[Path]) -> None:
     from ggprec.alloc import measure_allocation
 
     settings = RuntimeSettings(n_ctx=256, n_threads=2)
     info = read_gguf(shards[1])
-    predicted = predict(info, settings).buffers
+    predicted = predict(info, settings)
     reported = measure_allocation(shards[1], settings).buffers
-    # Every tensor is counted: each shard's range of host tensors, 2 files -> 2 mapped buffers summed.
-    ranges = sum(ts[-1].offset + ts[-1].n_bytes - ts[0].offset for ts in info.shard_tensors())
-    assert predicted["model:CPU_Mapped"] == ranges
-    assert abs(predicted["model:CPU_Mapped"] - reported["model:CPU_Mapped"]) <= 2 * 2**20 / 100 * 2
-    assert predicted["model:CPU_Mapped"] >= read_gguf(tiny_model).tensor_bytes
+    # llama.cpp maps each shard file on its own and logs one CPU_Mapped buffer per file (2 lines, each
+    # rounded to 0.01 MiB); ggprec sums them under one key.
+    assert set(predicted.buffers) == set(reported)
+    assert abs(predicted.buffers["model:CPU_Mapped"] - reported["model:CPU_Mapped"]) <= 2 * 0.005 * 2**20
+    assert "in 2 shard files" in predicted.explain["model:CPU_Mapped"]
 
 
 def test_llama_cpp_runs_the_split_model_from_any_shard(shards: list[Path]) -> None:

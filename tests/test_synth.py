@@ -22,19 +22,24 @@ def llama3_8b_sparse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tiny_model_runs_in_llama_cpp_with_finite_varied_logits(tiny_model: Path) -> None:
+    import llama_cpp
     import numpy as np
-    from llama_cpp import Llama
 
-    # logits_all: llama-cpp-python 0.3.36 fills Llama.scores after eval only with it.
-    llm = Llama(str(tiny_model), n_ctx=64, n_threads=2, logits_all=True, verbose=False)
-    try:
-        assert llm.n_vocab() == 1024
-        tokens = llm.tokenize(b"hello world", add_bos=False)
+    from ggprec.llama_backend import load_model
+    from ggprec.runner import Decoder, tokenize
+    from ggprec.settings import RuntimeSettings
+
+    with load_model(tiny_model, RuntimeSettings(n_ctx=64, n_threads=2)) as lm:
+        assert lm.n_vocab == 1024
+        tokens = tokenize(lm, "hello world")
         assert 2 <= len(tokens) <= 11
-        llm.eval(tokens)
-        logits = np.array(llm.scores[: len(tokens)])
-    finally:
-        llm.close()
+        dec = Decoder(lm)
+        rows = []
+        for i, tok in enumerate(tokens):  # one token at a time: the logits of every position
+            dec.decode([tok], i)
+            rows.append(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(lm.ctx, -1), shape=(lm.n_vocab,)).copy())
+        dec.close()
+    logits = np.array(rows)
     assert logits.shape == (len(tokens), 1024)
     assert np.isfinite(logits).all()
     assert logits.std(axis=1).min() > 0  # not constant over the vocabulary

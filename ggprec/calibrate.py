@@ -1,0 +1,341 @@
+"""`ggprec calibrate`: this machine's decode and prompt speed per weight type, measured with llama.cpp.
+
+Two families of synthetic llama models (ggprec.synth), written once as f16 in a temporary directory:
+- wide: llama-3.2-1b's width (n_embd 2048, n_ff 8192, 32/8 heads), a few layers, a small vocabulary;
+  quantized by llama.cpp's quantizer to each type and run (ggprec.runner.run_benchmark). Its bytes per
+  token dominate its time, so it gives the effective bandwidth of each type.
+- narrow: n_embd 64 at two depths, f16. Its bytes are small, so its time is mostly the fixed costs.
+The seconds per token of every run are fitted to
+
+    seconds = token_s + n_layer * layer_s + bytes / (gbps[type] * 1e9)
+
+(token_s and layer_s from the two narrow runs, whose few MB stay in the CPU caches so their bytes cost
+next to nothing; then gbps of each type from its wide run less those fixed costs). Prompt speed is
+compute-bound: seconds per prompt token = weight elements multiplied per token (the output head runs for
+the last token only) / that type's elements per second + n_layer * pp_layer_s (the narrow pair again).
+The result is stored in the history (kind `calibration`) with the hardware fingerprint;
+`find_calibration` returns the newest one whose machine and llama.cpp build match this one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import GgprecError
+from .speed import GPU, HOST, DeviceSpeed, bytes_read_per_token, matmul_elements
+from .synth import SynthShape
+
+DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k", "q4_k", "q5_0", "q4_0", "q3_k", "q2_k")
+QUICK_TYPES = ("f16", "q8_0", "q4_k", "q4_0")
+WIDE = SynthShape(n_layer=2, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_vocab=2048, n_ctx=1024)
+# Narrow enough (~0.1 MB a layer) that its weights stay in the CPU caches: its time is the fixed costs.
+NARROW = SynthShape(n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=512, n_ctx=1024)
+NARROW_DEPTHS = (2, 24)
+N_CTX = 256  # context of every calibration run: the pp batch and the tg prefix + tokens fit
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How much each measurement costs: layers of the wide model, tokens and repetitions."""
+
+    wide_layers: int
+    pp: int
+    tg: int
+    reps: int
+
+
+FULL = Effort(wide_layers=2, pp=64, tg=32, reps=3)
+QUICK = Effort(wide_layers=1, pp=32, tg=16, reps=2)
+
+
+@dataclass
+class Point:
+    """One benchmark run: what ran and what it measured (median tok/s over the repetitions)."""
+
+    device: str  # HOST or GPU
+    model: str  # "wide" or "narrow"
+    type: str
+    n_layer: int
+    n_embd: int
+    bytes_per_token: int  # weights (token_embd: one row) + KV cells in use
+    elems_per_token: int  # weight elements multiplied per prompt token
+    tg_tps: float
+    tg_spread: float  # max - min over the repetitions
+    pp_tps: float | None
+
+    @property
+    def tg_seconds(self) -> float:
+        return 1.0 / self.tg_tps
+
+
+@dataclass
+class Calibration:
+    speeds: dict[str, DeviceSpeed]  # device class -> its figures
+    points: list[Point]
+    n_threads: int
+    effort: dict[str, int]
+    seconds: float  # wall time of the calibration
+    fit_notes: list[str] = field(default_factory=list)
+    id: int | None = None  # history row, once stored or found
+    created: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"speeds": {d: s.to_dict() for d, s in self.speeds.items()},
+                "points": [asdict(p) for p in self.points], "n_threads": self.n_threads,
+                "effort": dict(self.effort), "seconds": self.seconds, "fit_notes": list(self.fit_notes),
+                "id": self.id, "created": self.created}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], id: int | None = None, created: str | None = None) -> Calibration:
+        speeds = {dev: DeviceSpeed(**s) for dev, s in d["speeds"].items()}
+        cal = cls(speeds, [Point(**p) for p in d["points"]], d["n_threads"], d["effort"], d["seconds"],
+                  d.get("fit_notes", []), id, created)
+        cal.label_sources()
+        return cal
+
+    def label_sources(self) -> None:
+        """Name this calibration in every device's `source` (shown beside each expected speed)."""
+        when = (self.created or "").replace("+00:00", " UTC").replace("T", " ")
+        where = f"history #{self.id}, {when}" if self.id else "not stored"
+        self.speeds = {dev: replace(s, source=f"calibrated ({where}, {len(s.gbps)} types, {self.n_threads} threads)")
+                       for dev, s in self.speeds.items()}
+
+
+# --- measuring ------------------------------------------------------------------------------------
+
+
+def _variant(src: Path, type_name: str, out_dir: Path, threads: int) -> Path:
+    """`src` (f16) with every quantizable weight in `type_name`, written by llama.cpp's quantizer."""
+    if type_name == "f16":
+        return src
+    from .gguf_info import read_gguf
+    from .plan import resolve_plan
+    from .profile import Profile
+    from .quantize import quantize
+
+    plan = resolve_plan(read_gguf(src), Profile(name=f"calibrate-{type_name}", default=type_name))
+    return quantize(src, plan, out_dir / f"{src.stem}.{type_name}.gguf", threads=threads, force=True)
+
+
+def _measure(path: Path, device: str, model: str, effort: Effort, threads: int) -> Point:
+    from .gguf_info import read_gguf
+    from .runner import TG_PREFIX, run_benchmark
+    from .settings import ALL_LAYERS, RuntimeSettings
+
+    settings = RuntimeSettings(n_gpu_layers=ALL_LAYERS if device == GPU else 0, n_ctx=N_CTX,
+                               n_threads=threads)
+    run = run_benchmark(path, settings, pp=effort.pp, tg=effort.tg, reps=effort.reps)
+    info = read_gguf(path)
+    # The KV cells in use during the timed decodes: the prefix and, on average, half the generated tokens.
+    reads = bytes_read_per_token(info, settings, kv_cells=TG_PREFIX + effort.tg // 2)
+    types = {t.type.name for t in info.tensors if len(t.shape) > 1}
+    elems = matmul_elements(info, settings)
+    assert run.tg_tps is not None
+    return Point(device, model, types.pop() if len(types) == 1 else "mixed", info.hparams.n_layer,
+                 info.hparams.n_embd, sum(n for by_type in reads.values() for n in by_type.values()),
+                 sum(n for by_type in elems.values() for n in by_type.values()), run.tg_tps.median,
+                 run.tg_tps.max - run.tg_tps.min, None if run.pp_tps is None else run.pp_tps.median)
+
+
+def fit(points: Sequence[Point], device: str) -> tuple[DeviceSpeed, list[str]]:
+    """The device's figures from its points: the fixed costs from the narrow pair (its few MB stay in
+    the CPU caches, so its time is the fixed costs: a line through two depths), then each type's
+    bandwidth from its wide run less those costs; pp rates from the wide runs."""
+    narrow = sorted((p for p in points if p.model == "narrow" and p.device == device), key=lambda p: p.n_layer)
+    wide = {p.type: p for p in points if p.model == "wide" and p.device == device}
+    notes: list[str] = []
+    token_s = layer_s = pp_layer_s = 0.0
+    if len(narrow) >= 2 and narrow[-1].n_layer > narrow[0].n_layer:
+        a, b = narrow[0], narrow[-1]
+        layer_s = (b.tg_seconds - a.tg_seconds) / (b.n_layer - a.n_layer)
+        token_s = a.tg_seconds - a.n_layer * layer_s
+        if token_s < 0 or layer_s < 0:
+            notes.append(f"fixed costs fitted negative (token {token_s * 1e3:.3f} ms, layer {layer_s * 1e3:.4f} ms: "
+                         "noise); clamped to 0")
+            token_s, layer_s = max(token_s, 0.0), max(layer_s, 0.0)
+        if a.pp_tps and b.pp_tps:
+            pp_layer_s = max((1 / b.pp_tps - 1 / a.pp_tps) / (b.n_layer - a.n_layer), 0.0)
+            notes.append(f"prompt: {pp_layer_s * 1e6:.2f} us per layer per token beside the matmuls")
+        notes.append(f"fixed costs: {token_s * 1e3:.3f} ms per token + {layer_s * 1e3:.4f} ms per layer "
+                     f"(narrow model: {a.n_layer} layers {a.tg_tps:.0f} tok/s, "
+                     f"{b.n_layer} layers {b.tg_tps:.0f} tok/s)")
+    else:
+        notes.append("no narrow pair: fixed costs not fitted (0)")
+    gbps, pp_rates = {}, {}
+    for type_name, p in wide.items():
+        transfer = p.tg_seconds - token_s - p.n_layer * layer_s
+        if transfer <= 0:
+            notes.append(f"{type_name}: the fixed costs exceed the measured time; bandwidth from the raw time")
+            transfer = p.tg_seconds
+        gbps[type_name] = p.bytes_per_token / transfer / 1e9
+        if p.pp_tps:
+            matmul_s = 1 / p.pp_tps - p.n_layer * pp_layer_s
+            pp_rates[type_name] = p.elems_per_token / (matmul_s if matmul_s > 0 else 1 / p.pp_tps)
+    default = sorted(gbps.values())[len(gbps) // 2] if gbps else 0.0
+    return DeviceSpeed(gbps, default, token_s, layer_s, pp_rates, pp_layer_s), notes
+
+
+def gpu_available() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads: int | None = None,
+              gpu: bool | None = None, progress: Callable[[str], None] | None = None,
+              work_dir: str | os.PathLike[str] | None = None, wide: SynthShape = WIDE,
+              narrow: SynthShape = NARROW) -> Calibration:
+    """Measure every type on the host (and the GPU when the build has one: `gpu` None), fit, return.
+    Temporary models are written under `work_dir` (default: the system temp dir) and deleted. `wide`
+    and `narrow` are the two model shapes (their n_layer is set by the effort and NARROW_DEPTHS)."""
+    from . import ggml_types
+    from .synth import write_synth
+
+    say = progress or (lambda _m: None)
+    names = []
+    for t in types:
+        gt = ggml_types.weight_type(t)
+        if gt.name not in names:
+            names.append(gt.name)
+    if "f16" not in names:
+        names.insert(0, "f16")  # the fixed-cost fit needs it
+    effort = QUICK if quick else FULL
+    from .llama_backend import default_threads
+
+    threads = threads or default_threads()  # what `ggprec run` uses unless told otherwise
+    if threads < 1:
+        raise GgprecError(f"threads must be at least 1 (got {threads})")
+    devices = [HOST] + ([GPU] if (gpu_available() if gpu is None else gpu) else [])
+    t0 = time.perf_counter()
+    points: list[Point] = []
+    with tempfile.TemporaryDirectory(prefix="ggprec-calibrate-", dir=work_dir) as d:
+        tmp = Path(d)
+        narrow_files = []
+        for depth in NARROW_DEPTHS:
+            say(f"writing a narrow model ({depth} layers)")
+            narrow_files.append(write_synth(tmp / f"narrow-{depth}.gguf", _shape(narrow, depth), "f16"))
+        say(f"writing a wide model ({effort.wide_layers} layers of n_embd {wide.n_embd})")
+        wide_src = write_synth(tmp / "wide.gguf", _shape(wide, effort.wide_layers), "f16")
+        for dev in devices:
+            for path in narrow_files:
+                say(f"{dev}: narrow f16, {path.stem}")
+                points.append(_measure(path, dev, "narrow", effort, threads))
+        for type_name in names:
+            say(f"quantizing to {type_name}")
+            path = _variant(wide_src, type_name, tmp, threads)
+            for dev in devices:
+                say(f"{dev}: wide {type_name}")
+                points.append(_measure(path, dev, "wide", effort, threads))
+            if path != wide_src:
+                path.unlink()
+    speeds, notes = {}, []
+    for dev in devices:
+        speeds[dev], dev_notes = fit(points, dev)
+        notes += [f"{dev}: {n}" for n in dev_notes]
+    if GPU in speeds:
+        notes.append("GPU: measured with -ngl 99 but never checked against a real GPU run in this project")
+    cal = Calibration(speeds, points, threads, asdict(effort), time.perf_counter() - t0, notes)
+    cal.label_sources()
+    return cal
+
+
+def _shape(base: SynthShape, n_layer: int) -> SynthShape:
+    return replace(base, n_layer=n_layer)
+
+
+# --- the history ------------------------------------------------------------------------------------
+
+
+MACHINE_KEYS = ("cpu", "cores", "ram_bytes", "gpus", "gpu_offload", "llama_cpp_python", "system_info")
+
+
+def machine_key(hardware: dict[str, Any]) -> str:
+    """What a calibration is valid for: the machine (CPU, cores, RAM, GPUs) and the llama.cpp build."""
+    doc = {k: hardware.get(k) for k in MACHINE_KEYS}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def store_calibration(cal: Calibration, store: Any = None) -> int:
+    """Record `cal` in the history (kind 'calibration'); sets and returns its id."""
+    from .hardware import fingerprint
+    from .store import Store
+
+    hw = fingerprint()
+    settings = {"n_threads": cal.n_threads, **cal.effort, "types": sorted(cal.speeds[HOST].gbps),
+                "machine_key": machine_key(hw)}
+    own = store is None
+    st = Store() if own else store
+    try:
+        cal.id = st.record("calibration", None, None, None, None, settings, cal.to_dict(), hw)
+        cal.created = st.query(kind="calibration", limit=1)[0].created
+    finally:
+        if own:
+            st.close()
+    cal.label_sources()
+    return cal.id
+
+
+def find_calibration(store: Any = None, hardware: dict[str, Any] | None = None) -> Calibration | None:
+    """The newest calibration of this machine and llama.cpp build (or of `hardware`), None if there is none."""
+    from .store import Store, default_db_path
+
+    if store is None and not default_db_path().is_file():
+        return None  # no history yet: do not create one just to look
+    if hardware is None:
+        from .hardware import fingerprint
+
+        hardware = fingerprint()
+    key = machine_key(hardware)
+    own = store is None
+    st = Store() if own else store
+    try:
+        for rec in st.query(kind="calibration"):
+            if machine_key(rec.hardware) == key:
+                return Calibration.from_dict(rec.results, rec.id, rec.created)
+    finally:
+        if own:
+            st.close()
+    return None
+
+
+def summary_rows(cal: Calibration) -> list[dict[str, Any]]:
+    """One row per (device, type) measured on the wide model: what was measured and what was derived."""
+    rows = []
+    for p in cal.points:
+        if p.model != "wide":
+            continue
+        spd = cal.speeds[p.device]
+        rows.append({"device": p.device, "type": p.type, "mib_per_token": p.bytes_per_token / 2**20,
+                     "tg_tps": p.tg_tps, "tg_spread": p.tg_spread, "gbps": spd.gbps.get(p.type),
+                     "pp_tps": p.pp_tps, "pp_gelems_per_s": (spd.pp_elems_per_s.get(p.type) or 0) / 1e9 or None})
+    return rows
+
+
+def render(cal: Calibration, console: Any) -> None:
+    """The calibration as a table: measured tok/s per type and the figures derived from them."""
+    from rich.table import Table
+
+    table = Table(title=f"calibration ({cal.n_threads} threads, {cal.seconds:.0f} s)")
+    for col in ("device", "type", "MiB/token", "tg tok/s", "tg spread", "GB/s", "pp tok/s", "pp Gelem/s"):
+        table.add_column(col, justify="left" if col in ("device", "type") else "right")
+
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    for r in summary_rows(cal):
+        table.add_row(r["device"], r["type"], num(r["mib_per_token"], ".1f"), num(r["tg_tps"], ".1f"),
+                      num(r["tg_spread"], ".1f"), num(r["gbps"], ".2f"), num(r["pp_tps"], ".1f"),
+                      num(r["pp_gelems_per_s"], ".2f"))
+    console.print(table)
+    for note in cal.fit_notes:
+        console.print(note)
+    if cal.id is not None:
+        console.print(f"history row {cal.id}")

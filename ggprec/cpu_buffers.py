@@ -1,0 +1,166 @@
+"""llama.cpp's extra CPU buffer types on this machine: which weights they take, how big, and whether they work.
+
+On x86, llama.cpp's CPU backend moves host matmul weights of some types out of the mmap'd file into
+buffers of its own with a faster layout (`src/llama-model.cpp` make_cpu_buft_list, first match wins):
+
+- `AMX` (CPUs with AMX-INT8, ggml-cpu/amx): q4_0, q4_1, q8_0 (row length a multiple of 32), q4_k, q5_k,
+  q6_k, iq4_xs (multiple of 256) and f16 (multiple of 16), when the rows number a multiple of 32. Its
+  allocation is the packed size: q8_0 gains 4 bytes per block, q4_k/q5_k 4, iq4_xs 2 (amx/mmq.cpp
+  get_row_size); the others are their plain size.
+- `CPU_REPACK` (ggml-cpu/repack.cpp): q4_0, q4_k, iq4_nl, mxfp4 with AVX2 and q2_k with AVX-512, when the
+  rows number a multiple of 8; the same bytes as in the file.
+
+token_embd is a row lookup, never a matmul weight, so it stays mapped; a tied head's matmul copy follows the
+rules. Measured on this project's machines (scripts/check_memory_model.py, tests/test_memory.py).
+
+On some virtual machines AMX is advertised but its tile state is not usable: llama.cpp then crashes with a
+segmentation fault in the first quantized matmul (seen on the 2-core Xeon with AMX this project's CI runs on).
+A plain llama.cpp user's remedy is `--no-repack` (llama_model_params.use_extra_bufts = false). ggprec probes
+once per machine and llama.cpp build, in a child process so that a crash costs nothing, and loads with
+`use_extra_bufts` off where the probe crashed; `memory.predict` then predicts no AMX or CPU_REPACK buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .ggml_types import GgmlType
+
+AMX, REPACK = "AMX", "CPU_REPACK"
+AMX_ROWS = 32  # the AMX kernels need a multiple of 2 x TILE_N output rows
+# type -> (row-length alignment, extra bytes per block) of the AMX buffer.
+AMX_TYPES: dict[str, tuple[int, int]] = {
+    "q4_0": (32, 0), "q4_1": (32, 0), "q8_0": (32, 4),
+    "q4_k": (256, 4), "q5_k": (256, 4), "q6_k": (256, 0), "iq4_xs": (256, 2),
+    "f16": (16, 0),
+}
+# type -> (CPU feature it needs, row-count multiple) of the x86 repacking.
+REPACK_X86: dict[str, tuple[str, int]] = {
+    "q4_0": ("avx2", 8), "q4_k": ("avx2", 8), "iq4_nl": ("avx2", 8), "mxfp4": ("avx2", 8),
+    "q2_k": ("avx512f", 8),
+}
+PROBE_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class HostBuffers:
+    """The extra CPU buffer types llama.cpp uses for weights when ggprec loads a model here."""
+
+    use_extra: bool = True  # False: loaded like llama.cpp's --no-repack
+    amx: bool = False
+    repack: dict[str, int] = field(default_factory=dict)  # type -> row-count multiple
+    note: str = ""  # why extra buffers are off, for notices
+
+    def buffer_for(self, gtype: GgmlType, shape: tuple[int, ...]) -> tuple[str, int] | None:
+        """(buffer, bytes) for a host matmul weight that leaves the mapped file, or None if it stays mapped."""
+        if not self.use_extra or len(shape) != 2:
+            return None
+        k, n = shape
+        amx = AMX_TYPES.get(gtype.name) if self.amx else None
+        if amx and k % amx[0] == 0 and n % AMX_ROWS == 0:
+            return AMX, n * (k // gtype.block_size) * (gtype.block_bytes + amx[1])
+        mult = self.repack.get(gtype.name)
+        if mult and n % mult == 0:
+            return REPACK, gtype.tensor_bytes(shape)
+        return None
+
+
+def cpu_flags() -> set[str]:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            line = next((x for x in f if x.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.split(":", 1)[-1].split())
+
+
+def from_flags(flags: set[str], use_extra: bool = True, note: str = "") -> HostBuffers:
+    """The buffer rules for a CPU with these /proc/cpuinfo flags (the wheel is built for the native CPU)."""
+    if not use_extra:
+        return HostBuffers(use_extra=False, note=note)
+    repack = {t: mult for t, (feature, mult) in REPACK_X86.items() if feature in flags}
+    return HostBuffers(amx="amx_int8" in flags and "avx512_vnni" in flags, repack=repack)
+
+
+@lru_cache(maxsize=1)
+def host_buffers() -> HostBuffers:
+    """This machine's rules; where AMX is present, whether it works (probed once, cached on disk)."""
+    flags = cpu_flags()
+    rules = from_flags(flags)
+    if not rules.amx or amx_works():
+        return rules
+    return from_flags(flags, use_extra=False,
+                      note="llama.cpp's AMX kernels crash on this machine (probed once): weights are loaded "
+                           "without repacking, as llama.cpp's --no-repack does")
+
+
+def _probe_key() -> str:
+    from . import __version__
+
+    try:
+        from importlib.metadata import version
+
+        lcp = version("llama-cpp-python")
+    except Exception:  # noqa: BLE001 - only a cache key
+        lcp = "?"
+    return f"ggprec {__version__}, llama-cpp-python {lcp}, {platform.node()}, {sorted(cpu_flags())!r}"
+
+
+def amx_works() -> bool:
+    """Whether a quantized matmul through llama.cpp's AMX buffer runs here, from a cached child-process probe."""
+    from .demo_model import cache_dir
+
+    cache = cache_dir() / "amx-probe.json"
+    key = _probe_key()
+    try:
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return bool(stored["works"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    with tempfile.TemporaryDirectory(prefix="ggprec-amx-") as tmp:
+        try:
+            rc = subprocess.run([sys.executable, "-m", "ggprec.cpu_buffers", tmp], capture_output=True,
+                                timeout=PROBE_TIMEOUT_S, check=False).returncode
+        except subprocess.TimeoutExpired:
+            rc = -1
+    works = rc == 0
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp_file.write_text(json.dumps({"key": key, "works": works, "returncode": rc}))
+    os.replace(tmp_file, cache)
+    return works
+
+
+def _probe(workdir: Path) -> None:
+    """Child process: quantize a tiny model to q8_0 with llama.cpp and run one batch with extra buffers on."""
+    from .gguf_info import read_gguf
+    from .llama_backend import load_model
+    from .plan import resolve_plan
+    from .profile import Profile
+    from .quantize import quantize
+    from .runner import Decoder
+    from .settings import RuntimeSettings
+    from .synth import PRESETS, write_synth
+
+    src = write_synth(workdir / "probe-f16.gguf", PRESETS["tiny"], dtype="f16")
+    plan = resolve_plan(read_gguf(src), Profile(name="probe", description="", rules=(), default="q8_0"))
+    out = quantize(src, plan, workdir / "probe-q8_0.gguf", threads=1)
+    with load_model(out, RuntimeSettings(n_ctx=128, n_threads=1), extra_buffers=True) as lm:
+        dec = Decoder(lm)
+        dec.decode(list(range(1, 33)), 0)
+        dec.close()
+
+
+if __name__ == "__main__":
+    _probe(Path(sys.argv[1]))

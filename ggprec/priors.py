@@ -1,0 +1,323 @@
+"""Loss priors: the expected KL divergence of a whole model quantized to one type (or run with a quantized KV
+cache) against the unquantized model, for a model of a given size, from facts at several scales.
+
+The facts (ggprec/data/loss_priors.json, each with its source): llama.cpp's published Llama-3-8B table (KLD
+vs FP16 per llama.cpp mix) and what scripts/measure_priors.py measured on the two real models ggprec can
+reach (SmolLM2-135M, Gemma 3 270M). The model:
+
+    KLD(type, N) = KLD_8B(type) x (N / N_8B) ** (-b)
+
+- KLD_8B(type): the published row that stands for the type (`type_rows` in the data file) less the table's
+  floor (its f16 row); a type without a row is interpolated log-linearly in bits per weight along llama.cpp's
+  K-quant ladder (q2_k ... q6_k, q8_0). 16-bit and wider types lose nothing.
+- b: least squares through the origin of ln(measured / KLD_8B(same mix)) against ln(N / N_8B) over the
+  measured points that are not flagged (scripts/measure_priors.py flags a point when the file mostly keeps
+  the source's own type, or when llama.cpp's shape fallback turned the mix into another one). Smaller
+  models lose more at the same type: b > 0.
+- Where a measured model's own size is asked and its point for that mix is usable, the measurement itself
+  is returned (`measured: ...`).
+
+The size law is a coarse prior, not a property of quantization: Llama 2 7B loses 3-4x less than Llama 3 8B
+at every type (same table), so training matters as much as size. A model's own measurements (ggprec
+sensitivity, `measure_kv_loss`) always win over these priors.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from .errors import GgprecError
+from .ggml_types import lookup
+
+ANCHOR = "llama-3-8b"
+# The K-quant ladder: what a type without a published row is interpolated along (bits -> KLD_8B).
+LADDER = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")
+LOSSLESS_BPW = 16.0
+KV_WINDOWS = 2
+KV_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Prior:
+    """An expected KLD and where it comes from ("measured: ..." or "prior: ...")."""
+
+    kld: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The size exponent and the points it was fitted on: (model, mix, n_params, measured, 8B, residual)."""
+
+    b: float
+    points: tuple[tuple[str, str, int, float, float, float], ...]
+    rms_log_residual: float
+
+
+# --- the facts ------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def facts() -> dict[str, Any]:
+    """The data file, read once per process."""
+    return json.loads((files("ggprec") / "data" / "loss_priors.json").read_text(encoding="utf-8"))
+
+
+def _anchor() -> dict[str, Any]:
+    return facts()["published"][ANCHOR]
+
+
+def anchor_kld(mix: str) -> float:
+    """The published Llama-3-8B KLD of llama.cpp mix `mix`, less the table's floor."""
+    a = _anchor()
+    return max(a["weights"][mix]["kld"] - a["floor"]["kld"], 0.0)
+
+
+@functools.cache
+def anchor_type_kld(type_name: str) -> tuple[float, str]:
+    """KLD_8B of every weight at `type_name` and how it was obtained (a row, or interpolated in bits)."""
+    t = lookup(type_name)
+    if t.bits_per_weight >= LOSSLESS_BPW:
+        return 0.0, "16-bit or wider: nothing lost"
+    rows = _anchor()["type_rows"]
+    if t.name in rows:
+        return anchor_kld(rows[t.name]), f"row {rows[t.name]}"
+    ladder = sorted((lookup(n).bits_per_weight, anchor_kld(rows[n])) for n in LADDER)
+    bits = t.bits_per_weight
+    if bits <= ladder[0][0]:  # below q2_k: continue the last step's slope (in log KLD per bit)
+        (x0, y0), (x1, y1) = ladder[0], ladder[1]
+    elif bits >= ladder[-1][0]:
+        (x0, y0), (x1, y1) = ladder[-2], ladder[-1]
+    else:
+        i = next(i for i, (x, _) in enumerate(ladder) if x >= bits)
+        (x0, y0), (x1, y1) = ladder[i - 1], ladder[i]
+    f = (bits - x0) / (x1 - x0)
+    return math.exp(math.log(y0) + f * (math.log(y1) - math.log(y0))), f"interpolated at {bits:g} bits"
+
+
+# --- the size dependence --------------------------------------------------------------------------------
+
+
+def usable_points() -> list[tuple[str, str, int, float]]:
+    """Measured (model, mix, n_params, kld) points that may be fitted: not flagged, with a published row."""
+    published = _anchor()["weights"]
+    out = []
+    for name, m in facts().get("measured", {}).items():
+        for mix, p in m.get("weights", {}).items():
+            if p.get("excluded") is None and mix in published and p["kld"] > 0:
+                out.append((name, mix, int(m["n_params"]), float(p["kld"])))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def size_fit() -> Fit:
+    """b of KLD ~ N^(-b), fitted through the origin in log-log against the 8B table (b = 0 with no points)."""
+    n8 = _anchor()["n_params"]
+    rows = []
+    for name, mix, n, kld in usable_points():
+        ref = anchor_kld(mix)
+        if ref > 0:
+            rows.append((name, mix, n, kld, ref, math.log(n / n8), math.log(kld / ref)))
+    sxx = sum(x * x for *_, x, _ in rows)
+    b = -sum(x * y for *_, x, y in rows) / sxx if sxx else 0.0
+    resid = [y + b * x for *_, x, y in rows]
+    rms = math.sqrt(sum(r * r for r in resid) / len(resid)) if resid else 0.0
+    return Fit(b=b, points=tuple((r[0], r[1], r[2], r[3], r[4], e) for r, e in zip(rows, resid, strict=True)),
+               rms_log_residual=rms)
+
+
+def _scale(n_params: int, b: float) -> float:
+    return (max(n_params, 1) / _anchor()["n_params"]) ** (-b)
+
+
+def _size_label(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def _measured_here(n_params: int, type_name: str) -> Prior | None:
+    """The usable measurement of a real model of exactly this size whose mix is named after this type."""
+    for name, m in facts().get("measured", {}).items():
+        if int(m["n_params"]) != n_params:
+            continue
+        for mix, p in m.get("weights", {}).items():
+            if p.get("excluded") is None and _mix_type(mix) == type_name:
+                return Prior(float(p["kld"]), f"measured: {m.get('title', name)} {mix}")
+    return None
+
+
+def _mix_type(mix: str) -> str:
+    """The ggml type a llama.cpp mix is named after: q4_k_m -> q4_k."""
+    return mix[:-2] if mix.endswith(("_m", "_s", "_l")) and "_k" in mix else mix
+
+
+# --- public API -----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)  # recommend asks per type per group: after the first call, no work at all
+def weight_prior(type_name: str, n_params: int) -> Prior:
+    """Expected whole-model KLD vs the unquantized model if every quantizable weight of a model with
+    `n_params` parameters were `type_name`."""
+    t = lookup(type_name)
+    if t.bits_per_weight >= LOSSLESS_BPW:
+        return Prior(0.0, "prior: 16-bit or wider weights lose nothing")
+    here = _measured_here(n_params, t.name)
+    if here is not None:
+        return here
+    base, how = anchor_type_kld(t.name)
+    fit = size_fit()
+    return Prior(base * _scale(n_params, fit.b),
+                 f"prior: llama.cpp Llama-3-8B table ({how}) scaled to {_size_label(n_params)} (b={fit.b:.2f})")
+
+
+@functools.lru_cache(maxsize=1)
+def kv_fit() -> dict[str, Any]:
+    """The KV-cache law: KLD_kv(type, N) = KLD_kv_8B(type) x (N / N_8B)^(-b_kv).
+
+    q8_0 at 8B is published (PR #7412, less its floor; before llama.cpp rotated K and V, so an upper bound);
+    b_kv is fitted on the measured q8_0 KV points like b. q4_0 has no published 8B figure: its 8B value is
+    the q8_0 one times the geometric mean of the measured q4_0 / q8_0 ratios."""
+    a = _anchor()
+    n8 = a["n_params"]
+    q8_8b = max(a["kv"]["q8_0"]["kld"] - a["kv_floor"]["kld"], 0.0)
+    pts, ratios = [], []
+    for m in facts().get("measured", {}).values():
+        kv = m.get("kv", {})
+        floor = kv.get("f16", {}).get("kld", 0.0)  # flash attention alone: subtracted like the table's floor
+        q8 = kv.get("q8_0", {}).get("kld", 0.0) - floor
+        q4 = kv.get("q4_0", {}).get("kld", 0.0) - floor
+        if q8 > 0:
+            pts.append((math.log(int(m["n_params"]) / n8), math.log(q8 / q8_8b)))
+            if q4 > 0:
+                ratios.append(math.log(q4 / q8))
+    sxx = sum(x * x for x, _ in pts)
+    b = -sum(x * y for x, y in pts) / sxx if sxx else 0.0
+    ratio = math.exp(sum(ratios) / len(ratios)) if ratios else None
+    return {"b": b, "q8_0": q8_8b, "q4_0": q8_8b * ratio if ratio else None, "q4_over_q8": ratio}
+
+
+@functools.lru_cache(maxsize=1024)
+def kv_prior(kv_type: str, n_params: int) -> Prior:
+    """Expected KLD added by a KV cache of `kv_type` (K and V alike) on a model of `n_params` parameters."""
+    t = lookup(kv_type)
+    if t.bits_per_weight >= LOSSLESS_BPW:
+        return Prior(0.0, "prior: a 16-bit KV cache loses nothing")
+    fit = kv_fit()
+    scale = _scale(n_params, fit["b"])
+    label = f"scaled to {_size_label(n_params)} (b_kv={fit['b']:.2f})"
+    if fit["q4_0"] is None:  # no measured q4_0 point: only the published q8_0 one, bits law through nothing
+        return Prior(fit["q8_0"] * scale, f"prior: llama.cpp PR #7412 Llama-3-8B q8_0 KV {label}")
+    q8_bits, q4_bits = lookup("q8_0").bits_per_weight, lookup("q4_0").bits_per_weight
+    if t.name == "q8_0":
+        return Prior(fit["q8_0"] * scale, f"prior: llama.cpp PR #7412 Llama-3-8B q8_0 KV {label}")
+    if t.name == "q4_0":
+        return Prior(fit["q4_0"] * scale, f"prior: PR #7412 q8_0 KV x measured q4_0/q8_0 ratio "
+                                          f"{fit['q4_over_q8']:.0f}, {label}")
+    f = (t.bits_per_weight - q4_bits) / (q8_bits - q4_bits)  # log-linear in bits between q4_0 and q8_0
+    kld = math.exp(math.log(fit["q4_0"]) + f * (math.log(fit["q8_0"]) - math.log(fit["q4_0"])))
+    return Prior(kld * scale, f"prior: interpolated in bits between q4_0 and q8_0 KV, {label}")
+
+
+# --- the KV loss of one model, measured --------------------------------------------------------------------
+
+
+def _runnable(path: Path) -> bool:
+    """Whether the file can be evaluated here at all: a GGUF with its tensor data on disk (a sparse file,
+    such as ggprec synth --sparse writes for memory work, holds no weights worth evaluating)."""
+    from .gguf_info import read_gguf
+
+    try:
+        read_gguf(path)
+        st = path.stat()
+    except (GgprecError, OSError):
+        return False
+    return not (hasattr(st, "st_blocks") and st.st_blocks * 512 < st.st_size // 2)
+
+
+def kv_cache_path(sha256: str, kv_types: tuple[str, ...], chunks: int, n_ctx: int) -> Path:
+    import llama_cpp
+
+    from .demo_model import cache_dir
+
+    key = f"{sha256[:32]}-{'+'.join(kv_types)}-{chunks}x{n_ctx}-lcp{llama_cpp.__version__}-f{KV_CACHE_FORMAT}"
+    return cache_dir() / "kv-loss" / f"{key}.json"
+
+
+def measure_kv_loss(model_path: str | os.PathLike[str], kv_types: tuple[str, ...] = ("q8_0", "q4_0"),
+                    chunks: int = KV_WINDOWS, n_ctx: int = 512, threads: int | None = None,
+                    timeout_s: float | None = None) -> dict[str, Prior] | None:
+    """The KLD a quantized KV cache adds on this very model: one evaluation per KV type of the model against
+    itself with an f16 cache (flash attention on, as a quantized V cache needs), `chunks` windows of
+    n_ctx tokens of the shipped text. Cached in ggprec's cache by the model's sha256, so it is measured once.
+    None, quickly, for a file that cannot be evaluated here (sparse, unreadable, or llama.cpp refuses or
+    crashes on it: the evaluation runs in a child process); the caller then uses kv_prior."""
+    from .fileio import atomic_write_text
+    from .hashing import model_sha256
+
+    path = Path(model_path)
+    kv_types = tuple(lookup(k).name for k in kv_types)
+    if not _runnable(path):
+        return None
+    cache = kv_cache_path(model_sha256(path), kv_types, chunks, n_ctx)
+    doc = None
+    if cache.is_file():
+        try:
+            doc = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            doc = None  # damaged: measure again
+    if doc is None:
+        doc = _run_kv_worker(path, kv_types, chunks, n_ctx, threads, timeout_s)
+        if doc is None:
+            return None
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps(doc, indent=1) + "\n")
+    what = f"{doc['chunks']} window{'s' if doc['chunks'] != 1 else ''} of {doc['n_ctx']} tokens"
+    return {k: Prior(max(float(doc["kld"][k]), 0.0), f"measured: {k} KV cache on this model ({what})")
+            for k in kv_types}
+
+
+def _run_kv_worker(path: Path, kv_types: tuple[str, ...], chunks: int, n_ctx: int, threads: int | None,
+                   timeout_s: float | None) -> dict[str, Any] | None:
+    """Run the evaluations in a child Python (a llama.cpp crash must not take the caller with it)."""
+    request = {"path": str(path), "kv_types": list(kv_types), "chunks": chunks, "n_ctx": n_ctx, "threads": threads}
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
+    try:
+        done = subprocess.run([sys.executable, "-c", "from ggprec.priors import _kv_worker; _kv_worker()"],
+                              input=json.dumps(request), capture_output=True, text=True, env=env,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        return None
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _kv_worker() -> None:
+    """Child process: evaluate the model against itself with each KV type; print one JSON line."""
+    from .evaluate import evaluate
+    from .settings import RuntimeSettings
+
+    req = json.loads(sys.stdin.read())
+    base = RuntimeSettings(n_threads=req["threads"])
+    kld, se = {}, {}
+    try:
+        for kv in req["kv_types"]:
+            settings = base.with_overrides(cache_type_k=kv, cache_type_v=kv, flash_attn=True)
+            r = evaluate(req["path"], req["path"], n_ctx=req["n_ctx"], chunks=req["chunks"], settings=settings)
+            kld[kv], se[kv] = r.kld_mean, r.kld_mean_se
+    except GgprecError as e:
+        print(f"ggprec: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps({"kld": kld, "kld_se": se, "chunks": req["chunks"], "n_ctx": req["n_ctx"]}))

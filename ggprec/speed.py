@@ -1,0 +1,317 @@
+"""Expected decode (tg) and prompt (pp) speed of a model on a machine.
+
+Decoding one token reads every weight once (token_embd: one row) plus the KV cache in use, so its time
+is close to a fixed cost plus bytes / bandwidth, summed over devices (layers run one after another):
+
+    seconds per token = sum over devices d with reads of
+        token_s[d] + layers[d] * layer_s[d] + sum over types t of bytes[d][t] / (gbps[d][t] * 1e9)
+
+The effective bandwidth depends on the type (dequantizing a K-quant costs more than reading q8_0), so it
+is per (device, type); token_s / layer_s are the fixed costs (graph, thread barriers per op) that make
+narrow models slower than their bytes say. Prompt processing is compute-bound: seconds per prompt token
+~ sum over types of weight elements / (elements per second of that type's matmul).
+
+Where the figures come from, per device, in this order (`load_speed_model`):
+1. a bandwidth given explicitly (`--host-bandwidth`, `--gpu-bandwidth`: a plan for another machine);
+2. the newest `ggprec calibrate` of THIS machine (hardware fingerprint + llama.cpp build), see calibrate;
+3. an assumption, labelled: the host's bandwidth from a numpy copy, the GPU's a fixed figure.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import ggml_types
+from .gguf_info import ModelInfo
+from .settings import ALL_LAYERS, RuntimeSettings
+
+HOST, GPU = "CPU", "GPU"  # device classes of the model: every host buffer is HOST, every other device GPU
+# Assumed when neither a flag nor a calibration gives the GPU's bandwidth: a mid-range discrete GPU (GB/s).
+ASSUMED_GPU_GBPS = 500.0
+
+Reads = Mapping[str, Mapping[str, int]]  # device -> type name -> bytes read per generated token
+
+
+def device_class(device: str) -> str:
+    """HOST for llama.cpp's host buffers (CPU, CPU_Mapped, CPU_REPACK, AMX, CUDA_Host), else GPU."""
+    return HOST if device.startswith(("CPU", "AMX")) or device.endswith("_Host") or device == "host" else GPU
+
+
+@dataclass(frozen=True)
+class DeviceSpeed:
+    """What one device class does per generated token (and per prompt token when calibrated)."""
+
+    gbps: dict[str, float]  # type name -> effective GB/s while decoding
+    default_gbps: float  # a type with no figure of its own (see SpeedModel._bandwidth)
+    token_s: float = 0.0  # fixed seconds per token when this device takes part
+    layer_s: float = 0.0  # fixed seconds per layer on this device per token
+    pp_elems_per_s: dict[str, float] = field(default_factory=dict)  # type -> weight elements/s in pp
+    pp_layer_s: float = 0.0  # fixed seconds per layer per prompt token (attention, norms, ...)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gbps": dict(self.gbps), "default_gbps": self.default_gbps, "token_s": self.token_s,
+                "layer_s": self.layer_s, "pp_elems_per_s": dict(self.pp_elems_per_s),
+                "pp_layer_s": self.pp_layer_s, "source": self.source}
+
+
+@dataclass(frozen=True)
+class SpeedEstimate:
+    tg_tps: float
+    pp_tps: float | None  # None where the model has no pp figure (flags, assumptions, a GPU uncalibrated)
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tg_tps": self.tg_tps, "pp_tps": self.pp_tps, "source": self.source}
+
+
+@dataclass(frozen=True)
+class SpeedModel:
+    devices: dict[str, DeviceSpeed]  # HOST and GPU
+    n_threads: int | None = None  # threads the calibration ran with (None: not a calibration)
+    # Filled lazily: (device class, type) -> GB/s, so tg_tps is dict lookups and arithmetic only.
+    _bw_cache: dict[tuple[str, str], float] = field(default_factory=dict, repr=False, compare=False)
+
+    def describe(self, devices: Sequence[str] | None = None) -> str:
+        """One line: where each device's figures come from (of `devices` only, when given)."""
+        return "; ".join(f"{'host' if d == HOST else 'GPU'}: {s.source}" for d, s in self.devices.items()
+                         if devices is None or d in devices)
+
+    def _bandwidth(self, dev: str, type_name: str) -> float:
+        key = (dev, type_name)
+        bw = self._bw_cache.get(key)
+        if bw is None:
+            bw = self._bw_cache[key] = _type_bandwidth(self.devices[dev], type_name)
+        return bw
+
+    def tg_tps(self, reads: Reads, layers: Mapping[str, int] | None = None) -> float:
+        """Expected decode tok/s for `reads` (device -> type -> bytes per token); `layers` (device ->
+        blocks there) adds the per-layer fixed cost. Devices are named as in memory's buffers (CPU,
+        CPU_Mapped, CUDA0, ...) or by class (CPU, GPU)."""
+        seconds = 0.0
+        charged: set[str] = set()
+        for device, by_type in reads.items():
+            dev = device_class(device)
+            for type_name, n in by_type.items():
+                if n:
+                    seconds += n / (self._bandwidth(dev, type_name) * 1e9)
+            if dev not in charged:
+                charged.add(dev)
+                seconds += self.devices[dev].token_s
+        for device, n_layers in (layers or {}).items():
+            seconds += n_layers * self.devices[device_class(device)].layer_s
+        return 1.0 / seconds if seconds > 0 else float("inf")
+
+    def pp_tps(self, elems: Mapping[str, Mapping[str, int]], layers: Mapping[str, int] | None = None) -> float | None:
+        """Expected prompt tok/s for `elems` (device -> type -> weight elements multiplied per token) and
+        `layers` (device -> blocks there), or None when a device taking part has no pp figures."""
+        seconds = 0.0
+        for device, by_type in elems.items():
+            spd = self.devices[device_class(device)]
+            if not spd.pp_elems_per_s:
+                return None
+            for type_name, n in by_type.items():
+                rate = spd.pp_elems_per_s.get(type_name) or _nearest(spd.pp_elems_per_s, type_name)
+                seconds += n / rate
+        for device, n_layers in (layers or {}).items():
+            seconds += n_layers * self.devices[device_class(device)].pp_layer_s
+        return 1.0 / seconds if seconds > 0 else None
+
+    def expected(self, info: ModelInfo, settings: RuntimeSettings,
+                 tensor_types: Mapping[str, ggml_types.GgmlType] | None = None,
+                 kv_cells: int | None = None) -> SpeedEstimate:
+        """Expected tg (and pp) tok/s of `info` (with `tensor_types`, the types of the file that will run)
+        under `settings`; `kv_cells`: KV cells in use while decoding (None: the whole n_ctx)."""
+        reads = bytes_read_per_token(info, settings, tensor_types, kv_cells)
+        first_gpu = _first_gpu_layer(settings.n_gpu_layers, info.hparams.n_layer)
+        layers = {HOST: first_gpu, GPU: info.hparams.n_layer - first_gpu}
+        source = self.describe([d for d, by_type in reads.items() if any(by_type.values())])
+        threads = settings.n_threads
+        if self.n_threads is not None and threads is not None and threads != self.n_threads:
+            source += f" (calibrated with {self.n_threads} threads, this runs {threads})"
+        pp = self.pp_tps(matmul_elements(info, settings, tensor_types), {d: n for d, n in layers.items() if n})
+        return SpeedEstimate(self.tg_tps(reads, layers), pp, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"devices": {d: s.to_dict() for d, s in self.devices.items()}, "n_threads": self.n_threads,
+                "source": self.describe()}
+
+
+def _type_bandwidth(spd: DeviceSpeed, type_name: str) -> float:
+    return spd.gbps.get(type_name) or _nearest(spd.gbps, type_name) or spd.default_gbps
+
+
+def _nearest(figures: Mapping[str, float], type_name: str) -> float:
+    """The figure of the calibrated type closest in bits per weight (same family first: K-quants, legacy
+    quants, floats), for a type that was not calibrated; 0.0 when there are none."""
+    if not figures:
+        return 0.0
+    try:
+        want = ggml_types.lookup(type_name)
+    except ggml_types.UnknownTypeError:
+        return sum(figures.values()) / len(figures)
+
+    def family(t: ggml_types.GgmlType) -> str:
+        return "k" if t.name.endswith("_k") else "iq" if t.name.startswith("iq") else "q" if t.quantized else "f"
+
+    def distance(name: str) -> tuple[int, float]:
+        t = ggml_types.lookup(name)
+        return (family(t) != family(want), abs(t.bits_per_weight - want.bits_per_weight))
+
+    return figures[min(figures, key=distance)]
+
+
+# --- bytes read per token (dense models; the MoE-aware version is memory.bytes_read_per_token) ---------
+
+
+def _first_gpu_layer(n_gpu_layers: int, n_layer: int) -> int:
+    ngl = n_layer + 1 if n_gpu_layers == ALL_LAYERS else max(n_gpu_layers, 0)
+    return max(n_layer - ngl, 0)
+
+
+def _placed_tensors(info: ModelInfo, settings: RuntimeSettings,
+                    tensor_types: Mapping[str, ggml_types.GgmlType] | None):
+    """(device class, type, shape, name) of every weight as llama.cpp places it; a tied head is token_embd
+    read again as the output matmul, on the GPU when the head is offloaded."""
+    n_layer = info.hparams.n_layer
+    first_gpu = _first_gpu_layer(settings.n_gpu_layers, n_layer)
+    head_on_gpu = settings.n_gpu_layers == ALL_LAYERS or settings.n_gpu_layers > n_layer
+    types = {t.name: t.type for t in info.tensors}
+    if tensor_types:
+        types.update(tensor_types)
+    shapes = {t.name: t.shape for t in info.tensors}
+    if "output.weight" in types and "output.weight" not in shapes:  # a split head
+        shapes["output.weight"] = shapes["token_embd.weight"]
+    for t in info.tensors:
+        dev = GPU if (t.layer is not None and t.layer >= first_gpu) or (t.layer is None and head_on_gpu) else HOST
+        if t.name == "token_embd.weight":
+            dev = HOST
+        yield dev, types[t.name], t.shape, t.name
+    if "output.weight" in types and "output.weight" not in {t.name for t in info.tensors}:
+        yield (GPU if head_on_gpu else HOST), types["output.weight"], shapes["output.weight"], "output.weight"
+    elif "output.weight" not in types and "token_embd.weight" in types:
+        yield (GPU if head_on_gpu else HOST), types["token_embd.weight"], shapes["token_embd.weight"], "output(tied)"
+
+
+def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
+                         tensor_types: Mapping[str, ggml_types.GgmlType] | None = None,
+                         kv_cells: int | None = None) -> dict[str, dict[str, int]]:
+    """Device class -> type name -> bytes one generated token reads: every weight once (token_embd one row;
+    a tied head the whole matrix again) and the K and V rows of `kv_cells` cells (None: n_ctx)."""
+    reads: dict[str, dict[str, int]] = {}
+
+    def add(dev: str, type_name: str, n: int) -> None:
+        by_type = reads.setdefault(dev, {})
+        by_type[type_name] = by_type.get(type_name, 0) + n
+
+    for dev, gtype, shape, name in _placed_tensors(info, settings, tensor_types):
+        if name == "token_embd.weight":
+            add(dev, gtype.name, gtype.row_bytes(shape[0]))  # one row looked up (ggml shape: row length first)
+        else:
+            add(dev, gtype.name, gtype.tensor_bytes(shape))
+    hp = info.hparams
+    cells = settings.n_ctx if kv_cells is None else kv_cells
+    tk, tv = ggml_types.kv_cache_type(settings.cache_type_k), ggml_types.kv_cache_type(settings.cache_type_v)
+    first_gpu = _first_gpu_layer(settings.n_gpu_layers, hp.n_layer)
+    for il in range(hp.n_layer):
+        dev = GPU if il >= first_gpu else HOST
+        add(dev, tk.name, tk.row_bytes(hp.n_head_kv[il] * hp.head_dim_k) * cells)
+        add(dev, tv.name, tv.row_bytes(hp.n_head_kv[il] * hp.head_dim_v) * cells)
+    return reads
+
+
+def matmul_elements(info: ModelInfo, settings: RuntimeSettings,
+                    tensor_types: Mapping[str, ggml_types.GgmlType] | None = None) -> dict[str, dict[str, int]]:
+    """Device class -> type -> weight elements multiplied per prompt token (matrices only; token_embd is a
+    lookup, norms are element-wise, and the output head runs for the last prompt token only)."""
+    elems: dict[str, dict[str, int]] = {}
+    for dev, gtype, shape, name in _placed_tensors(info, settings, tensor_types):
+        if name in ("token_embd.weight", "output.weight", "output(tied)") or len(shape) < 2:
+            continue
+        n = 1
+        for d in shape:
+            n *= d
+        by_type = elems.setdefault(dev, {})
+        by_type[gtype.name] = by_type.get(gtype.name, 0) + n
+    return elems
+
+
+# --- building a model: flags > this machine's calibration > assumptions ------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def measure_host_gbps(n_bytes: int = 64 * 2**20, reps: int = 5) -> float:
+    """Host memory bandwidth in GB/s from the best of a few numpy copies (a copy reads and writes each byte)."""
+    import numpy as np
+
+    src = np.ones(n_bytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n_bytes / best / 1e9
+
+
+def flat(gbps: float, source: str) -> DeviceSpeed:
+    """One bandwidth for every type, no fixed costs, no pp figures (a given or assumed figure)."""
+    return DeviceSpeed(gbps={}, default_gbps=gbps, source=source)
+
+
+def load_speed_model(host_gbps: float | None = None, gpu_gbps: float | None = None,
+                     store: Any = None, calibration: Any = None) -> SpeedModel:
+    """The speed model for a plan: per device, a given bandwidth, else the newest calibration of this
+    machine and llama.cpp build in `store` (a ggprec.store.Store; None: the default history; pass
+    `calibration` to use a found one directly), else a labelled assumption."""
+    from .errors import GgprecError
+
+    for name, v in (("host", host_gbps), ("GPU", gpu_gbps)):
+        if v is not None and not v > 0:
+            raise GgprecError(f"the {name} bandwidth must be a positive number of GB/s, not {v}")
+    if calibration is None and (host_gbps is None or gpu_gbps is None):
+        from .calibrate import find_calibration
+
+        calibration = find_calibration(store)
+    devices: dict[str, DeviceSpeed] = {}
+    calibrated = calibration.speeds if calibration is not None else {}
+    for dev, given in ((HOST, host_gbps), (GPU, gpu_gbps)):
+        if given is not None:
+            devices[dev] = flat(given, f"{given:g} GB/s given")
+        elif dev in calibrated:
+            devices[dev] = calibrated[dev]
+        elif dev == HOST:
+            devices[dev] = flat(measure_host_gbps(), f"{measure_host_gbps():.1f} GB/s assumed "
+                                "(numpy copy; run `ggprec calibrate` to measure llama.cpp)")
+        else:
+            devices[dev] = flat(ASSUMED_GPU_GBPS, f"{ASSUMED_GPU_GBPS:g} GB/s assumed (give --gpu-bandwidth)")
+    threads = calibration.n_threads if calibration is not None and host_gbps is None else None
+    return SpeedModel(devices, n_threads=threads)
+
+
+# --- the flat view recommend.py still uses (its helper moves it to SpeedModel.tg_tps) ------------------
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    host_gbps: float
+    gpu_gbps: float
+    host_source: str
+    gpu_source: str
+
+
+def bandwidth(host_gbps: float | None = None, gpu_gbps: float | None = None) -> Bandwidth:
+    """One GB/s per device from load_speed_model (a calibration's median over its types)."""
+    model = load_speed_model(host_gbps, gpu_gbps)
+    host, gpu = model.devices[HOST], model.devices[GPU]
+    return Bandwidth(host.default_gbps, gpu.default_gbps, host.source, gpu.source)
+
+
+def tg_tokens_per_second(gpu_bytes: int, host_bytes: int, bw: Bandwidth) -> float:
+    """Expected decode tok/s when each token reads gpu_bytes from VRAM and host_bytes from RAM."""
+    seconds = gpu_bytes / (bw.gpu_gbps * 1e9) + host_bytes / (bw.host_gbps * 1e9)
+    return 1.0 / seconds if seconds > 0 else float("inf")

@@ -1,0 +1,166 @@
+"""The speed model (ggprec.speed) and `ggprec calibrate`: expected tok/s from per-(device, type)
+figures, where those figures come from (flags > this machine's calibration > assumption), and the
+calibration measured with llama.cpp, stored and found again by hardware fingerprint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ggprec import ggml_types
+from ggprec.calibrate import Calibration, calibrate, find_calibration, store_calibration
+from ggprec.cli import main
+from ggprec.gguf_info import read_gguf
+from ggprec.runner import TG_PREFIX, run_benchmark
+from ggprec.settings import ALL_LAYERS, RuntimeSettings
+from ggprec.speed import GPU, HOST, DeviceSpeed, SpeedModel, bytes_read_per_token, flat, load_speed_model
+from ggprec.store import Store
+from ggprec.synth import SynthShape
+
+CPU_FIGURES = DeviceSpeed(gbps={"q8_0": 4.0, "q4_k": 2.0, "q6_k": 3.0}, default_gbps=3.0, token_s=0.01,
+                          layer_s=0.001, pp_elems_per_s={"q8_0": 1e9}, pp_layer_s=0.0001, source="test figures")
+MODEL = SpeedModel({HOST: CPU_FIGURES, GPU: flat(500.0, "500 GB/s assumed")}, n_threads=2)
+
+
+def test_tg_is_one_over_fixed_costs_plus_bytes_over_bandwidth() -> None:
+    # 2 GB of q8_0 at 4 GB/s = 0.5 s, + 10 layers x 1 ms + 10 ms per token = 0.52 s
+    assert MODEL.tg_tps({"CPU_Mapped": {"q8_0": 2_000_000_000}}, {"CPU": 10}) == pytest.approx(1 / 0.52)
+
+
+def test_each_device_adds_its_own_time_and_gpu_names_map_to_the_gpu_figures() -> None:
+    reads = {"CPU": {"q8_0": 400_000_000}, "CUDA0": {"q8_0": 5_000_000_000}}
+    assert MODEL.tg_tps(reads) == pytest.approx(1 / (0.1 + 0.01 + 0.01))  # host 0.1 + 0.01, GPU 5/500
+
+
+def test_an_uncalibrated_type_takes_the_nearest_calibrated_one_of_its_family() -> None:
+    # q5_k (5.5 bits) is closest to q4_k (4.5) among the K-quants; q8_0 is no K-quant
+    assert MODEL.tg_tps({"CPU": {"q5_k": 1_000_000_000}}) == pytest.approx(1 / (0.5 + 0.01))
+
+
+def test_pp_is_weight_elements_over_the_type_rate_plus_a_cost_per_layer() -> None:
+    assert MODEL.pp_tps({"CPU": {"q8_0": 10_000_000}}, {"CPU": 10}) == pytest.approx(1 / (0.01 + 0.001))
+    assert MODEL.pp_tps({"CUDA0": {"q8_0": 10_000_000}}) is None  # no pp figures for an assumed GPU
+
+
+def test_bytes_read_per_token_counts_every_weight_once_one_embedding_row_the_tied_head_and_the_kv_cells(
+        tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    reads = bytes_read_per_token(info, RuntimeSettings(n_ctx=512), kv_cells=100)
+    embd = next(t for t in info.tensors if t.name == "token_embd.weight")
+    f16 = sum(t.n_bytes for t in info.tensors if t.type.name == "f16" and t is not embd)
+    f32 = sum(t.n_bytes for t in info.tensors if t.type.name == "f32")  # the norms
+    hp = info.hparams
+    kv = hp.n_layer * 2 * (hp.n_head_kv[0] * hp.head_dim_k) * 2 * 100  # K and V rows, f16, 100 cells
+    row = embd.shape[0] * 2
+    assert reads == {HOST: {"f16": f16 + row + embd.n_bytes + kv, "f32": f32}}
+
+
+def test_offloaded_layers_and_the_head_are_read_on_the_gpu(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    reads = bytes_read_per_token(info, RuntimeSettings(n_ctx=512, n_gpu_layers=ALL_LAYERS), kv_cells=0)
+    embd = next(t for t in info.tensors if t.name == "token_embd.weight")
+    assert reads[HOST] == {"f16": embd.shape[0] * 2}  # only the embedding row stays on the host
+    assert sum(reads[GPU].values()) == sum(t.n_bytes for t in info.tensors)  # the head is token_embd again
+
+
+def test_expected_uses_the_types_of_the_file_that_will_run(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    q8 = {t.name: ggml_types.lookup("q8_0") for t in info.tensors if len(t.shape) == 2}
+    settings = RuntimeSettings(n_ctx=256, n_threads=2)
+    as_f16, as_q8 = MODEL.expected(info, settings), MODEL.expected(info, settings, q8)
+    assert as_q8.tg_tps > as_f16.tg_tps
+    assert as_q8.source == "host: test figures"  # the GPU reads nothing here
+
+
+def test_expected_says_when_the_threads_differ_from_the_calibration(tiny_model: Path) -> None:
+    est = MODEL.expected(read_gguf(tiny_model), RuntimeSettings(n_ctx=256, n_threads=1))
+    assert est.source.endswith("(calibrated with 2 threads, this runs 1)")
+
+
+def _calibration() -> Calibration:
+    return Calibration({HOST: CPU_FIGURES}, [], n_threads=2, effort={}, seconds=1.0)
+
+
+def test_flags_win_over_a_calibration_which_wins_over_assumptions(tmp_path: Path) -> None:
+    cal = _calibration()
+    given = load_speed_model(host_gbps=60, gpu_gbps=936, calibration=cal)
+    assert given.describe() == "host: 60 GB/s given; GPU: 936 GB/s given"
+    assert given.n_threads is None
+    calibrated = load_speed_model(gpu_gbps=936, calibration=cal)
+    assert calibrated.devices[HOST] is CPU_FIGURES and calibrated.n_threads == 2
+    with Store(tmp_path / "empty.db") as store:
+        assumed = load_speed_model(store=store)
+    assert assumed.devices[HOST].source.endswith("assumed (numpy copy; run `ggprec calibrate` to measure llama.cpp)")
+    assert assumed.devices[GPU].source == "500 GB/s assumed (give --gpu-bandwidth)"
+
+
+def test_a_bandwidth_flag_must_be_positive() -> None:
+    from ggprec.errors import GgprecError
+
+    with pytest.raises(GgprecError, match="host bandwidth must be a positive"):
+        load_speed_model(host_gbps=0, calibration=_calibration())
+
+
+TINY_WIDE = SynthShape(n_layer=1, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=512, n_ctx=256)
+
+
+@pytest.fixture(scope="module")
+def tiny_calibration(tmp_path_factory: pytest.TempPathFactory) -> Calibration:
+    """A real calibration (llama.cpp runs) on tiny shapes: seconds, not a minute."""
+    return calibrate(["q8_0"], quick=True, threads=1, gpu=False, wide=TINY_WIDE,
+                     work_dir=tmp_path_factory.mktemp("calibrate"))
+
+
+def test_calibration_measures_f16_and_the_asked_types_with_llama_cpp(tiny_calibration: Calibration) -> None:
+    cal = tiny_calibration
+    assert sorted(cal.speeds) == [HOST]
+    assert sorted(cal.speeds[HOST].gbps) == ["f16", "q8_0"]  # f16 always: the reference of the fit
+    assert all(v > 0 for v in cal.speeds[HOST].gbps.values())
+    assert sorted(cal.speeds[HOST].pp_elems_per_s) == ["f16", "q8_0"]
+    wide = [p for p in cal.points if p.model == "wide"]
+    assert [(p.type, p.n_layer, p.n_embd) for p in wide] == [("f16", 1, 256), ("q8_0", 1, 256)]
+    assert [p.n_layer for p in cal.points if p.model == "narrow"] == [2, 24]
+
+
+def test_a_calibration_is_found_again_by_this_machines_fingerprint_only(tiny_calibration: Calibration,
+                                                                         tmp_path: Path) -> None:
+    from ggprec.hardware import fingerprint
+
+    with Store(tmp_path / "h.db") as store:
+        row = store_calibration(tiny_calibration, store)
+        found = find_calibration(store)
+        other = find_calibration(store, hardware={**fingerprint(), "llama_cpp_python": "0.0.1"})
+    assert found is not None and found.id == row and other is None
+    assert found.speeds[HOST].gbps == tiny_calibration.speeds[HOST].gbps
+    assert found.speeds[HOST].source.startswith(f"calibrated (history #{row}, ")
+    assert load_speed_model(calibration=found).describe().startswith(f"host: calibrated (history #{row}, ")
+
+
+def test_run_carries_the_expected_tg_of_the_speed_model_it_was_given(tiny_model: Path) -> None:
+    settings = RuntimeSettings(n_ctx=128, n_batch=64, n_ubatch=64, n_threads=2)
+    r = run_benchmark(tiny_model, settings, pp=0, tg=4, reps=1, speed_model=MODEL)
+    want = MODEL.expected(read_gguf(tiny_model), r.settings, kv_cells=TG_PREFIX + 2)
+    assert (r.expected_tg_tps, r.expected_tg_source) == (want.tg_tps, want.source)
+    from ggprec.compare import _speed_fields
+
+    fields = _speed_fields(r)
+    assert fields["expected_tg_tps"] == want.tg_tps
+    assert fields["tg_vs_expected"] == pytest.approx(r.tg_tps.median / want.tg_tps)
+
+
+def test_calibrate_command_stores_and_prints_json_then_run_uses_it(tiny_model: Path, tmp_path: Path) -> None:
+    db = str(tmp_path / "h.db")
+    res = CliRunner().invoke(main, ["calibrate", "--quick", "--types", "q8_0", "--json", "--db", db])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output[res.output.index("{"):])
+    assert sorted(doc["speeds"]["CPU"]["gbps"]) == ["f16", "q8_0"] and doc["id"] == 1
+    with Store(db) as store:
+        assert [r.kind for r in store.query()] == ["calibration"]
+    res = CliRunner().invoke(main, ["run", str(tiny_model), "--pp", "8", "--tg", "4", "--reps", "1", "-c", "128",
+                                    "--json", "--db", db])
+    assert res.exit_code == 0, res.output
+    run = json.loads(res.output[res.output.index("{"):])
+    assert run["expected_tg_tps"] > 0 and run["expected_tg_source"].startswith("host: calibrated (history #1, ")
