@@ -34,6 +34,9 @@ MAX_STRING = 1 << 20  # bytes of one metadata key or string value
 MAX_NAME = 1 << 16  # bytes of one tensor name (ggml itself allows 64)
 MAX_ARRAY_DEPTH = 3  # arrays inside arrays: gguf-py writes at most 2 levels
 KEEP_ARRAY_MAX = 4096  # longer arrays are summarised (type, count), not kept; per-layer arrays are shorter
+# Strings (and arrays) in one array: each is stepped over in a Python loop, so their count bounds the
+# reader's time. The largest vocabularies and merge lists hold ~280k entries.
+MAX_STRING_ARRAY = 1 << 20
 
 
 class ValueType(IntEnum):
@@ -238,6 +241,8 @@ class Cursor:
             values = list(struct.unpack_from(f"<{count}{fmt.format[1]}", self.buf, self.pos))
             self.pos += n
             return values
+        if etype in (ValueType.STRING, ValueType.ARRAY) and count > MAX_STRING_ARRAY:
+            raise self.fail(f"{safe_text(what)} has {count:,} elements (at most {MAX_STRING_ARRAY:,} accepted)")
         if etype == ValueType.STRING:
             # Each string needs at least its 8-byte length: reject absurd counts before looping.
             self.need(count * 8, what)

@@ -188,3 +188,22 @@ def test_safe_text_escapes_and_cuts() -> None:
     assert safe_text("a\nb\x00c\x1bd\x7fe\x9bf\u2028g") == "a\\x0ab\\x00c\\x1bd\\x7fe\\x9bf\\u2028g"
     assert safe_text("x" * 500, limit=10) == "xxxxxxxxxx... (500 characters)"
     assert safe_text("ünïcødé") == "ünïcødé"
+
+
+def test_a_string_list_too_long_to_step_over(tmp_path: Path) -> None:
+    import gguf
+
+    path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_token_list(["a", "b"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = bytearray(path.read_bytes())
+    count_at = data.index(b"tokenizer.ggml.tokens") + len("tokenizer.ggml.tokens") + 4 + 4
+    struct.pack_into("<Q", data, count_at, 2_000_000)
+    path.write_bytes(bytes(data))
+    os.truncate(path, 64 << 20)  # room for 2M empty strings: the file-size bound alone would allow them
+    assert message(path) == (f"corrupt GGUF header at offset {count_at + 8}: tokenizer.ggml.tokens has 2,000,000 "
+                             "elements (at most 1,048,576 accepted)")
