@@ -216,6 +216,10 @@ class Cursor:
             raise self.fail(f"{safe_text(what)} runs past the end of the file")
         self.pos = pos
 
+    def loop_limit(self, count: int, what: str) -> None:
+        if count > MAX_STRING_ARRAY:
+            raise self.fail(f"{safe_text(what)} has {count:,} elements (at most {MAX_STRING_ARRAY:,} accepted)")
+
     def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         fmt = SCALAR_FORMATS.get(vtype)
         if fmt is not None:
@@ -241,11 +245,10 @@ class Cursor:
             values = list(struct.unpack_from(f"<{count}{fmt.format[1]}", self.buf, self.pos))
             self.pos += n
             return values
-        if etype in (ValueType.STRING, ValueType.ARRAY) and count > MAX_STRING_ARRAY:
-            raise self.fail(f"{safe_text(what)} has {count:,} elements (at most {MAX_STRING_ARRAY:,} accepted)")
         if etype == ValueType.STRING:
             # Each string needs at least its 8-byte length: reject absurd counts before looping.
             self.need(count * 8, what)
+            self.loop_limit(count, what)
             if count > KEEP_ARRAY_MAX:
                 self.skip_strings(count, what)
                 return ArraySummary("string", count)
@@ -254,6 +257,7 @@ class Cursor:
             if depth >= MAX_ARRAY_DEPTH:
                 raise self.fail(f"{safe_text(what)} nests arrays deeper than {MAX_ARRAY_DEPTH} levels")
             self.need(count * 12, what)  # each inner array: element type u32 + count u64
+            self.loop_limit(count, what)
             if count > KEEP_ARRAY_MAX:
                 for _ in range(count):
                     self.value(ValueType.ARRAY, what, depth)

@@ -64,7 +64,7 @@ def test_tensors_flag_lists_every_tensor(tiny_model: Path) -> None:
 # The documented schema (docs/json.md, `ggprec inspect --json`): key -> type(s). `None` in a tuple means
 # the value may be null.
 TOP_LEVEL: dict[str, Any] = {
-    "schema": int, "path": str, "file_size": int, "gguf_version": int, "architecture": str,
+    "schema": int, "path": str, "shards": list, "file_size": int, "gguf_version": int, "architecture": str,
     "name": (str, None), "hparams": dict, "tied_output": bool, "n_tensors": int, "n_params": int,
     "tensor_bytes": int, "bits_per_weight": float, "totals": dict, "metadata": dict, "tensors": list,
 }
@@ -76,6 +76,7 @@ HPARAMS: dict[str, Any] = {
 TOTAL_ROW: dict[str, Any] = {"tensors": int, "params": int, "bytes": int}
 TENSOR: dict[str, Any] = {
     "name": str, "role": str, "layer": (int, None), "shape": list, "type": str, "bytes": int, "offset": int,
+    "shard": int,
 }
 
 
