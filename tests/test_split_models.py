@@ -153,3 +153,17 @@ def test_quantize_refuses_a_single_file_with_keep_split(tiny_model: Path, tmp_pa
     plan = resolve_plan(read_gguf(tiny_model), load_profile("q8_0"))
     with pytest.raises(GgprecError, match=r"not a split model \(keep_split writes one output shard per source shard\)"):
         quantize(tiny_model, plan, tmp_path / "x.gguf", keep_split=True)
+
+
+def test_inspect_and_plan_show_the_whole_model(shards: list[Path], tiny_model: Path) -> None:
+    import json
+
+    result = CliRunner().invoke(main, ["inspect", "--json", str(shards[1])])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["shards"] == [str(p) for p in shards]
+    assert doc["n_tensors"] == 20 and [t["shard"] for t in doc["tensors"]] == [0] * 10 + [1] * 10
+    whole = resolve_plan(read_gguf(tiny_model), load_profile("q8_0"))
+    split = resolve_plan(read_gguf(shards[1]), load_profile("q8_0"))
+    assert split.tensor_types() == whole.tensor_types()
+    assert split.predicted_file_size == whole.predicted_file_size
