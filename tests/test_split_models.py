@@ -125,6 +125,10 @@ def test_quantize_keep_split_writes_a_shard_per_source_shard(shards: list[Path],
     assert {t.name: t.type.name for t in written.tensors} == {n: t.name for n, t in plan.tensor_types().items()}
     assert [t.shard for t in written.tensors] == [0] * 10 + [1] * 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q8-00001-of-00002.gguf", "q8-00002-of-00002.gguf"]
+    from ggprec.llama_backend import load_model
+
+    with load_model(tmp_path / "q8-00002-of-00002.gguf", RuntimeSettings(n_ctx=256, n_threads=2)) as loaded:
+        assert loaded.n_layer == 2  # llama.cpp loads the written pair (from the first shard)
 
 
 def test_quantize_a_split_model_with_a_split_output_head(shards: list[Path], tmp_path: Path) -> None:
