@@ -12,7 +12,8 @@ model); this script walks each seed's layout itself (independently of ggprec's r
 - huge string lengths, huge layer numbers and control characters in tensor names, deep nesting,
   duplicate keys and names, truncations and random byte flips.
 
-Only the header is fuzzed: each input is the mutated header written to tmpfs and extended sparsely to
+Split models too: each shard of a pair made from the tiny model is mutated with the other shard beside
+it. Only the header is fuzzed: each input is the mutated header written to tmpfs and extended sparsely to
 the seed's file size, so an input costs a header write, not a model copy.
 
 A crash is an exception that is not a GgprecError, or a message that is not one bounded line free of
@@ -91,6 +92,8 @@ class Seed:
     pairs: list[Pair] = field(default_factory=list)
     tensors: list[TensorEntry] = field(default_factory=list)
     kv_end: int = 0
+    filename: str = "input.gguf"  # the mutated input's name (a shard's name for a split model)
+    siblings: dict[str, Path] = field(default_factory=dict)  # unmutated files beside it (the other shards)
 
 
 def walk(label: str, path: Path) -> Seed:
@@ -402,7 +405,21 @@ class Report:
 
 
 def max_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """The process's peak RSS (VmHWM, which reset_peak_rss() lowers to the current RSS), in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def reset_peak_rss() -> None:
+    """Forget the peak of the setup (gguf-py and numpy writing the shard seeds): Linux's clear_refs 5."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def current_rss() -> int:
@@ -425,11 +442,17 @@ def fuzz(seeds: list[Seed], n: int, seed: int, out: Path | None, work: Path, pro
 
     rng = random.Random(seed)
     rep = Report()
-    path = work / "input.gguf"
+    paths = []
+    for k, s in enumerate(seeds):
+        (work / str(k)).mkdir(exist_ok=True)
+        for name, target in s.siblings.items():
+            (work / str(k) / name).symlink_to(target.resolve())
+        paths.append(work / str(k) / s.filename)
+    reset_peak_rss()
     rep.rss_start = current_rss()
     start_all = time.perf_counter()
     for i in range(n):
-        s = seeds[i % len(seeds)]
+        s, path = seeds[i % len(seeds)], paths[i % len(seeds)]
         kind, header, size = mutate(rng, s)
         with open(path, "wb") as f:
             f.write(header)
@@ -483,7 +506,28 @@ def default_seeds(model: Path | None, tmp: Path) -> list[Seed]:
 
     tiny = write_synth(tmp / "tiny.gguf", PRESETS["tiny"], dtype="f16", sparse=True)
     smol = model or demo_model_path(quiet=True)
-    return [walk("tiny", tiny), walk(smol.name, smol)]
+    return [walk("tiny", tiny), walk(smol.name, smol), *split_seeds(tiny, tmp)]
+
+
+def split_seeds(source: Path, tmp: Path) -> list[Seed]:
+    """Both shards of a pair made from `source` (written like llama.cpp's gguf-split, by tests/shards.py),
+    each mutated with the other shard beside it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shards", Path(__file__).resolve().parent.parent / "tests" /
+                                                  "shards.py")
+    assert spec is not None and spec.loader is not None
+    shards = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shards)
+    pair = shards.write_shards(source, tmp / "split", 2)
+    seeds = []
+    for k, p in enumerate(pair):
+        seed = walk(f"shard {k + 1}/2", p)
+        seed.filename = f"input-{k + 1:05d}-of-00002.gguf"
+        other = 1 - k
+        seed.siblings = {f"input-{other + 1:05d}-of-00002.gguf": pair[other]}
+        seeds.append(seed)
+    return seeds
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
-"""A seeded subset of scripts/fuzz_gguf.py: mutated real headers (the tiny synthetic model and SmolLM2)
-give a ModelInfo or a one-line GgprecError, never another exception. The full run (>= 100,000 inputs)
-and its figures: see the README."""
+"""A seeded subset of scripts/fuzz_gguf.py: mutated real headers (the tiny synthetic model, a shard pair
+made from it, and SmolLM2) give a ModelInfo or a one-line GgprecError, never another exception. The full
+run (>= 100,000 inputs) and its figures: see the README."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ def load_fuzzer():  # -> module
 
 def test_two_thousand_mutated_headers_never_crash_the_reader(tiny_model: Path, demo_model: Path) -> None:
     fuzz = load_fuzzer()
-    seeds = [fuzz.walk("tiny", tiny_model), fuzz.walk("SmolLM2", demo_model)]
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="ggprec-fuzz-", dir=shm) as d:
+        seeds = [fuzz.walk("tiny", tiny_model), fuzz.walk("SmolLM2", demo_model),
+                 *fuzz.split_seeds(tiny_model, Path(d))]
         report = fuzz.fuzz(seeds, 2000, seed=12, out=None, work=Path(d))
     assert report.inputs == 2000
     assert report.crashes == []
