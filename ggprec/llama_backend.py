@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .cpu_buffers import host_buffers
-from .errors import GgprecError
+from .errors import GgprecError, safe_text
 from .gguf_info import ModelInfo, read_gguf
 from .settings import ALL_LAYERS, RuntimeSettings
 
@@ -259,7 +259,7 @@ def _reason(log: LogCapture | None) -> str:
         return "no reason logged"
     log.flush()
     errs = log.errors()
-    return errs[0] if errs else "no reason logged"
+    return safe_text(errs[0], 300) if errs else "no reason logged"  # llama.cpp's line may quote a file's names
 
 
 def system_info() -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from . import ggml_types
-from .errors import GgprecError
+from .errors import GgprecError, safe_text
 from .fileio import atomic_output, check_output
 from .gguf_info import SPLIT_TENSORS, ModelInfo, read_gguf, split_path
 from .gguf_layout import (
@@ -134,7 +134,8 @@ class QuantizeCall:
             rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(self.params))
         if rc != 0:
             errors = log.errors()
-            raise GgprecError(f"llama.cpp could not quantize {source}: {errors[-1] if errors else f'code {rc}'}")
+            reason = safe_text(errors[-1], 300) if errors else f"code {rc}"  # llama.cpp's line may quote a name
+            raise GgprecError(f"llama.cpp could not quantize {source}: {reason}")
 
 
 def _progress_log(progress: Progress) -> LogCapture:
@@ -262,10 +263,11 @@ def verify(out: Path, plan: Plan) -> None:
     if set(written) != set(planned):
         extra = sorted(set(written) - set(planned))
         missing = sorted(set(planned) - set(written))
-        raise GgprecError(f"{out}: tensors differ from the plan (extra: {extra[:3]}, missing: {missing[:3]})")
+        raise GgprecError(f"{out}: tensors differ from the plan (extra: {safe_text(extra[:3])}, "
+                          f"missing: {safe_text(missing[:3])})")
     wrong = [f"{n} is {written[n].name}, planned {t.name}" for n, t in planned.items() if written[n] != t]
     if wrong:
-        raise GgprecError(f"{out}: {len(wrong)} tensor(s) differ from the plan, e.g. {wrong[0]}")
+        raise GgprecError(f"{out}: {len(wrong)} tensor(s) differ from the plan, e.g. {safe_text(wrong[0], 200)}")
 
 
 def quantize(source: str | os.PathLike[str], plan: Plan, out: str | os.PathLike[str], threads: int | None = None,
