@@ -103,7 +103,7 @@ class Calibration:
 
     def label_sources(self) -> None:
         """Name this calibration in every device's `source` (shown beside each expected speed)."""
-        when = (self.created or "").replace("+00:00", " UTC").replace("T", " ")
+        when = (self.created or "").replace("T", " ").replace("+00:00", " UTC")
         where = f"history #{self.id}, {when}" if self.id else "not stored"
         self.speeds = {dev: replace(s, source=f"calibrated ({where}, {len(s.gbps)} types, {self.n_threads} threads)")
                        for dev, s in self.speeds.items()}
@@ -266,6 +266,7 @@ def machine_key(hardware: dict[str, Any]) -> str:
 def store_calibration(cal: Calibration, store: Any = None) -> int:
     """Record `cal` in the history (kind 'calibration'); sets and returns its id."""
     from .hardware import fingerprint
+    from .records import CalibrationRecord
     from .store import Store
 
     hw = fingerprint()
@@ -274,7 +275,9 @@ def store_calibration(cal: Calibration, store: Any = None) -> int:
     own = store is None
     st = Store() if own else store
     try:
-        cal.id = st.record("calibration", None, None, None, None, settings, cal.to_dict(), hw)
+        doc = {k: v for k, v in cal.to_dict().items() if k not in ("id", "created")}
+        cal.id = st.record(CalibrationRecord.from_dict(doc), model_path=None, model_sha256=None, profile_name=None,
+                           profile_hash=None, settings=settings, hardware=hw)
         cal.created = st.query(kind="calibration", limit=1)[0].created
     finally:
         if own:

@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .errors import GgprecError
+from .records import KINDS  # stdlib only: keeps `ggprec --help` fast
 
 EXIT_BAD_INPUT = 2
 
@@ -234,7 +235,7 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
         db: str | None) -> None:
     """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
     from .hardware import fingerprint
-    from .run_report import render_run, run_document
+    from .printers import render_run, run_document
     from .runner import record_run, run_with_profile
     from .store import Store
 
@@ -288,23 +289,24 @@ def calibrate(types: str | None, quick: bool, threads: int | None, as_json: bool
 @main.command()
 @click.option("--model", help="Only rows of this model (path, file name or sha256 prefix).")
 @click.option("--profile", help="Only rows of this profile (name or content-hash prefix).")
-@click.option("--kind", type=click.Choice(["run", "eval", "compare", "sensitivity", "calibration"]),
-              help="Only this kind.")
+@click.option("--kind", type=click.Choice(KINDS), help="Only this kind.")
 @click.option("--limit", type=int, help="At most this many rows, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option
 def history(model: str | None, profile: str | None, kind: str | None, limit: int | None, as_json: bool,
             db: str | None) -> None:
     """List stored results, newest first."""
-    from .run_report import history_document, render_history
+    from .printers import history_document, history_table
     from .store import Store
 
     with Store(db) as store:
         records = store.query(kind=kind, model=model, profile=profile, limit=limit)
+        for line in store.skipped:  # rows that do not read back: one line each, never a traceback
+            click.echo(f"ggprec: warning: {line}", err=True)
     if as_json:
         _print_json(history_document(records))
     else:
-        render_history(records, _console())
+        _console().print(history_table(records))
 
 
 # --- accuracy: eval, compare, demo (issue 5) ---------------------------------------------------
@@ -321,40 +323,39 @@ def history(model: str | None, profile: str | None, kind: str | None, limit: int
 @click.option("--chunks", type=int, help="Number of windows (default: all the text gives).")
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
+@db_option
 def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chunks: int | None,
-             n_threads: int | None, as_json: bool) -> None:
-    """KL divergence, top-1 agreement and perplexity of MODEL against --reference (llama-perplexity's method)."""
+             n_threads: int | None, as_json: bool, db: str | None) -> None:
+    """KL divergence, top-1 agreement and perplexity of MODEL against --reference (llama-perplexity's method);
+    keep the result."""
     from .evaluate import evaluate, read_text
+    from .hardware import fingerprint
+    from .hashing import model_sha256
+    from .printers import record_table
+    from .records import EvalRecord
     from .settings import RuntimeSettings
+    from .store import Store
 
     text = read_text(text_file) if text_file else None
     progress = None
     if sys.stderr.isatty():
         def progress(stage: str, done: int, total: int) -> None:
             click.echo(f"\rggprec: {stage} window {done}/{total}", err=True, nl=done == total)
-    result = evaluate(model, reference, text=text, n_ctx=n_ctx, chunks=chunks,
-                      settings=RuntimeSettings(n_threads=n_threads), progress=progress)
+    with Store(db) as store:  # opened first: a bad history path fails before the evaluation
+        result = evaluate(model, reference, text=text, n_ctx=n_ctx, chunks=chunks,
+                          settings=RuntimeSettings(n_threads=n_threads), progress=progress)
+        record = EvalRecord.from_result(result)
+        record_id = store.record(record, model_path=model, model_sha256=model_sha256(model),
+                                 settings={"n_ctx": n_ctx, "chunks": chunks, "n_threads": n_threads},
+                                 hardware=fingerprint())
     if as_json:
         _print_json(result.to_dict())
         return
-    from rich.table import Table
-
     r = result
-    table = Table(title=f"{model} vs {reference}",
-                  caption=f"{r.n_tokens} tokens scored in {r.n_chunks} windows of {r.n_ctx}"
-                          f"{'; reference from cache' if r.reference_cached else ''}")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_column("± std. error", justify="right")
-    for name, value, se in (("KLD mean", f"{r.kld_mean:.6f}", f"{r.kld_mean_se:.6f}"),
-                            ("KLD median", f"{r.kld_median:.6f}", ""), ("KLD p99", f"{r.kld_p99:.6f}", ""),
-                            ("KLD max", f"{r.kld_max:.6f}", ""),
-                            ("top-1 agreement", f"{100 * r.top1:.2f}%", f"{100 * r.top1_se:.2f}%"),
-                            ("PPL", f"{r.ppl:.4f}", f"{r.ppl_se:.4f}"),
-                            ("PPL reference", f"{r.ppl_ref:.4f}", f"{r.ppl_ref_se:.4f}"),
-                            ("PPL ratio", f"{r.ppl_ratio:.5f}", f"{r.ppl_ratio_se:.5f}")):
-        table.add_row(name, value, se)
-    _console().print(table)
+    _console().print(record_table(record, title=f"{model} vs {reference}",
+                                  caption=f"{r.n_tokens} tokens scored in {r.n_chunks} windows of {r.n_ctx}"
+                                          f"{'; reference from cache' if r.reference_cached else ''}; "
+                                          f"history row {record_id}"))
 
 
 def _print_comparison(result: Any, as_json: bool) -> None:
@@ -362,7 +363,7 @@ def _print_comparison(result: Any, as_json: bool) -> None:
         _print_json(result.to_dict())
         return
     from .compare import summary_lines
-    from .report import to_table
+    from .printers import to_table
 
     console = _console()
     console.print(to_table(result.records, title=f"{result.source}: profiles vs baseline {result.baseline}, "

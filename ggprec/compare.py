@@ -3,7 +3,8 @@ llama.cpp allocates, pp/tg speed and accuracy against a reference, then put rati
 profile beside the raw numbers. `demo()` is the README's main job: that comparison on the demo model.
 
 This module only orchestrates: building is quantize's, speed and memory are runner's, accuracy is
-evaluate's, history is store's, printing is report's.
+evaluate's, history is store's, printing is printers' and report's (files). Each profile's row is a
+ggprec.records.CompareRecord.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GgprecError
+from .records import CompareRecord
 
 # Defaults sized so that `ggprec demo` fits 10 minutes on a 2-core CPU (2 minutes with cached builds and
 # reference logits): speed like llama-bench but shorter, accuracy over 4 windows of 512 tokens.
@@ -34,19 +36,20 @@ MIB = 2**20
 
 @dataclass
 class Comparison:
-    """What `compare` measured: one flat record per profile (the report printers' input)."""
+    """What `compare` measured: one CompareRecord per profile (the printers' input)."""
 
     source: str
     reference: str
     baseline: str
     settings: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[CompareRecord]
     files: list[Path] = field(default_factory=list)
     history_ids: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "reference": self.reference, "baseline": self.baseline,
-                "settings": self.settings, "records": self.records, "files": [str(p) for p in self.files]}
+                "settings": self.settings, "records": [r.to_dict() for r in self.records],
+                "files": [str(p) for p in self.files]}
 
 
 # --- progress ---------------------------------------------------------------------------------------
@@ -102,7 +105,9 @@ def _speed_fields(run: Any) -> dict[str, Any]:
             "expected_tg_tps": expected, "expected_tg_source": run.expected_tg_source,
             "tg_vs_expected": None if expected is None or tg is None else tg / expected,
             # model + KV cache + compute (+ output) buffers on every device, as llama.cpp logged them
-            "memory_bytes": run.allocation.total or None, "buffers": dict(run.allocation.buffers),
+            "memory_bytes": run.allocation.total or None,
+            "memory_mb": run.allocation.total / MIB if run.allocation.total else None,
+            "buffers": dict(run.allocation.buffers),
             "peak_rss_bytes": run.peak_rss_bytes, "gpu_memory_bytes": run.gpu_memory_bytes}
 
 
@@ -164,19 +169,18 @@ def _ratio(value: float | None, base: float | None) -> float | None:
     return value / base
 
 
-def add_baseline_ratios(records: list[dict[str, Any]], baseline: str) -> None:
+def add_baseline_ratios(records: list[CompareRecord], baseline: str) -> None:
     """Fill the vs-baseline columns of every record in place: memory saved %, tok/s ratios, KLD ratio
     and top-1 difference in percentage points."""
-    base = next(r for r in records if r["profile"] == baseline)
+    base = next(r for r in records if r.profile == baseline)
     for r in records:
-        mem, base_mem = r.get("memory_bytes"), base.get("memory_bytes")
-        r["memory_saved_pct"] = None if not mem or not base_mem else 100.0 * (1.0 - mem / base_mem)
-        r["pp_ratio"] = _ratio(r.get("pp_tps"), base.get("pp_tps"))
-        r["tg_ratio"] = _ratio(r.get("tg_tps"), base.get("tg_tps"))
-        r["kld_vs_baseline"] = _ratio(r.get("kld_mean"), base.get("kld_mean"))
-        top1, base_top1 = r.get("top1_pct"), base.get("top1_pct")
-        r["top1_vs_baseline"] = None if top1 is None or base_top1 is None else top1 - base_top1
-        r["baseline"] = r["profile"] == baseline
+        mem, base_mem = r.memory_bytes, base.memory_bytes
+        r.memory_saved_pct = None if not mem or not base_mem else 100.0 * (1.0 - mem / base_mem)
+        r.pp_ratio = _ratio(r.pp_tps, base.pp_tps)
+        r.tg_ratio = _ratio(r.tg_tps, base.tg_tps)
+        r.kld_vs_baseline = _ratio(r.kld_mean, base.kld_mean)
+        r.top1_vs_baseline = None if r.top1_pct is None or base.top1_pct is None else r.top1_pct - base.top1_pct
+        r.baseline = r.profile == baseline
 
 
 def _profile_list(profiles: Sequence[str], baseline: str) -> list[str]:
@@ -216,7 +220,7 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
     settings = {"pp": pp, "tg": tg, "reps": reps, "n_ctx": n_ctx, "chunks": chunks, "threads": threads}
 
     speed = load_speed_model()  # once: every row's expected tok/s from the same figures
-    records: list[dict[str, Any]] = []
+    records: list[CompareRecord] = []
     with _Steps(1 + 3 * len(names), show=progress) as steps:
         with steps.step(f"build reference ({reference})"):
             ref_path = build_variant(src, ref_profile, threads=threads)
@@ -229,13 +233,11 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
                 run = run_benchmark(path, runtime, pp=pp, tg=tg, reps=reps, speed_model=speed)
             with steps.step(f"accuracy {name} vs {reference}"):
                 ev, reused = _evaluate(path, ref_path, text, n_ctx, chunks, runtime, reuse_accuracy)
-            records.append({"profile": name, "path": str(path), "file_bytes": path.stat().st_size,
-                            "file_mb": path.stat().st_size / MIB, **_speed_fields(run),
-                            **_accuracy_fields(ev),
-                            "accuracy_cached": reused, "runtime": runtime.to_dict()})
+            size = path.stat().st_size
+            records.append(CompareRecord(profile=name, path=str(path), file_bytes=size, file_mb=size / MIB,
+                                         **_speed_fields(run), **_accuracy_fields(ev), accuracy_cached=reused,
+                                         runtime=runtime.to_dict()))
     add_baseline_ratios(records, baseline)
-    for r in records:
-        r["memory_mb"] = None if r.get("memory_bytes") is None else r["memory_bytes"] / MIB
 
     result = Comparison(source=str(src), reference=reference, baseline=baseline, settings=settings,
                         records=records)
@@ -248,7 +250,7 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
     return result
 
 
-def _record_history(records: list[dict[str, Any]], loaded: dict[str, Any], result: Comparison) -> list[int]:
+def _record_history(records: list[CompareRecord], loaded: dict[str, Any], result: Comparison) -> list[int]:
     """One history row per profile (kind 'compare'), all sharing the comparison's settings."""
     from .hardware import fingerprint
     from .hashing import model_sha256
@@ -258,8 +260,11 @@ def _record_history(records: list[dict[str, Any]], loaded: dict[str, Any], resul
     settings = {**result.settings, "source": result.source, "reference": result.reference,
                 "baseline": result.baseline}
     with Store() as store:
-        return [store.record("compare", r["path"], model_sha256(r["path"]), r["profile"],
-                             loaded[r["profile"]].content_hash(), {**settings, "runtime": r["runtime"]}, r, hardware)
+        # The row's model is the source, as for `run` (the variant that ran is the record's `path`).
+        source_sha = model_sha256(result.source)
+        return [store.record(r, model_path=result.source, model_sha256=source_sha, profile_name=r.profile,
+                             profile_hash=loaded[r.profile].content_hash(),
+                             settings={**settings, "runtime": r.runtime}, hardware=hardware)
                 for r in records]
 
 
@@ -273,9 +278,9 @@ def _subtitle(result: Comparison) -> str:
 def summary_lines(result: Comparison) -> list[str]:
     """What to read under the table: how the numbers were taken and where the files are."""
     s = result.settings
-    first = result.records[0] if result.records else {}
+    tokens = result.records[0].eval_tokens if result.records else None
     lines = [f"speed: pp {s['pp']} and tg {s['tg']} tokens, median of {s['reps']}, {s['threads']} threads; "
-             f"accuracy: {first.get('eval_tokens', '?')} scored tokens ({s['chunks']} windows of {s['n_ctx']}) "
+             f"accuracy: {'?' if tokens is None else tokens} scored tokens ({s['chunks']} windows of {s['n_ctx']}) "
              f"vs {result.reference}; ratios vs {result.baseline}"]
     if result.files:
         lines.append("written: " + ", ".join(str(p) for p in result.files))

@@ -83,7 +83,11 @@ def _mib(n: int) -> str:
 
 
 def render(info: ModelInfo, console: Any, tensors: bool = False) -> None:
-    """Print the summary (and with `tensors`, every tensor) as rich tables."""
+    """Print the summary (and with `tensors`, every tensor) as rich tables.
+
+    These tables stay here rather than in ggprec.printers: they describe one file (its header, totals
+    grouped from its tensor list, the tensor list itself), not a list of measured result records, and
+    none of them is stored in the history or written as CSV/Markdown."""
     from rich.table import Table
 
     hp = info.hparams

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import tensor_overrides
 from .cpu_buffers import host_buffers
 from .errors import GgprecError, safe_text
 from .gguf_info import ModelInfo, read_gguf
@@ -191,6 +192,7 @@ def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = -1 if settings.n_gpu_layers == ALL_LAYERS else settings.n_gpu_layers
     mp.use_extra_bufts = extra_buffers  # off = llama.cpp's --no-repack (see cpu_buffers)
+    tensor_overrides.attach(mp, settings)  # -ot / --n-cpu-moe; the array lives on mp
     if no_alloc:
         # llama.cpp simulates allocations only without mmap (load mode NONE).
         mp.no_alloc = True

@@ -32,9 +32,10 @@ from . import ggml_types
 from .cpu_buffers import HostBuffers, host_buffers
 from .ggml_types import GgmlType
 from .gguf_info import ModelInfo
-from .settings import ALL_LAYERS, RuntimeSettings
+from .roles import is_routed_expert
+from .settings import RuntimeSettings
+from .tensor_overrides import CPU, GPU, Placer
 
-GPU = "CUDA0"
 GPU_HOST = "CUDA_Host"
 KV_PAD = 256  # llama.cpp pads n_ctx to a multiple of 256 cells
 F32, F16 = 4, 2
@@ -77,12 +78,6 @@ def _is_host(device: str) -> bool:
     return device.startswith("CPU") or device.endswith("_Host")
 
 
-def _gpu_layers(n_gpu_layers: int, n_layer: int) -> tuple[int, bool]:
-    """(first block on the GPU, output head on the GPU) as llama.cpp assigns them."""
-    ngl = n_layer + 1 if n_gpu_layers == ALL_LAYERS else max(n_gpu_layers, 0)
-    return max(n_layer - ngl, 0), ngl > n_layer
-
-
 def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[str, GgmlType] | None = None,
             mmap: bool = True, host: HostBuffers | None = None) -> MemoryPrediction:
     """Bytes of every buffer llama.cpp allocates when it loads `info` with `settings`.
@@ -95,9 +90,9 @@ def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[st
         ggml_types.kv_cache_type(name)  # an unknown KV type is a one-line GgprecError
     pred = MemoryPrediction()
     hp = info.hparams
-    first_gpu, output_on_gpu = _gpu_layers(settings.n_gpu_layers, hp.n_layer)
-    _weights(pred, info, tensor_types, first_gpu, output_on_gpu, mmap,
-             host_buffers() if host is None else host)
+    placer = Placer.for_model(hp.n_layer, settings)
+    first_gpu, output_on_gpu = placer.first_gpu, placer.output_on_gpu
+    _weights(pred, info, tensor_types, placer, mmap, host_buffers() if host is None else host)
     n_kv = -(-settings.n_ctx // KV_PAD) * KV_PAD
     _kv(pred, info, settings, n_kv, first_gpu)
     _compute(pred, info, settings, n_kv, first_gpu, output_on_gpu)
@@ -107,7 +102,7 @@ def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[st
 
 
 def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str, GgmlType] | None,
-             first_gpu: int, output_on_gpu: bool, mmap: bool, host: HostBuffers) -> None:
+             placer: Placer, mmap: bool, host: HostBuffers) -> None:
     types = {t.name: t.type for t in info.tensors}
     if tensor_types:
         types.update(tensor_types)
@@ -123,17 +118,18 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
     if "output.weight" not in shapes and "token_embd.weight" in shapes:
         shapes["output.weight"] = shapes["token_embd.weight"]
     align = info.alignment
-    pos, gpu_bytes, gpu_n, host_n, host_bytes = 0, 0, 0, 0, 0
+    pos, host_n, host_bytes = 0, 0, 0
+    devices: dict[str, list[int]] = {}  # non-host device -> [bytes, tensors]
     moved: dict[str, list[int]] = {}  # extra buffer type -> [bytes, tensors]
     host_range: dict[int, list[int]] = {}  # shard -> [start, end] of its host tensors
     for name in order:
         gtype, shape = types[name], shapes[name]
         n = gtype.tensor_bytes(shape)
         start, pos = pos, pos + n + (-(n) % align)
-        lay = layer.get(name)
-        on_gpu = lay >= first_gpu if lay is not None else output_on_gpu and name != "token_embd.weight"
-        if on_gpu:
-            gpu_bytes, gpu_n = gpu_bytes + n, gpu_n + 1
+        device = placer.device(name, layer.get(name))
+        if device != CPU:
+            acc = devices.setdefault(device, [0, 0])
+            acc[0], acc[1] = acc[0] + n, acc[1] + 1
             continue
         extra = host.buffer_for(gtype, shape) if name != "token_embd.weight" else None
         if extra:
@@ -147,8 +143,10 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
         # on the GPU when offloaded, a copy in an extra CPU buffer when its type moves there.
         embd_type, embd_shape = types["token_embd.weight"], shapes["token_embd.weight"]
         extra = host.buffer_for(embd_type, embd_shape)
-        if output_on_gpu:
-            gpu_bytes, gpu_n = gpu_bytes + embd_type.tensor_bytes(embd_shape), gpu_n + 1
+        device = placer.device("token_embd.weight", None, output_copy=True)
+        if device != CPU:
+            acc = devices.setdefault(device, [0, 0])
+            acc[0], acc[1] = acc[0] + embd_type.tensor_bytes(embd_shape), acc[1] + 1
         elif extra:
             acc = moved.setdefault(extra[0], [0, 0])
             acc[0], acc[1] = acc[0] + extra[1], acc[1] + 1
@@ -160,23 +158,28 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
         pred._add("model:CPU", host_bytes, f"{host_n} host tensors")
     for buft, (n_bytes, n_tensors) in moved.items():
         pred._add(f"model:{buft}", n_bytes, f"{n_tensors} host matmul weights in the CPU backend's {buft} buffer")
-    pred._add(f"model:{GPU}", gpu_bytes, f"{gpu_n} tensors of the offloaded layers"
-              + (" and the output head" if output_on_gpu else ""))
+    for device, (n_bytes, n_tensors) in devices.items():
+        pred._add(f"model:{device}", n_bytes, f"{n_tensors} tensors placed on {device} (offloaded layers, "
+                  "output head, -ot overrides)")
 
 
 def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int) -> None:
     hp = info.hparams
     tk = ggml_types.kv_cache_type(settings.cache_type_k)
     tv = ggml_types.kv_cache_type(settings.cache_type_v)
+    # MLA (DeepSeek-2/3 converted with key_length_mla/value_length_mla): one latent K row of
+    # kv_lora_rank + rope dims (attention.key_length, n_head_kv 1) per cell and no V cache at all.
+    mla = hp.head_dim_k_mla > 0 and hp.head_dim_v_mla > 0
     per_dev: dict[str, list[int]] = {}
     for il in range(hp.n_layer):
         heads = hp.n_head_kv[il]
-        row = tk.row_bytes(heads * hp.head_dim_k) + tv.row_bytes(heads * hp.head_dim_v)
+        row = tk.row_bytes(heads * hp.head_dim_k) + (0 if mla else tv.row_bytes(heads * hp.head_dim_v))
         acc = per_dev.setdefault(GPU if il >= first_gpu else "CPU", [0, 0])
         acc[0] += row * n_kv
         acc[1] += 1
     for dev, (n, layers) in per_dev.items():
-        pred._add(f"kv:{dev}", n, f"{n_kv} cells x {layers} layers x K {tk.name} + V {tv.name}")
+        pred._add(f"kv:{dev}", n, f"{n_kv} cells x {layers} layers x K {tk.name}"
+                  + (" (MLA latent, no V)" if mla else f" + V {tv.name}"))
 
 
 def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int,
@@ -213,3 +216,41 @@ def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings,
     pred._add("compute:CPU", n, f"peak of the host graph: {why}")
     pred._add(f"compute:{GPU_HOST}", embd + n_kv * n_ub * (F16 if fa else F32),
               "graph inputs staged in pinned host memory (embeddings, mask)")
+
+
+def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
+                         tensor_types: Mapping[str, GgmlType] | None = None) -> dict[str, dict[str, int]]:
+    """Device -> weight type name -> weight bytes one generated token reads, on average.
+
+    Dense tensors are read whole; routed expert tensors (roles.ROUTED_EXPERT_ROLES) n_expert_used /
+    n_expert of their bytes (the router picks that share per token; shared experts are dense here);
+    token_embd one row (a lookup), except that a tied output head reads all of it again as the head.
+    Devices are placement()'s, so -ot and n_cpu_moe move bytes between them. Norms and biases count
+    too (they are small). KV cache reads are not weights and are left to the caller."""
+    hp = info.hparams
+    placer = Placer.for_model(hp.n_layer, settings)
+    share = (hp.n_expert_used / hp.n_expert) if hp.n_expert > 0 else 1.0
+    out: dict[str, dict[str, int]] = {}
+
+    def add(device: str, type_name: str, n: float) -> None:
+        per_type = out.setdefault(device, {})
+        per_type[type_name] = per_type.get(type_name, 0) + round(n)
+
+    for t in info.tensors:
+        gtype = tensor_types.get(t.name, t.type) if tensor_types else t.type
+        n = gtype.tensor_bytes(t.shape)
+        device = placer.device(t.name, t.layer)
+        if t.name == "token_embd.weight":
+            add(device, gtype.name, gtype.row_bytes(t.shape[0]))  # ggml shape: row length first
+            if info.tied_output and not (tensor_types and "output.weight" in tensor_types):
+                add(placer.device(t.name, None, output_copy=True), gtype.name, n)
+        elif is_routed_expert(t.role):
+            add(device, gtype.name, n * share)
+        else:
+            add(device, gtype.name, n)
+    if tensor_types and "output.weight" in tensor_types and info.tensor("output.weight") is None:
+        embd = info.tensor("token_embd.weight")
+        if embd is not None:  # a split head the quantizer writes from token_embd
+            gtype = tensor_types["output.weight"]
+            add(placer.device("output.weight", None), gtype.name, gtype.tensor_bytes(embd.shape))
+    return out

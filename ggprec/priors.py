@@ -17,19 +17,24 @@ reach (SmolLM2-135M, Gemma 3 270M). The model:
 - Where a measured model's own size is asked and its point for that mix is usable, the measurement itself
   is returned (`measured: ...`).
 
-The size law is a coarse prior, not a property of quantization: Llama 2 7B loses 3-4x less than Llama 3 8B
+KV cache: the geometric mean over the measured models of the KLD each KV type adds, for any size (see
+kv_facts for why no size law); types between q4_0 and q8_0 are interpolated in bits.
+
+The size law is a coarse prior, not a property of quantization: Llama 2 7B loses 2.5-4x less than Llama 3 8B
 at every type (same table), so training matters as much as size. A model's own measurements (ggprec
 sensitivity, `measure_kv_loss`) always win over these priors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -43,7 +48,7 @@ ANCHOR = "llama-3-8b"
 LADDER = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0")
 LOSSLESS_BPW = 16.0
 KV_WINDOWS = 2
-KV_CACHE_FORMAT = 1
+KV_CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,7 @@ def _measured_here(n_params: int, type_name: str) -> Prior | None:
             continue
         for mix, p in m.get("weights", {}).items():
             if p.get("excluded") is None and _mix_type(mix) == type_name:
-                return Prior(float(p["kld"]), f"measured: {m.get('title', name)} {mix}")
+                return Prior(float(p["kld"]), f"measured: {m.get('title', name)}, llama.cpp mix {mix}")
     return None
 
 
@@ -179,51 +184,42 @@ def weight_prior(type_name: str, n_params: int) -> Prior:
 
 
 @functools.lru_cache(maxsize=1)
-def kv_fit() -> dict[str, Any]:
-    """The KV-cache law: KLD_kv(type, N) = KLD_kv_8B(type) x (N / N_8B)^(-b_kv).
-
-    q8_0 at 8B is published (PR #7412, less its floor; before llama.cpp rotated K and V, so an upper bound);
-    b_kv is fitted on the measured q8_0 KV points like b. q4_0 has no published 8B figure: its 8B value is
-    the q8_0 one times the geometric mean of the measured q4_0 / q8_0 ratios."""
+def kv_facts() -> dict[str, Any]:
+    """The KV-cache prior: per KV type, the geometric mean over the measured models of the KLD the cache adds
+    (less what flash attention alone changes), with no size dependence: the two measured models give no sign
+    of one (Gemma 3 270M loses more than SmolLM2-135M), and the only published Llama-3-8B figure (q8_0, PR
+    #7412) predates llama.cpp's rotation of K and V, so it only caps the q8_0 prior from above."""
     a = _anchor()
-    n8 = a["n_params"]
-    q8_8b = max(a["kv"]["q8_0"]["kld"] - a["kv_floor"]["kld"], 0.0)
-    pts, ratios = [], []
+    logs: dict[str, list[float]] = {}
     for m in facts().get("measured", {}).values():
         kv = m.get("kv", {})
-        floor = kv.get("f16", {}).get("kld", 0.0)  # flash attention alone: subtracted like the table's floor
-        q8 = kv.get("q8_0", {}).get("kld", 0.0) - floor
-        q4 = kv.get("q4_0", {}).get("kld", 0.0) - floor
-        if q8 > 0:
-            pts.append((math.log(int(m["n_params"]) / n8), math.log(q8 / q8_8b)))
-            if q4 > 0:
-                ratios.append(math.log(q4 / q8))
-    sxx = sum(x * x for x, _ in pts)
-    b = -sum(x * y for x, y in pts) / sxx if sxx else 0.0
-    ratio = math.exp(sum(ratios) / len(ratios)) if ratios else None
-    return {"b": b, "q8_0": q8_8b, "q4_0": q8_8b * ratio if ratio else None, "q4_over_q8": ratio}
+        control = kv.get("f16", {}).get("kld", 0.0)
+        for name, p in kv.items():
+            if name != "f16" and p["kld"] - control > 0:
+                logs.setdefault(name, []).append(math.log(p["kld"] - control))
+    out = {name: math.exp(sum(v) / len(v)) for name, v in logs.items()}
+    cap = max(a["kv"]["q8_0"]["kld"] - a["kv_floor"]["kld"], 0.0)
+    out["q8_0"] = min(out.get("q8_0", cap), cap)
+    return out
 
 
 @functools.lru_cache(maxsize=1024)
 def kv_prior(kv_type: str, n_params: int) -> Prior:
-    """Expected KLD added by a KV cache of `kv_type` (K and V alike) on a model of `n_params` parameters."""
+    """Expected KLD added by a KV cache of `kv_type` (K and V alike). `n_params` is accepted for symmetry with
+    weight_prior and ignored: no size dependence is assumed (see kv_facts)."""
     t = lookup(kv_type)
     if t.bits_per_weight >= LOSSLESS_BPW:
         return Prior(0.0, "prior: a 16-bit KV cache loses nothing")
-    fit = kv_fit()
-    scale = _scale(n_params, fit["b"])
-    label = f"scaled to {_size_label(n_params)} (b_kv={fit['b']:.2f})"
-    if fit["q4_0"] is None:  # no measured q4_0 point: only the published q8_0 one, bits law through nothing
-        return Prior(fit["q8_0"] * scale, f"prior: llama.cpp PR #7412 Llama-3-8B q8_0 KV {label}")
-    q8_bits, q4_bits = lookup("q8_0").bits_per_weight, lookup("q4_0").bits_per_weight
-    if t.name == "q8_0":
-        return Prior(fit["q8_0"] * scale, f"prior: llama.cpp PR #7412 Llama-3-8B q8_0 KV {label}")
-    if t.name == "q4_0":
-        return Prior(fit["q4_0"] * scale, f"prior: PR #7412 q8_0 KV x measured q4_0/q8_0 ratio "
-                                          f"{fit['q4_over_q8']:.0f}, {label}")
-    f = (t.bits_per_weight - q4_bits) / (q8_bits - q4_bits)  # log-linear in bits between q4_0 and q8_0
-    kld = math.exp(math.log(fit["q4_0"]) + f * (math.log(fit["q8_0"]) - math.log(fit["q4_0"])))
-    return Prior(kld * scale, f"prior: interpolated in bits between q4_0 and q8_0 KV, {label}")
+    known = kv_facts()
+    models = " and ".join(m.get("title", n).split(" (")[0] for n, m in facts().get("measured", {}).items())
+    if t.name in known:
+        return Prior(known[t.name], f"prior: {t.name} KV cache, geometric mean of {models} (no size law)")
+    if not {"q8_0", "q4_0"} <= set(known):
+        raise GgprecError(f"no KV-cache prior for {t.name}: the data file has no measured q8_0 and q4_0 KV points")
+    lo, hi = lookup("q4_0").bits_per_weight, lookup("q8_0").bits_per_weight
+    f = min(max((t.bits_per_weight - lo) / (hi - lo), 0.0), 1.0)  # log-linear in bits between q4_0 and q8_0
+    kld = math.exp(math.log(known["q4_0"]) + f * (math.log(known["q8_0"]) - math.log(known["q4_0"])))
+    return Prior(kld, f"prior: {t.name} KV cache interpolated in bits between q4_0 and q8_0 ({models})")
 
 
 # --- the KV loss of one model, measured --------------------------------------------------------------------
@@ -256,7 +252,9 @@ def measure_kv_loss(model_path: str | os.PathLike[str], kv_types: tuple[str, ...
                     timeout_s: float | None = None) -> dict[str, Prior] | None:
     """The KLD a quantized KV cache adds on this very model: one evaluation per KV type of the model against
     itself with an f16 cache (flash attention on, as a quantized V cache needs), `chunks` windows of
-    n_ctx tokens of the shipped text. Cached in ggprec's cache by the model's sha256, so it is measured once.
+    n_ctx tokens of the shipped text, less what flash attention alone changes (one more evaluation with an
+    f16 cache and flash attention: on the quantized SmolLM2 file that alone is a KLD of ~0.003, ten times
+    the q8_0 cache's own share). Cached in ggprec's cache by the model's sha256, so it is measured once.
     None, quickly, for a file that cannot be evaluated here (sparse, unreadable, or llama.cpp refuses or
     crashes on it: the evaluation runs in a child process); the caller then uses kv_prior."""
     from .fileio import atomic_write_text
@@ -280,28 +278,59 @@ def measure_kv_loss(model_path: str | os.PathLike[str], kv_types: tuple[str, ...
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps(doc, indent=1) + "\n")
     what = f"{doc['chunks']} window{'s' if doc['chunks'] != 1 else ''} of {doc['n_ctx']} tokens"
-    return {k: Prior(max(float(doc["kld"][k]), 0.0), f"measured: {k} KV cache on this model ({what})")
+    if not doc.get("extra_buffer_types", True):
+        what += ", extra CPU buffer types off"
+    control = float(doc["kld"]["f16"])
+    return {k: Prior(max(float(doc["kld"][k]) - control, 0.0), f"measured: {k} KV cache on this model ({what})")
             for k in kv_types}
 
 
 def _run_kv_worker(path: Path, kv_types: tuple[str, ...], chunks: int, n_ctx: int, threads: int | None,
                    timeout_s: float | None) -> dict[str, Any] | None:
-    """Run the evaluations in a child Python (a llama.cpp crash must not take the caller with it)."""
-    request = {"path": str(path), "kv_types": list(kv_types), "chunks": chunks, "n_ctx": n_ctx, "threads": threads}
+    """Run the evaluations in a child Python (a llama.cpp crash must not take the caller with it). A child
+    killed by a signal is retried once with llama.cpp's extra CPU buffer types off: llama-cpp-python 0.3.36
+    crashes in ggml_backend_amx_mul_mat on AMX CPUs for quantized weights (see no_extra_buffer_types)."""
+    request = {"path": str(path), "kv_types": list(kv_types), "chunks": chunks, "n_ctx": n_ctx, "threads": threads,
+               "extra_buffer_types": True}
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
+    for extra in (True, False):
+        request["extra_buffer_types"] = extra
+        try:
+            done = subprocess.run([sys.executable, "-c", "from ggprec.priors import _kv_worker; _kv_worker()"],
+                                  input=json.dumps(request), capture_output=True, text=True, env=env,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        if done.returncode == 0:
+            try:
+                return json.loads(done.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                return None
+        if done.returncode > 0:  # llama.cpp or ggprec refused the model: not worth a second try
+            return None
+    return None
+
+
+@contextlib.contextmanager
+def no_extra_buffer_types() -> Iterator[None]:
+    """Inside, every model llama-cpp-python loads has `use_extra_bufts = false` (no AMX or repacked weight
+    buffers). Works around a crash of llama-cpp-python 0.3.36 in ggml_backend_amx_mul_mat on CPUs with AMX
+    (seen on quantized SmolLM2 and Gemma 3 files): the same weights through the plain CPU kernels, slower."""
+    import llama_cpp.llama_cpp as lc
+
+    original = lc.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    lc.llama_model_default_params = params
     try:
-        done = subprocess.run([sys.executable, "-c", "from ggprec.priors import _kv_worker; _kv_worker()"],
-                              input=json.dumps(request), capture_output=True, text=True, env=env,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return None
-    if done.returncode != 0:
-        return None
-    try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
+        yield
+    finally:
+        lc.llama_model_default_params = original
 
 
 def _kv_worker() -> None:
@@ -312,12 +341,15 @@ def _kv_worker() -> None:
     req = json.loads(sys.stdin.read())
     base = RuntimeSettings(n_threads=req["threads"])
     kld, se = {}, {}
+    guard = contextlib.nullcontext() if req["extra_buffer_types"] else no_extra_buffer_types()
     try:
-        for kv in req["kv_types"]:
-            settings = base.with_overrides(cache_type_k=kv, cache_type_v=kv, flash_attn=True)
-            r = evaluate(req["path"], req["path"], n_ctx=req["n_ctx"], chunks=req["chunks"], settings=settings)
-            kld[kv], se[kv] = r.kld_mean, r.kld_mean_se
+        with guard:
+            for kv in ("f16", *req["kv_types"]):  # f16 with flash attention first: the control
+                settings = base.with_overrides(cache_type_k=kv, cache_type_v=kv, flash_attn=True)
+                r = evaluate(req["path"], req["path"], n_ctx=req["n_ctx"], chunks=req["chunks"], settings=settings)
+                kld[kv], se[kv] = r.kld_mean, r.kld_mean_se
     except GgprecError as e:
         print(f"ggprec: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(json.dumps({"kld": kld, "kld_se": se, "chunks": req["chunks"], "n_ctx": req["n_ctx"]}))
+    print(json.dumps({"kld": kld, "kld_se": se, "chunks": req["chunks"], "n_ctx": req["n_ctx"],
+                      "extra_buffer_types": req["extra_buffer_types"]}))

@@ -28,6 +28,7 @@ _TOP_KEYS = ("name", "description", "default", "rules", "split_output", "kv_cach
 _RULE_KEYS = ("match", "role", "layers", "type")
 _KV_KEYS = ("k", "v")
 _RUNTIME_KEYS = tuple(f.name for f in fields(RuntimeSettings) if f.name not in ("cache_type_k", "cache_type_v"))
+_PLACEMENT_KEYS = ("override_tensor", "n_cpu_moe")
 _LAYER_SPEC = re.compile(r"^\s*(?:(first|last)\s+(\d+)|(\d+(?:\s*-\s*\d+)?(?:\s*,\s*\d+(?:\s*-\s*\d+)?)*))\s*$")
 
 
@@ -160,7 +161,12 @@ class Profile:
         if self.split_output is not None:
             d["split_output"] = self.split_output
         d["kv_cache"] = {"k": rt.cache_type_k, "v": rt.cache_type_v}
-        d["runtime"] = {k: getattr(rt, k) for k in _RUNTIME_KEYS}
+        d["runtime"] = {k: getattr(rt, k) for k in _RUNTIME_KEYS if k not in _PLACEMENT_KEYS}
+        # Placement keys only when set, so profiles without them keep their content hash.
+        if rt.override_tensor:
+            d["runtime"]["override_tensor"] = [{"pattern": p, "device": dv} for p, dv in rt.override_tensor]
+        if rt.n_cpu_moe:
+            d["runtime"]["n_cpu_moe"] = rt.n_cpu_moe
         return d
 
     def content_hash(self) -> str:
@@ -204,6 +210,23 @@ def _rule_from_yaml(raw: Any, i: int) -> Rule:
         raise GgprecError(f"{where}: {e}") from None
 
 
+def _override_tensor(raw: Any) -> tuple[tuple[str, str], ...]:
+    """runtime.override_tensor: a list of {pattern, device} mappings, in llama.cpp's -ot order."""
+    from .tensor_overrides import check_pattern
+
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise GgprecError("runtime.override_tensor: expected a list of {pattern, device}")
+    out = []
+    for i, item in enumerate(raw):
+        if not (isinstance(item, dict) and set(item) == {"pattern", "device"}
+                and all(isinstance(v, str) and v for v in item.values())):
+            raise GgprecError(f"runtime.override_tensor[{i}]: expected {{pattern: REGEX, device: NAME}}")
+        out.append((check_pattern(item["pattern"]), item["device"]))
+    return tuple(out)
+
+
 def profile_from_dict(doc: Any, default_name: str = "profile") -> Profile:
     """Validate a parsed YAML document into a Profile; every problem is a one-line GgprecError."""
     if not isinstance(doc, dict):
@@ -224,12 +247,15 @@ def profile_from_dict(doc: Any, default_name: str = "profile") -> Profile:
         for key in raw:
             if key not in allowed:
                 raise _unknown_key(str(key), allowed, section)
+    runtime = {**runtime, "override_tensor": _override_tensor(runtime.get("override_tensor"))}
     try:
         settings = RuntimeSettings(**runtime, cache_type_k=str(kv.get("k", "f16")),
                                    cache_type_v=str(kv.get("v", "f16")))
     except TypeError as e:
         raise GgprecError(f"runtime: {e}") from None
     for key, value in runtime.items():
+        if key == "override_tensor":
+            continue
         ok = isinstance(value, bool) if key == "flash_attn" else isinstance(value, int) and not isinstance(value, bool)
         if not (ok or value is None):
             raise GgprecError(f"runtime.{key}: expected {'true/false' if key == 'flash_attn' else 'an integer'}, "

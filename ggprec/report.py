@@ -1,104 +1,16 @@
-"""Printers over result records, the llama-bench way: one list of flat records (dicts), several printers
-(rich table, JSON, CSV, Markdown) and PNG plots with the Pareto front marked.
-
-A record is one row of a comparison: a profile and what was measured for it. Missing values are None
-and print as "-" (empty in CSV). The column table below is the one place that says how each field is
-named, headed and formatted; every printer reads it.
+"""The files of a comparison: JSON, CSV and Markdown tables (ggprec.printers over CompareRecords) and PNG
+plots of size and speed against accuracy loss, with the Pareto front marked.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_output
-
-Record = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str
-    header: str
-    fmt: str  # format spec for the value, e.g. ".1f"; "" means str()
-    help: str
-
-    def render(self, record: Record) -> str:
-        value = record.get(self.key)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "-"
-        return format(value, self.fmt) if self.fmt else str(value)
-
-
-# The columns of the comparison table, in print order. Ratios are candidate / baseline.
-COLUMNS: tuple[Column, ...] = (
-    Column("profile", "profile", "", "profile name"),
-    Column("file_mb", "file MiB", ".1f", "size of the GGUF file, MiB"),
-    Column("memory_mb", "mem MiB", ".1f", "memory llama.cpp allocated (model + KV + compute buffers), MiB"),
-    Column("memory_saved_pct", "mem saved %", "+.1f", "memory saved vs the baseline, percent"),
-    Column("pp_tps", "pp tok/s", ".1f", "prompt processing speed, median"),
-    Column("pp_ratio", "pp x", ".2f", "pp tok/s / baseline pp tok/s"),
-    Column("tg_tps", "tg tok/s", ".1f", "generation speed, median"),
-    Column("tg_ratio", "tg x", ".2f", "tg tok/s / baseline tg tok/s"),
-    Column("tg_vs_expected", "tg / exp", ".2f", "tg tok/s / expected tg tok/s (ggprec.speed; source in the JSON)"),
-    Column("kld_mean", "KLD mean", ".4f", "mean KL divergence from the reference, nats per token"),
-    Column("kld_p99", "KLD p99", ".4f", "99th percentile of the per-token KL divergence"),
-    Column("kld_vs_baseline", "KLD x base", ".2f", "KLD mean / baseline KLD mean"),
-    Column("top1_pct", "top-1 %", ".1f", "tokens whose most likely next token equals the reference's"),
-    Column("top1_vs_baseline", "top-1 vs base", "+.1f", "top-1 minus the baseline's, percentage points"),
-    Column("ppl", "PPL", ".2f", "perplexity of the candidate on the evaluation text"),
-)
-
-
-def _columns(columns: Sequence[Column] | None) -> Sequence[Column]:
-    return COLUMNS if columns is None else columns
-
-
-def to_json(records: Sequence[Record]) -> str:
-    """Every field of every record, raw values."""
-    return json.dumps(list(records), indent=2, default=str)
-
-
-def to_csv(records: Sequence[Record], columns: Sequence[Column] | None = None) -> str:
-    """One header row of column keys, then raw values (full precision, empty for missing)."""
-    cols = _columns(columns)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([c.key for c in cols])
-    for r in records:
-        writer.writerow(["" if r.get(c.key) is None else r.get(c.key) for c in cols])
-    return buf.getvalue()
-
-
-def to_markdown(records: Sequence[Record], columns: Sequence[Column] | None = None) -> str:
-    """A GitHub Markdown table with formatted values; numbers right-aligned."""
-    cols = _columns(columns)
-    lines = ["| " + " | ".join(c.header for c in cols) + " |",
-             "|" + "|".join("---" if not c.fmt else "---:" for c in cols) + "|"]
-    for r in records:
-        lines.append("| " + " | ".join(c.render(r) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def to_table(records: Sequence[Record], columns: Sequence[Column] | None = None, title: str | None = None,
-             highlight: str | None = None) -> Any:
-    """A rich Table; the row whose profile is `highlight` (the baseline) is bold."""
-    from rich.table import Table
-
-    cols = _columns(columns)
-    table = Table(title=title, show_lines=False)
-    for c in cols:
-        table.add_column(c.header, justify="right" if c.fmt else "left", no_wrap=True)
-    for r in records:
-        table.add_row(*(c.render(r) for c in cols), style="bold" if r.get("profile") == highlight else None)
-    return table
-
+from .printers import get_value, to_csv, to_json, to_markdown
 
 # --- Pareto front ------------------------------------------------------------------------------------
 
@@ -132,15 +44,15 @@ PLOTS: tuple[PlotSpec, ...] = (
 )
 
 
-def _plottable(records: Sequence[Record], y_key: str) -> list[Record]:
-    return [r for r in records if r.get("kld_mean") is not None and r.get(y_key) is not None]
+def _plottable(records: Sequence[Any], y_key: str) -> list[Any]:
+    return [r for r in records if get_value(r, "kld_mean") is not None and get_value(r, y_key) is not None]
 
 
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 0.25 * max(abs(a), abs(b), 1e-12)
 
 
-def plot(records: Sequence[Record], spec: PlotSpec, path: Path, subtitle: str | None = None,
+def plot(records: Sequence[Any], spec: PlotSpec, path: Path, subtitle: str | None = None,
          baseline: str | None = None) -> Path:
     """One scatter plot, KLD mean on x (symlog: the reference itself sits at 0), the Pareto front as a
     line, every point labelled with its profile name."""
@@ -150,8 +62,8 @@ def plot(records: Sequence[Record], spec: PlotSpec, path: Path, subtitle: str | 
     import matplotlib.pyplot as plt
 
     rows = _plottable(records, spec.y_key)
-    xs = [float(r["kld_mean"]) for r in rows]
-    ys = [float(r[spec.y_key]) for r in rows]
+    xs = [float(get_value(r, "kld_mean")) for r in rows]
+    ys = [float(get_value(r, spec.y_key)) for r in rows]
     front = pareto_front(list(zip(xs, ys, strict=True)), maximize_y=spec.maximize_y)
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
     try:
@@ -163,7 +75,8 @@ def plot(records: Sequence[Record], spec: PlotSpec, path: Path, subtitle: str | 
             ax.plot([xs[i] for i in front], [ys[i] for i in front], color="tab:red", linestyle="--", zorder=2)
         placed: list[tuple[float, float]] = []
         for x, y, r in zip(xs, ys, rows, strict=True):
-            name = r["profile"] + (" (baseline)" if r["profile"] == baseline else "")
+            profile = get_value(r, "profile")
+            name = f"{profile}" + (" (baseline)" if profile == baseline else "")
             # Stack the labels of points that nearly coincide (same file, different KV cache) instead of
             # printing them over each other.
             near = sum(1 for px, py in placed if _close(px, x) and _close(py, y))
@@ -195,7 +108,7 @@ def _make_dir(out: Path) -> Path:
     return out
 
 
-def write_plots(records: Sequence[Record], out_dir: str | Path, subtitle: str | None = None,
+def write_plots(records: Sequence[Any], out_dir: str | Path, subtitle: str | None = None,
                 baseline: str | None = None) -> list[Path]:
     """size_vs_kld.png and tg_vs_kld.png into out_dir (created if needed)."""
     _make_dir(Path(out_dir))
@@ -204,14 +117,14 @@ def write_plots(records: Sequence[Record], out_dir: str | Path, subtitle: str | 
 
 
 # Text outputs of `write_all`, by file name.
-WRITERS: dict[str, Callable[[Sequence[Record]], str]] = {
+WRITERS: dict[str, Callable[[Sequence[Any]], str]] = {
     "compare.json": to_json,
     "compare.csv": to_csv,
     "compare.md": to_markdown,
 }
 
 
-def write_all(records: Sequence[Record], out_dir: str | Path, subtitle: str | None = None,
+def write_all(records: Sequence[Any], out_dir: str | Path, subtitle: str | None = None,
               baseline: str | None = None) -> list[Path]:
     """JSON, CSV, Markdown and the PNG plots into out_dir (created if needed); returns the paths."""
     out = _make_dir(Path(out_dir))

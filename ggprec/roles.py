@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-# base name (without `blk.N.` and `.weight`/`.bias`) -> role
+# base name (without `blk.N.` and `.weight`/`.bias`) -> role. Names from gguf-py's constants.py
+# (TENSOR_NAMES) of the llama.cpp vendored in llama-cpp-python 0.3.36.
 ROLE_OF_BASE: dict[str, str] = {
     "token_embd": "token_embd",
     "output": "output",
@@ -18,23 +19,53 @@ ROLE_OF_BASE: dict[str, str] = {
     "attn_v": "attn_v",
     "attn_qkv": "attn_qkv",
     "attn_output": "attn_output",
-    "attn_q_a": "attn_q",
-    "attn_q_b": "attn_q",
-    "attn_kv_a_mqa": "attn_kv",
-    "attn_kv_b": "attn_kv",
-    "attn_k_b": "attn_k",
-    "attn_v_b": "attn_v",
+    "attn_kv": "attn_kv",
+    # DeepSeek multi-head latent attention (MLA): low-rank projections, each its own role because they
+    # differ in shape and in what the quantizer does with them.
+    "attn_q_a": "attn_q_a",
+    "attn_q_b": "attn_q_b",
+    "attn_kv_a_mqa": "attn_kv_a_mqa",
+    "attn_kv_b": "attn_kv_b",
+    "attn_k_b": "attn_k_b",
+    "attn_v_b": "attn_v_b",
+    "attn_sinks": "attn_sinks",  # gpt-oss: one learned logit per head
     "ffn_gate": "ffn_gate",
     "ffn_up": "ffn_up",
     "ffn_down": "ffn_down",
+    # Routed experts (3-D: n_expert matrices); chunked experts (`_chexps`) are routed experts too.
     "ffn_gate_exps": "ffn_gate_exps",
     "ffn_up_exps": "ffn_up_exps",
     "ffn_down_exps": "ffn_down_exps",
-    "ffn_gate_shexp": "ffn_gate",
-    "ffn_up_shexp": "ffn_up",
-    "ffn_down_shexp": "ffn_down",
+    "ffn_gate_up_exps": "ffn_gate_up_exps",
+    "ffn_gate_chexps": "ffn_gate_exps",
+    "ffn_up_chexps": "ffn_up_exps",
+    "ffn_down_chexps": "ffn_down_exps",
+    # Shared experts run for every token: their own roles, never the dense FFN's.
+    "ffn_gate_shexp": "ffn_gate_shexp",
+    "ffn_up_shexp": "ffn_up_shexp",
+    "ffn_down_shexp": "ffn_down_shexp",
+    "ffn_gate_inp_shexp": "ffn_gate_inp_shexp",
+    # Router.
     "ffn_gate_inp": "ffn_gate_inp",
+    "exp_probs_b": "exp_probs_b",
 }
+
+# Bias tensors that are roles of their own (other biases are `other`).
+ROLE_OF_BIAS: dict[str, str] = {
+    "exp_probs_b": "exp_probs_b",  # router score correction (DeepSeek-V3 style)
+    "ffn_gate_inp": "ffn_gate_inp",  # gpt-oss router bias
+    "ffn_gate_exps": "ffn_exps_bias",  # gpt-oss per-expert biases: routed like the expert matrices
+    "ffn_up_exps": "ffn_exps_bias",
+    "ffn_down_exps": "ffn_exps_bias",
+    "ffn_gate_up_exps": "ffn_exps_bias",
+}
+
+# Roles of routed expert tensors: a token reads n_expert_used / n_expert of them (on average).
+ROUTED_EXPERT_ROLES: frozenset[str] = frozenset(
+    {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_up_exps", "ffn_exps_bias"})
+SHARED_EXPERT_ROLES: frozenset[str] = frozenset(
+    {"ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "ffn_gate_inp_shexp"})
+ROUTER_ROLES: frozenset[str] = frozenset({"ffn_gate_inp", "exp_probs_b"})
 
 # Roles in the order reports list them.
 ROLE_ORDER: tuple[str, ...] = (
@@ -44,18 +75,37 @@ ROLE_ORDER: tuple[str, ...] = (
     "attn_v",
     "attn_qkv",
     "attn_kv",
+    "attn_q_a",
+    "attn_q_b",
+    "attn_kv_a_mqa",
+    "attn_kv_b",
+    "attn_k_b",
+    "attn_v_b",
+    "attn_sinks",
     "attn_output",
     "ffn_gate",
     "ffn_up",
     "ffn_down",
     "ffn_gate_inp",
+    "exp_probs_b",
     "ffn_gate_exps",
     "ffn_up_exps",
     "ffn_down_exps",
+    "ffn_gate_up_exps",
+    "ffn_exps_bias",
+    "ffn_gate_inp_shexp",
+    "ffn_gate_shexp",
+    "ffn_up_shexp",
+    "ffn_down_shexp",
     "output",
     "norm",
     "other",
 )
+
+
+def is_routed_expert(role: str) -> bool:
+    return role in ROUTED_EXPERT_ROLES
+
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
 _SUFFIX = re.compile(r"\.(weight|bias)$")
@@ -74,5 +124,5 @@ def classify(name: str) -> tuple[str, int | None]:
     if "norm" in base:
         return "norm", layer
     if is_bias:
-        return "other", layer
+        return ROLE_OF_BIAS.get(base, "other"), layer
     return ROLE_OF_BASE.get(base, "other"), layer

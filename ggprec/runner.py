@@ -342,12 +342,12 @@ def run_with_profile(model: str | os.PathLike[str], profile_name: str | None, ov
 
 
 def record_run(store: Any, run: ProfileRun, hardware: dict[str, Any]) -> int:
-    """Store one run in the history (ggprec.store.Store); returns the row id."""
+    """Store one run in the history (ggprec.store.Store) as a RunRecord; returns the row id."""
     from .hashing import model_sha256
+    from .records import RunRecord
 
-    results = run.result.to_dict()
-    settings = results.pop("settings")
-    results["ran"] = results.pop("model_path")
     p = run.profile
-    return store.record("run", run.source, model_sha256(run.source), p.name if p else None,
-                        p.content_hash() if p else None, settings, results, hardware)
+    settings = run.result.to_dict()["settings"]  # as applied, with flash_attn_effective
+    return store.record(RunRecord.from_run(run), model_path=run.source, model_sha256=model_sha256(run.source),
+                        profile_name=p.name if p else None, profile_hash=p.content_hash() if p else None,
+                        settings=settings, hardware=hardware)

@@ -292,6 +292,7 @@ def _store(res: SensitivityResult, model: Path, text: str | None, db: str | Path
 
     from .hardware import fingerprint
     from .hashing import model_sha256
+    from .records import SensitivityRecord
     from .store import Store
 
     sha = model_sha256(model)
@@ -300,7 +301,8 @@ def _store(res: SensitivityResult, model: Path, text: str | None, db: str | Path
                     "grouping": res.grouping, "n_ctx": res.n_ctx,
                     "chunks": res.chunks, "reference": res.reference,
                     "text_sha256": hashlib.sha256(text.encode()).hexdigest() if text else "default"}
-        return s.record("sensitivity", model, sha, None, None, settings, res.to_dict(), fingerprint())
+        return s.record(SensitivityRecord.from_dict(res.to_dict()), model_path=model, model_sha256=sha,
+                        settings=settings, hardware=fingerprint())
 
 
 def heat_matrix(res: SensitivityResult, n_layer: int) -> tuple[list[str], list[list[float | None]]]:
@@ -342,20 +344,26 @@ def write_heatmap(res: SensitivityResult, info: ModelInfo, path: str | Path) -> 
     return Path(path)
 
 
-def render(res: SensitivityResult, console: Any) -> None:
-    from rich.table import Table
+def pass_rows(res: SensitivityResult) -> tuple[list[dict[str, Any]], tuple[Any, ...]]:
+    """The groups as SensitivityPass rows, most damaging first, with one more column per --also type
+    ('-' where that type was not probed for the group), and the columns to print them."""
+    from .records import Column, SensitivityPass
 
-    t = Table(title=f"sensitivity: one group at {res.probe_type} ({res.grouping}), baseline KLD "
-                    f"{res.baseline_kld:.5f}, {res.seconds:.0f} s")
-    for col in ("rank", "group", "written", "MiB saved", "KLD +", "± se", "top-1 loss", "KLD/MiB",
-                *(f"KLD + at {a}" for a in res.also)):
-        t.add_column(col, justify="left" if col in ("group", "written") else "right", no_wrap=True)
     order = {k: i for i, k in enumerate(res.ranking())}
+    rows = []
     for g in sorted(res.groups, key=lambda g: order[g.key]):
-        t.add_row(str(order[g.key] + 1), g.key, g.probe_written, f"{g.bytes_saved / MIB:,.1f}", f"{g.kld:.5f}",
-                  f"{g.kld_se:.5f}", f"{g.top1_loss:+.2%}", f"{g.kld_per_mib:.2e}",
-                  *(f"{g.kld_at[a]:.6f}" if a in g.kld_at else "-" for a in res.also))  # '-': not probed
-    console.print(t)
+        row = SensitivityPass.from_group(g, rank=order[g.key] + 1).to_dict()
+        rows.append({**row, **{f"kld_at:{a}": g.kld_at.get(a) for a in res.also}})
+    extra = tuple(Column(f"kld_at:{a}", f"KLD + at {a}", ".6f", "nats") for a in res.also)
+    return rows, SensitivityPass.columns() + extra
+
+
+def render(res: SensitivityResult, console: Any) -> None:
+    from .printers import to_table
+
+    rows, columns = pass_rows(res)
+    console.print(to_table(rows, columns, title=f"sensitivity: one group at {res.probe_type} ({res.grouping}), "
+                                                f"baseline KLD {res.baseline_kld:.5f}, {res.seconds:.0f} s"))
     for n in res.notes:
         console.print(f"- {n}")
     if res.heatmap:

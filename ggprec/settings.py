@@ -20,6 +20,11 @@ class RuntimeSettings:
     n_threads: int | None = None  # None: llama-cpp-python's default
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
+    # Per-tensor placement, llama.cpp's `-ot PATTERN=DEVICE` in order (first match wins; the pattern is
+    # searched in the tensor name, std::regex_search) and `--n-cpu-moe N` (routed experts of blocks
+    # 0..N-1 on the CPU; ALL_LAYERS = `--cpu-moe`, every block). See ggprec.tensor_overrides.
+    override_tensor: tuple[tuple[str, str], ...] = ()
+    n_cpu_moe: int = 0  # ALL_LAYERS (-1) = --cpu-moe
 
     @property
     def flash_attn_effective(self) -> bool:
@@ -32,4 +37,7 @@ class RuntimeSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-shaped: override_tensor as a list of [pattern, device] pairs (what a stored copy reads back as)."""
+        d = asdict(self)
+        d["override_tensor"] = [list(pair) for pair in self.override_tensor]
+        return d

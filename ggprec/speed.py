@@ -27,7 +27,7 @@ from typing import Any
 
 from . import ggml_types
 from .gguf_info import ModelInfo
-from .settings import ALL_LAYERS, RuntimeSettings
+from .settings import RuntimeSettings
 
 HOST, GPU = "CPU", "GPU"  # device classes of the model: every host buffer is HOST, every other device GPU
 # Assumed when neither a flag nor a calibration gives the GPU's bandwidth: a mid-range discrete GPU (GB/s).
@@ -129,7 +129,7 @@ class SpeedModel:
         reads = bytes_read_per_token(info, settings, tensor_types, kv_cells)
         first_gpu = _first_gpu_layer(settings.n_gpu_layers, info.hparams.n_layer)
         layers = {HOST: first_gpu, GPU: info.hparams.n_layer - first_gpu}
-        source = self.describe([d for d, by_type in reads.items() if any(by_type.values())])
+        source = self.describe([device_class(d) for d, by_type in reads.items() if any(by_type.values())])
         threads = settings.n_threads
         if self.n_threads is not None and threads is not None and threads != self.n_threads:
             source += f" (calibrated with {self.n_threads} threads, this runs {threads})"
@@ -165,78 +165,56 @@ def _nearest(figures: Mapping[str, float], type_name: str) -> float:
     return figures[min(figures, key=distance)]
 
 
-# --- bytes read per token (dense models; the MoE-aware version is memory.bytes_read_per_token) ---------
+# --- what one token reads and multiplies ------------------------------------------------------------
 
 
 def _first_gpu_layer(n_gpu_layers: int, n_layer: int) -> int:
-    ngl = n_layer + 1 if n_gpu_layers == ALL_LAYERS else max(n_gpu_layers, 0)
-    return max(n_layer - ngl, 0)
+    from .tensor_overrides import gpu_layers
 
-
-def _placed_tensors(info: ModelInfo, settings: RuntimeSettings,
-                    tensor_types: Mapping[str, ggml_types.GgmlType] | None):
-    """(device class, type, shape, name) of every weight as llama.cpp places it; a tied head is token_embd
-    read again as the output matmul, on the GPU when the head is offloaded."""
-    n_layer = info.hparams.n_layer
-    first_gpu = _first_gpu_layer(settings.n_gpu_layers, n_layer)
-    head_on_gpu = settings.n_gpu_layers == ALL_LAYERS or settings.n_gpu_layers > n_layer
-    types = {t.name: t.type for t in info.tensors}
-    if tensor_types:
-        types.update(tensor_types)
-    shapes = {t.name: t.shape for t in info.tensors}
-    if "output.weight" in types and "output.weight" not in shapes:  # a split head
-        shapes["output.weight"] = shapes["token_embd.weight"]
-    for t in info.tensors:
-        dev = GPU if (t.layer is not None and t.layer >= first_gpu) or (t.layer is None and head_on_gpu) else HOST
-        if t.name == "token_embd.weight":
-            dev = HOST
-        yield dev, types[t.name], t.shape, t.name
-    if "output.weight" in types and "output.weight" not in {t.name for t in info.tensors}:
-        yield (GPU if head_on_gpu else HOST), types["output.weight"], shapes["output.weight"], "output.weight"
-    elif "output.weight" not in types and "token_embd.weight" in types:
-        yield (GPU if head_on_gpu else HOST), types["token_embd.weight"], shapes["token_embd.weight"], "output(tied)"
+    return gpu_layers(n_gpu_layers, n_layer)[0]
 
 
 def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
                          tensor_types: Mapping[str, ggml_types.GgmlType] | None = None,
                          kv_cells: int | None = None) -> dict[str, dict[str, int]]:
-    """Device class -> type name -> bytes one generated token reads: every weight once (token_embd one row;
-    a tied head the whole matrix again) and the K and V rows of `kv_cells` cells (None: n_ctx)."""
-    reads: dict[str, dict[str, int]] = {}
+    """Device -> type name -> bytes one generated token reads: the weights as memory.bytes_read_per_token
+    places and counts them (token_embd one row, a tied head whole, routed experts their used share), plus
+    the K and V rows of `kv_cells` cells (None: n_ctx) on each layer's device."""
+    from .memory import GPU as GPU_DEVICE
+    from .memory import bytes_read_per_token as weight_reads
 
-    def add(dev: str, type_name: str, n: int) -> None:
-        by_type = reads.setdefault(dev, {})
-        by_type[type_name] = by_type.get(type_name, 0) + n
-
-    for dev, gtype, shape, name in _placed_tensors(info, settings, tensor_types):
-        if name == "token_embd.weight":
-            add(dev, gtype.name, gtype.row_bytes(shape[0]))  # one row looked up (ggml shape: row length first)
-        else:
-            add(dev, gtype.name, gtype.tensor_bytes(shape))
+    reads = weight_reads(info, settings, tensor_types)
     hp = info.hparams
     cells = settings.n_ctx if kv_cells is None else kv_cells
     tk, tv = ggml_types.kv_cache_type(settings.cache_type_k), ggml_types.kv_cache_type(settings.cache_type_v)
     first_gpu = _first_gpu_layer(settings.n_gpu_layers, hp.n_layer)
     for il in range(hp.n_layer):
-        dev = GPU if il >= first_gpu else HOST
-        add(dev, tk.name, tk.row_bytes(hp.n_head_kv[il] * hp.head_dim_k) * cells)
-        add(dev, tv.name, tv.row_bytes(hp.n_head_kv[il] * hp.head_dim_v) * cells)
+        by_type = reads.setdefault(GPU_DEVICE if il >= first_gpu else HOST, {})
+        for t, n in ((tk, tk.row_bytes(hp.n_head_kv[il] * hp.head_dim_k) * cells),
+                     (tv, tv.row_bytes(hp.n_head_kv[il] * hp.head_dim_v) * cells)):
+            by_type[t.name] = by_type.get(t.name, 0) + n
     return reads
 
 
 def matmul_elements(info: ModelInfo, settings: RuntimeSettings,
                     tensor_types: Mapping[str, ggml_types.GgmlType] | None = None) -> dict[str, dict[str, int]]:
-    """Device class -> type -> weight elements multiplied per prompt token (matrices only; token_embd is a
-    lookup, norms are element-wise, and the output head runs for the last prompt token only)."""
+    """Device -> type -> weight elements multiplied per prompt token: matrices only (token_embd is a lookup,
+    norms are element-wise), routed experts their used share, and no output head (it runs for the last
+    prompt token only)."""
+    from .roles import is_routed_expert
+    from .tensor_overrides import Placer
+
+    hp = info.hparams
+    placer = Placer.for_model(hp.n_layer, settings)
+    share = hp.n_expert_used / hp.n_expert if hp.n_expert > 0 else 1.0
     elems: dict[str, dict[str, int]] = {}
-    for dev, gtype, shape, name in _placed_tensors(info, settings, tensor_types):
-        if name in ("token_embd.weight", "output.weight", "output(tied)") or len(shape) < 2:
+    for t in info.tensors:
+        if t.name in ("token_embd.weight", "output.weight") or len(t.shape) < 2:
             continue
-        n = 1
-        for d in shape:
-            n *= d
-        by_type = elems.setdefault(dev, {})
-        by_type[gtype.name] = by_type.get(gtype.name, 0) + n
+        gtype = tensor_types.get(t.name, t.type) if tensor_types else t.type
+        by_type = elems.setdefault(placer.device(t.name, t.layer), {})
+        by_type[gtype.name] = by_type.get(gtype.name, 0) + round(t.n_elements * (share if is_routed_expert(t.role)
+                                                                                else 1.0))
     return elems
 
 

@@ -1,5 +1,6 @@
-"""Synthetic GGUF models of real shapes: llama-architecture tensors with seeded random weights and a
-byte-level BPE tokenizer that llama.cpp loads.
+"""Synthetic GGUF models of real shapes (llama, and the mixtures of experts qwen3moe, gpt-oss,
+Mixtral and DeepSeek-2 with MLA) with seeded random weights and a byte-level BPE tokenizer that
+llama.cpp loads.
 
 They stand in for real models wherever only shapes matter (memory, speed, planning); their weights
 are random, so they say nothing about accuracy. `sparse=True` writes the header and leaves the data
@@ -29,12 +30,28 @@ class SynthShape:
     tied: bool = True
     n_merges: int | None = None  # default: one merge per non-byte token
     rope_base: float = 10000.0
+    arch: str = "llama"  # llama (dense or Mixtral-style experts), qwen3moe, gpt-oss, deepseek2
+    head_dim_override: int | None = None  # attention.key_length where it is not n_embd / n_head
+    # Mixture of experts: 0 experts = a dense model.
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0  # feed-forward length of one routed expert
+    n_expert_shared: int = 0  # deepseek2: shared experts of n_ff_exp each
+    n_layer_dense_lead: int = 0  # deepseek2: leading blocks with a dense FFN of n_ff
+    # DeepSeek MLA (written as llama.cpp's converter does: attn_k_b/attn_v_b, one latent KV head).
+    kv_lora_rank: int = 0
+    rope_dim: int = 0  # qk_rope_head_dim
+    qk_nope_dim: int = 0
+    v_head_dim: int = 0
+    sliding_window: int = 0  # gpt-oss: every other block attends to this many tokens
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_dim_override or self.n_embd // self.n_head
 
 
+# Shapes from each model's Hugging Face config.json (hidden_size, num_hidden_layers, heads, intermediate
+# sizes, expert counts, vocab_size, max_position_embeddings, rope_theta, tie_word_embeddings).
 PRESETS: dict[str, SynthShape] = {
     # Heads of 64 so flash attention with a quantized KV cache works on every backend; rows of 256
     # so K-quants apply; a few MB in f16.
@@ -46,6 +63,29 @@ PRESETS: dict[str, SynthShape] = {
                              rope_base=500000.0),
     "llama-3-70b": SynthShape(80, 8192, 64, 8, 28672, 128256, n_ctx=8192, tied=False, n_merges=280147,
                               rope_base=500000.0),
+    # A mixture of experts llama.cpp runs on a CPU in tests: qwen3moe, 4 experts, 2 used, a few MB.
+    "tiny-moe": SynthShape(2, 256, 4, 2, 512, 1024, n_ctx=2048, tied=False, arch="qwen3moe",
+                           n_expert=4, n_expert_used=2, n_ff_exp=256),
+    # Qwen/Qwen3-30B-A3B: 48 layers, hidden 2048, 32 heads of 128, 4 KV heads, 128 experts of 768, 8 used.
+    "qwen3-30b-a3b": SynthShape(48, 2048, 32, 4, 6144, 151936, n_ctx=40960, tied=False, rope_base=1000000.0,
+                                arch="qwen3moe", head_dim_override=128, n_expert=128, n_expert_used=8,
+                                n_ff_exp=768),
+    # openai/gpt-oss-20b: 24 layers, hidden 2880, 64 heads of 64, 8 KV heads, 32 experts of 2880, 4 used,
+    # sliding window 128 on every other layer, attention sinks, biases.
+    "gpt-oss-20b": SynthShape(24, 2880, 64, 8, 2880, 201088, n_ctx=131072, tied=False, rope_base=150000.0,
+                              arch="gpt-oss", head_dim_override=64, n_expert=32, n_expert_used=4,
+                              n_ff_exp=2880, sliding_window=128),
+    # mistralai/Mixtral-8x7B-v0.1: llama arch, 32 layers, hidden 4096, 32 heads, 8 KV heads, 8 experts
+    # of 14336, 2 used.
+    "mixtral-8x7b": SynthShape(32, 4096, 32, 8, 14336, 32000, n_ctx=32768, tied=False, rope_base=1000000.0,
+                               n_expert=8, n_expert_used=2, n_ff_exp=14336),
+    # deepseek-ai/DeepSeek-V2-Lite: 27 layers, hidden 2048, 16 heads, MLA (kv_lora_rank 512, no q LoRA,
+    # qk_nope 128 + qk_rope 64, v_head 128), 64 routed experts of 1408 (6 used) + 2 shared, first block dense
+    # (intermediate 10944).
+    "deepseek-v2-lite": SynthShape(27, 2048, 16, 1, 10944, 102400, n_ctx=163840, tied=False, arch="deepseek2",
+                                   n_expert=64, n_expert_used=6, n_ff_exp=1408, n_expert_shared=2,
+                                   n_layer_dense_lead=1, kv_lora_rank=512, rope_dim=64, qk_nope_dim=128,
+                                   v_head_dim=128),
 }
 
 SYNTH_TYPES = ("f32", "f16", "bf16")
@@ -74,6 +114,8 @@ def shape_for(preset: str | None, **overrides: int | bool | None) -> SynthShape:
             f"n_embd {shape.n_embd} must divide by n_head {shape.n_head}, "
             f"which must divide by n_head_kv {shape.n_head_kv}"
         )
+    if shape.n_expert and not 0 < shape.n_expert_used <= shape.n_expert:
+        raise GgprecError(f"n_expert_used must be between 1 and n_expert {shape.n_expert}, not {shape.n_expert_used}")
     if shape.n_vocab < 256 + N_SPECIAL + 1:
         raise GgprecError(f"n_vocab must be at least {256 + N_SPECIAL + 1} (256 byte tokens + specials)")
     return shape
@@ -120,26 +162,97 @@ def tokenizer(shape: SynthShape) -> tuple[list[str], list[int], list[str]]:
 
 
 def tensor_shapes(shape: SynthShape) -> list[tuple[str, tuple[int, ...]]]:
-    """Tensor names and numpy shapes (rows, row length) in llama.cpp's order for the llama arch."""
-    e, hd, ff = shape.n_embd, shape.head_dim, shape.n_ff
+    """Tensor names and numpy shapes (outermost first; the last dimension is the row length) as
+    llama.cpp's loader expects them for the shape's architecture (src/models/*.cpp load_arch_tensors)."""
+    e = shape.n_embd
     out: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (shape.n_vocab, e))]
     for i in range(shape.n_layer):
-        p = f"blk.{i}."
-        out += [
-            (p + "attn_norm.weight", (e,)),
-            (p + "attn_q.weight", (shape.n_head * hd, e)),
-            (p + "attn_k.weight", (shape.n_head_kv * hd, e)),
-            (p + "attn_v.weight", (shape.n_head_kv * hd, e)),
-            (p + "attn_output.weight", (e, shape.n_head * hd)),
-            (p + "ffn_norm.weight", (e,)),
-            (p + "ffn_gate.weight", (ff, e)),
-            (p + "ffn_up.weight", (ff, e)),
-            (p + "ffn_down.weight", (e, ff)),
-        ]
+        out += [(f"blk.{i}.{name}", dims) for name, dims in _block(shape, i)]
     out.append(("output_norm.weight", (e,)))
     if not shape.tied:
         out.append(("output.weight", (shape.n_vocab, e)))
     return out
+
+
+def _block(shape: SynthShape, i: int) -> list[tuple[str, tuple[int, ...]]]:
+    """One block's tensors (names without `blk.N.`), numpy shapes."""
+    e, hd, ff = shape.n_embd, shape.head_dim, shape.n_ff
+    q, kv = shape.n_head * hd, shape.n_head_kv * hd
+    out: list[tuple[str, tuple[int, ...]]] = [("attn_norm.weight", (e,))]
+    if shape.arch == "deepseek2":
+        k_mla = shape.qk_nope_dim + shape.rope_dim
+        out += [
+            ("attn_q.weight", (shape.n_head * k_mla, e)),
+            ("attn_kv_a_mqa.weight", (shape.kv_lora_rank + shape.rope_dim, e)),
+            ("attn_kv_a_norm.weight", (shape.kv_lora_rank,)),
+            ("attn_k_b.weight", (shape.n_head, shape.kv_lora_rank, shape.qk_nope_dim)),
+            ("attn_v_b.weight", (shape.n_head, shape.v_head_dim, shape.kv_lora_rank)),
+            ("attn_output.weight", (e, shape.n_head * shape.v_head_dim)),
+        ]
+    else:
+        out += [("attn_q.weight", (q, e)), ("attn_k.weight", (kv, e)), ("attn_v.weight", (kv, e)),
+                ("attn_output.weight", (e, q))]
+    if shape.arch == "qwen3moe":
+        out += [("attn_q_norm.weight", (hd,)), ("attn_k_norm.weight", (hd,))]
+    if shape.arch == "gpt-oss":
+        out += [("post_attention_norm.weight", (e,)), ("attn_sinks.weight", (shape.n_head,)),
+                ("attn_q.bias", (q,)), ("attn_k.bias", (kv,)), ("attn_v.bias", (kv,)),
+                ("attn_output.bias", (e,))]
+    else:
+        out.append(("ffn_norm.weight", (e,)))
+    if shape.n_expert == 0 or i < shape.n_layer_dense_lead:
+        return out + [("ffn_gate.weight", (ff, e)), ("ffn_up.weight", (ff, e)), ("ffn_down.weight", (e, ff))]
+    nx, fx = shape.n_expert, shape.n_ff_exp
+    out += [
+        ("ffn_gate_inp.weight", (nx, e)),
+        ("ffn_gate_exps.weight", (nx, fx, e)),
+        ("ffn_up_exps.weight", (nx, fx, e)),
+        ("ffn_down_exps.weight", (nx, e, fx)),
+    ]
+    if shape.arch == "gpt-oss":
+        out += [("ffn_gate_inp.bias", (nx,)), ("ffn_gate_exps.bias", (nx, fx)), ("ffn_up_exps.bias", (nx, fx)),
+                ("ffn_down_exps.bias", (nx, e))]
+    if shape.n_expert_shared:
+        fs = fx * shape.n_expert_shared
+        out += [("ffn_gate_shexp.weight", (fs, e)), ("ffn_up_shexp.weight", (fs, e)),
+                ("ffn_down_shexp.weight", (e, fs))]
+    return out
+
+
+def _stored_as_f32(name: str, tshape: tuple[int, ...]) -> bool:
+    """Norms, biases and attention sinks stay f32, as llama.cpp's converters write them."""
+    return len(tshape) == 1 or name.endswith(".bias")
+
+
+def _add_arch_metadata(w, shape: SynthShape) -> None:  # w: gguf.GGUFWriter
+    """Hyper-parameters beyond the llama set, with the keys llama.cpp reads for the architecture."""
+    if shape.head_dim_override or shape.arch == "deepseek2":
+        if shape.arch == "deepseek2":
+            # MLA as llama.cpp's converter writes it: the cached K row is the latent + rope part, no V.
+            w.add_key_length(shape.kv_lora_rank + shape.rope_dim)
+            w.add_value_length(shape.kv_lora_rank)
+            w.add_key_length_mla(shape.qk_nope_dim + shape.rope_dim)
+            w.add_value_length_mla(shape.v_head_dim)
+            w.add_kv_lora_rank(shape.kv_lora_rank)
+            w.add_leading_dense_block_count(shape.n_layer_dense_lead)
+            w.add_expert_shared_count(shape.n_expert_shared)
+            w.add_expert_weights_scale(1.0)
+            w.add_expert_gating_func(gguf_gating_softmax())
+        else:
+            w.add_key_length(shape.head_dim)
+            w.add_value_length(shape.head_dim)
+    if shape.n_expert:
+        w.add_expert_count(shape.n_expert)
+        w.add_expert_used_count(shape.n_expert_used)
+        w.add_expert_feed_forward_length(shape.n_ff_exp)
+    if shape.sliding_window:
+        w.add_sliding_window(shape.sliding_window)
+
+
+def gguf_gating_softmax():  # -> gguf.ExpertGatingFuncType
+    import gguf
+
+    return gguf.ExpertGatingFuncType.SOFTMAX
 
 
 def write_synth(
@@ -152,7 +265,7 @@ def write_synth(
     name: str = "ggprec-synth",
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Write a synthetic llama-architecture GGUF; returns the path. Weights ~ N(0, 0.02), norms 1."""
+    """Write a synthetic GGUF of `shape`; returns the path. Weights ~ N(0, 0.02), norms 1."""
     import gguf
     import numpy as np
 
@@ -165,7 +278,7 @@ def write_synth(
     elem_bytes = {"f32": 4, "f16": 2, "bf16": 2}[dtype]
 
     with atomic_output(path, force=force) as tmp:
-        w = gguf.GGUFWriter(tmp, "llama")
+        w = gguf.GGUFWriter(tmp, shape.arch)
         w.add_name(name)
         w.add_file_type(ftype)
         w.add_block_count(shape.n_layer)
@@ -174,10 +287,11 @@ def write_synth(
         w.add_feed_forward_length(shape.n_ff)
         w.add_head_count(shape.n_head)
         w.add_head_count_kv(shape.n_head_kv)
-        w.add_rope_dimension_count(shape.head_dim)
+        w.add_rope_dimension_count(shape.rope_dim or shape.head_dim)
         w.add_rope_freq_base(shape.rope_base)
         w.add_layer_norm_rms_eps(1e-5)
         w.add_vocab_size(shape.n_vocab)
+        _add_arch_metadata(w, shape)
         tokens, types, merges = tokenizer(shape)
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("default")
@@ -190,9 +304,8 @@ def write_synth(
 
         tensors = tensor_shapes(shape)
         for tname, tshape in tensors:
-            is_norm = len(tshape) == 1  # norms stay f32, as llama.cpp's converters write them
             n = int(np.prod(tshape))
-            if is_norm:
+            if _stored_as_f32(tname, tshape):
                 w.add_tensor_info(tname, tshape, np.dtype(np.float32), n * 4)
             else:
                 w.add_tensor_info(tname, tshape, np.dtype(np.float16 if dtype == "f16" else np.float32),
@@ -201,10 +314,11 @@ def write_synth(
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         if sparse:
-            _leave_data_as_hole(w, [int(np.prod(s)) * (4 if len(s) == 1 else elem_bytes) for _, s in tensors])
+            _leave_data_as_hole(w, [int(np.prod(s)) * (4 if _stored_as_f32(t, s) else elem_bytes)
+                                    for t, s in tensors])
         else:
-            for i, (_, tshape) in enumerate(tensors):
-                w.write_tensor_data(_weights(tshape, dtype, seed, i))
+            for i, (tname, tshape) in enumerate(tensors):
+                w.write_tensor_data(_weights(tshape, "f32" if _stored_as_f32(tname, tshape) else dtype, seed, i))
                 if progress:
                     progress(i + 1, len(tensors))
         w.close()
@@ -215,7 +329,7 @@ def _weights(shape: tuple[int, ...], dtype: str, seed: int, index: int):  # -> n
     import numpy as np
 
     if len(shape) == 1:
-        return np.ones(shape, dtype=np.float32)
+        return np.ones(shape, dtype=np.float32)  # norms of 1; biases and sinks of 1 are harmless too
     rng = np.random.default_rng([seed, index])  # per-tensor stream: deterministic whatever the order
     x = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
     if dtype == "f32":

@@ -25,7 +25,6 @@ for every load in this script (`llama_model_params.use_extra_bufts = false`), fo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import datetime
 import json
@@ -34,7 +33,6 @@ import platform
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +44,7 @@ from ggprec.evaluate import evaluate  # noqa: E402
 from ggprec.fileio import atomic_output, atomic_write_text  # noqa: E402
 from ggprec.gguf_info import ModelInfo, read_gguf  # noqa: E402
 from ggprec.hashing import model_sha256  # noqa: E402
+from ggprec.priors import no_extra_buffer_types  # noqa: E402
 from ggprec.profile import load_profile  # noqa: E402
 from ggprec.quantize import build_variant  # noqa: E402
 from ggprec.settings import RuntimeSettings  # noqa: E402
@@ -56,25 +55,6 @@ MIXES: dict[str, str] = {"q8_0": "q8_0", "q6_k": "q6_k", "q5_k_m": "q5_k", "q4_k
                          "q3_k_m": "q3_k", "q2_k": "q2_k"}
 KV_TYPES = ("q8_0", "q4_0")
 BIAS_SHARE = 0.5  # a point is flagged when at least this share of parameters keeps the source's own type
-
-
-@contextlib.contextmanager
-def no_extra_buffer_types() -> Iterator[None]:
-    """Every llama_model_params made inside has use_extra_bufts = false (see the module docstring)."""
-    import llama_cpp.llama_cpp as lc
-
-    original = lc.llama_model_default_params
-
-    def params() -> object:
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    lc.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        lc.llama_model_default_params = original
 
 
 def quantize_mix(reference: Path, mix: str, threads: int) -> Path:
@@ -208,11 +188,11 @@ def markdown_table(doc: dict) -> str:
             p = measured[n]["kv"].get(kv)
             row.append(f"{p['kld']:.4f} ± {p['kld_se']:.4f}" if p else "-")
         lines.append("| " + " | ".join(row) + " |")
-    fit, kv = priors.size_fit(), priors.kv_fit()
+    fit, kv = priors.size_fit(), priors.kv_facts()
     lines.append("")
     lines.append(f"Size exponent b = {fit.b:.3f} over {len(fit.points)} points (rms log residual "
-                 f"{fit.rms_log_residual:.2f}); KV: b_kv = {kv['b']:.3f}, q4_0/q8_0 KV ratio "
-                 f"{kv['q4_over_q8'] or float('nan'):.0f}.")
+                 f"{fit.rms_log_residual:.2f}); KV priors (any size): "
+                 + ", ".join(f"{k} {v:.5f}" for k, v in sorted(kv.items())) + ".")
     return "\n".join(lines)
 
 

@@ -1,12 +1,87 @@
-"""Shared fixtures: tiny synthetic models written by ggprec itself, and the real SmolLM2 demo model."""
+"""Shared fixtures: tiny synthetic models written by ggprec itself, and the real SmolLM2 demo model.
+
+Markers: a test that runs llama.cpp (loads a model, quantizes, evaluates, or needs the demo model) is
+`llama`: set here for every test that uses one of LLAMA_FIXTURES, or written on the test (or a module's
+`pytestmark`). `python -m pytest -m "not llama"` is then the pure-Python tier, seconds long; in it, a test
+that imports llama_cpp without the marker errors, so a missing marker does not go unnoticed.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ggprec.synth import PRESETS, write_synth
+
+# Fixtures that run llama.cpp or fetch the demo model: every test using one is marked `llama`.
+LLAMA_FIXTURES = frozenset({
+    "demo_model", "demo_f32",  # here
+    "libggml",  # test_ggml_types: llama.cpp's own ggml library
+    "tiny_run",  # test_runner
+    "comparison",  # test_compare
+    "tiny_sensitivity",  # test_sensitivity
+    "tiny_calibration",  # test_speed
+})
+# Modules about llama.cpp measurements: every test in them is `llama` (their few pure checks are cheap).
+LLAMA_MODULES = frozenset({"test_alloc", "test_runner", "test_compare", "test_sensitivity"})
+# Single tests of otherwise pure-Python modules that load, quantize or evaluate with llama.cpp.
+LLAMA_TESTS = frozenset({
+    "test_a_model_against_itself_gives_kld_zero_and_full_top1",
+    "test_second_eval_reuses_the_cached_reference_with_identical_figures",
+    "test_other_settings_get_their_own_reference_cache_entry",
+    "test_text_too_short_for_one_window_is_refused",
+    "test_cli_eval_json",
+    "test_kv_cache_is_exact_on_the_tiny_model",
+    "test_model_buffer_is_the_mapped_file_range",
+    "test_a_context_smaller_than_the_batch_caps_the_compute_buffer_like_llama_cpp",
+    "test_sparse_8b_prediction_matches_no_alloc_within_2_percent",
+    "test_k_quant_rows_not_divisible_by_256_fall_back_like_llama_cpp",
+    "test_predicted_size_is_the_written_size_for_every_shipped_profile_tiny",
+    "test_requantizing_a_quantized_source_warns",
+    "test_progress_reports_every_tensor",
+    "test_verify_rejects_a_file_that_differs_from_the_plan",
+    "test_refuses_to_overwrite_the_source_or_an_existing_output",
+    "test_a_plan_for_another_model_is_refused",
+    "test_build_variant_reuses_an_identical_build",
+    "test_quantize_cli_writes_the_plan",
+    "test_a_mix_of_unquantized_types_is_written_exactly",
+    "test_tiny_model_runs_in_llama_cpp_with_finite_varied_logits",
+    "test_flags_win_over_a_calibration_which_wins_over_assumptions",  # the hardware fingerprint asks llama.cpp
+    "test_run_carries_the_expected_tg_of_the_speed_model_it_was_given",
+    "test_calibrate_command_stores_and_prints_json_then_run_uses_it",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if (LLAMA_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow")
+                or item.module.__name__.rsplit(".", 1)[-1] in LLAMA_MODULES or name in LLAMA_TESTS):
+            item.add_marker(pytest.mark.llama)
+
+
+LLAMA_LOADED_BEFORE = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[LLAMA_LOADED_BEFORE] = "llama_cpp" in sys.modules
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """A test without the `llama` marker that imports llama_cpp (in its fixtures or its body) errors at
+    teardown. It bites in the `-m "not llama"` tier, where nothing else imports it; in a full run only
+    until the first llama test has imported it."""
+    outcome = yield
+    report = outcome.get_result()
+    if (call.when == "teardown" and item.get_closest_marker("llama") is None
+            and not item.stash.get(LLAMA_LOADED_BEFORE, True) and "llama_cpp" in sys.modules):
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} imported llama_cpp but is not marked 'llama' (see tests/conftest.py)"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,6 +3,7 @@ speed runs and real evaluations, against the f32 build as the reference."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,38 +32,38 @@ def comparison(isolated: Path, tiny_model: Path) -> Comparison:
 
 
 def test_one_record_per_profile_in_the_order_given(comparison: Comparison):
-    assert [r["profile"] for r in comparison.records] == ["q4_0", "q8_0"]
+    assert [r.profile for r in comparison.records] == ["q4_0", "q8_0"]
 
 
 def test_the_baseline_row_has_neutral_ratios(comparison: Comparison):
     base = comparison.records[1]
-    assert base["baseline"] is True
-    assert (base["memory_saved_pct"], base["pp_ratio"], base["tg_ratio"], base["top1_vs_baseline"]) == (0, 1, 1, 0)
+    assert base.baseline is True
+    assert (base.memory_saved_pct, base.pp_ratio, base.tg_ratio, base.top1_vs_baseline) == (0, 1, 1, 0)
 
 
 def test_q4_0_file_is_smaller_than_q8_0(comparison: Comparison):
     q4, q8 = comparison.records
-    assert q4["file_bytes"] < q8["file_bytes"]
+    assert q4.file_bytes < q8.file_bytes
 
 
 def test_memory_is_every_buffer_llama_cpp_allocated_and_saved_is_relative_to_the_baseline(comparison: Comparison):
     # On the tiny model the compute buffer dominates, and on CPU llama.cpp repacks q4_0 weights into an
     # extra buffer (model:CPU_REPACK), so q4_0 need not save memory here; only the arithmetic is checked.
     q4, q8 = comparison.records
-    assert q4["memory_bytes"] == sum(q4["buffers"].values())
-    assert q4["memory_saved_pct"] == pytest.approx(100 * (1 - q4["memory_bytes"] / q8["memory_bytes"]))
+    assert q4.memory_bytes == sum(q4.buffers.values())
+    assert q4.memory_saved_pct == pytest.approx(100 * (1 - q4.memory_bytes / q8.memory_bytes))
 
 
 def test_every_record_has_speed_and_accuracy(comparison: Comparison):
     for r in comparison.records:
-        assert r["pp_tps"] > 0 and r["tg_tps"] > 0
-        assert r["kld_mean"] >= 0 and 0 <= r["top1_pct"] <= 100 and r["ppl"] > 1
-        assert r["pp_ratio"] == pytest.approx(r["pp_tps"] / comparison.records[1]["pp_tps"])
+        assert r.pp_tps > 0 and r.tg_tps > 0
+        assert r.kld_mean >= 0 and 0 <= r.top1_pct <= 100 and r.ppl > 1
+        assert r.pp_ratio == pytest.approx(r.pp_tps / comparison.records[1].pp_tps)
 
 
 def test_q4_0_is_further_from_the_f32_reference_than_q8_0(comparison: Comparison):
     q4, q8 = comparison.records
-    assert q4["kld_mean"] > q8["kld_mean"]
+    assert q4.kld_mean > q8.kld_mean
 
 
 def test_tables_and_plots_are_written_to_out(comparison: Comparison, isolated: Path):
@@ -74,9 +75,25 @@ def test_tables_and_plots_are_written_to_out(comparison: Comparison, isolated: P
 def test_each_profile_is_stored_in_the_history(comparison: Comparison):
     from ggprec.store import Store
 
-    rows = Store().query(kind="compare")
+    with Store() as store:
+        rows = store.query(kind="compare")
     assert len(comparison.history_ids) == 2
-    assert len(rows) == 2
+    assert [r.record for r in reversed(rows)] == comparison.records
+
+
+def test_history_shows_the_compare_rows_beside_a_run_row(comparison: Comparison, tiny_model: Path):
+    """`ggprec demo` (compare rows) and `ggprec run` (a run row) in one history, then `ggprec history`
+    and `history --json`: every row shown, exit 0 (issue 14's crash)."""
+    runner = CliRunner()
+    ran = runner.invoke(main, ["run", str(tiny_model), "--pp", "16", "--tg", "4", "--reps", "1", "-c", "64",
+                               "-t", "2"])
+    assert ran.exit_code == 0, ran.output
+    table, as_json = runner.invoke(main, ["history"]), runner.invoke(main, ["history", "--json"])
+    assert (table.exit_code, as_json.exit_code) == (0, 0), table.output + as_json.output
+    rows = json.loads(as_json.output)["records"]
+    assert sorted(r["kind"] for r in rows) == ["compare", "compare", "run"]
+    lines = table.output.splitlines()
+    assert (sum(" compare " in ln for ln in lines), sum(" run " in ln for ln in lines)) == (2, 1)
 
 
 def test_a_second_compare_reuses_builds_and_reference_logits_and_gets_the_same_accuracy(
@@ -84,18 +101,18 @@ def test_a_second_compare_reuses_builds_and_reference_logits_and_gets_the_same_a
     again = compare(tiny_model, ["q8_0"], baseline="q8_0", reference="f32", record=False, reuse_accuracy=False,
                     **FAST)
     first, second = comparison.records[1], again.records[0]
-    assert second["path"] == first["path"]
-    assert (second["reference_cached"], second["accuracy_cached"]) == (True, False)
+    assert second.path == first.path
+    assert (second.reference_cached, second.accuracy_cached) == (True, False)
     for key in ("kld_mean", "kld_p99", "top1_pct", "ppl"):
-        assert second[key] == first[key]
+        assert getattr(second, key) == getattr(first, key)
 
 
 def test_a_second_compare_reuses_the_accuracy_of_unchanged_inputs_but_measures_speed_again(
         comparison: Comparison, tiny_model: Path):
     again = compare(tiny_model, ["q8_0"], baseline="q8_0", reference="f32", record=False, **FAST)
-    assert again.records[0]["accuracy_cached"] is True
-    assert again.records[0]["kld_mean"] == comparison.records[1]["kld_mean"]
-    assert again.records[0]["tg_tps"] > 0
+    assert again.records[0].accuracy_cached is True
+    assert again.records[0].kld_mean == comparison.records[1].kld_mean
+    assert again.records[0].tg_tps > 0
 
 
 def test_unknown_profile_is_a_one_line_error(isolated: Path, tiny_model: Path):

@@ -1,11 +1,13 @@
-"""The report printers on hand-made records: exact CSV and Markdown text, the Pareto front, plots."""
+"""The printers on hand-made records: exact CSV and Markdown text, the Pareto front, plots."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ggprec.report import Column, pareto_front, to_csv, to_json, to_markdown, to_table, write_all
+from ggprec.printers import to_csv, to_json, to_markdown, to_table
+from ggprec.records import Column, CompareRecord
+from ggprec.report import pareto_front, write_all
 
 COLS = (
     Column("profile", "profile", "", ""),
@@ -66,8 +68,18 @@ def test_pareto_front_keeps_identical_points():
     assert pareto_front([(0.1, 5.0), (0.1, 5.0)]) == [0, 1]
 
 
+def test_columns_come_from_the_record_class_when_not_given():
+    rec = CompareRecord(profile="q4_0", file_mb=91.7, memory_mb=120.25, kld_mean=0.3716, top1_vs_baseline=-25.0)
+    md = to_markdown([rec]).splitlines()
+    assert md[0] == ("| profile | file MiB | mem MiB | mem saved % | pp tok/s | pp x | tg tok/s | tg x | tg / exp "
+                     "| KLD mean | KLD p99 | KLD x base | top-1 % | top-1 vs base | PPL |")
+    assert md[2] == "| q4_0 | 91.7 | 120.2 | - | - | - | - | - | - | 0.3716 | - | - | - | -25.0 | - |"
+    assert to_csv([rec]).splitlines()[1] == "q4_0,91.7,120.25,,,,,,,0.3716,,,,-25.0,"
+
+
 def test_write_all_writes_text_files_and_two_pngs(tmp_path: Path):
-    records = [dict(r, tg_tps=t) for r, t in zip(RECORDS[:2], (40.0, 55.0), strict=True)]
+    records = [CompareRecord(profile=r["profile"], file_mb=r["file_mb"], kld_mean=r["kld_mean"], tg_tps=t)
+               for r, t in zip(RECORDS[:2], (40.0, 55.0), strict=True)]
     paths = write_all(records, tmp_path / "out", subtitle="hand-made", baseline="q8_0")
     assert sorted(p.name for p in paths) == ["compare.csv", "compare.json", "compare.md",
                                              "size_vs_kld.png", "tg_vs_kld.png"]

@@ -47,7 +47,7 @@ def test_run_predicts_the_kv_and_model_buffers_llama_cpp_allocates(tiny_run: Run
 def test_the_run_table_shows_predicted_allocated_and_the_error_per_buffer(tiny_run: RunResult) -> None:
     from rich.console import Console
 
-    from ggprec.run_report import allocation_table
+    from ggprec.printers import allocation_table
 
     r = tiny_run
     console = Console(width=120, record=True)
@@ -83,7 +83,8 @@ RUN_DOC = {
     "pp": int, "tg": int, "reps": int, "pp_tps": (dict, type(None)), "tg_tps": (dict, type(None)),
     "load_s": float, "allocation": dict, "peak_rss_bytes": int, "gpu_memory_bytes": (int, type(None)),
     "n_layer": int, "notices": list, "prompt": (str, type(None)), "generated": (str, type(None)),
-    "predicted": (dict, type(None)), "hardware": dict,
+    "predicted": (dict, type(None)), "expected_tg_tps": (float, type(None)), "expected_pp_tps": (float, type(None)),
+    "expected_tg_source": (str, type(None)), "hardware": dict,
 }
 SETTINGS_DOC = {"n_gpu_layers": int, "n_ctx": int, "n_batch": int, "n_ubatch": int,
                 "flash_attn": (bool, type(None)), "flash_attn_effective": bool, "n_threads": int,
@@ -126,7 +127,9 @@ def test_run_json_follows_the_documented_schema_and_lands_in_history(tiny_model:
     assert doc["profile"] is None and doc["ran"] == str(tiny_model) and doc["settings"]["n_ctx"] == 128
     hist = json.loads(run_cli("history", "--json", "--db", db, "--model", tiny_model.name).output)
     assert [r["id"] for r in hist["records"]] == [doc["id"]]
-    assert hist["records"][0]["results"]["tg_tps"] == doc["tg_tps"]
+    # The history keeps the median as tg_tps (as compare rows do) and the whole Stats object as tg_stats.
+    stored = hist["records"][0]["results"]
+    assert (stored["tg_tps"], stored["tg_stats"]) == (doc["tg_tps"]["median"], doc["tg_tps"])
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -63,7 +63,9 @@ def test_offloaded_layers_and_the_head_are_read_on_the_gpu(tiny_model: Path) -> 
     reads = bytes_read_per_token(info, RuntimeSettings(n_ctx=512, n_gpu_layers=ALL_LAYERS), kv_cells=0)
     embd = next(t for t in info.tensors if t.name == "token_embd.weight")
     assert reads[HOST] == {"f16": embd.shape[0] * 2}  # only the embedding row stays on the host
-    assert sum(reads[GPU].values()) == sum(t.n_bytes for t in info.tensors)  # the head is token_embd again
+    assert sum(reads["CUDA0"].values()) == sum(t.n_bytes for t in info.tensors)  # the head is token_embd again
+    est = MODEL.expected(info, RuntimeSettings(n_ctx=512, n_gpu_layers=ALL_LAYERS, n_threads=2))
+    assert est.source == "host: test figures; GPU: 500 GB/s assumed"
 
 
 def test_expected_uses_the_types_of_the_file_that_will_run(tiny_model: Path) -> None:
@@ -164,3 +166,22 @@ def test_calibrate_command_stores_and_prints_json_then_run_uses_it(tiny_model: P
     assert res.exit_code == 0, res.output
     run = json.loads(res.output[res.output.index("{"):])
     assert run["expected_tg_tps"] > 0 and run["expected_tg_source"].startswith("host: calibrated (history #1, ")
+
+
+def test_an_moe_token_reads_and_multiplies_only_the_used_share_of_its_routed_experts(tmp_path: Path) -> None:
+    from ggprec.roles import is_routed_expert
+    from ggprec.speed import matmul_elements
+    from ggprec.synth import shape_for, write_synth
+
+    info = read_gguf(write_synth(tmp_path / "moe.gguf", shape_for("tiny-moe"), "f16", sparse=True))
+    hp = info.hparams
+    share = hp.n_expert_used / hp.n_expert
+    experts = [t for t in info.tensors if is_routed_expert(t.role)]
+    assert experts and 0 < share < 1
+    dense = sum(t.n_elements for t in info.tensors
+                if len(t.shape) > 1 and not is_routed_expert(t.role)
+                and t.name not in ("token_embd.weight", "output.weight"))  # a lookup; the head: last token only
+    elems = matmul_elements(info, RuntimeSettings(n_ctx=256))
+    assert elems == {HOST: {"f16": dense + round(sum(t.n_elements for t in experts) * share)}}
+    reads = bytes_read_per_token(info, RuntimeSettings(n_ctx=256), kv_cells=0)
+    assert sum(reads[HOST].values()) < sum(t.n_bytes for t in info.tensors)

@@ -9,21 +9,24 @@ from pathlib import Path
 import pytest
 
 from ggprec.errors import GgprecError
+from ggprec.records import EvalRecord, RunRecord
 from ggprec.store import MIGRATIONS, Store
 
 
 def add(store: Store, kind: str = "run", model: str = "/models/a.gguf", profile: str | None = "q8_0",
         tg: float = 10.0) -> int:
-    return store.record(kind, model, "ab" * 32, profile, None if profile is None else "cd" * 32,
-                        {"n_ctx": 512}, {"tg_tps": {"median": tg}}, {"cpu": "test"})
+    record = RunRecord(ran=model, tg=64, tg_tps=tg) if kind == "run" else EvalRecord(kld_mean=0.01)
+    return store.record(record, model_path=model, model_sha256="ab" * 32, profile_name=profile,
+                        profile_hash=None if profile is None else "cd" * 32, settings={"n_ctx": 512},
+                        hardware={"cpu": "test"})
 
 
-def test_a_recorded_result_reads_back_with_its_json_payloads(tmp_path: Path) -> None:
+def test_a_recorded_result_reads_back_typed_with_its_json_payloads(tmp_path: Path) -> None:
     with Store(tmp_path / "h.db") as store:
         rid = add(store, tg=12.5)
         [rec] = store.query()
     assert rec.id == rid and rec.kind == "run" and rec.model_path == "/models/a.gguf"
-    assert rec.settings == {"n_ctx": 512} and rec.results == {"tg_tps": {"median": 12.5}}
+    assert rec.settings == {"n_ctx": 512} and rec.record == RunRecord(ran="/models/a.gguf", tg=64, tg_tps=12.5)
     assert rec.hardware == {"cpu": "test"} and rec.profile_name == "q8_0" and rec.created.endswith("+00:00")
 
 
@@ -96,9 +99,9 @@ def test_an_unusable_database_path_is_an_error(tmp_path: Path, name: str, messag
         Store(tmp_path / name)
 
 
-def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
-    with Store(tmp_path / "h.db") as store, pytest.raises(GgprecError, match="unknown history kind 'bench'"):
-        add(store, kind="bench")
+def test_only_a_result_record_is_stored(tmp_path: Path) -> None:
+    with Store(tmp_path / "h.db") as store, pytest.raises(GgprecError, match="not a history record: 'bench'"):
+        store.record("bench", model_path="/models/a.gguf")  # type: ignore[arg-type]
 
 
 def test_history_db_is_plain_sqlite(tmp_path: Path) -> None:

@@ -1,0 +1,191 @@
+"""Per-tensor placement: llama.cpp's `-ot PATTERN=DEVICE`, `--cpu-moe` and `--n-cpu-moe N`.
+
+Two halves that must agree: `placement()` says on which device llama.cpp puts each tensor (used by
+`memory.predict` and the speed model), and `buft_overrides()` builds the array llama.cpp reads to do it
+(`llama_model_params.tensor_buft_overrides`, which llama-cpp-python 0.3.36 declares only as a void
+pointer, with no ggml backend bindings: the struct is declared here and buffer types come from the
+device registry of the libggml llama-cpp-python ships).
+
+Rules (llama.cpp's src/llama-model-loader.cpp and common/arg.cpp, vendored in llama-cpp-python 0.3.36):
+- without overrides, `n_gpu_layers` decides: the last n_gpu_layers blocks on the GPU, the output head
+  too when n_gpu_layers > n_layer; token_embd always in host memory;
+- each override's pattern is searched (std::regex_search, ECMAScript syntax) in the tensor name, the
+  first match wins, for every tensor (input, blocks, output);
+- the list llama.cpp gets is `override_tensor` in order, then the `n_cpu_moe` patterns: `--cpu-moe`
+  is `\\.ffn_(up|down|gate|gate_up)_(ch|)exps` to CPU, `--n-cpu-moe N` that pattern prefixed with
+  `blk\\.i` for i in 0..N-1 (routed expert matrices only: not the router, not shared experts).
+
+Patterns are matched here with Python's `re.search`. For the patterns people write (`exps=CPU`,
+`blk\\.(1[0-9])\\.ffn_.*=CUDA0`, `\\.ffn_(up|down)_exps`) the two agree. Python-only syntax that
+std::regex's ECMAScript grammar rejects or reads differently (look-behind `(?<=`, named groups
+`(?P<`, inline flags `(?i)`, `\\A`, `\\Z`, comments `(?#`) is refused with a one-line error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .errors import GgprecError
+from .gguf_info import ModelInfo
+from .settings import ALL_LAYERS, RuntimeSettings
+
+CPU = "CPU"
+GPU = "CUDA0"  # the device ggprec's memory model predicts for offloaded tensors
+EXPS_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"  # llama.cpp's LLM_FFN_EXPS_REGEX
+MAX_OVERRIDES = 4096  # llama_max_tensor_buft_overrides() of the vendored llama.cpp
+_PYTHON_ONLY = re.compile(r"\(\?<[=!]|\(\?P|\(\?#|\(\?[aiLmsux-]+[:)]|\\[AZ]")
+GGML_BACKEND_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type
+
+
+class TensorBuftOverride(ctypes.Structure):
+    """struct llama_model_tensor_buft_override { const char * pattern; ggml_backend_buffer_type_t buft; }"""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def check_pattern(pattern: str) -> str:
+    """The pattern if both Python and std::regex read it the same way, else a one-line GgprecError."""
+    if not pattern:
+        raise GgprecError("override_tensor: empty pattern")
+    if _PYTHON_ONLY.search(pattern):
+        raise GgprecError(f"override_tensor: pattern {pattern!r} uses Python-only regex syntax "
+                          "(llama.cpp reads ECMAScript regexes)")
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise GgprecError(f"override_tensor: invalid pattern {pattern!r}: {e}") from None
+    return pattern
+
+
+def parse_overrides(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """`-ot` values (`PATTERN=DEVICE`, several comma-separated in one value, as llama.cpp) in order."""
+    out: list[tuple[str, str]] = []
+    for value in values:
+        for item in value.split(","):
+            pattern, sep, device = item.partition("=")
+            if not sep or not device:
+                raise GgprecError(f"-ot {item!r}: expected PATTERN=DEVICE, e.g. exps=CPU")
+            out.append((check_pattern(pattern), device))
+    return tuple(out)
+
+
+def override_list(settings: RuntimeSettings) -> list[tuple[str, str]]:
+    """(pattern, device) in the order llama.cpp receives them: override_tensor, then n_cpu_moe."""
+    out = list(settings.override_tensor)
+    if settings.n_cpu_moe == ALL_LAYERS:
+        out.append((EXPS_PATTERN, CPU))
+    elif settings.n_cpu_moe > 0:
+        out.extend((rf"blk\.{i}{EXPS_PATTERN}", CPU) for i in range(settings.n_cpu_moe))
+    elif settings.n_cpu_moe < 0:
+        raise GgprecError(f"n_cpu_moe: expected a block count >= 0 (or {ALL_LAYERS} for all), got {settings.n_cpu_moe}")
+    if len(out) > MAX_OVERRIDES:
+        raise GgprecError(f"{len(out)} tensor overrides: llama.cpp takes at most {MAX_OVERRIDES}")
+    return out
+
+
+def gpu_layers(n_gpu_layers: int, n_layer: int) -> tuple[int, bool]:
+    """(first block on the GPU, output head on the GPU) as llama.cpp assigns them."""
+    ngl = n_layer + 1 if n_gpu_layers == ALL_LAYERS else max(n_gpu_layers, 0)
+    return max(n_layer - ngl, 0), ngl > n_layer
+
+
+@dataclass(frozen=True)
+class Placer:
+    """Decides a tensor's device from its name and layer; built once per (model, settings)."""
+
+    first_gpu: int
+    output_on_gpu: bool
+    overrides: tuple[tuple[re.Pattern[str], str], ...]
+
+    @classmethod
+    def for_model(cls, n_layer: int, settings: RuntimeSettings) -> Placer:
+        first_gpu, output_on_gpu = gpu_layers(settings.n_gpu_layers, n_layer)
+        compiled = tuple((re.compile(check_pattern(p)), d) for p, d in override_list(settings))
+        return cls(first_gpu, output_on_gpu, compiled)
+
+    def default_device(self, name: str, layer: int | None, output_copy: bool = False) -> str:
+        if layer is not None:
+            return GPU if layer >= self.first_gpu else CPU
+        if name == "token_embd.weight" and not output_copy:
+            return CPU  # a row lookup: llama.cpp keeps the input layer in host memory
+        return GPU if self.output_on_gpu else CPU
+
+    def device(self, name: str, layer: int | None, output_copy: bool = False) -> str:
+        """output_copy: the tied head, which llama.cpp creates as a second `token_embd.weight` in the
+        output layer (so a pattern matching token_embd moves both)."""
+        for pattern, device in self.overrides:
+            if pattern.search(name):
+                return device
+        return self.default_device(name, layer, output_copy)
+
+
+def placement(info: ModelInfo, settings: RuntimeSettings) -> dict[str, str]:
+    """Tensor name -> device ("CPU" or "CUDA0", or a device named in an override) for every tensor
+    of the file. A tied output head (no output.weight) is not a file tensor: see Placer.device."""
+    placer = Placer.for_model(info.hparams.n_layer, settings)
+    return {t.name: placer.device(t.name, t.layer) for t in info.tensors}
+
+
+# --- ctypes: the array llama.cpp reads -----------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _libggml() -> Any:
+    """libggml as llama-cpp-python loaded it (same process-wide registry llama.cpp uses), with the
+    device-registry functions declared."""
+    import llama_cpp  # noqa: F401  (loads libllama and its libggml first)
+    from llama_cpp._ggml import libggml
+
+    sigs: dict[str, tuple[list[Any], Any]] = {
+        "ggml_backend_dev_count": ([], ctypes.c_size_t),
+        "ggml_backend_dev_get": ([ctypes.c_size_t], ctypes.c_void_p),
+        "ggml_backend_dev_by_type": ([ctypes.c_int], ctypes.c_void_p),
+        "ggml_backend_dev_name": ([ctypes.c_void_p], ctypes.c_char_p),
+        "ggml_backend_dev_buffer_type": ([ctypes.c_void_p], ctypes.c_void_p),
+        "ggml_backend_buft_name": ([ctypes.c_void_p], ctypes.c_char_p),
+    }
+    for fname, (argtypes, restype) in sigs.items():
+        fn = getattr(libggml, fname)
+        fn.argtypes, fn.restype = argtypes, restype
+    return libggml
+
+
+def buffer_types() -> dict[str, int]:
+    """Buffer type name -> ggml_backend_buffer_type_t of every device this llama.cpp build has (the
+    names llama.cpp's `-ot` accepts: each device's default buffer type, e.g. CPU, CUDA0)."""
+    lib = _libggml()
+    out: dict[str, int] = {}
+    for i in range(lib.ggml_backend_dev_count()):
+        buft = lib.ggml_backend_dev_buffer_type(lib.ggml_backend_dev_get(i))
+        if buft:
+            out[lib.ggml_backend_buft_name(buft).decode()] = buft
+    return out
+
+
+def buft_overrides(settings: RuntimeSettings) -> ctypes.Array[TensorBuftOverride] | None:
+    """The NULL-pattern-terminated override array for `settings` (None when there are no overrides).
+    The array owns its pattern strings; keep it referenced until the model is loaded."""
+    items = override_list(settings)
+    if not items:
+        return None
+    bufts = buffer_types()
+    arr = (TensorBuftOverride * (len(items) + 1))()  # zero-filled: the last entry is the terminator
+    for i, (pattern, device) in enumerate(items):
+        if device not in bufts:
+            raise GgprecError(f"override_tensor: unknown device {device!r}; this llama.cpp build has: "
+                              + ", ".join(sorted(bufts)))
+        arr[i].pattern = check_pattern(pattern).encode()
+        arr[i].buft = bufts[device]
+    return arr
+
+
+def attach(model_params: Any, settings: RuntimeSettings) -> None:
+    """Fill `model_params.tensor_buft_overrides` from settings; the array is kept on the params object
+    so it lives as long as they do."""
+    arr = buft_overrides(settings)
+    model_params._ggprec_overrides = arr  # keeps the ctypes memory alive
+    model_params.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p).value if arr is not None else None
