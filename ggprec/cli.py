@@ -207,8 +207,12 @@ def _quantize_progress(tensor: str, done: int, total: int) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="The GGUF file to write.")
 @click.option("-t", "--threads", type=click.IntRange(1), help="Quantizer threads (default: all cores).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None, force: bool) -> None:
-    """Write MODEL under a profile with llama.cpp's quantizer, then check every tensor's type."""
+@click.option("--keep-split", is_flag=True,
+              help="Write a split MODEL as one shard per source shard: OUTPUT's stem + -0000k-of-0000N.gguf.")
+def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None, force: bool,
+                 keep_split: bool) -> None:
+    """Write MODEL (any shard of a split model) under a profile with llama.cpp's quantizer, then check
+    every tensor's type."""
     import warnings
 
     from .fileio import check_output
@@ -217,8 +221,11 @@ def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None
     from .profile import load_profile
     from .quantize import RequantizeWarning, quantize
 
-    plan = resolve_plan(read_gguf(model), load_profile(profile_name))
-    check_output(output, force=force, source=model)
+    info = read_gguf(model)
+    plan = resolve_plan(info, load_profile(profile_name))
+    if not keep_split:
+        for shard in info.shards:
+            check_output(output, force=force, source=shard)
     for w in plan.warnings:
         click.echo(f"ggprec: warning: {w}", err=True)
     if plan.requantize:
@@ -228,9 +235,14 @@ def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None
     progress = _quantize_progress if sys.stderr.isatty() else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RequantizeWarning)  # said above, before the work starts
-        path = quantize(model, plan, output, threads=threads, force=force, progress=progress)
+        path = quantize(model, plan, output, threads=threads, force=force, progress=progress, keep_split=keep_split)
     if progress is not None:
         click.echo("\r\033[K", nl=False, err=True)
+    if keep_split:
+        shards = read_gguf(path).shards
+        size = sum(p.stat().st_size for p in shards)
+        click.echo(f"wrote {len(shards)} shards {path} ... {shards[-1].name} ({size / 2**20:,.1f} MiB, {size:,} bytes)")
+        return
     size = path.stat().st_size
     click.echo(f"wrote {path} ({size / 2**20:,.1f} MiB, {size:,} bytes; predicted {plan.predicted_file_size:,})")
 

@@ -1,66 +1,58 @@
-"""Read a GGUF file's header into a ModelInfo: metadata, hyper-parameters, every tensor.
+"""Read a GGUF model's header into a ModelInfo: metadata, hyper-parameters, every tensor, every shard.
 
 Why not `gguf.GGUFReader`: it builds a numpy view for every element of every metadata array, which
 takes seconds on a 128k-token vocabulary. `inspect` needs only the sizes of those arrays, so this
-reader walks the header once over an mmap, keeps scalars and small arrays, and records large arrays
-by element type and count. Every length it reads is checked against the file size before use, so a
-corrupt or hostile file gives a GgprecError, never a huge allocation or a traceback.
+reader walks the header once over an mmap (`gguf_layout.Cursor`), keeps scalars and small arrays, and
+records large arrays by element type and count.
+
+The reader validates before it trusts: every length and count is checked against the bytes left
+before use, strings, names and array nesting have limits, every metadata value the hyper-parameters
+use is type-checked (an integer, not a float, bool, string or NaN; per-layer lists of the right
+length), layer numbers and block_count are bounded, so no number from the file makes it allocate or
+loop in proportion. Any exception that still escapes the parser becomes a CorruptGGUFError
+("corrupt GGUF header at offset N"), and names quoted from the file go through `errors.safe_text`.
+
+Split models (`name-00001-of-00003.gguf`, written by llama.cpp's gguf-split or quantizer): the first
+shard holds the metadata and `split.count`/`split.no`/`split.tensors.count`, later shards hold the split
+keys and their tensors. Any shard's path reads them all, found by llama.cpp's own naming
+(`llama_split_path`/`llama_split_prefix`), and gives one ModelInfo.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
-import struct
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import ggml_types
-from .errors import GgprecError
+from .errors import CorruptGGUFError, GgprecError, safe_text
 from .ggml_types import GgmlType
+from .gguf_layout import (
+    DEFAULT_ALIGNMENT,
+    KEEP_ARRAY_MAX,
+    MAGIC,
+    MAX_DIMS,
+    MAX_NAME,
+    VERSIONS,
+    ArraySummary,
+    Cursor,
+    align,
+)
 from .roles import ROLE_ORDER, classify
 
-GGUF_MAGIC = b"GGUF"
-SUPPORTED_VERSIONS = (2, 3)
-DEFAULT_ALIGNMENT = 32
-# Arrays longer than this are summarised (type, count) rather than kept; per-layer arrays
-# (head counts, feed-forward lengths) are far shorter.
-KEEP_ARRAY_MAX = 4096
-MAX_DIMS = 4
+__all__ = ["KEEP_ARRAY_MAX", "ArraySummary", "HParams", "ModelInfo", "TensorInfo", "read_gguf", "split_path",
+           "split_prefix"]
 
-# GGUF metadata value types: id -> (struct format, size); strings (8) and arrays (9) are special.
-SCALARS: dict[int, tuple[str, int]] = {
-    0: ("<B", 1),
-    1: ("<b", 1),
-    2: ("<H", 2),
-    3: ("<h", 2),
-    4: ("<I", 4),
-    5: ("<i", 4),
-    6: ("<f", 4),
-    7: ("<?", 1),
-    10: ("<Q", 8),
-    11: ("<q", 8),
-    12: ("<d", 8),
-}
-_STRING, _ARRAY = 8, 9
-_U64 = struct.Struct("<Q")
-_VALUE_TYPE_NAMES = {
-    0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32",
-    7: "bool", 8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64",
-}
-
-
-@dataclass(frozen=True)
-class ArraySummary:
-    """A metadata array too long to keep (e.g. tokenizer.ggml.tokens): its element type and length."""
-
-    element_type: str
-    count: int
-
-    def __len__(self) -> int:
-        return self.count
+MAX_LAYERS = KEEP_ARRAY_MAX  # block_count accepted (llama.cpp itself loads at most 512 layers)
+MAX_LAYER_DIGITS = 6  # digits of N in a tensor name `blk.N.*`, checked before int()
+U32_MAX = 2**32 - 1  # bound of the counts and lengths the hyper-parameters read
+SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS = "split.count", "split.no", "split.tensors.count"
+_BLOCK_NUMBER = re.compile(r"blk\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -70,8 +62,9 @@ class TensorInfo:
     layer: int | None
     shape: tuple[int, ...]  # ggml order: shape[0] is the row length
     type: GgmlType
-    offset: int  # absolute offset of the tensor's data in the file
+    offset: int  # absolute offset of the tensor's data in its shard's file
     n_bytes: int
+    shard: int = 0  # index into ModelInfo.shards of the file holding the data (0 for a single file)
 
     @property
     def n_elements(self) -> int:
@@ -125,10 +118,18 @@ class ModelInfo:
     data_offset: int
     metadata: dict[str, Any]
     tensors: list[TensorInfo]
+    # Every file of the model, first shard first; [path] for a single file. `path`, `version`,
+    # `alignment`, `data_offset` and `metadata` are the first shard's, `file_size` is the sum.
+    shards: list[Path] = field(default_factory=list)
     hparams: HParams = field(init=False)
 
     def __post_init__(self) -> None:
-        self.hparams = _hparams(self.arch, self.metadata, self.tensors)
+        if not self.shards:
+            self.shards = [self.path]
+        arch = self.metadata.get("general.architecture", "unknown")
+        if not isinstance(arch, str):
+            raise GgprecError(f"metadata general.architecture is {_describe(arch)}, expected a string")
+        self.hparams = _hparams(arch, self.metadata, self.tensors)
         self._by_name = {t.name: t for t in self.tensors}
 
     @property
@@ -138,7 +139,19 @@ class ModelInfo:
     @property
     def name(self) -> str | None:
         value = self.metadata.get("general.name")
-        return str(value) if value is not None else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_split(self) -> bool:
+        return len(self.shards) > 1
+
+    def shard_tensors(self) -> list[list[TensorInfo]]:
+        """The tensors of each shard file in file order: llama.cpp maps each file on its own, so a
+        host range (CPU_Mapped) is per shard."""
+        out: list[list[TensorInfo]] = [[] for _ in self.shards]
+        for t in sorted(self.tensors, key=lambda t: (t.shard, t.offset)):
+            out[t.shard].append(t)
+        return out
 
     def tensor(self, name: str) -> TensorInfo | None:
         return self._by_name.get(name)
@@ -179,90 +192,47 @@ class ModelInfo:
         return {k: (groups[k][0], groups[k][1], groups[k][2]) for k in keys}
 
 
-class Cursor:
-    """Bounds-checked little-endian reads over the mapped header."""
+@dataclass
+class _File:
+    """One GGUF file's header as parsed, before the shards of a split model are put together."""
 
-    def __init__(self, buf: mmap.mmap | bytes, size: int) -> None:
-        self.buf = buf
-        self.size = size
-        self.pos = 0
-
-    def need(self, n: int, what: str) -> None:
-        if n < 0 or self.pos + n > self.size:
-            raise GgprecError(f"truncated header: {what} runs past the end of the file")
-
-    def unpack(self, fmt: str, n: int, what: str) -> Any:
-        self.need(n, what)
-        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
-        self.pos += n
-        return value
-
-    def u32(self, what: str) -> int:
-        return self.unpack("<I", 4, what)
-
-    def u64(self, what: str) -> int:
-        return self.unpack("<Q", 8, what)
-
-    def string(self, what: str) -> str:
-        n = self.u64(f"{what} length")
-        self.need(n, what)
-        raw = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return raw.decode("utf-8", errors="replace")
-
-    def skip_strings(self, count: int, what: str) -> None:
-        # Hot loop for vocabularies and merges (400k strings on Llama 3): no decoding, one length read
-        # per element with a precompiled Struct, no per-element bounds check. A length that jumps past
-        # the end makes the next read fail or the final check below; `count` itself was
-        # bounded by the file size before this loop, so the loop cannot run away.
-        buf, pos, unpack = self.buf, self.pos, _U64.unpack_from
-        try:
-            for _ in range(count):
-                pos += 8 + unpack(buf, pos)[0]
-        except (struct.error, OverflowError):  # OverflowError: a garbage length beyond any offset
-            pos = self.size + 1
-        if pos > self.size:
-            raise GgprecError(f"truncated header: {what} runs past the end of the file")
-        self.pos = pos
-
-    def value(self, vtype: int, what: str) -> Any:
-        if vtype in SCALARS:
-            fmt, n = SCALARS[vtype]
-            return self.unpack(fmt, n, what)
-        if vtype == _STRING:
-            return self.string(what)
-        if vtype == _ARRAY:
-            etype = self.u32(f"{what} element type")
-            count = self.u64(f"{what} element count")
-            return self.array(etype, count, what)
-        raise GgprecError(f"corrupt header: {what} has unknown value type {vtype}")
-
-    def array(self, etype: int, count: int, what: str) -> Any:
-        if etype in SCALARS:
-            fmt, n = SCALARS[etype]
-            self.need(count * n, what)
-            if count > KEEP_ARRAY_MAX:
-                self.pos += count * n
-                return ArraySummary(_VALUE_TYPE_NAMES[etype], count)
-            values = list(struct.unpack_from(f"<{count}{fmt[1]}", self.buf, self.pos))
-            self.pos += count * n
-            return values
-        if etype == _STRING:
-            # Each string needs at least its 8-byte length: reject absurd counts before looping.
-            self.need(count * 8, what)
-            if count > KEEP_ARRAY_MAX:
-                self.skip_strings(count, what)
-                return ArraySummary("string", count)
-            return [self.string(what) for _ in range(count)]
-        if etype == _ARRAY:
-            self.need(count * 12, what)
-            return [self.value(_ARRAY, what) for _ in range(count)]
-        raise GgprecError(f"corrupt header: {what} has unknown element type {etype}")
+    path: Path
+    size: int
+    version: int
+    alignment: int
+    data_offset: int
+    metadata: dict[str, Any]
+    tensors: list[TensorInfo]
+    end: int  # offset where the parser stopped (the end of the tensor infos)
 
 
 def read_gguf(path: str | os.PathLike[str]) -> ModelInfo:
-    """Parse the GGUF header of `path`; raise GgprecError with a one-line reason if it is not valid."""
-    p = Path(path)
+    """Parse the GGUF header of `path` (every shard of a split model); raise GgprecError with a one-line
+    reason if it is not valid."""
+    first = _read_file(Path(path), shard=0)
+    count, no = _split_keys(first)
+    files = [first] if count <= 1 else _read_shards(first, count, no)
+    head = files[0]
+    tensors = [t for f in files for t in f.tensors]
+    expected = head.metadata.get(SPLIT_TENSORS)
+    if count > 1 and expected != len(tensors):
+        raise GgprecError(f"{head.path}: split model holds {len(tensors)} tensors in {count} shards, "
+                          f"{SPLIT_TENSORS} says {safe_text(expected)}")
+    seen: set[str] = set()
+    for t in tensors:
+        if t.name in seen:
+            raise GgprecError(f"{files[t.shard].path}: tensor {safe_text(t.name)} appears twice")
+        seen.add(t.name)
+    try:
+        return ModelInfo(head.path, sum(f.size for f in files), head.version, head.alignment, head.data_offset,
+                         head.metadata, tensors, [f.path for f in files])
+    except GgprecError as e:
+        raise GgprecError(f"{head.path}: {e}") from None
+    except Exception as e:  # last resort: whatever the checks above missed is still one line
+        raise CorruptGGUFError(head.end, f"{type(e).__name__}: {safe_text(e)}", head.path) from None
+
+
+def _read_file(p: Path, shard: int) -> _File:
     if not p.exists():
         raise GgprecError(f"{p}: no such file")
     if p.is_dir():
@@ -273,93 +243,222 @@ def read_gguf(path: str | os.PathLike[str]) -> ModelInfo:
             if size == 0:
                 raise GgprecError(f"{p}: empty file, not a GGUF model")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _parse(p, buf, size)
+                cur = Cursor(buf, size)
+                try:
+                    return _parse(p, cur, shard)
+                except GgprecError:
+                    raise
+                except Exception as e:  # last resort: a bug or a case the checks missed, never a traceback
+                    raise CorruptGGUFError(cur.pos, f"{type(e).__name__}: {safe_text(e)}") from None
     except PermissionError as e:
         raise GgprecError(f"{p}: cannot read ({e.strerror})") from None
+    except CorruptGGUFError as e:
+        raise e.with_path(p) from None
     except GgprecError as e:
         raise GgprecError(f"{p}: {e}") from None
+    except OSError as e:
+        raise GgprecError(f"{p}: cannot read ({e.strerror or e})") from None
 
 
-def _parse(path: Path, buf: mmap.mmap, size: int) -> ModelInfo:
-    cur = Cursor(buf, size)
+def _parse(path: Path, cur: Cursor, shard: int) -> _File:
+    size, buf = cur.size, cur.buf
     cur.need(4, "magic")
-    if buf[0:4] != GGUF_MAGIC:
+    if buf[0:4] != MAGIC:
         raise GgprecError("not a GGUF file (bad magic)")
     cur.pos = 4
     version = cur.u32("version")
-    if version not in SUPPORTED_VERSIONS and int.from_bytes(version.to_bytes(4, "little"), "big") in SUPPORTED_VERSIONS:
+    if version not in VERSIONS and int.from_bytes(version.to_bytes(4, "little"), "big") in VERSIONS:
         raise GgprecError("big-endian GGUF file: llama.cpp on this machine reads little-endian files only")
-    if version not in SUPPORTED_VERSIONS:
+    if version not in VERSIONS:
         raise GgprecError(f"unsupported GGUF version {version} (supported: 2, 3)")
     n_tensors = cur.u64("tensor count")
     n_kv = cur.u64("metadata count")
     # Every tensor info and key-value pair takes more than 8 bytes, which bounds honest counts.
     if n_tensors * 8 > size or n_kv * 8 > size:
-        raise GgprecError(f"corrupt header: absurd counts ({n_tensors} tensors, {n_kv} metadata keys)")
+        raise cur.fail(f"absurd counts ({n_tensors} tensors, {n_kv} metadata keys)")
 
     metadata: dict[str, Any] = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key {i}")
-        vtype = cur.u32(f"type of {key}")
-        metadata[key] = cur.value(vtype, key)
+        if key in metadata:
+            raise cur.fail(f"metadata key {safe_text(key)} appears twice")
+        metadata[key] = cur.value(cur.u32(f"type of {key}"), key)
 
     raw_tensors = []
     for i in range(n_tensors):
-        name = cur.string(f"tensor name {i}")
+        name = cur.string(f"tensor name {i}", limit=MAX_NAME)
         n_dims = cur.u32(f"dimensions of {name}")
         if not 1 <= n_dims <= MAX_DIMS:
-            raise GgprecError(f"corrupt header: tensor {name} has {n_dims} dimensions")
+            raise cur.fail(f"tensor {safe_text(name)} has {n_dims} dimensions")
         shape = tuple(cur.u64(f"shape of {name}") for _ in range(n_dims))
         type_id = cur.u32(f"type of {name}")
         offset = cur.u64(f"offset of {name}")
         try:
             gtype = ggml_types.by_id(type_id)
         except ggml_types.UnknownTypeError:
-            raise GgprecError(f"tensor {name} has unknown ggml type id {type_id}") from None
+            raise GgprecError(f"tensor {safe_text(name)} has unknown ggml type id {type_id}") from None
         raw_tensors.append((name, shape, gtype, offset))
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise GgprecError(f"corrupt header: general.alignment {alignment!r} is not a power of two")
-    data_offset = -(-cur.pos // alignment) * alignment
+    if type(alignment) is not int or not 0 < alignment <= 1 << 30 or alignment & (alignment - 1):
+        raise cur.fail(f"general.alignment {_describe(alignment)} is not a power of two")
+    data_offset = align(cur.pos, alignment)
 
     tensors = []
     for name, shape, gtype, offset in raw_tensors:
         try:
             n_bytes = gtype.tensor_bytes(shape)
         except ValueError:
-            raise GgprecError(
-                f"corrupt header: tensor {name} shape {list(shape)} does not fit {gtype.name} blocks"
-            ) from None
+            raise cur.fail(f"tensor {safe_text(name)} shape {list(shape)} does not fit {gtype.name} blocks") from None
+        if offset % alignment:
+            raise cur.fail(f"tensor {safe_text(name)} data offset {offset} is not a multiple of the "
+                           f"alignment {alignment}")
         start = data_offset + offset
         if start + n_bytes > size:
             if start >= size:
-                raise GgprecError(f"tensor {name} starts past the end of the file (offset {start}, size {size})")
-            raise GgprecError(f"truncated tensor data: {name} ends at byte {start + n_bytes}, file has {size}")
+                raise GgprecError(f"tensor {safe_text(name)} starts past the end of the file "
+                                  f"(offset {start}, size {size})")
+            raise GgprecError(f"truncated tensor data: {safe_text(name)} ends at byte {start + n_bytes}, "
+                              f"file has {size}")
+        layer_digits = _BLOCK_NUMBER.match(name)
+        if layer_digits and len(layer_digits.group(1)) > MAX_LAYER_DIGITS:
+            raise cur.fail(f"tensor {safe_text(name)} has a layer number of {len(layer_digits.group(1))} digits")
         role, layer = classify(name)
-        tensors.append(TensorInfo(name, role, layer, shape, gtype, start, n_bytes))
-    return ModelInfo(path, size, version, alignment, data_offset, metadata, tensors)
+        tensors.append(TensorInfo(name, role, layer, shape, gtype, start, n_bytes, shard))
+    return _File(path, size, version, alignment, data_offset, metadata, tensors, cur.pos)
 
 
-def _per_layer(value: Any, n_layer: int, default: int) -> tuple[int, ...]:
+# --- split models ---------------------------------------------------------------------------------
+
+
+def split_path(prefix: str | os.PathLike[str], no: int, count: int) -> Path:
+    """The file of shard `no` (0-based) of `count`: llama.cpp's llama_split_path."""
+    return Path(f"{os.fspath(prefix)}-{no + 1:05d}-of-{count:05d}.gguf")
+
+
+def split_prefix(path: str | os.PathLike[str], no: int, count: int) -> str | None:
+    """The prefix of a shard's path (llama.cpp's llama_split_prefix); None if the name does not end in
+    `-{no+1:05d}-of-{count:05d}.gguf`."""
+    text = os.fspath(path)
+    suffix = f"-{no + 1:05d}-of-{count:05d}.gguf"
+    return text[: -len(suffix)] if text.endswith(suffix) and len(text) > len(suffix) else None
+
+
+def _split_keys(f: _File) -> tuple[int, int]:
+    """(split.count, split.no) of a file; (1, 0) for a file that is not a shard."""
+    md = f.metadata
+    if SPLIT_COUNT not in md:
+        if SPLIT_NO in md or SPLIT_TENSORS in md:
+            raise GgprecError(f"{f.path}: shard of a split model without {SPLIT_COUNT}")
+        return 1, 0
+    try:
+        count = _int(md, SPLIT_COUNT, 1, hi=0xFFFF)
+        no = _int(md, SPLIT_NO, 0, hi=0xFFFF)
+        _int(md, SPLIT_TENSORS, 0, hi=2**31 - 1)
+    except GgprecError as e:
+        raise GgprecError(f"{f.path}: {e}") from None
+    if count == 0 or no >= max(count, 1):
+        raise GgprecError(f"{f.path}: {SPLIT_NO} {no} does not fit {SPLIT_COUNT} {count}")
+    return count, no
+
+
+def _read_shards(given: _File, count: int, no: int) -> list[_File]:
+    """Every shard of the split model `given` belongs to, in order, each checked against its place."""
+    prefix = split_prefix(given.path, no, count)
+    if prefix is None:
+        raise GgprecError(f"{given.path}: shard {no + 1} of {count} of a split model, but its name does not end in "
+                          f"-{no + 1:05d}-of-{count:05d}.gguf (llama.cpp finds the other shards by that name)")
+    files = []
+    for i in range(count):
+        p = split_path(prefix, i, count)
+        if i == no:
+            files.append(given)
+            continue
+        if not p.exists():
+            raise GgprecError(f"{p}: no such file: shard {i + 1} of {count} of split model {given.path.name} "
+                              "is missing")
+        f = _read_file(p, shard=i)
+        f_count, f_no = _split_keys(f)
+        if (f_count, f_no) != (count, i):
+            raise GgprecError(f"{p}: shard {i + 1} of {count} says it is shard {f_no + 1} of {f_count}")
+        files.append(f)
+    if given.tensors and no != 0:
+        given.tensors = [TensorInfo(t.name, t.role, t.layer, t.shape, t.type, t.offset, t.n_bytes, no)
+                         for t in given.tensors]
+    return files
+
+
+# --- hyper-parameters: every value used is checked -------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    """A metadata value in a message: its kind and a short, escaped rendering."""
+    if isinstance(value, bool):
+        return f"bool {value}"
+    if isinstance(value, int):
+        return f"integer {value}" if abs(value) < 10**30 else "an integer of 30+ digits"
+    if isinstance(value, float):
+        return f"float {value!r}"
+    if isinstance(value, str):
+        return f"string '{safe_text(value, 40)}'"
+    if isinstance(value, ArraySummary):
+        return f"array of {value.count:,} {value.element_type}"
     if isinstance(value, list):
-        return tuple(int(v) for v in value[:n_layer])
-    v = default if value is None else int(value)
-    return (v,) * n_layer
+        return f"array of {len(value):,}"
+    return type(value).__name__
+
+
+def _int(md: dict[str, Any], key: str, default: int, hi: int = U32_MAX) -> int:
+    """The integer at `key` (or `default`), in 0..hi; a float (NaN, inf), bool, string or list is an error."""
+    value = md.get(key)
+    if value is None:
+        return default
+    if type(value) is not int:
+        hint = " (NaN or inf)" if isinstance(value, float) and not math.isfinite(value) else ""
+        raise GgprecError(f"metadata {safe_text(key)} is {_describe(value)}{hint}, expected an integer")
+    if not 0 <= value <= hi:
+        raise GgprecError(f"metadata {safe_text(key)} is {_describe(value)}, expected 0 to {hi:,}")
+    return value
+
+
+def _per_layer(md: dict[str, Any], key: str, n_layer: int, default: int) -> tuple[int, ...]:
+    """A per-layer value: one integer for every layer, or a list of exactly n_layer integers (llama.cpp
+    refuses another length)."""
+    value = md.get(key)
+    if isinstance(value, (list, ArraySummary)):
+        if len(value) != n_layer or isinstance(value, ArraySummary):
+            raise GgprecError(f"metadata {safe_text(key)} is {_describe(value)}, expected {n_layer} "
+                              "values (one per layer)")
+        return tuple(_int({key: v}, key, 0) for v in value)
+    return (_int(md, key, default),) * n_layer
+
+
+def _vocab_count(md: dict[str, Any]) -> int:
+    tokens = md.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        return 0
+    if isinstance(tokens, ArraySummary) and tokens.element_type == "string" or \
+            isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+        return len(tokens)
+    raise GgprecError(f"metadata tokenizer.ggml.tokens is {_describe(tokens)}, expected a list of strings")
 
 
 def _hparams(arch: str, md: dict[str, Any], tensors: list[TensorInfo]) -> HParams:
-    def get(key: str, default: Any = None) -> Any:
-        return md.get(f"{arch}.{key}", default)
+    def get(key: str, default: int = 0) -> int:
+        return _int(md, f"{arch}.{key}", default)
 
-    n_layer = int(get("block_count", 0))
-    n_embd = int(get("embedding_length", 0))
-    n_head_list = _per_layer(get("attention.head_count"), n_layer, 0)
+    block_key = f"{arch}.block_count"
+    n_layer = _int(md, block_key, 0, hi=MAX_LAYERS)
+    last = max((t.layer for t in tensors if t.layer is not None), default=None)
+    if last is not None and block_key in md and last >= n_layer:
+        name = next(t.name for t in tensors if t.layer == last)
+        raise GgprecError(f"tensor {safe_text(name)} is in layer {last}, but {safe_text(block_key)} is {n_layer}")
+    n_embd = get("embedding_length")
+    n_head_list = _per_layer(md, f"{arch}.attention.head_count", n_layer, 0)
     n_head = max(n_head_list, default=0)
-    n_head_kv = _per_layer(get("attention.head_count_kv"), n_layer, n_head)
+    n_head_kv = _per_layer(md, f"{arch}.attention.head_count_kv", n_layer, n_head)
     head_dim = n_embd // n_head if n_head else 0
-    tokens = md.get("tokenizer.ggml.tokens")
-    n_vocab = int(get("vocab_size", len(tokens) if tokens is not None else 0))
+    n_vocab = get("vocab_size", _vocab_count(md))
     if not n_vocab:
         embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
         n_vocab = embd.shape[1] if embd is not None and len(embd.shape) > 1 else 0
@@ -369,20 +468,21 @@ def _hparams(arch: str, md: dict[str, Any], tensors: list[TensorInfo]) -> HParam
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=n_head_kv,
-        head_dim_k=int(get("attention.key_length", head_dim)),
-        head_dim_v=int(get("attention.value_length", head_dim)),
-        n_ff=_per_layer(get("feed_forward_length"), n_layer, 0),
+        head_dim_k=get("attention.key_length", head_dim),
+        head_dim_v=get("attention.value_length", head_dim),
+        n_ff=_per_layer(md, f"{arch}.feed_forward_length", n_layer, 0),
         n_vocab=n_vocab,
-        n_ctx_train=int(get("context_length", 0)),
-        sliding_window=int(window) if window else None,
-        n_expert=int(get("expert_count", 0)),
-        n_expert_used=int(get("expert_used_count", 0)),
-        n_expert_shared=int(get("expert_shared_count", 0)),
-        n_ff_exp=int(get("expert_feed_forward_length", 0)),
-        n_ff_shexp=int(get("expert_shared_feed_forward_length", 0)),
-        n_layer_dense_lead=int(get("leading_dense_block_count", 0)),
-        q_lora_rank=int(get("attention.q_lora_rank", 0)),
-        kv_lora_rank=int(get("attention.kv_lora_rank", 0)),
-        head_dim_k_mla=int(get("attention.key_length_mla", 0)),
-        head_dim_v_mla=int(get("attention.value_length_mla", 0)),
+        n_ctx_train=get("context_length"),
+        sliding_window=window or None,
+        n_expert=get("expert_count"),
+        n_expert_used=get("expert_used_count"),
+        n_expert_shared=get("expert_shared_count"),
+        n_ff_exp=get("expert_feed_forward_length"),
+        n_ff_shexp=get("expert_shared_feed_forward_length"),
+        n_layer_dense_lead=get("leading_dense_block_count"),
+        q_lora_rank=get("attention.q_lora_rank"),
+        kv_lora_rank=get("attention.kv_lora_rank"),
+        head_dim_k_mla=get("attention.key_length_mla"),
+        head_dim_v_mla=get("attention.value_length_mla"),
     )
+

@@ -31,6 +31,7 @@ def to_dict(info: ModelInfo, tensors: bool = True) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "schema": INSPECT_SCHEMA,
         "path": str(info.path),
+        "shards": [str(p) for p in info.shards],
         "file_size": info.file_size,
         "gguf_version": info.version,
         "architecture": info.arch,
@@ -82,6 +83,7 @@ def to_dict(info: ModelInfo, tensors: bool = True) -> dict[str, Any]:
                 "type": t.type.name,
                 "bytes": t.n_bytes,
                 "offset": t.offset,
+                "shard": t.shard,
             }
             for t in info.tensors
         ]
@@ -147,7 +149,8 @@ def render(info: ModelInfo, console: Any, tensors: bool = False) -> None:
                                                  if hp.n_expert else "")),
         ("tensor data", f"{_mib(info.tensor_bytes)} MiB ({info.bits_per_weight:.2f} bits/weight)"),
         ("read per token", ", ".join(f"{_mib(n)} MiB {t}" for t, n in bytes_per_token(info).items())),
-        ("file size", f"{_mib(info.file_size)} MiB (GGUF v{info.version})"),
+        ("file size", f"{_mib(info.file_size)} MiB (GGUF v{info.version})"
+                      + (f" in {len(info.shards)} shards" if info.is_split else "")),
     ]
     for k, v in rows:
         head.add_row(k, v)

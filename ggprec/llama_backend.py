@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import interrupts, tensor_overrides
 from .cpu_buffers import host_buffers
-from .errors import GgprecError
+from .errors import GgprecError, safe_text
 from .gguf_info import ModelInfo, read_gguf
 from .settings import ALL_LAYERS, RuntimeSettings
 
@@ -307,7 +307,9 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
     llama_cpp.llama_backend_init()
     with capture_log(log) as log:
         t0 = time.perf_counter()
-        model = llama_cpp.llama_model_load_from_file(str(p).encode(), _model_params(settings, no_alloc, extra_buffers))
+        # llama.cpp loads a split model from its first shard only (and finds the others itself).
+        model = llama_cpp.llama_model_load_from_file(str(info.path).encode(),
+                                                     _model_params(settings, no_alloc, extra_buffers))
         if not model:
             interrupts.check()  # the load stopped because of a signal
             raise GgprecError(f"{p}: llama.cpp cannot load it: {_reason(log)}")
@@ -384,7 +386,7 @@ def _reason(log: LogCapture | None) -> str:
         return "no reason logged"
     log.flush()
     errs = log.errors()
-    return errs[0] if errs else "no reason logged"
+    return safe_text(errs[0], 300) if errs else "no reason logged"  # llama.cpp's line may quote a file's names
 
 
 def system_info() -> str:

@@ -5,11 +5,12 @@ beside what llama.cpp reports. The rules follow llama.cpp (vendored in llama-cpp
 
 - weights: the last `n_gpu_layers` blocks go to the GPU; the output head (and output_norm) too when
   n_gpu_layers > n_layer; token_embd always stays in host memory (a row lookup). A tied head offloaded
-  to the GPU is a copy of token_embd there. Host weights are one mmap'd range (`CPU_Mapped`: from the
-  first to the last host tensor in file order, padding included; a file the quantizer writes orders its
-  tensors by name, then by layer), except matmul weights the CPU backend moves into its extra buffer
-  types (`AMX`, `CPU_REPACK`: which types, shapes and sizes is `ggprec.cpu_buffers`), which get their own
-  copy (a tied head of such a type too: token_embd stays mapped for the lookup, its copy is moved).
+  to the GPU is a copy of token_embd there. Host weights are one mmap'd range per file (`CPU_Mapped`:
+  from the first to the last host tensor in file order, padding included; a split model maps each shard
+  on its own; a file the quantizer writes orders its tensors by name, then by layer), except matmul
+  weights the CPU backend moves into its extra buffer types (`AMX`, `CPU_REPACK`: which types, shapes
+  and sizes is `ggprec.cpu_buffers`), which get their own copy (a tied head of such a type too:
+  token_embd stays mapped for the lookup, its copy is moved).
 - KV cache: n_ctx padded to 256 cells x per layer (K row of n_head_kv*head_dim_k elements in the K
   type + the same for V); on the GPU for offloaded layers.
 - compute: the scheduler's buffer is the peak of ggml-alloc over the reserved graph. It is predicted as
@@ -108,7 +109,9 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
         types.update(tensor_types)
     shapes = {t.name: t.shape for t in info.tensors}
     layer = {t.name: t.layer for t in info.tensors}
-    order = [t.name for t in sorted(info.tensors, key=lambda t: t.offset)]
+    # The file as it is: each shard of a split model is mapped separately (one range per shard).
+    shard = {} if tensor_types else {t.name: t.shard for t in info.tensors}
+    order = [t.name for shard_tensors in info.shard_tensors() for t in shard_tensors]
     if tensor_types:
         # A file llama.cpp's quantizer writes: tensors by name, then stably by layer (non-layer first).
         order = sorted(order + [n for n in ("output.weight",) if n in types and n not in shapes])
@@ -119,8 +122,7 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
     pos, host_n, host_bytes = 0, 0, 0
     devices: dict[str, list[int]] = {}  # non-host device -> [bytes, tensors]
     moved: dict[str, list[int]] = {}  # extra buffer type -> [bytes, tensors]
-    host_start: int | None = None
-    host_end = 0
+    host_range: dict[int, list[int]] = {}  # shard -> [start, end] of its host tensors
     for name in order:
         gtype, shape = types[name], shapes[name]
         n = gtype.tensor_bytes(shape)
@@ -136,8 +138,7 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
             acc[0], acc[1] = acc[0] + extra[1], acc[1] + 1
             continue
         host_n, host_bytes = host_n + 1, host_bytes + n
-        host_start = start if host_start is None else host_start
-        host_end = start + n
+        host_range.setdefault(shard.get(name, 0), [start, 0])[1] = start + n
     if info.tied_output and "output.weight" not in types:
         # llama.cpp loads a tied head as a duplicate of token_embd in the output layer's buffer: a copy
         # on the GPU when offloaded, a copy in an extra CPU buffer when its type moves there.
@@ -150,9 +151,10 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
         elif extra:
             acc = moved.setdefault(extra[0], [0, 0])
             acc[0], acc[1] = acc[0] + extra[1], acc[1] + 1
-    if mmap and host_start is not None:
-        pred._add("model:CPU_Mapped", host_end - host_start,
-                  f"mmap'd file range over {host_n} host tensors (alignment padding included)")
+    if mmap and host_range:
+        files = f" in {len(host_range)} shard files" if len(host_range) > 1 else ""
+        pred._add("model:CPU_Mapped", sum(end - start for start, end in host_range.values()),
+                  f"mmap'd file range over {host_n} host tensors{files} (alignment padding included)")
     else:
         pred._add("model:CPU", host_bytes, f"{host_n} host tensors")
     for buft, (n_bytes, n_tensors) in moved.items():

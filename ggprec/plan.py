@@ -21,6 +21,18 @@ from . import ggml_types
 from .errors import GgprecError
 from .ggml_types import GgmlType
 from .gguf_info import ModelInfo
+from .gguf_layout import (
+    PREAMBLE_SIZE,
+    Cursor,
+    ValueType,
+    encode_tensor_info,
+    find_scalar_kv,
+    ggml_n_dims,
+    header_size,
+    padding,
+    scalar_kv_size,
+    tensor_info_size,
+)
 from .profile import Profile, parse_layers
 from .settings import RuntimeSettings
 
@@ -53,19 +65,6 @@ _FALLBACK = {
 # Keys llama.cpp's quantizer sets in every file it writes (u32 values), and those it removes.
 _WRITTEN_U32_KEYS = ("general.quantization_version", "general.file_type")
 _REMOVED_KEYS = ("split.no", "split.count", "split.tensors.count")
-
-
-def ggml_n_dims(shape: tuple[int, ...]) -> int:
-    """Dimensions ggml counts (trailing 1s dropped, at least 1): what llama.cpp writes for a tensor."""
-    n = len(shape)
-    while n > 1 and shape[n - 1] == 1:
-        n -= 1
-    return max(n, 1)
-
-
-def tensor_info_bytes(name: str, shape: tuple[int, ...]) -> int:
-    """Size of one tensor's entry in a GGUF header: name, dimensions, type, offset."""
-    return 8 + len(name.encode()) + 4 + 8 * ggml_n_dims(shape) + 4 + 8
 
 
 def quantizable(name: str, shape: tuple[int, ...]) -> bool:
@@ -231,13 +230,11 @@ def resolve_plan(info: ModelInfo, profile: Profile) -> Plan:
 def kv_region(info: ModelInfo) -> tuple[dict[str, int], int]:
     """Bytes of each metadata key-value pair in the source header (as llama.cpp copies them), and the
     offset where the key-value region ends (the tensor infos start). Walks the whole header again."""
-    from .gguf_info import Cursor  # the bounds-checked header walker; reused, not duplicated
-
     sizes: dict[str, int] = {}
     try:
         with open(info.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            cur = Cursor(buf, info.file_size)
-            cur.pos = 24  # magic, version, tensor count, kv count
+            cur = Cursor(buf, len(buf))
+            cur.pos = PREAMBLE_SIZE
             for _ in range(len(info.metadata)):
                 start = cur.pos
                 key = cur.string("metadata key")
@@ -251,31 +248,9 @@ def kv_region(info: ModelInfo) -> tuple[dict[str, int], int]:
 
 
 def _source_tensor_infos(info: ModelInfo) -> bytes:
-    """The source's tensor-info block, byte for byte as read_gguf found it (names, dims, types, offsets)."""
-    out = bytearray()
-    for t in info.tensors:
-        raw = t.name.encode()
-        out += struct.pack("<Q", len(raw)) + raw + struct.pack(f"<I{len(t.shape)}Q", len(t.shape), *t.shape)
-        out += struct.pack("<IQ", t.type.type_id, t.offset - info.data_offset)
-    return bytes(out)
-
-
-def _scalar_pair_bytes(buf: mmap.mmap, kv_end: int, key: str) -> int | None:
-    """Bytes of the pair `key` (a scalar) in the region [24, kv_end), found by its encoded key; None if
-    it is absent; raises LookupError if it is not found exactly once as a scalar (the caller walks)."""
-    from .gguf_info import SCALARS
-
-    raw = key.encode()
-    needle = struct.pack("<Q", len(raw)) + raw
-    at = buf.find(needle, 24, kv_end)
-    if at < 0:
-        return None
-    if buf.find(needle, at + 1, kv_end) >= 0:
-        raise LookupError(key)  # e.g. a vocabulary entry spelled like the key
-    (vtype,) = struct.unpack_from("<I", buf, at + len(needle))
-    if vtype not in SCALARS:
-        raise LookupError(key)
-    return len(needle) + 4 + SCALARS[vtype][1]
+    """The tensor-info block of the source's (first) file, byte for byte as read_gguf found it."""
+    return b"".join(encode_tensor_info(t.name, t.shape, t.type.type_id, t.offset - info.data_offset)
+                    for t in info.tensors if t.shard == 0)
 
 
 def _changed_kv_sizes(info: ModelInfo, keys: tuple[str, ...]) -> tuple[dict[str, int], int]:
@@ -288,11 +263,11 @@ def _changed_kv_sizes(info: ModelInfo, keys: tuple[str, ...]) -> tuple[dict[str,
         with open(info.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             ends = [e for e in range(info.data_offset - len(infos) - info.alignment + 1,
                                      info.data_offset - len(infos) + 1)
-                    if e >= 24 and buf[e : e + len(infos)] == infos
+                    if e >= PREAMBLE_SIZE and buf[e : e + len(infos)] == infos
                     and not buf[e + len(infos) : info.data_offset].strip(b"\0")]
             if len(ends) == 1:
-                sizes = {k: n for k in keys if (n := _scalar_pair_bytes(buf, ends[0], k)) is not None}
-                return sizes, ends[0]
+                found = {k: find_scalar_kv(buf, PREAMBLE_SIZE, ends[0], k) for k in keys}
+                return {k: at_size[1] for k, at_size in found.items() if at_size is not None}, ends[0]
     except (OSError, ValueError, LookupError, struct.error):
         pass
     kv, end = kv_region(info)
@@ -303,7 +278,8 @@ def _written_kv_bytes(info: ModelInfo) -> int:
     """Bytes of the metadata llama.cpp's quantizer writes: the source's pairs, split keys removed,
     quantization version and file type (u32) set."""
     changed, kv_end = _changed_kv_sizes(info, (*_WRITTEN_U32_KEYS, *_REMOVED_KEYS))
-    return kv_end - 24 - sum(changed.values()) + sum(8 + len(key.encode()) + 4 + 4 for key in _WRITTEN_U32_KEYS)
+    return (kv_end - PREAMBLE_SIZE - sum(changed.values())
+            + sum(scalar_kv_size(key, ValueType.UINT32) for key in _WRITTEN_U32_KEYS))
 
 
 def metadata_end(info: ModelInfo) -> int:
@@ -313,11 +289,9 @@ def metadata_end(info: ModelInfo) -> int:
 
 def _predict_file_size(info: ModelInfo, tensors: list[TensorPlan], kv_bytes: int) -> int:
     """Exact size of the GGUF llama.cpp writes: header, metadata, tensor infos, padded data."""
-    align = info.alignment
-    header = 4 + 4 + 8 + 8 + kv_bytes
-    header += sum(tensor_info_bytes(t.name, t.shape) for t in tensors)
-    header = -(-header // align) * align
-    return header + sum(-(-t.n_bytes // align) * align for t in tensors)
+    infos = sum(tensor_info_size(t.name, ggml_n_dims(t.shape)) for t in tensors)
+    return header_size(kv_bytes, infos, info.alignment) + sum(
+        t.n_bytes + padding(t.n_bytes, info.alignment) for t in tensors)
 
 
 def _mib(n: int) -> str:

@@ -10,6 +10,12 @@ quantizer cannot add, so ggprec first writes an intermediate GGUF with a copy of
 `output.weight` (the source's header and data copied byte for byte, one tensor info added) and
 quantizes that.
 
+Split models (`name-00001-of-00003.gguf`): llama.cpp's quantizer loads every shard when given the first
+(llama_model_loader), so ggprec passes the first shard whichever shard the user named, and writes one
+file; `keep_split` asks llama.cpp to write one output shard per source shard instead. A split head of a
+split model is written as a split model too: the first shard rewritten with the extra tensor, the
+others linked, so no shard but the first is copied.
+
 The written file is re-read and every tensor's type compared with the plan before it is renamed
 into place.
 """
@@ -29,11 +35,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import ggml_types, interrupts
-from .errors import GgprecError
+from .errors import GgprecError, safe_text
 from .fileio import atomic_output, check_output, temporary_directory
-from .gguf_info import read_gguf
+from .gguf_info import SPLIT_TENSORS, ModelInfo, read_gguf, split_path
+from .gguf_layout import (
+    PREAMBLE_SIZE,
+    SCALAR_FORMATS,
+    encode_tensor_info,
+    find_scalar_kv,
+    ggml_n_dims,
+    padding,
+    string_size,
+)
 from .hashing import model_sha256
-from .plan import OUTPUT, TOKEN_EMBD, Plan, ggml_n_dims, metadata_end, quantizable, resolve_plan
+from .plan import OUTPUT, TOKEN_EMBD, Plan, metadata_end, quantizable, resolve_plan
 from .profile import Profile
 from .progress import Progress
 
@@ -76,7 +91,7 @@ def base_ftype(plan: Plan) -> int:
     return ftype
 
 
-class _QuantizeCall:
+class QuantizeCall:
     """The ctypes parameter block for one llama_model_quantize call; keeps its buffers alive."""
 
     def __init__(self, plan: Plan, threads: int | None) -> None:
@@ -102,6 +117,10 @@ class _QuantizeCall:
         self.overrides = arr
         p.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         self.params = p
+
+    def keep_split(self) -> None:
+        """Write one output shard per source shard (llama.cpp names them `OUT-0000k-of-0000N.gguf`)."""
+        self.params.keep_split = True
 
     @staticmethod
     def _shape(plan: Plan, name: str) -> tuple[int, ...]:
@@ -163,7 +182,7 @@ class _QuantizeCall:
         with capture_log(log):
             rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(self.params))
         errors = log.errors()
-        send(["result", rc, errors[-1] if errors else None])
+        send(["result", rc, safe_text(errors[-1], 300) if errors else None])  # llama.cpp's line may quote a name
 
 
 def _follow_child(read_fd: int, progress: Progress | None) -> tuple[int | None, str | None]:
@@ -220,33 +239,54 @@ def _progress_log(report: Callable[[str, int, int], None]) -> LogCapture:
     return _Lines()
 
 
-def _write_split_source(source: Path, target: Path) -> None:
-    """Copy `source` to `target` with one more tensor, `output.weight`, a copy of token_embd.
+def write_split_head(info: ModelInfo, target: Path) -> Path:
+    """Copy the model `info` to `target` with one more tensor, `output.weight`, a copy of token_embd;
+    return the path to quantize from.
 
     The metadata is copied byte for byte (re-encoding a 49k-token vocabulary through gguf-py takes
-    seconds) and the tensor data is streamed with copy_file_range; only the tensor infos are new."""
-    info = read_gguf(source)
-    kv_end = metadata_end(info)
+    seconds) and the tensor data is streamed with copy_file_range; only the tensor infos are new. A split
+    model stays split: its first shard is rewritten (the new tensor added to it, split.tensors.count
+    raised by one in place) as `target`'s stem + `-00001-of-0000N.gguf`, the other shards are linked
+    beside it under the names llama.cpp looks for."""
     embd = info.tensor(TOKEN_EMBD)
     if embd is None:
-        raise GgprecError(f"{source}: no {TOKEN_EMBD} to split an output head from")
+        raise GgprecError(f"{info.path}: no {TOKEN_EMBD} to split an output head from")
+    kv_end = metadata_end(info)
     align = info.alignment
-    entries = [(t.name, t) for t in info.tensors] + [(OUTPUT, embd)]
+    entries = [(t.name, t) for t in info.tensors if t.shard == 0] + [(OUTPUT, embd)]
     infos, offset = bytearray(), 0
     for name, t in entries:
-        raw = name.encode()
-        dims = t.shape[:ggml_n_dims(t.shape)]
-        infos += struct.pack("<Q", len(raw)) + raw + struct.pack("<I", len(dims))
-        infos += struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", t.type.type_id, offset)
-        offset += -(-t.n_bytes // align) * align
-    with open(source, "rb") as fin, open(target, "wb") as fout:
-        header = fin.read(kv_end)
-        fout.write(header[:8] + struct.pack("<QQ", len(entries), len(info.metadata)) + header[24:])
-        fout.write(infos)
-        fout.write(b"\0" * (-fout.tell() % align))
-        for _, t in entries:
-            _copy_range(fin, fout, t.offset, t.n_bytes)
-            fout.write(b"\0" * (-t.n_bytes % align))
+        infos += encode_tensor_info(name, t.shape[:ggml_n_dims(t.shape)], t.type.type_id, offset)
+        offset += t.n_bytes + padding(t.n_bytes, align)
+    with open(info.path, "rb") as fin:
+        header = bytearray(fin.read(kv_end))
+    header[8:PREAMBLE_SIZE] = struct.pack("<QQ", len(entries), struct.unpack_from("<Q", header, 16)[0])
+    first = target
+    if info.is_split:
+        n = len(info.shards)
+        prefix = target.with_suffix("")
+        first = split_path(prefix, 0, n)
+        found = find_scalar_kv(header, PREAMBLE_SIZE, kv_end, SPLIT_TENSORS)
+        if found is None:
+            raise GgprecError(f"{info.path}: split model without {SPLIT_TENSORS}")
+        type_at = found[0] + string_size(SPLIT_TENSORS)
+        fmt = SCALAR_FORMATS[struct.unpack_from("<I", header, type_at)[0]]
+        fmt.pack_into(header, type_at + 4, fmt.unpack_from(header, type_at + 4)[0] + 1)
+        for k in range(1, n):
+            split_path(prefix, k, n).symlink_to(info.shards[k].resolve())
+    sources = [open(p, "rb") for p in info.shards]  # noqa: SIM115 - closed below
+    try:
+        with open(first, "wb") as fout:
+            fout.write(header)
+            fout.write(infos)
+            fout.write(b"\0" * padding(fout.tell(), align))
+            for _, t in entries:
+                _copy_range(sources[t.shard], fout, t.offset, t.n_bytes)
+                fout.write(b"\0" * padding(t.n_bytes, align))
+    finally:
+        for f in sources:
+            f.close()
+    return first
 
 
 def _copy_range(fin: BinaryIO, fout: BinaryIO, offset: int, n: int) -> None:
@@ -308,37 +348,72 @@ def verify(out: Path, plan: Plan) -> None:
     if set(written) != set(planned):
         extra = sorted(set(written) - set(planned))
         missing = sorted(set(planned) - set(written))
-        raise GgprecError(f"{out}: tensors differ from the plan (extra: {extra[:3]}, missing: {missing[:3]})")
+        raise GgprecError(f"{out}: tensors differ from the plan (extra: {safe_text(extra[:3])}, "
+                          f"missing: {safe_text(missing[:3])})")
     wrong = [f"{n} is {written[n].name}, planned {t.name}" for n, t in planned.items() if written[n] != t]
     if wrong:
-        raise GgprecError(f"{out}: {len(wrong)} tensor(s) differ from the plan, e.g. {wrong[0]}")
+        raise GgprecError(f"{out}: {len(wrong)} tensor(s) differ from the plan, e.g. {safe_text(wrong[0], 200)}")
 
 
 def quantize(source: str | os.PathLike[str], plan: Plan, out: str | os.PathLike[str], threads: int | None = None,
-             force: bool = False, progress: Progress | None = None) -> Path:
-    """Write `plan` applied to `source` to `out` with llama.cpp's quantizer; return `out`."""
+             force: bool = False, progress: Progress | None = None, keep_split: bool = False) -> Path:
+    """Write `plan` applied to `source` (any shard of a split model) to `out` with llama.cpp's quantizer;
+    return `out`. keep_split: a split model is written as one output shard per source shard, named
+    `out`'s stem + `-0000k-of-0000N.gguf`; the first is returned."""
     src = Path(source)
+    info = None
     if not _same_file(src, plan):
-        info = read_gguf(src)
+        info = read_gguf(src)  # every shard: a missing or inconsistent one is a one-line error here
         if {t.name for t in info.tensors} != {t.name for t in plan.tensors if not t.split}:
             raise GgprecError(f"{src}: the plan was resolved for a different model ({plan.source})")
     if threads is not None and threads < 1:
         raise GgprecError(f"threads must be at least 1 (got {threads})")
-    target = check_output(out, force=force, source=src)
+    if info is None and (plan.split_output or keep_split):
+        info = read_gguf(src)
+    shards = info.shards if info is not None else [src]
+    if keep_split and len(shards) < 2:
+        raise GgprecError(f"{src}: not a split model (keep_split writes one output shard per source shard)")
+    targets = _split_targets(Path(out), len(shards)) if keep_split else [Path(out)]
+    for target in targets:
+        for shard in shards:
+            check_output(target, force=force, source=shard)
     if plan.requantize:
         warnings.warn(f"{src.name} is already quantized: the result's quality is bounded by the source's",
                       RequantizeWarning, stacklevel=2)
-    call = _QuantizeCall(plan, threads)
-    with atomic_output(target, force=force, source=src) as tmp:
+    call = QuantizeCall(plan, threads)
+    if keep_split:
+        assert info is not None  # read above
+        return _quantize_keep_split(info, plan, call, targets, progress)
+    with atomic_output(targets[0], force=force, source=shards[0]) as tmp:
         if plan.split_output:
-            with temporary_directory(target.parent, ".ggprec-split-") as d:
-                split_src = d / "split-head.gguf"
-                _write_split_source(src, split_src)
-                call.run(split_src, tmp, progress)
+            assert info is not None  # read above
+            with temporary_directory(targets[0].parent, ".ggprec-split-") as d:
+                call.run(write_split_head(info, d / "split-head.gguf"), tmp, progress)
         else:
-            call.run(src, tmp, progress)
+            call.run(shards[0], tmp, progress)  # llama.cpp loads the other shards of a split model itself
         verify(tmp, plan)
-    return target
+    return targets[0]
+
+
+def _split_targets(out: Path, n: int) -> list[Path]:
+    prefix = out.with_suffix("") if out.suffix == ".gguf" else out
+    return [split_path(prefix, k, n) for k in range(n)]
+
+
+def _quantize_keep_split(info: ModelInfo, plan: Plan, call: QuantizeCall, targets: list[Path],
+                         progress: Progress | None) -> Path:
+    """llama.cpp writes the shards into a temporary directory beside the targets; they are checked as one
+    model and renamed into place only when all are complete."""
+    call.keep_split()
+    with temporary_directory(targets[0].parent, ".ggprec-quantize-") as d:
+        source = write_split_head(info, d / "split-head.gguf") if plan.split_output else info.path
+        prefix = d / "out"
+        call.run(source, prefix, progress)  # llama.cpp names the outputs llama_split_path(prefix, k, n)
+        written = _split_targets(prefix, len(targets))
+        verify(written[0], plan)
+        for w, t in zip(written, targets, strict=True):
+            os.replace(w, t)
+    return targets[0]
 
 
 def _same_file(src: Path, plan: Plan) -> bool:

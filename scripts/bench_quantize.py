@@ -74,7 +74,7 @@ def stages_child(source: str, profile: str, out: str, threads: int) -> None:
     from ggprec.gguf_info import read_gguf
     from ggprec.plan import resolve_plan
     from ggprec.profile import load_profile
-    from ggprec.quantize import _QuantizeCall, verify
+    from ggprec.quantize import QuantizeCall, verify
 
     t.append(time.perf_counter())
     import llama_cpp  # noqa: F401  (the bare side pays this too)
@@ -82,7 +82,7 @@ def stages_child(source: str, profile: str, out: str, threads: int) -> None:
     t.append(time.perf_counter())
     plan = resolve_plan(read_gguf(source), load_profile(profile))
     t.append(time.perf_counter())
-    call = _QuantizeCall(plan, threads)
+    call = QuantizeCall(plan, threads)
     t.append(time.perf_counter())
     call.run(Path(source), Path(out), None)
     t.append(time.perf_counter())
@@ -116,14 +116,13 @@ def write_spec(source: str, profile: str, out: str, threads: int, workdir: Path)
     from ggprec.gguf_info import read_gguf
     from ggprec.plan import resolve_plan
     from ggprec.profile import load_profile
-    from ggprec.quantize import _QuantizeCall, _write_split_source
+    from ggprec.quantize import QuantizeCall, write_split_head
 
     plan = resolve_plan(read_gguf(source), load_profile(profile))
-    call = _QuantizeCall(plan, threads)
+    call = QuantizeCall(plan, threads)
     p = call.params
     if plan.split_output:
-        source = str(workdir / "split-head.gguf")
-        _write_split_source(Path(plan.source), Path(source))
+        source = str(write_split_head(read_gguf(plan.source), workdir / "split-head.gguf"))
     n = len(call.patterns)
     spec = {
         "source": source, "out": out, "threads": threads, "ftype": p.ftype,

@@ -139,5 +139,6 @@ def test_corrupt_length_inside_a_long_token_list_is_caught(tmp_path: Path, lengt
     data = bytearray(path.read_bytes())
     struct.pack_into("<Q", data, first_token_length_at, length)
     path.write_bytes(bytes(data))
-    with pytest.raises(GgprecError, match=r"truncated header: tokenizer\.ggml\.tokens runs past the end of the file"):
+    with pytest.raises(GgprecError, match=r"corrupt GGUF header at offset \d+: "
+                                          r"tokenizer\.ggml\.tokens runs past the end of the file"):
         read_gguf(path)

@@ -64,7 +64,7 @@ def test_tensors_flag_lists_every_tensor(tiny_model: Path) -> None:
 # The documented schema (docs/json.md, `ggprec inspect --json`): key -> type(s). `None` in a tuple means
 # the value may be null.
 TOP_LEVEL: dict[str, Any] = {
-    "schema": int, "path": str, "file_size": int, "gguf_version": int, "architecture": str,
+    "schema": int, "path": str, "shards": list, "file_size": int, "gguf_version": int, "architecture": str,
     "name": (str, None), "hparams": dict, "tied_output": bool, "n_tensors": int, "n_params": int,
     "tensor_bytes": int, "bits_per_weight": float, "n_params_active": int, "bytes_per_token": dict,
     "totals": dict, "metadata": dict, "tensors": list,
@@ -78,6 +78,7 @@ HPARAMS: dict[str, Any] = {
 TOTAL_ROW: dict[str, Any] = {"tensors": int, "params": int, "bytes": int}
 TENSOR: dict[str, Any] = {
     "name": str, "role": str, "layer": (int, None), "shape": list, "type": str, "bytes": int, "offset": int,
+    "shard": int,
 }
 
 
@@ -206,6 +207,8 @@ def test_layout_is_what_the_format_says(tiny_model: Path, layout: dict[str, int]
 
 BadFile = Callable[[Path, Path, dict[str, int]], Path]
 
+CORRUPT = r"corrupt GGUF header at offset \d+: "
+
 BAD_FILES: dict[str, tuple[BadFile, str]] = {
     "missing file": (lambda src, d, lay: d / "nope.gguf", r"no such file"),
     "directory": (lambda src, d, lay: d, r"is a directory, not a GGUF file"),
@@ -217,19 +220,19 @@ BAD_FILES: dict[str, tuple[BadFile, str]] = {
     "big-endian file": (lambda src, d, lay: patched(src, d / "x.gguf", 4, ">I", 3),
                         r"big-endian GGUF file: llama\.cpp on this machine reads little-endian files only"),
     "truncated header": (lambda src, d, lay: truncated(src, d / "x.gguf", lay["tensor_info"] + 4),
-                         r"truncated header: tensor name 0 length runs past the end of the file"),
+                         CORRUPT + r"tensor name 0 length runs past the end of the file"),
     "truncated tensor data": (lambda src, d, lay: truncated(src, d / "x.gguf", lay["size"] - 1),
                               r"truncated tensor data: output_norm\.weight ends at byte \d+, file has \d+"),
     "absurd tensor count": (lambda src, d, lay: patched(src, d / "x.gguf", 8, "<Q", 2**62),
-                            r"corrupt header: absurd counts \(4611686018427387904 tensors, \d+ metadata keys\)"),
+                            CORRUPT + r"absurd counts \(4611686018427387904 tensors, \d+ metadata keys\)"),
     "absurd metadata count": (lambda src, d, lay: patched(src, d / "x.gguf", 16, "<Q", 2**62),
-                              r"corrupt header: absurd counts \(\d+ tensors, 4611686018427387904 metadata keys\)"),
+                              CORRUPT + r"absurd counts \(\d+ tensors, 4611686018427387904 metadata keys\)"),
     "absurd string length": (lambda src, d, lay: patched(src, d / "x.gguf", lay["first_key"], "<Q", 2**60),
-                             r"truncated header: metadata key 0 runs past the end of the file"),
+                             CORRUPT + r"metadata key 0 runs past the end of the file"),
     "absurd array length": (lambda src, d, lay: patched(src, d / "x.gguf", lay["tokens_count"], "<Q", 2**61),
-                            r"truncated header: tokenizer\.ggml\.tokens runs past the end of the file"),
+                            CORRUPT + r"tokenizer\.ggml\.tokens runs past the end of the file"),
     "absurd dimension count": (lambda src, d, lay: patched(src, d / "x.gguf", lay["tensor_n_dims"], "<I", 2**31),
-                               r"corrupt header: tensor token_embd\.weight has 2147483648 dimensions"),
+                               CORRUPT + r"tensor token_embd\.weight has 2147483648 dimensions"),
     "tensor offset past end of file": (
         lambda src, d, lay: patched(src, d / "x.gguf", lay["tensor_offset"], "<Q", lay["size"]),
         r"tensor token_embd\.weight starts past the end of the file \(offset \d+, size \d+\)"),
