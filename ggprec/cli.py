@@ -514,10 +514,12 @@ def demo_cmd(out_dir: str | None, as_json: bool) -> None:
 @click.option("--reference", type=click.Path(path_type=str), help="Reference for --verify (default: MODEL).")
 @click.option("--chunks", type=int, default=4, show_default=True, help="Evaluation windows for --verify.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (every row of the front).")
+@click.option("--no-store", is_flag=True, help="Do not record the chosen plan in the history.")
+@db_option
 def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, min_tps: float | None,
               max_kld: float | None, margin: float, bands: int, gpu_bandwidth: float | None,
               host_bandwidth: float | None, priors: bool, output: str | None, force: bool, verify: bool,
-              reference: str | None, chunks: int, as_json: bool) -> None:
+              reference: str | None, chunks: int, as_json: bool, no_store: bool, db: str | None) -> None:
     """The quality/speed front of plans (weight types per group, KV cache, GPU layers) that fit VRAM/RAM, and
     the one the goal picks, with the llama.cpp commands that make and run it."""
     from . import recommend as rec_mod
@@ -535,7 +537,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     sens = None if priors else rec_mod.stored_sensitivity(model)
     # The KV cache's loss on this very model: one evaluation per KV type when the file runs here (cached by
     # sha256; None at once for a sparse file), else the prior.
-    kv_measured = None if priors else measure_kv_loss(model)
+    kv_measured = None if priors else measure_kv_loss(model, notice=lambda m: click.echo(f"ggprec: {m}", err=True))
     rec = rec_mod.recommend(info, vram, ram, ctx=ctx, goal=goal, margin_mb=margin, n_bands=bands,
                             sensitivity=sens, gpu_gbps=gpu_bandwidth, host_gbps=host_bandwidth, min_tps=min_tps,
                             max_kld=max_kld, kv_measured=kv_measured)
@@ -544,6 +546,11 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     if output:
         atomic_write_text(output, profile_to_yaml(rec_mod.to_profile(rec)), force=True)
         atomic_write_text(commands.tensor_type_file, commands.tensor_type_text(), force=True)
+    if not no_store:
+        from .store import Store
+
+        with Store(db) as store:
+            rec_mod.record_recommendation(rec, store, verified, output)
     if as_json:
         _print_json({**rec.to_dict(), "llama_cpp": commands.to_dict(), "verified": verified, "profile": output})
     else:

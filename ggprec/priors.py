@@ -27,14 +27,13 @@ sensitivity, `measure_kv_loss`) always win over these priors.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -249,14 +248,16 @@ def kv_cache_path(sha256: str, kv_types: tuple[str, ...], chunks: int, n_ctx: in
 
 def measure_kv_loss(model_path: str | os.PathLike[str], kv_types: tuple[str, ...] = ("q8_0", "q4_0"),
                     chunks: int = KV_WINDOWS, n_ctx: int = 512, threads: int | None = None,
-                    timeout_s: float | None = None) -> dict[str, Prior] | None:
+                    timeout_s: float | None = None, notice: Callable[[str], None] | None = None
+                    ) -> dict[str, Prior] | None:
     """The KLD a quantized KV cache adds on this very model: one evaluation per KV type of the model against
     itself with an f16 cache (flash attention on, as a quantized V cache needs), `chunks` windows of
     n_ctx tokens of the shipped text, less what flash attention alone changes (one more evaluation with an
     f16 cache and flash attention: on the quantized SmolLM2 file that alone is a KLD of ~0.003, ten times
     the q8_0 cache's own share). Cached in ggprec's cache by the model's sha256, so it is measured once.
     None, quickly, for a file that cannot be evaluated here (sparse, unreadable, or llama.cpp refuses or
-    crashes on it: the evaluation runs in a child process); the caller then uses kv_prior."""
+    crashes on it: the evaluation runs in a child process); the caller then uses kv_prior. notice: told once
+    before a measurement starts (it takes about a minute on a 135M model on 2 cores)."""
     from .fileio import atomic_write_text
     from .hashing import model_sha256
 
@@ -272,6 +273,8 @@ def measure_kv_loss(model_path: str | os.PathLike[str], kv_types: tuple[str, ...
         except (OSError, ValueError):
             doc = None  # damaged: measure again
     if doc is None:
+        if notice is not None:
+            notice(f"measuring the loss of a {'/'.join(kv_types)} KV cache on {path.name} (once; cached)")
         doc = _run_kv_worker(path, kv_types, chunks, n_ctx, threads, timeout_s)
         if doc is None:
             return None
@@ -287,69 +290,40 @@ def measure_kv_loss(model_path: str | os.PathLike[str], kv_types: tuple[str, ...
 
 def _run_kv_worker(path: Path, kv_types: tuple[str, ...], chunks: int, n_ctx: int, threads: int | None,
                    timeout_s: float | None) -> dict[str, Any] | None:
-    """Run the evaluations in a child Python (a llama.cpp crash must not take the caller with it). A child
-    killed by a signal is retried once with llama.cpp's extra CPU buffer types off: llama-cpp-python 0.3.36
-    crashes in ggml_backend_amx_mul_mat on AMX CPUs for quantized weights (see no_extra_buffer_types)."""
-    request = {"path": str(path), "kv_types": list(kv_types), "chunks": chunks, "n_ctx": n_ctx, "threads": threads,
-               "extra_buffer_types": True}
+    """Run the evaluations in a child Python, so that a llama.cpp crash cannot take the caller with it (the
+    loader already avoids the extra CPU buffer types where they crash, see cpu_buffers)."""
+    request = {"path": str(path), "kv_types": list(kv_types), "chunks": chunks, "n_ctx": n_ctx, "threads": threads}
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
-    for extra in (True, False):
-        request["extra_buffer_types"] = extra
-        try:
-            done = subprocess.run([sys.executable, "-c", "from ggprec.priors import _kv_worker; _kv_worker()"],
-                                  input=json.dumps(request), capture_output=True, text=True, env=env,
-                                  timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        if done.returncode == 0:
-            try:
-                return json.loads(done.stdout.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                return None
-        if done.returncode > 0:  # llama.cpp or ggprec refused the model: not worth a second try
-            return None
-    return None
-
-
-@contextlib.contextmanager
-def no_extra_buffer_types() -> Iterator[None]:
-    """Inside, every model llama-cpp-python loads has `use_extra_bufts = false` (no AMX or repacked weight
-    buffers). Works around a crash of llama-cpp-python 0.3.36 in ggml_backend_amx_mul_mat on CPUs with AMX
-    (seen on quantized SmolLM2 and Gemma 3 files): the same weights through the plain CPU kernels, slower."""
-    import llama_cpp.llama_cpp as lc
-
-    original = lc.llama_model_default_params
-
-    def params() -> Any:
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    lc.llama_model_default_params = params
     try:
-        yield
-    finally:
-        lc.llama_model_default_params = original
+        done = subprocess.run([sys.executable, "-c", "from ggprec.priors import _kv_worker; _kv_worker()"],
+                              input=json.dumps(request), capture_output=True, text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:  # refused (a one-line error) or crashed: the caller falls back to the prior
+        return None
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
 
 
 def _kv_worker() -> None:
     """Child process: evaluate the model against itself with each KV type; print one JSON line."""
+    from .cpu_buffers import host_buffers
     from .evaluate import evaluate
     from .settings import RuntimeSettings
 
     req = json.loads(sys.stdin.read())
     base = RuntimeSettings(n_threads=req["threads"])
     kld, se = {}, {}
-    guard = contextlib.nullcontext() if req["extra_buffer_types"] else no_extra_buffer_types()
     try:
-        with guard:
-            for kv in ("f16", *req["kv_types"]):  # f16 with flash attention first: the control
-                settings = base.with_overrides(cache_type_k=kv, cache_type_v=kv, flash_attn=True)
-                r = evaluate(req["path"], req["path"], n_ctx=req["n_ctx"], chunks=req["chunks"], settings=settings)
-                kld[kv], se[kv] = r.kld_mean, r.kld_mean_se
+        for kv in ("f16", *req["kv_types"]):  # f16 with flash attention first: the control
+            settings = base.with_overrides(cache_type_k=kv, cache_type_v=kv, flash_attn=True)
+            r = evaluate(req["path"], req["path"], n_ctx=req["n_ctx"], chunks=req["chunks"], settings=settings)
+            kld[kv], se[kv] = r.kld_mean, r.kld_mean_se
     except GgprecError as e:
         print(f"ggprec: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(json.dumps({"kld": kld, "kld_se": se, "chunks": req["chunks"], "n_ctx": req["n_ctx"],
-                      "extra_buffer_types": req["extra_buffer_types"]}))
+                      "extra_buffer_types": host_buffers().use_extra}))

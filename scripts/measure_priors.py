@@ -38,13 +38,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ggprec.cpu_buffers import host_buffers  # noqa: E402
 from ggprec.demo_model import REAL_MODELS, cache_dir, real_model_path  # noqa: E402
 from ggprec.errors import GgprecError  # noqa: E402
 from ggprec.evaluate import evaluate  # noqa: E402
 from ggprec.fileio import atomic_output, atomic_write_text  # noqa: E402
 from ggprec.gguf_info import ModelInfo, read_gguf  # noqa: E402
 from ggprec.hashing import model_sha256  # noqa: E402
-from ggprec.priors import no_extra_buffer_types  # noqa: E402
 from ggprec.profile import load_profile  # noqa: E402
 from ggprec.quantize import build_variant  # noqa: E402
 from ggprec.settings import RuntimeSettings  # noqa: E402
@@ -210,8 +210,7 @@ def main() -> int:
         print(markdown_table(doc))
         return 0
     started = time.time()
-    with no_extra_buffer_types():
-        measured = {name: measure_model(name, args.chunks, args.ctx, args.threads) for name in args.models}
+    measured = {name: measure_model(name, args.chunks, args.ctx, args.threads) for name in args.models}
     import llama_cpp
 
     doc.setdefault("measured", {})
@@ -222,7 +221,7 @@ def main() -> int:
             "llama_cpp_python": llama_cpp.__version__, "chunks": args.chunks, "n_ctx": args.ctx,
             "threads": args.threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-            "extra_buffer_types": "off (AMX crash on Gemma 3, see scripts/measure_priors.py)",
+            "extra_buffer_types": "on" if host_buffers().use_extra else f"off ({host_buffers().note})",
             "kv_reference": "the f32 reference with an f16 KV cache, flash attention off (evaluate's reference)",
         }
         doc["measured"][name] = facts

@@ -26,7 +26,8 @@ LLAMA_FIXTURES = frozenset({
     "tiny_calibration",  # test_speed
 })
 # Modules about llama.cpp measurements: every test in them is `llama` (their few pure checks are cheap).
-LLAMA_MODULES = frozenset({"test_alloc", "test_runner", "test_compare", "test_sensitivity"})
+LLAMA_MODULES = frozenset({"test_alloc", "test_runner", "test_compare", "test_sensitivity", "test_moe",
+                           "test_interrupts"})
 # Single tests of otherwise pure-Python modules that load, quantize or evaluate with llama.cpp.
 LLAMA_TESTS = frozenset({
     "test_a_model_against_itself_gives_kld_zero_and_full_top1",
@@ -54,6 +55,25 @@ LLAMA_TESTS = frozenset({
     "test_calibrate_command_stores_and_prints_json_then_run_uses_it",
     "test_tiny_moe_prediction_matches_no_alloc_within_2_percent",
     "test_mla_caches_one_latent_row_per_cell_and_no_v",
+    # recommend's CLI records the plan with the hardware fingerprint, which asks llama.cpp for its build
+    "test_cli_prints_every_front_row_in_json_and_writes_profile_and_tensor_type_file",
+    "test_cli_table_marks_the_chosen_row_and_prints_the_llama_cpp_lines",
+    "test_cli_records_the_chosen_plan_in_the_history",
+    "test_measure_kv_loss_measures_once_then_reads_the_cache",  # evaluates in a child process
+    "test_eval_with_zero_threads_is_refused_like_run",
+    "test_compare_refuses_an_empty_text_before_building_anything",
+    "test_outputs_get_the_usual_permissions",
+    "test_measure_kv_loss_is_none_for_a_model_llama_cpp_refuses",
+    "test_memory_maps_each_shard_on_its_own",
+    "test_llama_cpp_runs_the_split_model_from_any_shard",
+    "test_quantize_a_split_model_to_one_file",
+    "test_quantize_keep_split_writes_a_shard_per_source_shard",
+    "test_quantize_a_split_model_with_a_split_output_head",
+    "test_quantize_cli_from_the_second_shard",
+    "test_the_array_lists_override_tensor_then_n_cpu_moe_and_ends_with_a_null_pattern",
+    "test_an_unknown_device_is_a_one_line_error_listing_this_builds_devices",
+    "test_llama_cpp_overrides_exactly_the_tensors_placement_predicts",
+    "test_run_with_an_unknown_device_exits_2_with_one_line",
 })
 
 

@@ -352,6 +352,19 @@ def test_cli_table_marks_the_chosen_row_and_prints_the_llama_cpp_lines(sparse_8b
     assert "llama-quantize --tensor-type-file" in r.output and "llama-server -m" in r.output
 
 
+def test_cli_records_the_chosen_plan_in_the_history(sparse_8b_session: Path, tmp_path: Path) -> None:
+    db = str(tmp_path / "h.db")
+    r = CliRunner().invoke(main, ["recommend", str(sparse_8b_session), "--vram", "8", "--ram", "16", "--ctx", "8192",
+                                  "--host-bandwidth", "60", "--gpu-bandwidth", "936", "--json", "--db", db])
+    assert r.exit_code == 0, r.output
+    chosen = json.loads(r.stdout)
+    h = CliRunner().invoke(main, ["history", "--kind", "recommend", "--json", "--db", db])
+    [row] = json.loads(h.stdout)["records"]
+    assert (row["results"]["n_gpu_layers"], row["results"]["expected_kld"], row["results"]["tensor_types"]) == (
+        chosen["settings"]["n_gpu_layers"], chosen["expected"]["kld_mean"], chosen["tensor_types"])
+    assert row["model_path"] == str(sparse_8b_session.resolve())
+
+
 def test_cli_exits_2_when_nothing_fits(sparse_8b_session: Path) -> None:
     bad = CliRunner().invoke(main, ["recommend", str(sparse_8b_session), "--vram", "0.5", "--ram", "1",
                                     "--host-bandwidth", "60", "--gpu-bandwidth", "936"])

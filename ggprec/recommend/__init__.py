@@ -13,6 +13,7 @@ from .api import (
     SizedPlan,
     recommend,
     recommend_for_size,
+    record_recommendation,
     system_ram_gib,
     to_profile,
     validate,
@@ -36,6 +37,7 @@ __all__ = [
     "BALANCED_MIN_TPS", "CANDIDATE_TYPES", "GIB", "GOALS", "KLD_FLOOR", "KV_TYPES", "MIB", "PRIOR_IMPORTANCE",
     "FrontRow", "Group", "LossModel", "NoFitError", "Option", "Recommendation", "SizedPlan", "Solution",
     "layer_bands", "make_groups", "options_for", "prior_loss_model", "quantizable", "recommend",
-    "recommend_for_size", "sensitivity_loss_model", "solve", "stored_sensitivity", "system_ram_gib",
+    "recommend_for_size", "record_recommendation", "sensitivity_loss_model", "solve", "stored_sensitivity",
+    "system_ram_gib",
     "to_profile", "validate", "verify",
 ]

@@ -332,6 +332,24 @@ def verify(rec: Recommendation, source: str, reference: str | None = None, chunk
             "ratio": measured / rec.expected_kld if rec.expected_kld > 0 else None}
 
 
+def record_recommendation(rec: Recommendation, store: Any, verified: dict[str, Any] | None = None,
+                          profile: str | None = None) -> int:
+    """Store the chosen plan in the history (kind `recommend`). The model is kept by path only: hashing a
+    sparse 70B shape would take minutes for a command that otherwise takes a second."""
+    from ..hardware import fingerprint
+    from ..records import RecommendRecord
+
+    s = rec.settings
+    record = RecommendRecord(
+        goal=rec.goal, vram_bytes=rec.vram, ram_bytes=rec.ram, n_ctx=s.n_ctx, n_gpu_layers=s.n_gpu_layers,
+        cache_type_k=s.cache_type_k, cache_type_v=s.cache_type_v, weights_bytes=rec.weights_bytes,
+        gpu_bytes=rec.gpu_total, host_bytes=rec.host_total, expected_kld=rec.expected_kld,
+        measured_kld=None if verified is None else verified["measured_kld"], expected_tg_tps=rec.tg_tps,
+        loss_source=rec.loss_source, tensor_types=dict(rec.tensor_types), profile=profile)
+    return store.record(record, model_path=rec.model, settings={"margin_bytes": rec.margin, **s.to_dict()},
+                        hardware=fingerprint())
+
+
 @dataclass
 class SizedPlan:
     """A mix chosen for a file-size budget (the frontier): group types, expected KLD, the profile."""
