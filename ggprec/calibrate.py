@@ -24,12 +24,13 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import GgprecError
+from .progress import Progress
 from .speed import GPU, HOST, DeviceSpeed, bytes_read_per_token, matmul_elements
 from .synth import SynthShape
 
@@ -190,7 +191,7 @@ def gpu_available() -> bool:
 
 
 def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads: int | None = None,
-              gpu: bool | None = None, progress: Callable[[str], None] | None = None,
+              gpu: bool | None = None, progress: Progress | None = None,
               work_dir: str | os.PathLike[str] | None = None, wide: SynthShape = WIDE,
               narrow: SynthShape = NARROW) -> Calibration:
     """Measure every type on the host (and the GPU when the build has one: `gpu` None), fit, return.
@@ -199,7 +200,6 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
     from . import ggml_types
     from .synth import write_synth
 
-    say = progress or (lambda _m: None)
     names = []
     for t in types:
         gt = ggml_types.weight_type(t)
@@ -214,6 +214,15 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
     if threads < 1:
         raise GgprecError(f"threads must be at least 1 (got {threads})")
     devices = [HOST] + ([GPU] if (gpu_available() if gpu is None else gpu) else [])
+    total = 1 + len(NARROW_DEPTHS) * (1 + len(devices)) + len(names) * (1 + len(devices))
+    step = 0
+
+    def say(stage: str) -> None:  # progress(stage, steps done, steps in all)
+        nonlocal step
+        if progress is not None:
+            progress(stage, step, total)
+        step += 1
+
     t0 = time.perf_counter()
     points: list[Point] = []
     with tempfile.TemporaryDirectory(prefix="ggprec-calibrate-", dir=work_dir) as d:

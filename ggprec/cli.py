@@ -343,7 +343,8 @@ def calibrate(types: str | None, quick: bool, threads: int | None, as_json: bool
     store = Store(db)  # opened first: a bad history path fails before a minute of measuring
     chosen = [t.strip() for t in types.split(",") if t.strip()] if types else (
         cal_mod.QUICK_TYPES if quick else cal_mod.DEFAULT_TYPES)
-    progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
+    progress = ((lambda stage, done, total: click.echo(f"ggprec: [{done + 1}/{total}] {stage}", err=True))
+                if sys.stderr.isatty() else None)
     result = cal_mod.calibrate(chosen, quick=quick, threads=threads, progress=progress)
     with store:
         cal_mod.store_calibration(result, store)
