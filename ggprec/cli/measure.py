@@ -1,0 +1,139 @@
+"""Commands that measure speed and memory: run, calibrate, history."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..errors import GgprecError
+from ..records import KINDS  # stdlib only: keeps `ggprec --help` fast
+from .shell import console, db_option, main, model_argument, print_json
+
+# --- measuring: run, history (issue 4) ---------------------------------------------------------
+
+_FA = {"on": True, "off": False, "auto": None}
+
+
+@main.command()
+@model_argument
+@click.option("--profile", "profile_name", help="A shipped profile name or a profile YAML file.")
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="Layers to offload to the GPU (-1: all).")
+@click.option("-c", "--ctx-size", "n_ctx", type=int, help="Context size in tokens.")
+@click.option("-b", "--batch-size", "n_batch", type=int, help="Logical batch size.")
+@click.option("-ub", "--ubatch-size", "n_ubatch", type=int, help="Physical batch size.")
+@click.option("-t", "--threads", "n_threads", type=int, help="CPU threads.")
+@click.option("-ctk", "--cache-type-k", "cache_type_k", help="K-cache type (f16, q8_0, q4_0, ...).")
+@click.option("-ctv", "--cache-type-v", "cache_type_v", help="V-cache type (a quantized one needs flash attention).")
+@click.option("-fa", "--flash-attn", "flash_attn", type=click.Choice(["on", "off", "auto"]),
+              help="Flash attention (auto: on exactly when the V cache is quantized).")
+@click.option("-ot", "--override-tensor", "override_tensor", multiple=True, metavar="PATTERN=DEVICE",
+              help="Put tensors whose name matches the regex on DEVICE (CPU, CUDA0, ...); repeatable and "
+                   "comma-separated like llama.cpp's -ot; replaces the profile's list.")
+@click.option("-cmoe", "--cpu-moe", "cpu_moe", is_flag=True, help="Keep every routed expert tensor on the CPU.")
+@click.option("-ncmoe", "--n-cpu-moe", "n_cpu_moe", type=click.IntRange(min=0),
+              help="Keep the routed expert tensors of the first N blocks on the CPU.")
+@click.option("--pp", type=int, default=512, show_default=True, help="Prompt-processing tokens (one batch).")
+@click.option("--tg", type=int, default=128, show_default=True, help="Generated tokens (single-token decodes).")
+@click.option("--reps", type=int, default=3, show_default=True, help="Repetitions of each test.")
+@click.option("--prompt", help="Also generate a greedy continuation of this text (untimed).")
+@click.option("-n", "--n-predict", "n_predict", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Tokens to generate with --prompt.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
+@db_option
+def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None, n_batch: int | None,
+        n_ubatch: int | None, n_threads: int | None, cache_type_k: str | None, cache_type_v: str | None,
+        flash_attn: str | None, override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None, pp: int,
+        tg: int, reps: int, prompt: str | None, n_predict: int, as_json: bool, db: str | None) -> None:
+    """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
+    from ..hardware import fingerprint
+    from ..printers import render_run, run_document
+    from ..runner import record_run, run_with_profile
+    from ..store import Store
+
+    store = Store(db)  # opened first: a bad history path fails before minutes of measuring
+    overrides: dict[str, Any] = dict(n_gpu_layers=ngl, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
+                                     n_threads=n_threads, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+    if flash_attn is not None:
+        overrides["flash_attn"] = _FA[flash_attn]
+    overrides.update(_placement_overrides(override_tensor, cpu_moe, n_cpu_moe))
+    progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
+    from ..speed import load_speed_model
+
+    done = run_with_profile(model, profile_name, overrides, pp=pp, tg=tg, reps=reps, prompt=prompt,
+                            progress=progress, n_predict=n_predict, speed_model=load_speed_model(store=store))
+    for notice in done.result.notices:
+        click.echo(f"ggprec: notice: {notice}", err=True)
+    hardware = fingerprint()
+    with store:
+        record_id = record_run(store, done, hardware)
+    if as_json:
+        print_json(run_document(done, record_id, hardware))
+    else:
+        render_run(done, console(), record_id)
+
+
+def _placement_overrides(override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None) -> dict[str, Any]:
+    """RuntimeSettings changes from -ot / --cpu-moe / --n-cpu-moe (nothing for flags not given)."""
+    from ..settings import ALL_LAYERS
+    from ..tensor_overrides import parse_overrides
+
+    if cpu_moe and n_cpu_moe is not None:
+        raise GgprecError("--cpu-moe and --n-cpu-moe are alternatives: give one")
+    out: dict[str, Any] = {}
+    if override_tensor:
+        out["override_tensor"] = parse_overrides(override_tensor)
+    if cpu_moe or n_cpu_moe is not None:
+        out["n_cpu_moe"] = ALL_LAYERS if cpu_moe else n_cpu_moe
+    return out
+
+
+@main.command()
+@click.option("--types", help="Comma-separated weight types to measure (default: "
+              "f16,q8_0,q6_k,q5_k,q4_k,q5_0,q4_0,q3_k,q2_k; --quick: f16,q8_0,q4_k,q4_0).")
+@click.option("--quick", is_flag=True, help="A smaller model, fewer tokens and types (~4x faster, noisier).")
+@click.option("-t", "--threads", type=click.IntRange(1), help="CPU threads (default: as `ggprec run`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
+@db_option
+def calibrate(types: str | None, quick: bool, threads: int | None, as_json: bool, db: str | None) -> None:
+    """Measure decode and prompt speed per weight type on this machine with llama.cpp; keep it in the
+    history for recommend, run and compare (expected tok/s)."""
+    from .. import calibrate as cal_mod
+    from ..store import Store
+
+    store = Store(db)  # opened first: a bad history path fails before a minute of measuring
+    chosen = [t.strip() for t in types.split(",") if t.strip()] if types else (
+        cal_mod.QUICK_TYPES if quick else cal_mod.DEFAULT_TYPES)
+    progress = ((lambda stage, done, total: click.echo(f"ggprec: [{done + 1}/{total}] {stage}", err=True))
+                if sys.stderr.isatty() else None)
+    result = cal_mod.calibrate(chosen, quick=quick, threads=threads, progress=progress)
+    with store:
+        cal_mod.store_calibration(result, store)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        cal_mod.render(result, console())
+
+
+@main.command()
+@click.option("--model", help="Only rows of this model (path, file name or sha256 prefix).")
+@click.option("--profile", help="Only rows of this profile (name or content-hash prefix).")
+@click.option("--kind", type=click.Choice(KINDS), help="Only this kind.")
+@click.option("--limit", type=int, help="At most this many rows, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
+@db_option
+def history(model: str | None, profile: str | None, kind: str | None, limit: int | None, as_json: bool,
+            db: str | None) -> None:
+    """List stored results, newest first."""
+    from ..printers import history_document, history_table
+    from ..store import Store
+
+    with Store(db) as store:
+        records = store.query(kind=kind, model=model, profile=profile, limit=limit)
+        for line in store.skipped:  # rows that do not read back: one line each, never a traceback
+            click.echo(f"ggprec: warning: {line}", err=True)
+    if as_json:
+        print_json(history_document(records))
+    else:
+        console().print(history_table(records))
