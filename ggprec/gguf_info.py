@@ -108,6 +108,12 @@ class HParams:
     def n_ff_max(self) -> int:
         return max(self.n_ff, default=0)
 
+    @property
+    def expert_share(self) -> float:
+        """The share of a layer's routed experts one token reads on average: expert_used / expert_count
+        (1 for a dense model, or where the counts are missing)."""
+        return self.n_expert_used / self.n_expert if self.n_expert > 0 and self.n_expert_used > 0 else 1.0
+
 
 @dataclass
 class ModelInfo:

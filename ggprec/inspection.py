@@ -94,7 +94,7 @@ def active_params(info: ModelInfo) -> int:
     """Parameters one token uses: every tensor, routed experts at n_expert_used / n_expert (the way model
     cards count "A3B": embeddings included)."""
     hp = info.hparams
-    share = hp.n_expert_used / hp.n_expert if hp.n_expert else 1.0
+    share = hp.expert_share
     return round(sum(t.n_elements * (share if is_routed_expert(t.role) else 1.0) for t in info.tensors))
 
 

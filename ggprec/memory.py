@@ -253,7 +253,7 @@ def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
     too (they are small). KV cache reads are not weights and are left to the caller."""
     hp = info.hparams
     placer = Placer.for_model(hp.n_layer, settings)
-    share = (hp.n_expert_used / hp.n_expert) if hp.n_expert > 0 else 1.0
+    share = hp.expert_share
     out: dict[str, dict[str, int]] = {}
 
     def add(device: str, type_name: str, n: float) -> None:

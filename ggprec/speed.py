@@ -206,7 +206,7 @@ def matmul_elements(info: ModelInfo, settings: RuntimeSettings,
 
     hp = info.hparams
     placer = Placer.for_model(hp.n_layer, settings)
-    share = hp.n_expert_used / hp.n_expert if hp.n_expert > 0 else 1.0
+    share = hp.expert_share
     elems: dict[str, dict[str, int]] = {}
     for t in info.tensors:
         if t.name in ("token_embd.weight", "output.weight") or len(t.shape) < 2:

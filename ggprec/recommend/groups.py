@@ -95,6 +95,5 @@ def reads_per_token(g: Group, info: ModelInfo) -> float:
     if g.role == "token_embd":
         return 0.0
     if g.role in ROUTED_EXPERT_ROLES:
-        hp = info.hparams
-        return hp.n_expert_used / hp.n_expert if hp.n_expert and hp.n_expert_used else 1.0
+        return info.hparams.expert_share
     return 1.0
