@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..synth import PRESETS  # a table of shapes, no heavy imports
 from .shell import console, main, model_argument, print_json, profile_option
 
 # --- models: inspect, synth, demo-model ------------------------------------------------------
@@ -29,9 +30,7 @@ def inspect(model: str, tensors: bool, as_json: bool) -> None:
 
 @main.command()
 @click.argument("output", type=click.Path(path_type=str))
-@click.option("--preset", type=click.Choice(["tiny", "smollm2-135m", "llama-3.2-1b", "llama-3-8b", "llama-3-70b",
-                                             "tiny-moe", "qwen3-30b-a3b", "gpt-oss-20b", "mixtral-8x7b",
-                                             "deepseek-v2-lite"]),
+@click.option("--preset", type=click.Choice(list(PRESETS)),
               default="tiny", show_default=True, help="A real model's shape (the last five: mixtures of experts).")
 @click.option("--type", "dtype", type=click.Choice(["f32", "f16", "bf16"]), default="f16", show_default=True)
 @click.option("--layers", type=int, help="Override the number of layers.")
