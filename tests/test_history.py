@@ -165,14 +165,21 @@ def test_a_bad_row_is_skipped_with_one_warning_line_and_the_rest_is_shown(
     assert [r["id"] for r in json.loads(res.stdout)["records"]] == [good]
 
 
-def test_a_results_table_of_another_schema_is_one_error_line(tmp_path: Path) -> None:
-    db = tmp_path / "other.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
-    con.executemany("INSERT INTO _migrations VALUES (?, 'then')", [("m001_results",), ("m002_typed_results",)])
-    con.execute("CREATE TABLE results (id INTEGER PRIMARY KEY, kind TEXT, payload BLOB)")
-    con.commit()
+def sqlite_db(path: Path, *statements: str) -> Path:
+    """A database another schema or program wrote: `statements` run in one transaction."""
+    con = sqlite3.connect(path)
+    with con:
+        for sql in statements:
+            con.execute(sql)
     con.close()
+    return path
+
+
+def test_a_results_table_of_another_schema_is_one_error_line(tmp_path: Path) -> None:
+    db = sqlite_db(tmp_path / "other.db",
+                   "CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)",
+                   "INSERT INTO _migrations VALUES ('m001_results', 'then'), ('m002_typed_results', 'then')",
+                   "CREATE TABLE results (id INTEGER PRIMARY KEY, kind TEXT, payload BLOB)")
     res = history(db)
     assert res.exit_code == 2
     assert res.output == f"ggprec: error: history database {db}: cannot read (no such column: created)\n"
@@ -267,11 +274,7 @@ def test_every_printer_prints_every_kind_from_its_metadata(index: int) -> None:
 
 
 def test_a_database_of_another_program_is_one_error_line(tmp_path: Path) -> None:
-    db = tmp_path / "foreign.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE results (id INTEGER PRIMARY KEY, score REAL)")
-    con.commit()
-    con.close()
+    db = sqlite_db(tmp_path / "foreign.db", "CREATE TABLE results (id INTEGER PRIMARY KEY, score REAL)")
     res = history(db)
     assert res.exit_code == 2
     assert res.output == f"ggprec: error: history database {db}: cannot use it (table results already exists)\n"
