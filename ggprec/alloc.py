@@ -28,8 +28,8 @@ from typing import Any
 
 from .llama_backend import LogCapture, load_model
 from .settings import RuntimeSettings
+from .units import MIB
 
-MIB = 1 << 20
 KINDS = {"model": "model", "KV": "kv", "compute": "compute", "output": "output"}
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size\s*=\s*([0-9.]+) MiB")
 _KV_TOTAL = re.compile(r"^llama_kv_cache\w*: size =\s*([0-9.]+) MiB")

@@ -19,6 +19,7 @@ from typing import Any
 from .errors import GgprecError
 from .progress import Progress
 from .records import CompareRecord
+from .units import MIB
 
 # Defaults sized so that `ggprec demo` fits 10 minutes on a 2-core CPU (2 minutes with cached builds and
 # reference logits): speed like llama-bench but shorter, accuracy over 4 windows of 512 tokens.
@@ -32,7 +33,6 @@ DEMO_PROFILES = ("mixed", "mixed-split-head", "q8_0", "q4_0", "q8_0-kv-q8_0", "q
 DEMO_BASELINE = "q8_0"
 DEMO_REFERENCE = "f32"
 
-MIB = 2**20
 
 
 @dataclass

@@ -11,9 +11,9 @@ from .gguf_info import ArraySummary, ModelInfo
 from .memory import bytes_read_per_token
 from .roles import is_routed_expert
 from .settings import RuntimeSettings
+from .units import MIB
 
 INSPECT_SCHEMA = 1
-MiB = 1024 * 1024
 
 
 def _json_value(value: Any) -> Any:
@@ -109,7 +109,7 @@ def bytes_per_token(info: ModelInfo) -> dict[str, int]:
 
 
 def _mib(n: int) -> str:
-    return f"{n / MiB:,.2f}"
+    return f"{n / MIB:,.2f}"
 
 
 def render(info: ModelInfo, console: Any, tensors: bool = False) -> None:

@@ -18,7 +18,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .records import MIB, Column, ResultRecord
+from .records import Column, ResultRecord
+from .units import MIB
 
 if TYPE_CHECKING:
     from .alloc import Allocation

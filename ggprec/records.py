@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import GgprecError
-
-MIB = 2**20
+from .units import MIB
 
 
 class RecordError(GgprecError):

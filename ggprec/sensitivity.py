@@ -31,9 +31,9 @@ from .gguf_info import ModelInfo, read_gguf
 from .progress import Progress
 from .recommend import Group, layer_bands, make_groups, quantizable
 from .settings import RuntimeSettings
+from .units import MIB
 
 GROUPINGS = ("role", "role-layer", "layer")
-MIB = 2**20
 
 # progress(stage, done, total): stage is the pass about to run ("attn_q@0-7 at q4_0"), done of total passes.
 

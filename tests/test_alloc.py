@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ggprec.alloc import MIB, measure_allocation, parse_buffers
+from ggprec.alloc import measure_allocation, parse_buffers
 from ggprec.errors import GgprecError
 from ggprec.gguf_info import read_gguf
 from ggprec.llama_backend import capture_log, load_model
 from ggprec.settings import RuntimeSettings
+from ggprec.units import MIB
 
 SETTINGS = RuntimeSettings(n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2)
 HALF_LOGGED_DIGIT = 0.005 * MIB + 1  # llama.cpp logs MiB with two decimals; we round to whole bytes

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 
 from ggprec.gguf_info import ModelInfo, read_gguf
-from ggprec.recommend import GIB, MIB, recommend
+from ggprec.recommend import recommend
 from ggprec.recommend.api import Recommendation
 from ggprec.recommend.commands import llama_commands
 from ggprec.roles import ROUTED_EXPERT_ROLES
 from ggprec.synth import PRESETS, write_synth
 from ggprec.tensor_overrides import placement
+from ggprec.units import GIB, MIB
 
 HOST_GBPS, GPU_GBPS = 60.0, 936.0
 

@@ -7,6 +7,7 @@ prior), `knapsack` (types per group under a byte budget), `search` (placements a
 (llama-quantize / llama-server lines), `render` (the terminal output). Other areas' modules it uses: `priors`
 (loss priors), `speed` (expected tok/s), `tensor_overrides` (where each tensor lives), `memory` (buffers)."""
 
+from ..units import GIB, MIB
 from .api import (
     NoFitError,
     Recommendation,
@@ -31,7 +32,6 @@ from .loss import (
     sensitivity_loss_model,
     stored_sensitivity,
 )
-from .search import GIB, MIB
 
 __all__ = [
     "BALANCED_MIN_TPS", "CANDIDATE_TYPES", "GIB", "GOALS", "KLD_FLOOR", "KV_TYPES", "MIB", "PRIOR_IMPORTANCE",

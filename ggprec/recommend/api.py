@@ -13,13 +13,12 @@ from ..errors import GgprecError
 from ..ggml_types import lookup
 from ..gguf_info import ModelInfo
 from ..settings import RuntimeSettings
+from ..units import GIB, MIB
 from .frontier import GOALS, FrontRow, choose, pareto, shown_rows, trade_text
 from .groups import make_groups
 from .knapsack import options_for, solve
 from .loss import LossModel, prior_loss_model, sensitivity_loss_model
 from .search import (
-    GIB,
-    MIB,
     Predictor,
     SecondsPerByte,
     Walk,

@@ -7,9 +7,9 @@ from typing import Any
 
 from ..printers import to_markdown, to_table
 from ..records import Column
+from ..units import GIB, MIB
 from .api import Recommendation
 from .commands import LlamaCommands
-from .search import GIB, MIB
 
 # The front's printed columns (printers.Column: header, format, scale); pp only where the speed model has it.
 FRONT_COLUMNS = (

@@ -30,8 +30,6 @@ from .groups import Group, reads_per_token, split_by_device
 from .knapsack import Option, cached_options
 from .loss import KV_TYPES, LossModel
 
-GIB = 2**30
-MIB = 2**20
 MAPPED = "model:CPU_Mapped"
 
 
