@@ -22,12 +22,7 @@ once per machine and llama.cpp build, in a child process so that a crash costs n
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -118,6 +113,13 @@ def _probe_key() -> str:
 
 def amx_works() -> bool:
     """Whether a quantized matmul through llama.cpp's AMX buffer runs here, from a cached child-process probe."""
+    # Imported here: memory (and so `ggprec inspect`) imports this module, and only AMX machines probe.
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
     from .demo_model import cache_dir
 
     cache = cache_dir() / "amx-probe.json"
@@ -163,4 +165,6 @@ def _probe(workdir: Path) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
     _probe(Path(sys.argv[1]))

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import GgprecError
-from .fileio import atomic_output
 
 
 @dataclass(frozen=True)
@@ -278,6 +277,8 @@ def write_synth(
     gtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
              "bf16": gguf.GGMLQuantizationType.BF16}[dtype]
     elem_bytes = {"f32": 4, "f16": 2, "bf16": 2}[dtype]
+
+    from .fileio import atomic_output  # here, not at the top: the CLI imports PRESETS for its --preset choices
 
     with atomic_output(path, force=force) as tmp:
         w = gguf.GGUFWriter(tmp, shape.arch)
