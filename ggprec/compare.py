@@ -93,6 +93,8 @@ def _speed_fields(run: Any) -> dict[str, Any]:
             # model + KV cache + compute (+ output) buffers on every device, as llama.cpp logged them
             "memory_bytes": run.allocation.total or None,
             "memory_mb": run.allocation.total / MIB if run.allocation.total else None,
+            # ggprec.memory's prediction for the same load, beside what llama.cpp allocated
+            "memory_predicted_mb": sum(run.predicted.values()) / MIB if run.predicted else None,
             "buffers": dict(run.allocation.buffers),
             "peak_rss_bytes": run.peak_rss_bytes, "gpu_memory_bytes": run.gpu_memory_bytes}
 

@@ -222,6 +222,7 @@ class CompareRecord(ResultRecord):
     file_mb: float | None = col("file MiB", ".1f", "MiB", "size of the GGUF file")
     memory_bytes: int | None = col(help="memory llama.cpp allocated, bytes")
     memory_mb: float | None = col("mem MiB", ".1f", "MiB", "memory llama.cpp allocated (model + KV + compute)")
+    memory_predicted_mb: float | None = col("pred MiB", ".1f", "MiB", "memory ggprec.memory predicted for that load")
     memory_saved_pct: float | None = col("mem saved %", "+.1f", "%", "memory saved vs the baseline")
     pp_tps: float | None = col("pp tok/s", ".1f", "tok/s", "prompt processing speed, median")
     pp_spread: float | None = col(help="max - min of pp tok/s over the repetitions")

@@ -35,6 +35,13 @@ def test_one_record_per_profile_in_the_order_given(comparison: Comparison):
     assert [r.profile for r in comparison.records] == ["q4_0", "q8_0"]
 
 
+def test_each_row_shows_the_predicted_memory_beside_the_allocated(comparison: Comparison):
+    """q8_0 with an f16 cache (no flash attention): ggprec.memory predicts every buffer within 2%."""
+    row = comparison.records[1]
+    assert row.profile == "q8_0"
+    assert abs(row.memory_predicted_mb - row.memory_mb) <= 0.02 * row.memory_mb
+
+
 def test_the_baseline_row_has_neutral_ratios(comparison: Comparison):
     base = comparison.records[1]
     assert base.baseline is True

@@ -71,10 +71,10 @@ def test_pareto_front_keeps_identical_points():
 def test_columns_come_from_the_record_class_when_not_given():
     rec = CompareRecord(profile="q4_0", file_mb=91.7, memory_mb=120.25, kld_mean=0.3716, top1_vs_baseline=-25.0)
     md = to_markdown([rec]).splitlines()
-    assert md[0] == ("| profile | file MiB | mem MiB | mem saved % | pp tok/s | pp x | tg tok/s | tg x | tg / exp "
-                     "| KLD mean | KLD p99 | KLD x base | top-1 % | top-1 vs base | PPL |")
-    assert md[2] == "| q4_0 | 91.7 | 120.2 | - | - | - | - | - | - | 0.3716 | - | - | - | -25.0 | - |"
-    assert to_csv([rec]).splitlines()[1] == "q4_0,91.7,120.25,,,,,,,0.3716,,,,-25.0,"
+    assert md[0] == ("| profile | file MiB | mem MiB | pred MiB | mem saved % | pp tok/s | pp x | tg tok/s | tg x "
+                     "| tg / exp | KLD mean | KLD p99 | KLD x base | top-1 % | top-1 vs base | PPL |")
+    assert md[2] == "| q4_0 | 91.7 | 120.2 | - | - | - | - | - | - | - | 0.3716 | - | - | - | -25.0 | - |"
+    assert to_csv([rec]).splitlines()[1] == "q4_0,91.7,120.25,,,,,,,,0.3716,,,,-25.0,"
 
 
 def test_write_all_writes_text_files_and_two_pngs(tmp_path: Path):
