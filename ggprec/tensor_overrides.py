@@ -4,7 +4,7 @@ Two halves that must agree: `placement()` says on which device llama.cpp puts ea
 `memory.predict` and the speed model), and `buft_overrides()` builds the array llama.cpp reads to do it
 (`llama_model_params.tensor_buft_overrides`, which llama-cpp-python 0.3.36 declares only as a void
 pointer, with no ggml backend bindings: the struct is declared here and buffer types come from the
-device registry of the libggml llama-cpp-python ships).
+device registry of the libggml libllama links, through `ggml_lib`).
 
 Rules (llama.cpp's src/llama-model-loader.cpp and common/arg.cpp, vendored in llama-cpp-python 0.3.36):
 - without overrides, `n_gpu_layers` decides: the last n_gpu_layers blocks on the GPU, the output head
@@ -27,8 +27,6 @@ import ctypes
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from .errors import GgprecError
@@ -40,7 +38,6 @@ GPU = "CUDA0"  # the device ggprec's memory model predicts for offloaded tensors
 EXPS_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"  # llama.cpp's LLM_FFN_EXPS_REGEX
 MAX_OVERRIDES = 4096  # llama_max_tensor_buft_overrides() of the vendored llama.cpp
 _PYTHON_ONLY = re.compile(r"\(\?<[=!]|\(\?P|\(\?#|\(\?[aiLmsux-]+[:)]|\\[AZ]")
-GGML_BACKEND_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type
 
 
 class TensorBuftOverride(ctypes.Structure):
@@ -145,44 +142,12 @@ def overridden(info: ModelInfo, settings: RuntimeSettings) -> dict[str, str]:
 
 # --- ctypes: the array llama.cpp reads -----------------------------------------------------------
 
-@lru_cache(maxsize=1)
-def _libggml() -> Any:
-    """The libggml llama-cpp-python ships beside libllama, with the device-registry functions declared.
-    llama_cpp is imported first, so the library is already loaded and dlopen returns that same copy:
-    one process-wide device registry, the one llama.cpp uses."""
-    import llama_cpp
-
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    names = ("libggml.so", "libggml.dylib", "ggml.dll")
-    path = next((lib_dir / n for n in names if (lib_dir / n).exists()), None)
-    if path is None:
-        raise GgprecError(f"no libggml in {lib_dir}: this llama-cpp-python build cannot place tensors")
-    libggml = ctypes.CDLL(str(path))
-
-    sigs: dict[str, tuple[list[Any], Any]] = {
-        "ggml_backend_dev_count": ([], ctypes.c_size_t),
-        "ggml_backend_dev_get": ([ctypes.c_size_t], ctypes.c_void_p),
-        "ggml_backend_dev_by_type": ([ctypes.c_int], ctypes.c_void_p),
-        "ggml_backend_dev_name": ([ctypes.c_void_p], ctypes.c_char_p),
-        "ggml_backend_dev_buffer_type": ([ctypes.c_void_p], ctypes.c_void_p),
-        "ggml_backend_buft_name": ([ctypes.c_void_p], ctypes.c_char_p),
-    }
-    for fname, (argtypes, restype) in sigs.items():
-        fn = getattr(libggml, fname)
-        fn.argtypes, fn.restype = argtypes, restype
-    return libggml
-
-
 def buffer_types() -> dict[str, int]:
     """Buffer type name -> ggml_backend_buffer_type_t of every device this llama.cpp build has (the
     names llama.cpp's `-ot` accepts: each device's default buffer type, e.g. CPU, CUDA0)."""
-    lib = _libggml()
-    out: dict[str, int] = {}
-    for i in range(lib.ggml_backend_dev_count()):
-        buft = lib.ggml_backend_dev_buffer_type(lib.ggml_backend_dev_get(i))
-        if buft:
-            out[lib.ggml_backend_buft_name(buft).decode()] = buft
-    return out
+    from . import ggml_lib
+
+    return ggml_lib.buffer_types()
 
 
 def buft_overrides(settings: RuntimeSettings) -> ctypes.Array[TensorBuftOverride] | None:
