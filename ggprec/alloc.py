@@ -106,11 +106,13 @@ def allocation_from_log(log: LogCapture, model_bytes: int | None = None, no_allo
     return Allocation(buffers=buffers, no_alloc=no_alloc, notes=notes)
 
 
-def measure_allocation(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc: bool = False) -> Allocation:
+def measure_allocation(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc: bool = False,
+                       extra_buffers: bool | None = None) -> Allocation:
     """Load `path` with `settings`, create a context, and return what llama.cpp allocated (or, with
-    `no_alloc`, would allocate) per buffer. Nothing is evaluated."""
+    `no_alloc`, would allocate) per buffer. Nothing is evaluated. extra_buffers: as `load_model`'s (None:
+    this machine's rule; False: llama.cpp's --no-repack)."""
     import llama_cpp
 
-    with load_model(path, settings, no_alloc=no_alloc) as lm:
+    with load_model(path, settings, no_alloc=no_alloc, extra_buffers=extra_buffers) as lm:
         model_bytes = llama_cpp.llama_model_size(lm.model)
         return allocation_from_log(lm.log, model_bytes=model_bytes, no_alloc=no_alloc)

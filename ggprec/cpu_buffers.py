@@ -8,7 +8,8 @@ buffers of its own with a faster layout (`src/llama-model.cpp` make_cpu_buft_lis
   allocation is the packed size: q8_0 gains 4 bytes per block, q4_k/q5_k 4, iq4_xs 2 (amx/mmq.cpp
   get_row_size); the others are their plain size.
 - `CPU_REPACK` (ggml-cpu/repack.cpp): q4_0, q4_k, iq4_nl, mxfp4 with AVX2 and q2_k with AVX-512, when the
-  rows number a multiple of 8; the same bytes as in the file.
+  rows number a multiple of 8; the same bytes as in the file. Routed-expert (3-D) weights too: repack
+  supports MUL_MAT_ID, AMX does not.
 
 token_embd is a row lookup, never a matmul weight, so it stays mapped; a tied head's matmul copy follows the
 rules. Measured on this project's machines (scripts/check_memory_model.py, tests/test_memory.py).
@@ -55,17 +56,29 @@ class HostBuffers:
     note: str = ""  # why extra buffers are off, for notices
 
     def buffer_for(self, gtype: GgmlType, shape: tuple[int, ...]) -> tuple[str, int] | None:
-        """(buffer, bytes) for a host matmul weight that leaves the mapped file, or None if it stays mapped."""
-        if not self.use_extra or len(shape) != 2:
+        """(buffer, bytes) for a host matmul weight that leaves the mapped file, or None if it stays mapped.
+
+        shape is ggml's (row length, rows[, experts]). llama.cpp asks each extra buffer type whether it
+        supports the op the weight feeds: a 2-D weight feeds MUL_MAT, a 3-D (routed expert) weight MUL_MAT_ID.
+        AMX supports MUL_MAT only; CPU_REPACK both (ggml-cpu/repack.cpp supports_op), with the same rule
+        on the row count."""
+        if not self.use_extra or len(shape) not in (2, 3):
             return None
-        k, n = shape
-        amx = AMX_TYPES.get(gtype.name) if self.amx else None
+        k, n = shape[0], shape[1]
+        amx = AMX_TYPES.get(gtype.name) if self.amx and len(shape) == 2 else None
         if amx and k % amx[0] == 0 and n % AMX_ROWS == 0:
             return AMX, n * (k // gtype.block_size) * (gtype.block_bytes + amx[1])
         mult = self.repack.get(gtype.name)
         if mult and n % mult == 0:
             return REPACK, gtype.tensor_bytes(shape)
         return None
+
+    def describe(self) -> str:
+        """One line for notices and --json: which extra buffer rules a prediction used."""
+        if not self.use_extra:
+            return "extra CPU buffers off (--no-repack)" + (f": {self.note}" if self.note else "")
+        parts = (["AMX"] if self.amx else []) + ([f"CPU_REPACK {','.join(sorted(self.repack))}"] if self.repack else [])
+        return "extra CPU buffers: " + (", ".join(parts) if parts else "none")
 
 
 def cpu_flags() -> set[str]:

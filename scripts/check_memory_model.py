@@ -10,7 +10,11 @@ move; GPU placement is checked when a GPU is lent). llama.cpp logs MiB with two 
 reported buffer is known to +-0.005 MiB (5243 bytes); a buffer passes when |predicted - reported| <= 2% of
 reported + that bound.
 
-Run: python scripts/check_memory_model.py [--quick] [--moe-only]
+Quantized cases: tiny dense and tiny-moe shapes quantized by llama.cpp to q4_0, q4_k, iq4_nl, q2_k and
+q8_0, loaded with extra CPU buffers on (this machine's repack/AMX rules) and off (--no-repack), so every
+buffer rule is checked against a real allocation on whatever machine runs this.
+
+Run: python scripts/check_memory_model.py [--quick] [--moe-only] [--quantized-only]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 from ggprec.alloc import measure_allocation
+from ggprec.cpu_buffers import from_flags, host_buffers
 from ggprec.gguf_info import read_gguf
 from ggprec.memory import predict
 from ggprec.settings import ALL_LAYERS, RuntimeSettings
@@ -48,11 +53,13 @@ def quantize(src: Path, out: Path, type_name: str) -> Path:
 
 
 def compare(label: str, path: Path, settings: RuntimeSettings, no_alloc: bool, rows: list[tuple],
-            source: Path | None = None, tensor_types: dict | None = None) -> None:
-    """Predict from `source` + `tensor_types` (what recommend does) or from `path` itself."""
+            source: Path | None = None, tensor_types: dict | None = None, extra_buffers: bool = True) -> None:
+    """Predict from `source` + `tensor_types` (what recommend does) or from `path` itself. extra_buffers
+    False: loaded and predicted like llama.cpp's --no-repack."""
     info = read_gguf(source or path)
-    pred = predict(info, settings, tensor_types, mmap=not no_alloc)
-    rep = measure_allocation(path, settings, no_alloc=no_alloc).buffers
+    host = None if extra_buffers else from_flags(set(), use_extra=False)
+    pred = predict(info, settings, tensor_types, mmap=not no_alloc, host=host)
+    rep = measure_allocation(path, settings, no_alloc=no_alloc, extra_buffers=None if extra_buffers else False).buffers
     pb = dict(pred.buffers)
     if "model:total" in rep:  # no_alloc with weights on several buffers: only the total is known
         pb = {k: v for k, v in pb.items() if not k.startswith("model:")} | {"model:total": pred.by_kind("model")}
@@ -79,6 +86,23 @@ def shipped_profile_cases(smol: Path, rows: list[tuple]) -> None:
                 source=smol, tensor_types=resolve_plan(source, profile).tensor_types())
 
 
+QUANT_TYPES = ("q4_0", "q4_k", "iq4_nl", "q2_k", "q8_0")
+
+
+def quantized_cases(tmp: Path, rows: list[tuple]) -> None:
+    """The types llama.cpp's CPU backend may repack (q4_0, q4_k, iq4_nl; q2_k with AVX-512) and one it does
+    not here (q8_0; AMX takes it), on a dense and a mixture-of-experts shape (expert weights are 3-D and
+    feed MUL_MAT_ID), loaded for real with mmap, with extra buffers on (this machine's rules) and off."""
+    for preset in ("tiny", "tiny-moe"):
+        src = write_synth(tmp / f"{preset}-f16.gguf", PRESETS[preset], dtype="f16")
+        for qtype in QUANT_TYPES:
+            path = quantize(src, tmp / f"{preset}-{qtype}.gguf", qtype)
+            for extra in (True, False):
+                s = RuntimeSettings(n_ctx=512, n_threads=2)
+                compare(f"{preset} {qtype} ctx 512 extra buffers {'on' if extra else 'off'}", path, s, False,
+                        rows, extra_buffers=extra)
+
+
 MOE_PRESETS = ("tiny-moe", "qwen3-30b-a3b", "gpt-oss-20b", "mixtral-8x7b", "deepseek-v2-lite")
 # (label, settings changes): placement cases; every device is the CPU here (see the module doc).
 PLACEMENTS: tuple[tuple[str, dict], ...] = (
@@ -102,13 +126,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer cases (contexts 512 and 4096 only)")
     ap.add_argument("--moe-only", action="store_true", help="only the mixture-of-experts shapes")
+    ap.add_argument("--quantized-only", action="store_true", help="only the quantized dense and MoE cases")
     args = ap.parse_args()
     t0 = time.perf_counter()
+    print(f"this machine: {host_buffers().describe()}")
     ctxs = (512, 4096) if args.quick else (512, 4096, 32768)
     kvs = ("f16", "q8_0", "q4_0")
     rows: list[tuple] = []
     print(f"{'case':<66} {'buffer':<18} {'pred MiB':>11} {'llama MiB':>11} {'error':>9}")
     with tempfile.TemporaryDirectory(prefix="ggprec-memcheck-") as tmp:
+        quantized_cases(Path(tmp), rows)
+        if args.quantized_only:
+            return report(rows, t0)
         moe_cases(Path(tmp), ctxs[1:], rows)
         if args.moe_only:
             return report(rows, t0)

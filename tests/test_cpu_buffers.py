@@ -57,3 +57,20 @@ def test_avx2_repacks_q4_0_q4_k_iq4_nl_but_not_q2_k_or_q8_0():
 def test_no_repack_keeps_every_weight_mapped():
     host = from_flags({"avx2", "amx_int8", "avx512_vnni"}, use_extra=False, note="off")
     assert [host.buffer_for(lookup(t), (512, 512)) for t in ("q4_0", "q8_0", "f16")] == [None, None, None]
+
+
+def test_routed_expert_weights_are_repacked_like_2d_weights():
+    # A 3-D expert tensor (row length, rows, experts) feeds MUL_MAT_ID, which CPU_REPACK supports.
+    q4_k = lookup("q4_k")
+    assert AVX2_HOST.buffer_for(q4_k, (512, 256, 8)) == (REPACK, q4_k.tensor_bytes((512, 256, 8)))
+    assert AVX2_HOST.buffer_for(q4_k, (512, 12, 8)) is None  # 12 rows: not a multiple of 8
+
+
+def test_amx_never_takes_expert_weights_but_repacking_still_does():
+    assert AMX_HOST.buffer_for(lookup("q8_0"), (512, 256, 8)) is None
+    assert AMX_HOST.buffer_for(lookup("q4_0"), (512, 256, 8))[0] == REPACK
+
+
+def test_describe_names_the_rules_a_prediction_used():
+    assert AVX2_HOST.describe() == "extra CPU buffers: CPU_REPACK iq4_nl,mxfp4,q4_0,q4_k"
+    assert from_flags(set(), use_extra=False).describe() == "extra CPU buffers off (--no-repack)"

@@ -9,14 +9,21 @@ import pytest
 from click.testing import CliRunner
 
 from ggprec.cli import main
+from ggprec.cpu_buffers import from_flags
 from ggprec.errors import GgprecError
 from ggprec.ggml_types import lookup
 from ggprec.gguf_info import read_gguf
+from ggprec.memory import predict
 from ggprec.recommend import recommend, stored_sensitivity
 from ggprec.sensitivity import SensitivityResult, heat_matrix, measure_sensitivity, sensitivity_groups
 from ggprec.store import Store
+from ggprec.units import GIB, MIB
 
 FAST = {"grouping": "role", "n_ctx": 128, "chunks": 2, "threads": 2}
+
+
+def pinned_predict(info, settings, types):  # noqa: ANN001, ANN201 - recommend's Predictor
+    return predict(info, settings, tensor_types=types, host=from_flags(set()))
 
 
 @pytest.fixture(scope="session")
@@ -105,11 +112,17 @@ def test_verify_quantizes_the_recommended_plan_and_measures_its_kld(tiny_sensiti
 
     with Store(sens_db) as store:
         found = stored_sensitivity(str(tiny_model_f32), store=store)
-    # 3.3 MiB of RAM where the f32 model needs 5.8 MiB loaded and an all-f16 copy about 3.6 MiB: the plan must
-    # go below 16 bits, so it predicts a loss.
-    rec = recommend(read_gguf(tiny_model_f32), 0, ram_gb=3.3 / 1024, ctx=128, margin_mb=1, sensitivity=found,
-                    host_gbps=20.0)
-    assert rec.expected_kld > 0
+    info = read_gguf(tiny_model_f32)
+    # The budget comes from the prediction, under pinned buffer rules (no repacking), so that it means the
+    # same on every CPU: halfway between the smallest and the largest plan, the plan must shrink its weights.
+    roomy = recommend(info, 0, ram_gb=1, ctx=128, margin_mb=1, sensitivity=found, host_gbps=20.0,
+                      predictor=pinned_predict)
+    rams = [r.ram_bytes for r in roomy.front]
+    budget = (min(rams) + max(rams)) / 2 + MIB  # + the 1 MiB margin
+    rec = recommend(info, 0, ram_gb=budget / GIB, ctx=128, margin_mb=1, sensitivity=found, host_gbps=20.0,
+                    predictor=pinned_predict)
+    assert rec.row.ram_bytes + MIB <= budget < max(rams) + MIB
+    assert rec.expected_kld > roomy.front[-1].expected_kld
     v = verify(rec, str(tiny_model_f32), chunks=2, n_ctx=128)
     assert v["predicted_kld"] == rec.expected_kld and v["measured_kld"] > 0
     assert v["file_bytes"] < read_gguf(tiny_model_f32).file_size

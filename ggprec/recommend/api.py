@@ -13,7 +13,7 @@ from ..errors import GgprecError
 from ..ggml_types import lookup
 from ..gguf_info import ModelInfo
 from ..settings import RuntimeSettings
-from ..units import GIB, MIB
+from ..units import GIB, MIB, size_text
 from .frontier import GOALS, FrontRow, choose, pareto, shown_rows, trade_text
 from .groups import make_groups
 from .knapsack import options_for, solve
@@ -219,9 +219,9 @@ def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any) -> Fro
 
 def _no_fit_message(smallest: list[tuple[int, int]], vram: int, ram: int, margin: int) -> str:
     need = min(smallest, key=lambda s: (max(s[1] + margin - ram, 0), s[0]))
-    return (f"nothing fits {vram / GIB:.1f} GiB VRAM + {ram / GIB:.1f} GiB RAM with a {margin / MIB:.0f} MiB "
-            f"margin; the smallest plan needs {(need[0] + margin) / GIB:.2f} GiB VRAM and "
-            f"{(need[1] + margin) / GIB:.2f} GiB RAM")
+    return (f"nothing fits {size_text(vram)} VRAM + {size_text(ram)} RAM with a {margin / MIB:.0f} MiB "
+            f"margin; the smallest plan needs {size_text(need[0] + margin)} VRAM and "
+            f"{size_text(need[1] + margin)} RAM")
 
 
 def _recommendation(info: ModelInfo, walks: list[Walk], front: list[FrontRow], chosen: int, shown: list[int],
