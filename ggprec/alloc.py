@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .devices import Buffers
 from .llama_backend import LogCapture, load_model
 from .settings import RuntimeSettings
 from .units import MIB
@@ -36,34 +37,19 @@ _KV_TOTAL = re.compile(r"^llama_kv_cache\w*: size =\s*([0-9.]+) MiB")
 
 
 @dataclass
-class Allocation:
+class Allocation(Buffers):
     """Bytes per buffer, keyed `kind:device` (kind: model, kv, compute, output)."""
 
-    buffers: dict[str, int] = field(default_factory=dict)
     no_alloc: bool = False  # simulated by llama.cpp (weights not loaded)
     notes: list[str] = field(default_factory=list)
 
     @property
-    def total(self) -> int:
-        return sum(self.buffers.values())
-
-    def by_kind(self, kind: str) -> int:
-        return sum(v for k, v in self.buffers.items() if k.split(":", 1)[0] == kind)
-
-    def device_total(self, device: str) -> int:
-        return sum(v for k, v in self.buffers.items() if k.split(":", 1)[1] == device)
-
-    @property
     def host_total(self) -> int:
-        """Bytes in host memory: CPU buffers (mapped, repacked) and pinned host buffers of GPU backends."""
-        return sum(v for k, v in self.buffers.items() if is_host_device(k.split(":", 1)[1]))
+        """Bytes in host memory; under no_alloc with weights on several buffers, `model:total` counts as host."""
+        return super().host_total + self.buffers.get("model:total", 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"buffers": dict(self.buffers), "total": self.total, "no_alloc": self.no_alloc, "notes": self.notes}
-
-
-def is_host_device(device: str) -> bool:
-    return device.startswith("CPU") or device.endswith("_Host") or device == "total"
 
 
 def parse_buffers(lines: list[str]) -> dict[str, int]:

@@ -100,6 +100,17 @@ def from_flags(flags: set[str], use_extra: bool = True, note: str = "") -> HostB
     return HostBuffers(amx="amx_int8" in flags and "avx512_vnni" in flags, repack=repack)
 
 
+def rules_for(cpu_flags: str | None, no_repack: bool = False) -> HostBuffers:
+    """The rules of a target machine: its comma-separated /proc/cpuinfo flags ('none': no x86 features;
+    None: this machine's, probed), or no extra buffers at all (llama.cpp's --no-repack)."""
+    if no_repack:
+        return from_flags(set(), use_extra=False, note="--no-repack")
+    if cpu_flags is None:
+        return host_buffers()
+    flags = {f.strip().lower() for f in cpu_flags.split(",") if f.strip()} - {"none"}
+    return from_flags(flags)
+
+
 @lru_cache(maxsize=1)
 def host_buffers() -> HostBuffers:
     """This machine's rules; where AMX is present, whether it works (probed once, cached on disk)."""

@@ -30,13 +30,13 @@ from typing import Any
 
 from . import ggml_types
 from .cpu_buffers import HostBuffers, host_buffers
+from .devices import CPU, GPU, GPU_HOST, Buffers
 from .ggml_types import GgmlType
 from .gguf_info import ModelInfo
 from .roles import is_routed_expert
 from .settings import RuntimeSettings
-from .tensor_overrides import CPU, GPU, Placer
+from .tensor_overrides import Placer
 
-GPU_HOST = "CUDA_Host"
 KV_PAD = 256  # llama.cpp pads n_ctx to a multiple of 256 cells
 F32, F16 = 4, 2
 # Multipliers of one n_embd (or n_embd_kv) activation of n_ubatch tokens, fitted on llama.cpp's
@@ -46,37 +46,17 @@ MOE_EMBD = 4  # activations beside the expert FFN's (mixtral-8x7b, flash attenti
 
 
 @dataclass
-class MemoryPrediction:
-    buffers: dict[str, int] = field(default_factory=dict)
+class MemoryPrediction(Buffers):
     explain: dict[str, str] = field(default_factory=dict)  # buffer key -> how its bytes were computed
 
-    def device_total(self, device: str) -> int:
-        return sum(v for k, v in self.buffers.items() if k.split(":", 1)[1] == device)
-
-    @property
-    def host_total(self) -> int:
-        return sum(v for k, v in self.buffers.items() if _is_host(k.split(":", 1)[1]))
-
-    @property
-    def total(self) -> int:
-        return sum(self.buffers.values())
-
-    def by_kind(self, kind: str) -> int:
-        return sum(v for k, v in self.buffers.items() if k.split(":", 1)[0] == kind)
-
     def to_dict(self) -> dict[str, Any]:
-        devices = sorted({k.split(":", 1)[1] for k in self.buffers if not _is_host(k.split(":", 1)[1])})
         return {"buffers": dict(self.buffers), "explain": dict(self.explain), "host_total": self.host_total,
-                "device_totals": {d: self.device_total(d) for d in devices}, "total": self.total}
+                "device_totals": self.device_totals(), "total": self.total}
 
     def _add(self, key: str, n: int, why: str) -> None:
         if n > 0:
             self.buffers[key] = self.buffers.get(key, 0) + n
             self.explain[key] = f"{self.explain[key]}; {why}" if key in self.explain else why
-
-
-def _is_host(device: str) -> bool:
-    return device.startswith("CPU") or device.endswith("_Host")
 
 
 def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[str, GgmlType] | None = None,

@@ -169,6 +169,8 @@ class RunRecord(ResultRecord):
     pp: int = col("pp", "d", "tokens", "prompt tokens per test (0: not measured)", default=0)
     tg: int = col("tg", "d", "tokens", "generated tokens per test (0: not measured)", default=0)
     reps: int = col("reps", "d", "", "repetitions of each test", default=1)
+    depth: int = col(help="tokens in the KV cache before the timed decodes (llama-bench -d; 0: a short prefix)",
+                     default=0)
     pp_tps: float | None = col("pp tok/s", ".1f", "tok/s", "prompt processing speed, median")
     tg_tps: float | None = col("tg tok/s", ".1f", "tok/s", "generation speed, median")
     pp_stats: dict[str, Any] | None = col(help="median, min, max, stdev, samples of pp tok/s")
@@ -195,7 +197,7 @@ class RunRecord(ResultRecord):
         def stats(s: Any) -> dict[str, Any] | None:
             return None if s is None else dataclasses.asdict(s)
 
-        return cls(ran=run.ran, pp=r.pp, tg=r.tg, reps=r.reps,
+        return cls(ran=run.ran, pp=r.pp, tg=r.tg, reps=r.reps, depth=r.depth,
                    pp_tps=None if r.pp_tps is None else r.pp_tps.median,
                    tg_tps=None if r.tg_tps is None else r.tg_tps.median,
                    pp_stats=stats(r.pp_tps), tg_stats=stats(r.tg_tps), expected_tg_tps=r.expected_tg_tps,
@@ -206,7 +208,7 @@ class RunRecord(ResultRecord):
 
     def summary(self) -> dict[str, Any]:
         return {"pp_tps": self.pp_tps, "tg_tps": self.tg_tps, "memory_bytes": self.memory_bytes,
-                "detail": f"pp {self.pp}, tg {self.tg}, x{self.reps}"}
+                "detail": f"pp {self.pp}, tg {self.tg}{f' @ d{self.depth}' if self.depth else ''}, x{self.reps}"}
 
 
 @dataclass

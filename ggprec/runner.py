@@ -24,8 +24,8 @@ from .alloc import Allocation, allocation_from_log
 from .errors import GgprecError
 from .llama_backend import LoadedModel, load_model
 from .settings import RuntimeSettings
+from .speed import TG_PREFIX, decode_cells
 
-TG_PREFIX = 8  # tokens in the KV cache before the timed single-token decodes
 GEN_TOKENS = 32  # tokens generated for --prompt
 SEED = 1234  # token ids of the timed batches are drawn from the vocabulary with this seed
 
@@ -67,6 +67,7 @@ class RunResult:
     expected_tg_tps: float | None = None  # ggprec.speed's expectation for this file and these settings
     expected_pp_tps: float | None = None  # None where the speed model has no pp figures
     expected_tg_source: str | None = None  # where the speed model's figures come from
+    depth: int = 0  # tokens in the KV cache before the timed decodes (0: the short TG_PREFIX)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -163,27 +164,31 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
 
 
-def _check_sizes(settings: RuntimeSettings, pp: int, tg: int, reps: int) -> None:
-    if pp < 0 or tg < 0 or reps < 1 or pp + tg == 0:
-        raise GgprecError(f"need pp >= 0, tg >= 0, one of them > 0, reps >= 1 (got pp {pp}, tg {tg}, reps {reps})")
-    if pp > settings.n_ctx or (tg and TG_PREFIX + tg > settings.n_ctx):
+def _check_sizes(settings: RuntimeSettings, pp: int, tg: int, reps: int, depth: int = 0) -> None:
+    if pp < 0 or tg < 0 or reps < 1 or pp + tg == 0 or depth < 0:
+        raise GgprecError(f"need pp >= 0, tg >= 0, one of them > 0, reps >= 1, depth >= 0 (got pp {pp}, tg {tg}, "
+                          f"reps {reps}, depth {depth})")
+    prefix = max(depth, TG_PREFIX)
+    if pp > settings.n_ctx or (tg and prefix + tg > settings.n_ctx):
         raise GgprecError(f"context {settings.n_ctx} too small for --pp {pp} / --tg {tg} "
-                          f"(needs pp and {TG_PREFIX} + tg tokens); raise -c")
+                          f"(needs pp and {prefix} + tg tokens); raise -c")
 
 
 def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp: int = 512, tg: int = 128,
                   reps: int = 3, prompt: str | None = None,
                   progress: Callable[[str], None] | None = None, n_predict: int = GEN_TOKENS,
-                  speed_model: Any = None) -> RunResult:
+                  speed_model: Any = None, depth: int = 0) -> RunResult:
     """Load the model with `settings`, measure pp and tg tok/s (`reps` times each), report memory;
-    with `prompt`, also generate up to `n_predict` tokens of text from it (untimed). The expected speed
-    beside it comes from `speed_model` (a ggprec.speed.SpeedModel; None: load_speed_model())."""
+    with `prompt`, also generate up to `n_predict` tokens of text from it (untimed). tg is timed after
+    `depth` tokens in the KV cache (llama-bench's -d; 0: a short prefix of TG_PREFIX), decoded untimed. The
+    expected speed beside it comes from `speed_model` (a ggprec.speed.SpeedModel; None: load_speed_model())."""
     import llama_cpp
 
     from .hardware import gpu_memory_used_bytes
 
     say = progress or (lambda _msg: None)
-    _check_sizes(settings, pp, tg, reps)
+    _check_sizes(settings, pp, tg, reps, depth)
+    prefix = max(depth, TG_PREFIX)
     say("loading")
     with load_model(model_path, settings) as lm:
         allocation = allocation_from_log(lm.log, model_bytes=llama_cpp.llama_model_size(lm.model))
@@ -193,14 +198,14 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
             predicted = None
             lm.notices.append(f"no memory prediction: {e}")
         rng = random.Random(SEED)
-        ids = [rng.randrange(lm.n_vocab) for _ in range(max(pp, TG_PREFIX + tg))]
+        ids = [rng.randrange(lm.n_vocab) for _ in range(max(pp, prefix + tg))]
         dec = Decoder(lm)
         try:
             say("warm-up")
             if pp:
                 time_pp(dec, ids[:min(pp, lm.settings.n_batch)])
             if tg:
-                time_tg(dec, ids[:TG_PREFIX], ids[TG_PREFIX:TG_PREFIX + 1])
+                time_tg(dec, ids[:prefix], ids[prefix:prefix + 1])
             pp_s, tg_s = [], []
             for rep in range(reps):
                 if pp:
@@ -208,7 +213,7 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
                     pp_s.append(pp / time_pp(dec, ids[:pp]))
                 if tg:
                     say(f"tg {tg}, rep {rep + 1}/{reps}")
-                    tg_s.append(tg / time_tg(dec, ids[:TG_PREFIX], ids[TG_PREFIX:TG_PREFIX + tg]))
+                    tg_s.append(tg / time_tg(dec, ids[:prefix], ids[prefix:prefix + tg]))
             generated = None
             if prompt is not None:
                 say("generating")
@@ -216,22 +221,22 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
         finally:
             dec.close()
         gpu_bytes = gpu_memory_used_bytes()
-        expected = expected_speed(lm, tg, speed_model)
+        expected = expected_speed(lm, tg, speed_model, depth)
         return RunResult(str(model_path), lm.settings, pp, tg, reps, Stats.of(pp_s) if pp_s else None,
                          Stats.of(tg_s) if tg_s else None, lm.load_s, allocation, peak_rss_bytes(), gpu_bytes,
                          lm.n_layer, lm.notices, prompt, generated, predicted,
                          None if expected is None else expected.tg_tps, None if expected is None else expected.pp_tps,
-                         None if expected is None else expected.source)
+                         None if expected is None else expected.source, depth)
 
 
-def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None) -> Any:
+def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None, depth: int = 0) -> Any:
     """ggprec.speed's expected tok/s for what `lm` is (its file, the settings as applied), with the KV
     cells the timed decodes use on average; None for a model the speed model cannot describe."""
     from .speed import load_speed_model
 
     try:
         model = speed_model if speed_model is not None else load_speed_model()
-        return model.expected(lm.info, lm.settings, kv_cells=TG_PREFIX + tg // 2)
+        return model.expected(lm.info, lm.settings, kv_cells=decode_cells(depth, tg))
     except (GgprecError, ValueError, KeyError) as e:
         lm.notices.append(f"no speed expectation: {e}")
         return None
@@ -314,7 +319,7 @@ def resolve_settings(profile: Any, overrides: dict[str, Any]) -> RuntimeSettings
 def run_with_profile(model: str | os.PathLike[str], profile_name: str | None, overrides: dict[str, Any],
                      pp: int = 512, tg: int = 128, reps: int = 3, prompt: str | None = None,
                      progress: Callable[[str], None] | None = None, n_predict: int = GEN_TOKENS,
-                     speed_model: Any = None) -> ProfileRun:
+                     speed_model: Any = None, depth: int = 0) -> ProfileRun:
     """`ggprec run`: load the profile, build (or reuse) its variant of `model`, run it with the profile's
     settings and the overrides."""
     from pathlib import Path
@@ -337,7 +342,7 @@ def run_with_profile(model: str | os.PathLike[str], profile_name: str | None, ov
             progress(f"building the {profile.name} variant (cached after the first time)")
         ran = build_variant(model, profile, threads=settings.n_threads)
     result = run_benchmark(ran, settings, pp=pp, tg=tg, reps=reps, prompt=prompt, progress=progress,
-                           n_predict=n_predict, speed_model=speed_model)
+                           n_predict=n_predict, speed_model=speed_model, depth=depth)
     return ProfileRun(str(model), str(ran), profile, result)
 
 

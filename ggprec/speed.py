@@ -12,7 +12,8 @@ narrow models slower than their bytes say. Prompt processing is compute-bound: s
 ~ sum over types of weight elements / (elements per second of that type's matmul).
 
 Where the figures come from, per device, in this order (`load_speed_model`):
-1. a bandwidth given explicitly (`--host-bandwidth`, `--gpu-bandwidth`: a plan for another machine);
+1. a bandwidth given explicitly (`--host-bandwidth`, `--gpu-bandwidth`: a plan for another machine); a
+   GPU's figure is a spec figure, turned into per-type rates and fixed costs by `gpu_from_spec`;
 2. the newest `ggprec calibrate` of THIS machine (hardware fingerprint + llama.cpp build), see calibrate;
 3. an assumption, labelled: the host's bandwidth from a numpy copy, the GPU's a fixed figure.
 """
@@ -26,19 +27,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import ggml_types
+from .devices import GPU_CLASS, HOST_CLASS, device_class
 from .gguf_info import ModelInfo
 from .settings import RuntimeSettings
 
-HOST, GPU = "CPU", "GPU"  # device classes of the model: every host buffer is HOST, every other device GPU
+# Device classes of the model: every host buffer is HOST, every other device GPU (devices.device_class).
+HOST, GPU = HOST_CLASS, GPU_CLASS
 # Assumed when neither a flag nor a calibration gives the GPU's bandwidth: a mid-range discrete GPU (GB/s).
 ASSUMED_GPU_GBPS = 500.0
 
 Reads = Mapping[str, Mapping[str, int]]  # device -> type name -> bytes read per generated token
+KV_PREFIX = "kv:"  # reads of the KV cache are keyed "kv:<type>" beside the weights' "<type>"
+TG_PREFIX = 8  # tokens `ggprec run` decodes before its timed single-token decodes (llama-bench: a short prompt)
 
 
-def device_class(device: str) -> str:
-    """HOST for llama.cpp's host buffers (CPU, CPU_Mapped, CPU_REPACK, AMX, CUDA_Host), else GPU."""
-    return HOST if device.startswith(("CPU", "AMX")) or device.endswith("_Host") or device == "host" else GPU
+def decode_cells(depth: int, tg: int) -> int:
+    """KV cells in use, on average, over `tg` single-token decodes after `depth` cached tokens (at least the
+    short prefix `ggprec run` uses): what each decoded token reads of the KV cache."""
+    return max(depth, TG_PREFIX) + tg // 2
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,14 @@ class DeviceSpeed:
     pp_elems_per_s: dict[str, float] = field(default_factory=dict)  # type -> weight elements/s in pp
     pp_layer_s: float = 0.0  # fixed seconds per layer per prompt token (attention, norms, ...)
     source: str = ""
+    # KV type -> fixed seconds per layer per token that a cache of that type adds (a quantized cache's
+    # attention kernel on a GPU: measured, see gpu_from_spec); KV bytes are charged at gbps["kv:<type>"].
+    kv_layer_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"gbps": dict(self.gbps), "default_gbps": self.default_gbps, "token_s": self.token_s,
                 "layer_s": self.layer_s, "pp_elems_per_s": dict(self.pp_elems_per_s),
-                "pp_layer_s": self.pp_layer_s, "source": self.source}
+                "pp_layer_s": self.pp_layer_s, "source": self.source, "kv_layer_s": dict(self.kv_layer_s)}
 
 
 @dataclass(frozen=True)
@@ -94,16 +103,21 @@ class SpeedModel:
         CPU_Mapped, CUDA0, ...) or by class (CPU, GPU)."""
         seconds = 0.0
         charged: set[str] = set()
+        kv_types: dict[str, set[str]] = {}  # device class -> KV types read there
         for device, by_type in reads.items():
             dev = device_class(device)
             for type_name, n in by_type.items():
                 if n:
                     seconds += n / (self._bandwidth(dev, type_name) * 1e9)
+                    if type_name.startswith(KV_PREFIX):
+                        kv_types.setdefault(dev, set()).add(type_name[len(KV_PREFIX):])
             if dev not in charged:
                 charged.add(dev)
                 seconds += self.devices[dev].token_s
         for device, n_layers in (layers or {}).items():
-            seconds += n_layers * self.devices[device_class(device)].layer_s
+            spd = self.devices[device_class(device)]
+            seconds += n_layers * (spd.layer_s + max((spd.kv_layer_s.get(t, 0.0)
+                                                      for t in kv_types.get(device_class(device), ())), default=0.0))
         return 1.0 / seconds if seconds > 0 else float("inf")
 
     def pp_tps(self, elems: Mapping[str, Mapping[str, int]], layers: Mapping[str, int] | None = None) -> float | None:
@@ -142,7 +156,10 @@ class SpeedModel:
 
 
 def _type_bandwidth(spd: DeviceSpeed, type_name: str) -> float:
-    return spd.gbps.get(type_name) or _nearest(spd.gbps, type_name) or spd.default_gbps
+    if type_name.startswith(KV_PREFIX):  # the cache's own figure, else what weights of its type get
+        return spd.gbps.get(type_name) or _type_bandwidth(spd, type_name[len(KV_PREFIX):])
+    weights = {t: v for t, v in spd.gbps.items() if not t.startswith(KV_PREFIX)}
+    return spd.gbps.get(type_name) or _nearest(weights, type_name) or spd.default_gbps
 
 
 def _nearest(figures: Mapping[str, float], type_name: str) -> float:
@@ -179,8 +196,8 @@ def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
                          kv_cells: int | None = None) -> dict[str, dict[str, int]]:
     """Device -> type name -> bytes one generated token reads: the weights as memory.bytes_read_per_token
     places and counts them (token_embd one row, a tied head whole, routed experts their used share), plus
-    the K and V rows of `kv_cells` cells (None: n_ctx) on each layer's device."""
-    from .memory import GPU as GPU_DEVICE
+    the K and V rows of `kv_cells` cells (None: n_ctx) on each layer's device, keyed "kv:<type>"."""
+    from .devices import GPU as GPU_DEVICE
     from .memory import bytes_read_per_token as weight_reads
 
     reads = weight_reads(info, settings, tensor_types)
@@ -192,7 +209,8 @@ def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
         by_type = reads.setdefault(GPU_DEVICE if il >= first_gpu else HOST, {})
         for t, n in ((tk, tk.row_bytes(hp.n_head_kv[il] * hp.head_dim_k) * cells),
                      (tv, tv.row_bytes(hp.n_head_kv[il] * hp.head_dim_v) * cells)):
-            by_type[t.name] = by_type.get(t.name, 0) + n
+            key = KV_PREFIX + t.name
+            by_type[key] = by_type.get(key, 0) + n
     return reads
 
 
@@ -236,6 +254,58 @@ def measure_host_gbps(n_bytes: int = 64 * 2**20, reps: int = 5) -> float:
     return 2 * n_bytes / best / 1e9
 
 
+@functools.lru_cache(maxsize=1)
+def _gpu_facts() -> dict[str, Any]:
+    import json
+    from importlib import resources
+
+    return json.loads(resources.files("ggprec").joinpath("data/gpu_speed.json").read_text())
+
+
+def gpu_from_spec(gbps: float) -> DeviceSpeed:
+    """A GPU known only by a bandwidth figure (a spec sheet's), with the efficiencies measured on an H100
+    scaled to it (ggprec/data/gpu_speed.json). A spec bandwidth is not what decode reaches: on the H100,
+    tg reached 83% of the bandwidth ceiling at F16, 60% at Q8_0 and 45% at Q4_0, because a fixed cost per
+    layer (kernel launches, the host-side loop) weighs more the smaller the weights, and dequantizing costs.
+
+    The fit, one unknown per measurement: F16 weights are read at the given figure (assumed: an F16 GEMV
+    streams at the card's bandwidth; torch copies reached 3.03-3.11 TB/s against the 3.0 TB/s figure), which
+    leaves the per-layer fixed cost; each other weight type's efficiency follows from its tg. The KV cache:
+    each type's read rate from tg at depth 16384 against a short prompt, and a quantized cache's extra fixed
+    cost per layer from tg at the short depth (it made the H100 9-19% slower, so on a GPU a quantized cache
+    frees memory and costs speed). Efficiencies are fractions of the given figure; the fixed costs are kept
+    in seconds (launch- and host-bound, not bandwidth-bound)."""
+    from .units import MIB
+
+    facts = _gpu_facts()
+    ref, n_layer, row_elems = facts["given_gbps"] * 1e9, facts["n_layer"], facts["kv_row_elements"]
+
+    def kv_bytes(type_name: str, cells: float) -> float:  # K and V rows of every layer
+        return 2 * n_layer * cells * ggml_types.lookup(type_name).row_bytes(row_elems)
+
+    short = facts["short_depth"]
+    kv_eff: dict[str, float] = {}
+    for row in facts["kv"]:
+        extra_s = 1 / row["tg_deep"] - 1 / row["tg_short"]
+        kv_eff[row["type"]] = (kv_bytes(row["type"], row["depth"] + short) - kv_bytes(row["type"], short)) / (
+            ref * extra_s)
+    kv_f16_short_s = kv_bytes("f16", short) / (kv_eff["f16"] * ref)
+    base_short = next(1 / r["tg_short"] for r in facts["kv"] if r["type"] == "f16")
+    kv_layer_s = {r["type"]: max((1 / r["tg_short"] - base_short
+                                  - (kv_bytes(r["type"], short) / (kv_eff[r["type"]] * ref) - kv_f16_short_s))
+                                 / n_layer, 0.0)
+                  for r in facts["kv"] if r["type"] != "f16"}
+    f16 = next(r for r in facts["weights"] if r["type"] == "f16")
+    layer_s = (1 / f16["tg_tps"] - f16["cuda0_mib"] * MIB / ref - kv_f16_short_s) / n_layer
+    eff = {r["type"]: r["cuda0_mib"] * MIB / (ref * (1 / r["tg_tps"] - n_layer * layer_s - kv_f16_short_s))
+           for r in facts["weights"]}
+    speeds = {t: e * gbps for t, e in eff.items()} | {KV_PREFIX + t: e * gbps for t, e in kv_eff.items()}
+    return DeviceSpeed(gbps=speeds, default_gbps=eff["q8_0"] * gbps, layer_s=layer_s, kv_layer_s=kv_layer_s,
+                       source=f"{gbps:g} GB/s given, per-type efficiency and fixed costs measured on an H100 "
+                              f"(F16 {eff['f16']:.0%}, Q8_0 {eff['q8_0']:.0%}, Q4_0 {eff['q4_0']:.0%} of it; "
+                              f"{layer_s * 1e6:.0f} us per layer)")
+
+
 def flat(gbps: float, source: str) -> DeviceSpeed:
     """One bandwidth for every type, no fixed costs, no pp figures (a given or assumed figure)."""
     return DeviceSpeed(gbps={}, default_gbps=gbps, source=source)
@@ -259,7 +329,7 @@ def load_speed_model(host_gbps: float | None = None, gpu_gbps: float | None = No
     calibrated = calibration.speeds if calibration is not None else {}
     for dev, given in ((HOST, host_gbps), (GPU, gpu_gbps)):
         if given is not None:
-            devices[dev] = flat(given, f"{given:g} GB/s given")
+            devices[dev] = gpu_from_spec(given) if dev == GPU else flat(given, f"{given:g} GB/s given")
         elif dev in calibrated:
             devices[dev] = calibrated[dev]
         elif dev == HOST:

@@ -29,12 +29,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .devices import CPU, GPU
 from .errors import GgprecError
 from .gguf_info import ModelInfo
 from .settings import ALL_LAYERS, RuntimeSettings
 
-CPU = "CPU"
-GPU = "CUDA0"  # the device ggprec's memory model predicts for offloaded tensors
 EXPS_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"  # llama.cpp's LLM_FFN_EXPS_REGEX
 MAX_OVERRIDES = 4096  # llama_max_tensor_buft_overrides() of the vendored llama.cpp
 _PYTHON_ONLY = re.compile(r"\(\?<[=!]|\(\?P|\(\?#|\(\?[aiLmsux-]+[:)]|\\[AZ]")

@@ -143,3 +143,9 @@ def test_cpu_moe_puts_the_expert_reads_on_the_host(tiny_moe: Path) -> None:
     reads = bytes_read_per_token(info, RuntimeSettings(n_gpu_layers=ALL_LAYERS, n_cpu_moe=ALL_LAYERS))
     exps = sum(t.n_bytes for t in info.tensors if t.role.endswith("_exps"))
     assert reads["CPU"] == {"f16": exps // 2 + 256 * 2}
+
+
+def test_sizes_print_in_mib_below_one_gib_and_in_gib_above() -> None:
+    from ggprec.units import size_text
+
+    assert (size_text(3.3 * 2**20), size_text(1.5 * 2**30)) == ("3.3 MiB", "1.50 GiB")

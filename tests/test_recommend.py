@@ -281,7 +281,7 @@ def test_a_quantized_cache_is_chosen_only_where_its_loss_buys_more_than_it_costs
 
 
 def test_nothing_fits_says_the_smallest_budget_that_would(sparse_8b_session: Path) -> None:
-    with pytest.raises(NoFitError, match=r"the smallest plan needs \d+\.\d+ GiB VRAM and \d+\.\d+ GiB RAM"):
+    with pytest.raises(NoFitError, match=r"the smallest plan needs \d+\.\d+ [GM]iB VRAM and \d+\.\d+ [GM]iB RAM"):
         _rec(sparse_8b_session, 0.5, 1)
 
 

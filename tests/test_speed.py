@@ -14,9 +14,20 @@ from ggprec import ggml_types
 from ggprec.calibrate import Calibration, calibrate, find_calibration, store_calibration
 from ggprec.cli import main
 from ggprec.gguf_info import read_gguf
-from ggprec.runner import TG_PREFIX, run_benchmark
+from ggprec.runner import run_benchmark
 from ggprec.settings import ALL_LAYERS, RuntimeSettings
-from ggprec.speed import GPU, HOST, DeviceSpeed, SpeedModel, bytes_read_per_token, flat, load_speed_model
+from ggprec.speed import (
+    GPU,
+    HOST,
+    TG_PREFIX,
+    DeviceSpeed,
+    SpeedModel,
+    bytes_read_per_token,
+    decode_cells,
+    flat,
+    gpu_from_spec,
+    load_speed_model,
+)
 from ggprec.store import Store
 from ggprec.synth import SynthShape
 
@@ -55,7 +66,7 @@ def test_bytes_read_per_token_counts_every_weight_once_one_embedding_row_the_tie
     hp = info.hparams
     kv = hp.n_layer * 2 * (hp.n_head_kv[0] * hp.head_dim_k) * 2 * 100  # K and V rows, f16, 100 cells
     row = embd.shape[0] * 2
-    assert reads == {HOST: {"f16": f16 + row + embd.n_bytes + kv, "f32": f32}}
+    assert reads == {HOST: {"f16": f16 + row + embd.n_bytes, "kv:f16": kv, "f32": f32}}
 
 
 def test_offloaded_layers_and_the_head_are_read_on_the_gpu(tiny_model: Path) -> None:
@@ -89,7 +100,7 @@ def _calibration() -> Calibration:
 def test_flags_win_over_a_calibration_which_wins_over_assumptions(tmp_path: Path) -> None:
     cal = _calibration()
     given = load_speed_model(host_gbps=60, gpu_gbps=936, calibration=cal)
-    assert given.describe() == "host: 60 GB/s given; GPU: 936 GB/s given"
+    assert given.describe().startswith("host: 60 GB/s given; GPU: 936 GB/s given, per-type efficiency")
     assert given.n_threads is None
     calibrated = load_speed_model(gpu_gbps=936, calibration=cal)
     assert calibrated.devices[HOST] is CPU_FIGURES and calibrated.n_threads == 2
@@ -185,3 +196,58 @@ def test_an_moe_token_reads_and_multiplies_only_the_used_share_of_its_routed_exp
     assert elems == {HOST: {"f16": dense + round(sum(t.n_elements for t in experts) * share)}}
     reads = bytes_read_per_token(info, RuntimeSettings(n_ctx=256), kv_cells=0)
     assert sum(reads[HOST].values()) < sum(t.n_bytes for t in info.tensors)
+
+
+# --- a GPU known by its spec bandwidth: efficiencies measured on an H100 (ggprec/data/gpu_speed.json) --------
+
+H100 = SpeedModel({HOST: flat(50.0, "50 GB/s given"), GPU: gpu_from_spec(3000.0)})
+ON_GPU = RuntimeSettings(n_gpu_layers=ALL_LAYERS, n_ctx=4096, flash_attn=True)
+
+
+def _h100_tg(info, settings: RuntimeSettings, profile: str, depth: int = 0) -> float:  # noqa: ANN001
+    from ggprec.plan import resolve_plan
+    from ggprec.profile import load_profile
+
+    types = resolve_plan(info, load_profile(profile)).tensor_types()
+    return H100.expected(info, settings, types, kv_cells=decode_cells(depth, 128)).tg_tps
+
+
+def test_a_spec_bandwidth_reproduces_the_h100_decode_speeds_it_was_fitted_on(sparse_8b_session: Path) -> None:
+    # Fitted on these two rows (F16 166.4, Q8_0 224.7 tok/s): the model must give them back, not 2x more.
+    info = read_gguf(sparse_8b_session)
+    assert _h100_tg(info, ON_GPU, "f16") == pytest.approx(166.4, rel=0.02)
+    assert _h100_tg(info, ON_GPU, "q8_0") == pytest.approx(224.7, rel=0.02)
+
+
+def test_smaller_gpu_weights_reach_less_of_the_spec_bandwidth() -> None:
+    gpu = gpu_from_spec(1000.0)
+    assert gpu.gbps["f16"] > gpu.gbps["q8_0"] > gpu.gbps["q4_0"]
+    assert gpu.gbps["q8_0"] / 1000.0 == pytest.approx(gpu_from_spec(3000.0).gbps["q8_0"] / 3000.0)
+
+
+def test_a_quantized_kv_cache_makes_gpu_decode_slower_not_faster(sparse_8b_session: Path) -> None:
+    info = read_gguf(sparse_8b_session)
+    long_ctx = ON_GPU.with_overrides(n_ctx=32768)
+    q8_kv = long_ctx.with_overrides(cache_type_k="q8_0", cache_type_v="q8_0")
+    for depth in (0, 16384):
+        assert _h100_tg(info, q8_kv, "q8_0", depth) < _h100_tg(info, long_ctx, "q8_0", depth)
+
+
+def test_plan_forecasts_buffers_per_device_and_tg_for_a_target_machine(sparse_8b_session: Path) -> None:
+    r = CliRunner().invoke(main, ["plan", str(sparse_8b_session), "-p", "q8_0", "-ngl", "99", "-c", "4096",
+                                  "-fa", "on", "--gpu-bandwidth", "3000", "--host-bandwidth", "50",
+                                  "--cpu-flags", "avx2", "--json"])
+    assert r.exit_code == 0, r.output
+    fc = json.loads(r.stdout)["forecast"]
+    assert fc["host_rules"] == "extra CPU buffers: CPU_REPACK iq4_nl,mxfp4,q4_0,q4_k"
+    assert fc["memory"]["buffers"]["kv:CUDA0"] == 512 * 2**20  # 4096 cells x 32 layers x (K + V) f16
+    assert set(fc["device_totals"]) == {"host", "CUDA0"} and fc["depth"] == 0
+    assert fc["expected"]["tg_tps"] == pytest.approx(224.7, rel=0.02)
+
+
+def test_plan_at_a_depth_expects_slower_decoding(sparse_8b_session: Path) -> None:
+    args = ["plan", str(sparse_8b_session), "-p", "q8_0", "-ngl", "99", "-c", "32768", "-fa", "on",
+            "--gpu-bandwidth", "3000", "--host-bandwidth", "50", "--json"]
+    short, deep = (json.loads(CliRunner().invoke(main, args + extra).stdout)["forecast"]
+                   for extra in ([], ["-d", "16384"]))
+    assert deep["kv_cells"] == 16384 + 64 and deep["expected"]["tg_tps"] < short["expected"]["tg_tps"]

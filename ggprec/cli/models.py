@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 from ..synth import PRESETS  # a table of shapes, no heavy imports
-from .shell import console, main, model_argument, print_json, profile_option
+from .shell import (
+    console,
+    db_option,
+    machine_options,
+    main,
+    model_argument,
+    print_json,
+    profile_option,
+    runtime_options,
+    runtime_overrides,
+    target_machine,
+)
 
 # --- models: inspect, synth, demo-model ------------------------------------------------------
 
@@ -101,18 +113,34 @@ def profiles_cmd(as_json: bool) -> None:
 @model_argument
 @profile_option
 @click.option("--tensors", is_flag=True, help="List every tensor with its planned type and rule.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan_cmd(model: str, profile_name: str, tensors: bool, as_json: bool) -> None:
-    """The type each tensor of MODEL gets under a profile, llama.cpp's fallbacks and the file size."""
+@runtime_options
+@click.option("-d", "--depth", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Expect tg with this many tokens already in the KV cache (llama-bench's -d).")
+@click.option("--tg", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Generated tokens the tg expectation averages over (as `ggprec run --tg`).")
+@machine_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan and its forecast as JSON.")
+@db_option
+def plan_cmd(model: str, profile_name: str, tensors: bool, depth: int, tg: int, as_json: bool, db: str | None,
+             **options: Any) -> None:
+    """The type each tensor of MODEL gets under a profile, llama.cpp's fallbacks and the file size; then,
+    for the target machine (this one unless the machine options say otherwise), the buffers llama.cpp will
+    allocate per device and the expected tok/s, without loading anything."""
+    from ..forecast import forecast
+    from ..forecast import render as render_forecast
     from ..gguf_info import read_gguf
     from ..plan import render, resolve_plan
     from ..profile import load_profile
 
     plan = resolve_plan(read_gguf(model), load_profile(profile_name))
+    settings = plan.runtime.with_overrides(**runtime_overrides(options))
+    speed_model, host = target_machine(options, db)
+    fc = forecast(plan, settings, speed_model, host, depth=depth, tg=tg)
     if as_json:
-        print_json(plan.to_dict())
+        print_json(plan.to_dict() | {"forecast": fc.to_dict()})
     else:
         render(plan, console(), tensors=tensors)
+        render_forecast(fc, console())
 
 
 def _quantize_progress(tensor: str, done: int, total: int) -> None:

@@ -87,3 +87,95 @@ db_option = click.option("--db", type=click.Path(path_type=str), envvar="GGPREC_
 
 profile_option = click.option("--profile", "-p", "profile_name", required=True,
                               help="A shipped profile name (see `ggprec profiles`) or a YAML file.")
+
+# --- runtime and machine options, shared by every command that loads or plans a model ----------------
+
+_FA = {"on": True, "off": False, "auto": None}
+_RUNTIME_OPTIONS = (
+    click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="Layers to offload to the GPU (-1: all)."),
+    click.option("-c", "--ctx-size", "n_ctx", type=int, help="Context size in tokens."),
+    click.option("-b", "--batch-size", "n_batch", type=int, help="Logical batch size."),
+    click.option("-ub", "--ubatch-size", "n_ubatch", type=int, help="Physical batch size."),
+    click.option("-t", "--threads", "n_threads", type=int, help="CPU threads."),
+    click.option("-ctk", "--cache-type-k", "cache_type_k", help="K-cache type (f16, q8_0, q4_0, ...)."),
+    click.option("-ctv", "--cache-type-v", "cache_type_v",
+                 help="V-cache type (a quantized one needs flash attention)."),
+    click.option("-fa", "--flash-attn", "flash_attn", type=click.Choice(["on", "off", "auto"]),
+                 help="Flash attention (auto: on exactly when the V cache is quantized)."),
+    click.option("-ot", "--override-tensor", "override_tensor", multiple=True, metavar="PATTERN=DEVICE",
+                 help="Put tensors whose name matches the regex on DEVICE (CPU, CUDA0, ...); repeatable and "
+                      "comma-separated like llama.cpp's -ot; replaces the profile's list."),
+    click.option("-cmoe", "--cpu-moe", "cpu_moe", is_flag=True, help="Keep every routed expert tensor on the CPU."),
+    click.option("-ncmoe", "--n-cpu-moe", "n_cpu_moe", type=click.IntRange(min=0),
+                 help="Keep the routed expert tensors of the first N blocks on the CPU."),
+)
+_MACHINE_OPTIONS = (
+    click.option("--gpu-bandwidth", "gpu_bandwidth", type=float,
+                 help="The target GPU's memory bandwidth in GB/s, a spec figure (default: calibration or assumed)."),
+    click.option("--host-bandwidth", "host_bandwidth", type=float,
+                 help="The target host's memory bandwidth in GB/s (default: calibration or measured)."),
+    click.option("--cpu-flags", "cpu_flags", metavar="FLAGS",
+                 help="The target CPU's /proc/cpuinfo flags that decide llama.cpp's weight repacking, "
+                      "comma-separated (e.g. avx2,avx512f; 'none'); default: this machine's."),
+    click.option("--no-repack", "no_repack", is_flag=True,
+                 help="The target loads without extra CPU buffers (llama.cpp's --no-repack)."),
+)
+
+
+def _apply(options: tuple[Any, ...]) -> Any:
+    def decorate(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+runtime_options = _apply(_RUNTIME_OPTIONS)
+machine_options = _apply(_MACHINE_OPTIONS)
+
+
+def runtime_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """RuntimeSettings changes from the runtime options (nothing for options not given)."""
+    out: dict[str, Any] = {key: options.get(name) for key, name in (
+        ("n_gpu_layers", "ngl"), ("n_ctx", "n_ctx"), ("n_batch", "n_batch"), ("n_ubatch", "n_ubatch"),
+        ("n_threads", "n_threads"), ("cache_type_k", "cache_type_k"), ("cache_type_v", "cache_type_v"))}
+    if options.get("flash_attn") is not None:
+        out["flash_attn"] = _FA[options["flash_attn"]]
+    out.update(placement_overrides(options.get("override_tensor") or (), bool(options.get("cpu_moe")),
+                                   options.get("n_cpu_moe")))
+    return out
+
+
+def placement_overrides(override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None) -> dict[str, Any]:
+    """RuntimeSettings changes from -ot / --cpu-moe / --n-cpu-moe (nothing for flags not given)."""
+    from ..settings import ALL_LAYERS
+    from ..tensor_overrides import parse_overrides
+
+    if cpu_moe and n_cpu_moe is not None:
+        raise GgprecError("--cpu-moe and --n-cpu-moe are alternatives: give one")
+    out: dict[str, Any] = {}
+    if override_tensor:
+        out["override_tensor"] = parse_overrides(override_tensor)
+    if cpu_moe or n_cpu_moe is not None:
+        out["n_cpu_moe"] = ALL_LAYERS if cpu_moe else n_cpu_moe
+    return out
+
+
+def target_machine(options: dict[str, Any], db: str | None) -> tuple[Any, Any]:
+    """(speed model, CPU buffer rules) of the machine the machine options describe (default: this one)."""
+    from ..cpu_buffers import rules_for
+    from ..speed import load_speed_model
+
+    host = rules_for(options.get("cpu_flags"), bool(options.get("no_repack")))
+    host_gbps, gpu_gbps = options.get("host_bandwidth"), options.get("gpu_bandwidth")
+    if host_gbps is not None and gpu_gbps is not None:
+        return load_speed_model(host_gbps=host_gbps, gpu_gbps=gpu_gbps), host
+    from ..store import Store
+
+    store = Store(db) if db else None  # None: the default history, only if it exists
+    try:
+        return load_speed_model(host_gbps=host_gbps, gpu_gbps=gpu_gbps, store=store), host
+    finally:
+        if store is not None:
+            store.close()

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..devices import GPU_CLASS as GPU
+from ..devices import device_class
 from ..ggml_types import GgmlType
 from ..gguf_info import ModelInfo
 from ..settings import RuntimeSettings
-from ..speed import GPU, device_class
+from ..speed import KV_PREFIX
 from ..tensor_overrides import Placer, placement
 from .groups import Group, reads_per_token, split_by_device
 from .knapsack import Option, cached_options
@@ -121,7 +123,7 @@ class Walk:
             if n:
                 by_type = out.setdefault(dev, {})
                 by_type[opts[k].type.name] = by_type.get(opts[k].type.name, 0) + n
-        kv = self.settings.cache_type_k
+        kv = KV_PREFIX + self.settings.cache_type_k
         for dev, n in self.kv_reads.items():
             by_type = out.setdefault(dev, {})
             by_type[kv] = by_type.get(kv, 0) + n
@@ -241,7 +243,7 @@ def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsP
         return False
     loss = sum(o[0].loss for o in options) + walk.kv_loss
     secs = walk.fixed_secs + sum(s[0] for s in sec)
-    secs += sum(n * spb(dev, walk.settings.cache_type_k) for dev, n in walk.kv_reads.items())
+    secs += sum(n * spb(dev, KV_PREFIX + walk.settings.cache_type_k) for dev, n in walk.kv_reads.items())
     walk.points.append((loss, secs, used[True], used[False]))
     heap: list[tuple[float, int, int]] = []
 
