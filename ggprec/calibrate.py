@@ -295,8 +295,11 @@ def store_calibration(cal: Calibration, store: Any = None) -> int:
     return cal.id
 
 
-def find_calibration(store: Any = None, hardware: dict[str, Any] | None = None) -> Calibration | None:
-    """The newest calibration of this machine and llama.cpp build (or of `hardware`), None if there is none."""
+def find_calibration(store: Any = None, hardware: dict[str, Any] | None = None,
+                     n_threads: int | None = None) -> Calibration | None:
+    """The newest calibration of this machine and llama.cpp build (or of `hardware`), None if there is none;
+    with n_threads, the newest one measured at that thread count when there is one (a calibration is per
+    thread count: 1 and 2 threads differ by up to 2x on 2 cores), else the newest of any."""
     from .store import Store, default_db_path
 
     if store is None and not default_db_path().is_file():
@@ -309,13 +312,25 @@ def find_calibration(store: Any = None, hardware: dict[str, Any] | None = None) 
     own = store is None
     st = Store() if own else store
     try:
-        for rec in st.query(kind="calibration"):
-            if machine_key(rec.hardware) == key:
-                return Calibration.from_dict(rec.results, rec.id, rec.created)
+        mine = [rec for rec in st.query(kind="calibration") if machine_key(rec.hardware) == key]
+        same = [rec for rec in mine if n_threads is None or rec.results.get("n_threads") == n_threads]
+        for rec in same or mine:  # newest first
+            return Calibration.from_dict(rec.results, rec.id, rec.created)
     finally:
         if own:
             st.close()
     return None
+
+
+def speed_model_for(host_gbps: float | None = None, gpu_gbps: float | None = None, store: Any = None,
+                    n_threads: int | None = None) -> Any:
+    """`speed.load_speed_model` with this machine's newest calibration in `store` (None: the default history;
+    at n_threads when one was measured at that count) for every device whose bandwidth is not given."""
+    from .speed import load_speed_model
+
+    calibration = (None if host_gbps is not None and gpu_gbps is not None
+                   else find_calibration(store, n_threads=n_threads))
+    return load_speed_model(host_gbps=host_gbps, gpu_gbps=gpu_gbps, calibration=calibration)
 
 
 def summary_rows(cal: Calibration) -> list[dict[str, Any]]:

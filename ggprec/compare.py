@@ -192,10 +192,10 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
     into out_dir when given, and one history row per profile (kind 'compare'). Builds, reference logits
     and (unless reuse_accuracy is False) accuracy figures of unchanged inputs are reused; speed and
     memory are measured every time."""
+    from .calibrate import speed_model_for
     from .profile import load_profile
     from .quantize import build_variant
     from .runner import run_benchmark
-    from .speed import load_speed_model
 
     src = Path(source)
     if not src.is_file():
@@ -211,7 +211,7 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
     threads = threads or os.cpu_count() or 1
     settings = {"pp": pp, "tg": tg, "reps": reps, "n_ctx": n_ctx, "chunks": chunks, "threads": threads}
 
-    speed = load_speed_model()  # once: every row's expected tok/s from the same figures
+    speed = speed_model_for(n_threads=threads)  # once: every row's expected tok/s from the same figures
     records: list[CompareRecord] = []
     steps = _Steps(1 + 3 * len(names), progress)
     with steps.step(f"build reference ({reference})"):

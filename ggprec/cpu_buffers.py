@@ -15,10 +15,11 @@ token_embd is a row lookup, never a matmul weight, so it stays mapped; a tied he
 rules. Measured on this project's machines (scripts/check_memory_model.py, tests/test_memory.py).
 
 On some virtual machines AMX is advertised but its tile state is not usable: llama.cpp then crashes with a
-segmentation fault in the first quantized matmul (seen on the 2-core Xeon with AMX this project's CI runs on).
-A plain llama.cpp user's remedy is `--no-repack` (llama_model_params.use_extra_bufts = false). ggprec probes
-once per machine and llama.cpp build, in a child process so that a crash costs nothing, and loads with
-`use_extra_bufts` off where the probe crashed; `memory.predict` then predicts no AMX or CPU_REPACK buffer.
+segmentation fault in the first quantized matmul (seen on a 2-core Xeon with AMX this project's CI ran on).
+A plain llama.cpp user's remedy is `--no-repack` (llama_model_params.use_extra_bufts = false). The measure
+stack (`ggprec.probes`) probes once per machine and llama.cpp build, in a child process so that a crash costs
+nothing, and loads with `use_extra_bufts` off where the probe crashed; this module only reads that verdict
+(it runs nothing), and `memory.predict` then predicts no AMX or CPU_REPACK buffer.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ REPACK_X86: dict[str, tuple[str, int]] = {
     "q4_0": ("avx2", 8), "q4_k": ("avx2", 8), "iq4_nl": ("avx2", 8), "mxfp4": ("avx2", 8),
     "q2_k": ("avx512f", 8),
 }
-PROBE_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -113,82 +113,44 @@ def rules_for(cpu_flags: str | None, no_repack: bool = False) -> HostBuffers:
 
 @lru_cache(maxsize=1)
 def host_buffers() -> HostBuffers:
-    """This machine's rules; where AMX is present, whether it works (probed once, cached on disk)."""
+    """This machine's rules, without running anything: on an AMX CPU, the verdict of the AMX probe that the
+    measure stack ran and cached (`ggprec.probes`); before any probe, llama.cpp's default (AMX on)."""
     flags = cpu_flags()
     rules = from_flags(flags)
-    if not rules.amx or amx_works():
+    if not rules.amx or cached_amx_verdict() is not False:
         return rules
-    return from_flags(flags, use_extra=False,
-                      note="llama.cpp's AMX kernels crash on this machine (probed once): weights are loaded "
-                           "without repacking, as llama.cpp's --no-repack does")
+    return from_flags(flags, use_extra=False, note=AMX_CRASH_NOTE)
 
 
-def _probe_key() -> str:
+AMX_CRASH_NOTE = ("llama.cpp's AMX kernels crash on this machine (probed once): weights are loaded without "
+                  "repacking, as llama.cpp's --no-repack does")
+
+
+def probe_key() -> str:
+    """What the AMX verdict depends on: ggprec, the llama.cpp build, the host and its CPU flags."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from . import __version__
 
     try:
-        from importlib.metadata import version
-
         lcp = version("llama-cpp-python")
-    except Exception:  # noqa: BLE001 - only a cache key
+    except PackageNotFoundError:
         lcp = "?"
     return f"ggprec {__version__}, llama-cpp-python {lcp}, {platform.node()}, {sorted(cpu_flags())!r}"
 
 
-def amx_works() -> bool:
-    """Whether a quantized matmul through llama.cpp's AMX buffer runs here, from a cached child-process probe."""
-    # Imported here: memory (and so `ggprec inspect`) imports this module, and only AMX machines probe.
-    import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
+def probe_cache() -> Path:
     from .demo_model import cache_dir
 
-    cache = cache_dir() / "amx-probe.json"
-    key = _probe_key()
+    return cache_dir() / "amx-probe.json"
+
+
+def cached_amx_verdict() -> bool | None:
+    """Whether llama.cpp's AMX kernels worked here when probed (None: never probed with this build)."""
+    import json
+
     try:
-        stored = json.loads(cache.read_text())
-        if stored.get("key") == key:
-            return bool(stored["works"])
+        stored = json.loads(probe_cache().read_text())
+        return bool(stored["works"]) if stored.get("key") == probe_key() else None
     except (OSError, ValueError, KeyError, AttributeError):
-        pass
-    with tempfile.TemporaryDirectory(prefix="ggprec-amx-") as tmp:
-        try:
-            rc = subprocess.run([sys.executable, "-m", "ggprec.cpu_buffers", tmp], capture_output=True,
-                                timeout=PROBE_TIMEOUT_S, check=False).returncode
-        except subprocess.TimeoutExpired:
-            rc = -1
-    works = rc == 0
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp_file.write_text(json.dumps({"key": key, "works": works, "returncode": rc}))
-    os.replace(tmp_file, cache)
-    return works
-
-
-def _probe(workdir: Path) -> None:
-    """Child process: quantize a tiny model to q8_0 with llama.cpp and run one batch with extra buffers on."""
-    from .gguf_info import read_gguf
-    from .llama_backend import load_model
-    from .plan import resolve_plan
-    from .profile import Profile
-    from .quantize import quantize
-    from .runner import Decoder
-    from .settings import RuntimeSettings
-    from .synth import PRESETS, write_synth
-
-    src = write_synth(workdir / "probe-f16.gguf", PRESETS["tiny"], dtype="f16")
-    plan = resolve_plan(read_gguf(src), Profile(name="probe", description="", rules=(), default="q8_0"))
-    out = quantize(src, plan, workdir / "probe-q8_0.gguf", threads=1)
-    with load_model(out, RuntimeSettings(n_ctx=128, n_threads=1), extra_buffers=True) as lm:
-        dec = Decoder(lm)
-        dec.decode(list(range(1, 33)), 0)
-        dec.close()
-
-
-if __name__ == "__main__":
-    import sys
-
-    _probe(Path(sys.argv[1]))
+        return None

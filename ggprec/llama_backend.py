@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import interrupts, tensor_overrides
-from .cpu_buffers import host_buffers
 from .errors import GgprecError, safe_text
 from .gguf_info import ModelInfo, read_gguf
 from .settings import ALL_LAYERS, RuntimeSettings
@@ -243,7 +242,7 @@ def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = -1 if settings.n_gpu_layers == ALL_LAYERS else settings.n_gpu_layers
     mp.use_extra_bufts = extra_buffers  # off = llama.cpp's --no-repack (see cpu_buffers)
-    tensor_overrides.attach(mp, settings)  # -ot / --n-cpu-moe; the array lives on mp
+    attach_overrides(mp, settings)  # -ot / --n-cpu-moe; the array lives on mp
     mp.vocab_only = vocab_only
     if no_alloc:
         # llama.cpp simulates allocations only without mmap (load mode NONE).
@@ -300,7 +299,9 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
     settings, notices = clamp_gpu_layers(settings, info.hparams.n_layer)
     settings = settings.with_overrides(n_threads=settings.n_threads or default_threads())
     if extra_buffers is None:
-        host = host_buffers()
+        from .probes import machine_buffers
+
+        host = machine_buffers()
         extra_buffers = host.use_extra
         if host.note:
             notices.append(host.note)
@@ -393,3 +394,38 @@ def system_info() -> str:
     import llama_cpp
 
     return llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
+
+
+# --- tensor buffer overrides (-ot, --n-cpu-moe): the array llama.cpp reads ------------------------
+
+class TensorBuftOverride(ctypes.Structure):
+    """struct llama_model_tensor_buft_override { const char * pattern; ggml_backend_buffer_type_t buft; }"""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def buft_overrides(settings: RuntimeSettings) -> ctypes.Array[TensorBuftOverride] | None:
+    """The NULL-pattern-terminated override array for `settings` (None when there are no overrides).
+    The array owns its pattern strings; keep it referenced until the model is loaded."""
+    items = tensor_overrides.override_list(settings)
+    if not items:
+        return None
+    from . import ggml_lib
+
+    bufts = ggml_lib.buffer_types()  # -ot device names: each device's default buffer type
+    arr = (TensorBuftOverride * (len(items) + 1))()  # zero-filled: the last entry is the terminator
+    for i, (pattern, device) in enumerate(items):
+        if device not in bufts:
+            raise GgprecError(f"override_tensor: unknown device {device!r}; this llama.cpp build has: "
+                              + ", ".join(sorted(bufts)))
+        arr[i].pattern = tensor_overrides.check_pattern(pattern).encode()
+        arr[i].buft = bufts[device]
+    return arr
+
+
+def attach_overrides(model_params: Any, settings: RuntimeSettings) -> None:
+    """Fill `model_params.tensor_buft_overrides` from settings; the array is kept on the params object
+    so it lives as long as they do."""
+    arr = buft_overrides(settings)
+    model_params._ggprec_overrides = arr  # keeps the ctypes memory alive
+    model_params.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p).value if arr is not None else None

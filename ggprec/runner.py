@@ -181,7 +181,8 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
     """Load the model with `settings`, measure pp and tg tok/s (`reps` times each), report memory;
     with `prompt`, also generate up to `n_predict` tokens of text from it (untimed). tg is timed after
     `depth` tokens in the KV cache (llama-bench's -d; 0: a short prefix of TG_PREFIX), decoded untimed. The
-    expected speed beside it comes from `speed_model` (a ggprec.speed.SpeedModel; None: load_speed_model())."""
+    expected speed beside it comes from `speed_model` (a ggprec.speed.SpeedModel, e.g.
+    calibrate.speed_model_for(); None: no expectation)."""
     import llama_cpp
 
     from .hardware import gpu_memory_used_bytes
@@ -232,11 +233,10 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
 def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None, depth: int = 0) -> Any:
     """ggprec.speed's expected tok/s for what `lm` is (its file, the settings as applied), with the KV
     cells the timed decodes use on average; None for a model the speed model cannot describe."""
-    from .speed import load_speed_model
-
+    if speed_model is None:
+        return None
     try:
-        model = speed_model if speed_model is not None else load_speed_model()
-        return model.expected(lm.info, lm.settings, kv_cells=decode_cells(depth, tg))
+        return speed_model.expected(lm.info, lm.settings, kv_cells=decode_cells(depth, tg))
     except (GgprecError, ValueError, KeyError) as e:
         lm.notices.append(f"no speed expectation: {e}")
         return None

@@ -312,19 +312,15 @@ def flat(gbps: float, source: str) -> DeviceSpeed:
 
 
 def load_speed_model(host_gbps: float | None = None, gpu_gbps: float | None = None,
-                     store: Any = None, calibration: Any = None) -> SpeedModel:
-    """The speed model for a plan: per device, a given bandwidth, else the newest calibration of this
-    machine and llama.cpp build in `store` (a ggprec.store.Store; None: the default history; pass
-    `calibration` to use a found one directly), else a labelled assumption."""
+                     calibration: Any = None) -> SpeedModel:
+    """The speed model for a plan: per device, a given bandwidth, else `calibration`'s figures (a
+    `calibrate.Calibration`; the measure stack finds this machine's: `calibrate.speed_model_for`), else a
+    labelled assumption. Runs nothing but a numpy copy for an assumed host bandwidth."""
     from .errors import GgprecError
 
     for name, v in (("host", host_gbps), ("GPU", gpu_gbps)):
         if v is not None and not v > 0:
             raise GgprecError(f"the {name} bandwidth must be a positive number of GB/s, not {v}")
-    if calibration is None and (host_gbps is None or gpu_gbps is None):
-        from .calibrate import find_calibration
-
-        calibration = find_calibration(store)
     devices: dict[str, DeviceSpeed] = {}
     calibrated = calibration.speeds if calibration is not None else {}
     for dev, given in ((HOST, host_gbps), (GPU, gpu_gbps)):

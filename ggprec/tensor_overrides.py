@@ -1,10 +1,8 @@
 """Per-tensor placement: llama.cpp's `-ot PATTERN=DEVICE`, `--cpu-moe` and `--n-cpu-moe N`.
 
-Two halves that must agree: `placement()` says on which device llama.cpp puts each tensor (used by
-`memory.predict` and the speed model), and `buft_overrides()` builds the array llama.cpp reads to do it
-(`llama_model_params.tensor_buft_overrides`, which llama-cpp-python 0.3.36 declares only as a void
-pointer, with no ggml backend bindings: the struct is declared here and buffer types come from the
-device registry of the libggml libllama links, through `ggml_lib`).
+Two halves that must agree: `placement()` (here, predict stack) says on which device llama.cpp puts each
+tensor (used by `memory.predict` and the speed model), and `llama_backend.buft_overrides()` builds the array
+llama.cpp reads to do it from `override_list()` (`llama_model_params.tensor_buft_overrides`).
 
 Rules (llama.cpp's src/llama-model-loader.cpp and common/arg.cpp, vendored in llama-cpp-python 0.3.36):
 - without overrides, `n_gpu_layers` decides: the last n_gpu_layers blocks on the GPU, the output head
@@ -23,11 +21,9 @@ std::regex's ECMAScript grammar rejects or reads differently (look-behind `(?<=`
 
 from __future__ import annotations
 
-import ctypes
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from .devices import CPU, GPU
 from .errors import GgprecError
@@ -37,12 +33,6 @@ from .settings import ALL_LAYERS, RuntimeSettings
 EXPS_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"  # llama.cpp's LLM_FFN_EXPS_REGEX
 MAX_OVERRIDES = 4096  # llama_max_tensor_buft_overrides() of the vendored llama.cpp
 _PYTHON_ONLY = re.compile(r"\(\?<[=!]|\(\?P|\(\?#|\(\?[aiLmsux-]+[:)]|\\[AZ]")
-
-
-class TensorBuftOverride(ctypes.Structure):
-    """struct llama_model_tensor_buft_override { const char * pattern; ggml_backend_buffer_type_t buft; }"""
-
-    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
 def check_pattern(pattern: str) -> str:
@@ -137,38 +127,3 @@ def overridden(info: ModelInfo, settings: RuntimeSettings) -> dict[str, str]:
     "buffer type overridden" when it loads the file."""
     placer = Placer.for_model(info.hparams.n_layer, settings)
     return {t.name: dev for t in info.tensors if (dev := placer.override(t.name)) is not None}
-
-
-# --- ctypes: the array llama.cpp reads -----------------------------------------------------------
-
-def buffer_types() -> dict[str, int]:
-    """Buffer type name -> ggml_backend_buffer_type_t of every device this llama.cpp build has (the
-    names llama.cpp's `-ot` accepts: each device's default buffer type, e.g. CPU, CUDA0)."""
-    from . import ggml_lib
-
-    return ggml_lib.buffer_types()
-
-
-def buft_overrides(settings: RuntimeSettings) -> ctypes.Array[TensorBuftOverride] | None:
-    """The NULL-pattern-terminated override array for `settings` (None when there are no overrides).
-    The array owns its pattern strings; keep it referenced until the model is loaded."""
-    items = override_list(settings)
-    if not items:
-        return None
-    bufts = buffer_types()
-    arr = (TensorBuftOverride * (len(items) + 1))()  # zero-filled: the last entry is the terminator
-    for i, (pattern, device) in enumerate(items):
-        if device not in bufts:
-            raise GgprecError(f"override_tensor: unknown device {device!r}; this llama.cpp build has: "
-                              + ", ".join(sorted(bufts)))
-        arr[i].pattern = check_pattern(pattern).encode()
-        arr[i].buft = bufts[device]
-    return arr
-
-
-def attach(model_params: Any, settings: RuntimeSettings) -> None:
-    """Fill `model_params.tensor_buft_overrides` from settings; the array is kept on the params object
-    so it lives as long as they do."""
-    arr = buft_overrides(settings)
-    model_params._ggprec_overrides = arr  # keeps the ctypes memory alive
-    model_params.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p).value if arr is not None else None

@@ -18,13 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ggprec.calibrate import speed_model_for
 from ggprec.demo_model import demo_model_path
 from ggprec.gguf_info import read_gguf
 from ggprec.plan import resolve_plan
 from ggprec.profile import shipped_profiles
 from ggprec.quantize import build_variant, quantize
 from ggprec.runner import run_benchmark
-from ggprec.speed import load_speed_model
 from ggprec.synth import shape_for, write_synth
 
 TARGET = 0.15
@@ -93,7 +93,7 @@ def main() -> None:
     args.tg = args.tg or (32 if args.quick else 64)
     args.pp = args.pp or (64 if args.quick else 128)
 
-    speed = load_speed_model()
+    speed = speed_model_for()
     print(f"speed model: {speed.describe()}")
     print(f"load average before: {loadavg()}")
     print(HEADER)

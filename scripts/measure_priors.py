@@ -38,13 +38,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ggprec.cpu_buffers import host_buffers  # noqa: E402
 from ggprec.demo_model import REAL_MODELS, cache_dir, real_model_path  # noqa: E402
 from ggprec.errors import GgprecError  # noqa: E402
 from ggprec.evaluate import evaluate  # noqa: E402
 from ggprec.fileio import atomic_output, atomic_write_text  # noqa: E402
 from ggprec.gguf_info import ModelInfo, read_gguf  # noqa: E402
 from ggprec.hashing import model_sha256  # noqa: E402
+from ggprec.probes import machine_buffers as host_buffers  # noqa: E402
 from ggprec.profile import load_profile  # noqa: E402
 from ggprec.quantize import build_variant  # noqa: E402
 from ggprec.settings import RuntimeSettings  # noqa: E402

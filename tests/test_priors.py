@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ggprec import priors
+from ggprec import kv_loss, priors
 from ggprec.ggml_types import lookup
 from ggprec.synth import PRESETS, write_synth
 
@@ -138,7 +138,7 @@ def test_measure_kv_loss_measures_once_then_reads_the_cache(tiny_model: Path, tm
     shutil.copy(tiny_model, model)
     from ggprec.cpu_buffers import host_buffers
 
-    got = priors.measure_kv_loss(model, chunks=1, threads=2)
+    got = kv_loss.measure_kv_loss(model, chunks=1, threads=2)
     assert got is not None and set(got) == {"q8_0", "q4_0"}
     how = "1 window of 512 tokens" + ("" if host_buffers().use_extra else ", extra CPU buffer types off")
     for kv, p in got.items():
@@ -148,26 +148,26 @@ def test_measure_kv_loss_measures_once_then_reads_the_cache(tiny_model: Path, tm
     def no_second_run(*args: object) -> None:
         raise AssertionError("measured twice")
 
-    monkeypatch.setattr(priors, "_run_kv_worker", no_second_run)
-    assert priors.measure_kv_loss(model, chunks=1, threads=2) == got
+    monkeypatch.setattr(kv_loss, "_run_kv_worker", no_second_run)
+    assert kv_loss.measure_kv_loss(model, chunks=1, threads=2) == got
 
 
 def test_measure_kv_loss_refuses_a_sparse_file_without_running_anything(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sparse = write_synth(tmp_path / "sparse.gguf", PRESETS["llama-3.2-1b"], sparse=True)
-    monkeypatch.setattr(priors, "_run_kv_worker", lambda *a: pytest.fail("ran a sparse file"))
-    assert priors.measure_kv_loss(sparse) is None
+    monkeypatch.setattr(kv_loss, "_run_kv_worker", lambda *a: pytest.fail("ran a sparse file"))
+    assert kv_loss.measure_kv_loss(sparse) is None
 
 
 def test_measure_kv_loss_is_none_for_a_model_llama_cpp_refuses(unknown_arch_model: Path) -> None:
-    assert priors.measure_kv_loss(unknown_arch_model, chunks=1, threads=2) is None
+    assert kv_loss.measure_kv_loss(unknown_arch_model, chunks=1, threads=2) is None
 
 
 @pytest.mark.slow
 def test_measure_kv_loss_on_the_real_demo_model_agrees_with_the_stored_facts(demo_model: Path) -> None:
     """The quantized demo file itself (not its f32 reference), one window: the KV cache's own share, after the
     flash-attention control, lands near what measure_priors.py measured on the f32 reference."""
-    got = priors.measure_kv_loss(demo_model, chunks=1, threads=2)
+    got = kv_loss.measure_kv_loss(demo_model, chunks=1, threads=2)
     assert got is not None
     stored = priors.facts()["measured"]["smollm2-135m"]["kv"]
     for kv in ("q8_0", "q4_0"):

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from ggprec import ggml_types
-from ggprec.calibrate import Calibration, calibrate, find_calibration, store_calibration
+from ggprec.calibrate import Calibration, calibrate, find_calibration, speed_model_for, store_calibration
 from ggprec.cli import main
 from ggprec.gguf_info import read_gguf
 from ggprec.runner import run_benchmark
@@ -105,7 +105,7 @@ def test_flags_win_over_a_calibration_which_wins_over_assumptions(tmp_path: Path
     calibrated = load_speed_model(gpu_gbps=936, calibration=cal)
     assert calibrated.devices[HOST] is CPU_FIGURES and calibrated.n_threads == 2
     with Store(tmp_path / "empty.db") as store:
-        assumed = load_speed_model(store=store)
+        assumed = speed_model_for(store=store)
     assert assumed.devices[HOST].source.endswith("assumed (numpy copy; run `ggprec calibrate` to measure llama.cpp)")
     assert assumed.devices[GPU].source == "500 GB/s assumed (give --gpu-bandwidth)"
 

@@ -11,14 +11,12 @@ from click.testing import CliRunner
 
 from ggprec.cli import main
 from ggprec.errors import GgprecError
+from ggprec.ggml_lib import buffer_types
 from ggprec.gguf_info import read_gguf
-from ggprec.llama_backend import load_model
+from ggprec.llama_backend import TensorBuftOverride, buft_overrides, load_model
 from ggprec.settings import ALL_LAYERS, RuntimeSettings
 from ggprec.tensor_overrides import (
     EXPS_PATTERN,
-    TensorBuftOverride,
-    buffer_types,
-    buft_overrides,
     check_pattern,
     overridden,
     override_list,

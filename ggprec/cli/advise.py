@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .shell import console, db_option, main, model_argument, print_json
+from .shell import console, db_option, main, model_argument, print_json, speed_model
 
 # --- memory: recommend (issue 6) ---------------------------------------------------------------
 
@@ -43,7 +43,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     from .. import recommend as rec_mod
     from ..fileio import atomic_write_text, check_output
     from ..gguf_info import read_gguf
-    from ..priors import measure_kv_loss
+    from ..kv_loss import measure_kv_loss
     from ..profile import profile_to_yaml
     from ..recommend.commands import llama_commands, tensor_type_file_for
 
@@ -58,7 +58,8 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     kv_measured = None if priors else measure_kv_loss(model, notice=lambda m: click.echo(f"ggprec: {m}", err=True))
     rec = rec_mod.recommend(info, vram, ram, ctx=ctx, goal=goal, margin_mb=margin, n_bands=bands,
                             sensitivity=sens, gpu_gbps=gpu_bandwidth, host_gbps=host_bandwidth, min_tps=min_tps,
-                            max_kld=max_kld, kv_measured=kv_measured)
+                            max_kld=max_kld, kv_measured=kv_measured,
+                            speed_model=speed_model(host_bandwidth, gpu_bandwidth, db))
     commands = llama_commands(rec, info, tensor_type_file_for(output) if output else None)
     verified = rec_mod.verify(rec, model, reference, chunks=chunks) if verify else None
     if output:

@@ -37,6 +37,8 @@ _FA = {"on": True, "off": False, "auto": None}
 @click.option("--pp", type=int, default=512, show_default=True, help="Prompt-processing tokens (one batch).")
 @click.option("--tg", type=int, default=128, show_default=True, help="Generated tokens (single-token decodes).")
 @click.option("--reps", type=int, default=3, show_default=True, help="Repetitions of each test.")
+@click.option("-d", "--depth", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Time tg with this many tokens already in the KV cache (llama-bench's -d; 0: a short prefix).")
 @click.option("--prompt", help="Also generate a greedy continuation of this text (untimed).")
 @click.option("-n", "--n-predict", "n_predict", type=click.IntRange(min=1), default=32, show_default=True,
               help="Tokens to generate with --prompt.")
@@ -45,7 +47,7 @@ _FA = {"on": True, "off": False, "auto": None}
 def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None, n_batch: int | None,
         n_ubatch: int | None, n_threads: int | None, cache_type_k: str | None, cache_type_v: str | None,
         flash_attn: str | None, override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None, pp: int,
-        tg: int, reps: int, prompt: str | None, n_predict: int, as_json: bool, db: str | None) -> None:
+        tg: int, reps: int, depth: int, prompt: str | None, n_predict: int, as_json: bool, db: str | None) -> None:
     """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
     from ..hardware import fingerprint
     from ..printers import render_run, run_document
@@ -59,10 +61,12 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
         overrides["flash_attn"] = _FA[flash_attn]
     overrides.update(_placement_overrides(override_tensor, cpu_moe, n_cpu_moe))
     progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
-    from ..speed import load_speed_model
+    from ..calibrate import speed_model_for
+    from ..llama_backend import default_threads
 
+    speed = speed_model_for(store=store, n_threads=n_threads or default_threads())
     done = run_with_profile(model, profile_name, overrides, pp=pp, tg=tg, reps=reps, prompt=prompt,
-                            progress=progress, n_predict=n_predict, speed_model=load_speed_model(store=store))
+                            progress=progress, n_predict=n_predict, speed_model=speed, depth=depth)
     for notice in done.result.notices:
         click.echo(f"ggprec: notice: {notice}", err=True)
     hardware = fingerprint()

@@ -165,17 +165,28 @@ def placement_overrides(override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_m
 def target_machine(options: dict[str, Any], db: str | None) -> tuple[Any, Any]:
     """(speed model, CPU buffer rules) of the machine the machine options describe (default: this one)."""
     from ..cpu_buffers import rules_for
-    from ..speed import load_speed_model
 
-    host = rules_for(options.get("cpu_flags"), bool(options.get("no_repack")))
+    if options.get("cpu_flags") is None and not options.get("no_repack"):
+        from ..probes import machine_buffers
+
+        host = machine_buffers()  # this machine's rules, probing AMX once where it is advertised
+    else:
+        host = rules_for(options.get("cpu_flags"), bool(options.get("no_repack")))
     host_gbps, gpu_gbps = options.get("host_bandwidth"), options.get("gpu_bandwidth")
-    if host_gbps is not None and gpu_gbps is not None:
-        return load_speed_model(host_gbps=host_gbps, gpu_gbps=gpu_gbps), host
+    return speed_model(host_gbps, gpu_gbps, db), host
+
+
+def speed_model(host_gbps: float | None, gpu_gbps: float | None, db: str | None) -> Any:
+    """The speed model from the bandwidth options and, for the devices they leave out, this machine's newest
+    calibration in the history `db` (None: the default history, only if it exists)."""
+    from ..calibrate import speed_model_for
     from ..store import Store
 
-    store = Store(db) if db else None  # None: the default history, only if it exists
+    if host_gbps is not None and gpu_gbps is not None:
+        return speed_model_for(host_gbps, gpu_gbps)
+    store = Store(db) if db else None
     try:
-        return load_speed_model(host_gbps=host_gbps, gpu_gbps=gpu_gbps, store=store), host
+        return speed_model_for(host_gbps, gpu_gbps, store)
     finally:
         if store is not None:
             store.close()

@@ -129,7 +129,7 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
               ) -> Recommendation:
     """The front of plans that fit vram_gb (GiB) of GPU memory and ram_gb (GiB; default this machine's RAM)
     with margin_mb (MiB) to spare on each, and the row the goal (or min_tps / max_kld) picks. Raises
-    NoFitError when nothing fits. kv_measured: priors.measure_kv_loss of the model (wins over the KV prior)."""
+    NoFitError when nothing fits. kv_measured: kv_loss.measure_kv_loss of the model (wins over the KV prior)."""
     if goal not in GOALS:
         raise GgprecError(f"goal must be one of {', '.join(GOALS)}, not '{goal}'")
     validate(vram_gb, ram_gb, ctx, margin_mb, n_bands, min_tps, max_kld, gpu_gbps, host_gbps)
