@@ -78,8 +78,8 @@ def test_predicted_size_is_the_written_size_for_every_shipped_profile_tiny(tmp_p
 def test_plan_json_has_every_tensor_rule_and_size(tiny_model: Path) -> None:
     result = CliRunner().invoke(main, ["plan", str(tiny_model), "--profile", "mixed", "--json"])
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.output)
-    assert doc["profile"] == "mixed" and len(doc["plan_hash"]) == 64
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == 1 and doc["profile"] == "mixed" and len(doc["plan_hash"]) == 64
     assert doc["predicted_file_size"] == resolve_plan(read_gguf(tiny_model), load_profile("mixed")).predicted_file_size
     q = next(t for t in doc["tensors"] if t["name"] == "blk.0.attn_q.weight")
     assert (q["source_type"], q["type"], q["rule"]) == ("f16", "f16", "rules[0] role attn_q,attn_k,attn_v,attn_output")
@@ -116,3 +116,8 @@ def test_the_metadata_size_is_found_without_a_second_walk_and_matches_the_walk(t
     assert changed == {"general.file_type": sizes["general.file_type"]}  # a u32, found by its encoded key
     # A key that is not a scalar cannot be sized from its type alone: the walk answers instead.
     assert plan_module._changed_kv_sizes(info, ("general.name",)) == ({"general.name": sizes["general.name"]}, end)
+
+
+def test_profiles_json_is_a_document_with_a_schema() -> None:
+    doc = json.loads(CliRunner().invoke(main, ["profiles", "--json"]).stdout)
+    assert doc["schema"] == 1 and "q8_0" in {p["name"] for p in doc["profiles"]}

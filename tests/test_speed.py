@@ -169,7 +169,7 @@ def test_calibrate_command_stores_and_prints_json_then_run_uses_it(tiny_model: P
     res = CliRunner().invoke(main, ["calibrate", "--quick", "--types", "q8_0", "--json", "--db", db])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output[res.output.index("{"):])
-    assert sorted(doc["speeds"]["CPU"]["gbps"]) == ["f16", "q8_0"] and doc["id"] == 1
+    assert sorted(doc["speeds"]["CPU"]["gbps"]) == ["f16", "q8_0"] and doc["id"] == 1 and doc["schema"] == 1
     with Store(db) as store:
         assert [r.kind for r in store.query()] == ["calibration"]
     res = CliRunner().invoke(main, ["run", str(tiny_model), "--pp", "8", "--tg", "4", "--reps", "1", "-c", "128",

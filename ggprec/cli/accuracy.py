@@ -68,7 +68,7 @@ def _bar(title: str, as_json: bool) -> Any:
 
 def _print_comparison(result: Any, as_json: bool) -> None:
     if as_json:
-        print_json(result.to_dict())
+        print_json(result.to_dict(), schema=1)
         return
     from ..compare import summary_lines
     from ..printers import to_table

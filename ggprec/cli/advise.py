@@ -123,6 +123,6 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
                               heatmap=heatmap, progress=progress, also=also,
                               also_grouping=also_grouping, reuse=reuse)
     if as_json:
-        print_json(res.to_dict())
+        print_json(res.to_dict(), schema=1)
     else:
         render(res, console())

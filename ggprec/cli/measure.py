@@ -115,7 +115,7 @@ def calibrate(types: str | None, quick: bool, threads: int | None, as_json: bool
     with store:
         cal_mod.store_calibration(result, store)
     if as_json:
-        print_json(result.to_dict())
+        print_json(result.to_dict(), schema=1)
     else:
         cal_mod.render(result, console())
 

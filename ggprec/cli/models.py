@@ -97,7 +97,7 @@ def profiles_cmd(as_json: bool) -> None:
 
     profiles = shipped_profiles()
     if as_json:
-        print_json([p.to_dict() for p in profiles])
+        print_json({"profiles": [p.to_dict() for p in profiles]}, schema=1)
         return
     from rich.table import Table
 
@@ -137,7 +137,7 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, depth: int, tg: int, 
     speed_model, host = target_machine(options, db)
     fc = forecast(plan, settings, speed_model, host, depth=depth, tg=tg)
     if as_json:
-        print_json(plan.to_dict() | {"forecast": fc.to_dict()})
+        print_json(plan.to_dict() | {"forecast": fc.to_dict()}, schema=1)
     else:
         render(plan, console(), tensors=tensors)
         render_forecast(fc, console())

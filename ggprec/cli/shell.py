@@ -69,8 +69,9 @@ def console() -> Any:
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
-def print_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2))
+def print_json(doc: Any, schema: int | None = None) -> None:
+    """One JSON object on stdout; `schema` (the document's version, docs/json.md) goes first when given."""
+    click.echo(json.dumps(doc if schema is None else {"schema": schema, **doc}, indent=2))
 
 
 model_argument = click.argument("model", type=click.Path(path_type=str))
