@@ -48,9 +48,20 @@ MOE_EMBD = 4  # activations beside the expert FFN's (mixtral-8x7b, flash attenti
 @dataclass
 class MemoryPrediction(Buffers):
     explain: dict[str, str] = field(default_factory=dict)  # buffer key -> how its bytes were computed
+    # Bytes of the mapped file range that inference never reads from the mapping: tensors lying inside the
+    # range but offloaded to a device or copied into an extra CPU buffer (repacked). Their pages are read
+    # once while loading and are then clean page cache the kernel drops under pressure: counted in
+    # `model:CPU_Mapped` (llama.cpp reports the range) but not in what must stay resident.
+    evictable: int = 0
+
+    @property
+    def resident_host(self) -> int:
+        """Host bytes that must stay in RAM: every host buffer less the evictable part of the mapping."""
+        return self.host_total - self.evictable
 
     def to_dict(self) -> dict[str, Any]:
         return {"buffers": dict(self.buffers), "explain": dict(self.explain), "host_total": self.host_total,
+                "resident_host": self.resident_host, "evictable": self.evictable,
                 "device_totals": self.device_totals(), "total": self.total}
 
     def _add(self, key: str, n: int, why: str) -> None:
@@ -133,8 +144,10 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
             acc[0], acc[1] = acc[0] + extra[1], acc[1] + 1
     if mmap and host_range:
         files = f" in {len(host_range)} shard files" if len(host_range) > 1 else ""
-        pred._add("model:CPU_Mapped", sum(end - start for start, end in host_range.values()),
+        span = sum(end - start for start, end in host_range.values())
+        pred._add("model:CPU_Mapped", span,
                   f"mmap'd file range over {host_n} host tensors{files} (alignment padding included)")
+        pred.evictable = max(span - host_bytes, 0)  # offloaded or repacked tensors inside the range, padding
     else:
         pred._add("model:CPU", host_bytes, f"{host_n} host tensors")
     for buft, (n_bytes, n_tensors) in moved.items():

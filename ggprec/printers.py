@@ -224,6 +224,9 @@ def render_run(run: ProfileRun, console: Any, record_id: int | None = None) -> N
     if line:
         console.print(line)
     console.print(allocation_table(r.allocation, r.predicted))
+    if r.predicted_evictable:
+        console.print(f"of model:CPU_Mapped, {mib(r.predicted_evictable)} MiB (predicted) is evictable page cache: "
+                      "offloaded or repacked tensors, read once while loading")
     gpu = "" if r.gpu_memory_bytes is None else f"  GPU memory used {mib(r.gpu_memory_bytes)} MiB"
     console.print(f"peak RSS {mib(r.peak_rss_bytes)} MiB{gpu}")
     if r.generated is not None:

@@ -68,6 +68,8 @@ class RunResult:
     expected_pp_tps: float | None = None  # None where the speed model has no pp figures
     expected_tg_source: str | None = None  # where the speed model's figures come from
     depth: int = 0  # tokens in the KV cache before the timed decodes (0: the short TG_PREFIX)
+    # Predicted bytes of model:CPU_Mapped that are evictable page cache (offloaded or repacked tensors).
+    predicted_evictable: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -193,10 +195,12 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
     say("loading")
     with load_model(model_path, settings) as lm:
         allocation = allocation_from_log(lm.log, model_bytes=llama_cpp.llama_model_size(lm.model))
+        predicted: dict[str, int] | None = None
+        evictable: int | None = None
         try:
-            predicted: dict[str, int] | None = predict_buffers(lm)
+            prediction = predict_memory(lm)
+            predicted, evictable = prediction.buffers, prediction.evictable
         except GgprecError as e:  # a model the memory model cannot describe still runs
-            predicted = None
             lm.notices.append(f"no memory prediction: {e}")
         rng = random.Random(SEED)
         ids = [rng.randrange(lm.n_vocab) for _ in range(max(pp, prefix + tg))]
@@ -227,7 +231,7 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
                          Stats.of(tg_s) if tg_s else None, lm.load_s, allocation, peak_rss_bytes(), gpu_bytes,
                          lm.n_layer, lm.notices, prompt, generated, predicted,
                          None if expected is None else expected.tg_tps, None if expected is None else expected.pp_tps,
-                         None if expected is None else expected.source, depth)
+                         None if expected is None else expected.source, depth, evictable)
 
 
 def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None, depth: int = 0) -> Any:
@@ -242,7 +246,7 @@ def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None, depth: int
         return None
 
 
-def predict_buffers(lm: LoadedModel) -> dict[str, int]:
+def predict_memory(lm: LoadedModel) -> Any:
     """ggprec.memory's prediction for what `lm` is: the file that was loaded (its own tensor types), the
     settings as applied (-ngl clamped, threads resolved, and the batch sizes llama.cpp's context really
     uses: it caps n_batch at the context size), mmap'd unless it was a no_alloc load."""
@@ -252,7 +256,7 @@ def predict_buffers(lm: LoadedModel) -> dict[str, int]:
 
     settings = lm.settings.with_overrides(n_batch=llama_cpp.llama_n_batch(lm.ctx),
                                           n_ubatch=llama_cpp.llama_n_ubatch(lm.ctx))
-    return predict(lm.info, settings, mmap=not lm.no_alloc).buffers
+    return predict(lm.info, settings, mmap=not lm.no_alloc)
 
 
 def tokenize(lm: LoadedModel, text: str) -> list[int]:

@@ -80,7 +80,8 @@ def test_tests_that_do_not_fit_the_context_are_an_error(tiny_model: Path) -> Non
 STATS = {"median": float, "min": float, "max": float, "stdev": float, "samples": list}
 RUN_DOC = {
     "schema": int, "id": int, "model": str, "ran": str, "profile": (dict, type(None)), "settings": dict,
-    "pp": int, "tg": int, "reps": int, "depth": int, "pp_tps": (dict, type(None)), "tg_tps": (dict, type(None)),
+    "pp": int, "tg": int, "reps": int, "depth": int, "predicted_evictable": (int, type(None)),
+    "pp_tps": (dict, type(None)), "tg_tps": (dict, type(None)),
     "load_s": float, "allocation": dict, "peak_rss_bytes": int, "gpu_memory_bytes": (int, type(None)),
     "n_layer": int, "notices": list, "prompt": (str, type(None)), "generated": (str, type(None)),
     "predicted": (dict, type(None)), "expected_tg_tps": (float, type(None)), "expected_pp_tps": (float, type(None)),

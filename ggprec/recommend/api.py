@@ -232,7 +232,7 @@ def _recommendation(info: ModelInfo, walks: list[Walk], front: list[FrontRow], c
     choice = w.choice(row.steps)
     types = w.types(choice)
     pred = predict(info, w.settings, types)
-    gpu, host = totals(pred, w.resident_host(choice))
+    gpu, host = totals(pred)
     row.gpu_bytes, row.ram_bytes = gpu, host
     groups = []
     for g, dev, opts, k in zip(w.groups, w.devices, w.options, choice, strict=True):

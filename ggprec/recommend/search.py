@@ -32,8 +32,6 @@ from .groups import Group, reads_per_token, split_by_device
 from .knapsack import Option, cached_options
 from .loss import KV_TYPES, LossModel
 
-MAPPED = "model:CPU_Mapped"
-
 
 def is_gpu(device: str) -> bool:
     """GPU memory; CPU, AMX and mapped buffers and pinned host memory (CUDA_Host) count as RAM."""
@@ -130,15 +128,13 @@ class Walk:
         return out
 
 
-def totals(pred: Any, resident_host: int) -> tuple[int, int]:
+def totals(pred: Any) -> tuple[int, int]:
     """(GPU bytes, RAM bytes) a plan needs. llama.cpp maps one file range spanning every host tensor, which
-    includes offloaded tensors lying in between; those pages are read once to upload them and are then clean
-    page cache the kernel drops, so RAM counts only the weights that stay on the host (resident_host)."""
+    includes offloaded and repacked tensors lying in between; those pages are read once (to upload or repack
+    them) and are then clean page cache the kernel drops, so RAM counts what must stay resident
+    (memory.MemoryPrediction.resident_host)."""
     gpu = sum(v for k, v in pred.buffers.items() if is_gpu(_device_of(k)))
-    host = sum(v for k, v in pred.buffers.items() if not is_gpu(_device_of(k)))
-    if MAPPED in pred.buffers:
-        host += min(resident_host, pred.buffers[MAPPED]) - pred.buffers[MAPPED]
-    return gpu, host
+    return gpu, pred.resident_host
 
 
 def _device_of(key: str) -> str:
@@ -180,7 +176,7 @@ def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list
                 losses.kv.get(settings.cache_type_k, 0.0), fixed_host=fixed_host)
     low = [0] * len(groups)
     pred = predict(info, settings, walk.types(low))
-    gpu0, host0 = totals(pred, walk.resident_host(low))
+    gpu0, host0 = totals(pred)
     smallest.append((gpu0, host0))
     low_gpu = sum(o[0].bytes for o, d in zip(options, devices, strict=True) if is_gpu(d))
     walk.overhead = (gpu0 - low_gpu, host0 - (walk.resident_host(low) - fixed_host))  # KV, compute, fixed tensors
@@ -213,7 +209,7 @@ def check_walk(walk: Walk, info: ModelInfo, vram: int, ram: int, margin: int, pr
     for _ in range(3):
         choice = walk.choice(len(walk.steps))
         pred = predict(info, walk.settings, walk.types(choice))
-        gpu, host = totals(pred, walk.resident_host(choice))
+        gpu, host = totals(pred)
         _, _, gpu_w, host_w = walk.points[-1]
         walk.correction = (gpu - walk.overhead[0] - gpu_w, host - walk.overhead[1] - host_w)
         over = max(gpu - (vram - margin) if vram or gpu else 0, host - (ram - margin))
