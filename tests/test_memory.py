@@ -149,3 +149,19 @@ def test_sizes_print_in_mib_below_one_gib_and_in_gib_above() -> None:
     from ggprec.units import size_text
 
     assert (size_text(3.3 * 2**20), size_text(1.5 * 2**30)) == ("3.3 MiB", "1.50 GiB")
+
+
+def test_repacked_weights_are_resident_once_not_twice(sparse_8b_session: Path) -> None:
+    # With repacking the weights leave the mapping for CPU_REPACK, but llama.cpp still maps their file range:
+    # that part is evictable page cache, so what must stay resident is the same with and without repacking.
+    from ggprec.cpu_buffers import from_flags
+    from ggprec.plan import resolve_plan
+    from ggprec.profile import load_profile
+
+    info = read_gguf(sparse_8b_session)
+    types = resolve_plan(info, load_profile("q4_0")).tensor_types()
+    plain = predict(info, RuntimeSettings(n_ctx=4096), types, host=from_flags(set()))
+    repacked = predict(info, RuntimeSettings(n_ctx=4096), types, host=from_flags({"avx2"}))
+    assert repacked.buffers["model:CPU_REPACK"] > 0 and plain.evictable == 0
+    assert repacked.evictable == repacked.host_total - plain.host_total
+    assert repacked.resident_host == plain.resident_host
