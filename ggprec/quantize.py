@@ -542,16 +542,26 @@ def variants_dir() -> Path:
 
 def build_variant(source: str | os.PathLike[str], profile: Profile, threads: int | None = None,
                   progress: Progress | None = None) -> Path:
-    """The file `profile` makes of `source`, built once and cached by source sha256 and plan."""
+    """The file `profile` makes of `source`, built once and cached by source sha256 and plan (and the
+    hash of the profile's importance matrix, when it has one)."""
     src = Path(source)
-    plan = resolve_plan(read_gguf(src), profile)
+    info = read_gguf(src)
+    plan = resolve_plan(info, profile)
     key = f"{model_sha256(src)[:16]}-{plan.weights_hash()[:16]}"
+    imx = None
+    if profile.imatrix is not None:
+        from .imatrix_file import read_imatrix
+
+        imx = read_imatrix(profile.imatrix)
+        key += f"-{imx.content_hash()[:16]}"
+    size = (plan_with_imatrix(plan, info, imx, profile.imatrix) if imx is not None else plan).predicted_file_size
     out = variants_dir() / f"{src.stem}.{profile.name}.{key}.gguf"
     # The name says what it holds; a same-plan build under another profile name is reused too.
     for candidate in [out, *sorted(variants_dir().glob(f"*.{key}.gguf"))]:
-        if candidate.is_file() and candidate.stat().st_size == plan.predicted_file_size:
+        if candidate.is_file() and candidate.stat().st_size == size:
             return candidate
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RequantizeWarning)  # a reference of a quantized source is intended
-        return quantize(src, plan, out, threads=threads, force=True, progress=progress)
+        return quantize(src, plan, out, threads=threads, force=True, progress=progress, imatrix=imx,
+                        imatrix_path=profile.imatrix)
