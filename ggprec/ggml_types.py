@@ -158,6 +158,9 @@ FTYPE_Q2_K_S = 21
 # Types llama.cpp's quantizer refuses to write without an importance matrix (src/llama-quant.cpp,
 # tensor_requires_imatrix): the result would be garbage.
 _NEEDS_IMATRIX = frozenset({"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs"})
+# Types ggml itself cannot quantize a tensor to without importance data for that very tensor
+# (ggml_quantize_requires_imatrix: it aborts), whatever llama.cpp's rules above exempt.
+NEEDS_DATA_PER_TENSOR = frozenset({"iq1_s", "iq2_xxs", "iq2_xs"})
 
 
 def needs_imatrix(t: GgmlType | str, ftype: int | None = None, tensor: str | None = None) -> bool:

@@ -136,12 +136,20 @@ def check_imatrix_for_plan(plan: Plan, info: ModelInfo, imx: Imatrix | None) -> 
         check_imatrix(imx, info, extra)
     ftype = base_ftype(plan)
     for t in plan.tensors:
-        if not quantizable(t.name, t.shape) or not ggml_types.needs_imatrix(t.type, ftype, t.name):
+        if not quantizable(t.name, t.shape):
             continue
-        if imx is None:  # llama.cpp refuses these even where the tensor keeps its type
+        if imx is None and ggml_types.needs_imatrix(t.type, ftype, t.name):
+            # llama.cpp refuses these even where the tensor keeps its type
             raise GgprecError(f"{t.type.name} needs an importance matrix (llama.cpp refuses to write "
                               f"{t.name} in it without one): collect one with `ggprec imatrix`")
-        if t.name not in imx.entries and t.type != t.source_type:
+        if t.type == t.source_type or (imx is not None and t.name in imx.entries):
+            continue
+        if t.type.name in ggml_types.NEEDS_DATA_PER_TENSOR:  # ggml would abort the quantizer
+            why = ("no matrix product reads it, so no imatrix has data for it" if t.name == TOKEN_EMBD
+                   else "the importance matrix has no entry for it" if imx is not None else "there is no imatrix")
+            raise GgprecError(f"{t.name} cannot be written in {t.type.name}: ggml quantizes it only with "
+                              f"importance data for that tensor, and {why}; give it another type")
+        if imx is not None and ggml_types.needs_imatrix(t.type, ftype, t.name):
             raise GgprecError(f"the importance matrix has no entry for {t.name}, which {t.type.name} needs")
 
 
@@ -158,6 +166,7 @@ class QuantizeCall:
         p.allow_requantize = plan.requantize
         p.pure = True  # never llama.cpp's own mixes: every type comes from the plan
         types = plan.tensor_types()
+        self.type_ids = {t.type_id for t in types.values() if t.quantized}
         if TOKEN_EMBD in types and quantizable(TOKEN_EMBD, self._shape(plan, TOKEN_EMBD)):
             p.token_embedding_type = types[TOKEN_EMBD].type_id
         if OUTPUT in types and quantizable(OUTPUT, self._shape(plan, OUTPUT)):
@@ -226,6 +235,7 @@ class QuantizeCall:
         already built. The child reports progress lines and the result over a pipe."""
         import llama_cpp  # noqa: F401  (imported before the fork, so the child has it)
 
+        self._init_tables()
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns into the parent's code
@@ -254,6 +264,15 @@ class QuantizeCall:
                               f"before finishing {out}")
         if rc != 0:
             raise GgprecError(f"llama.cpp could not quantize {source}: {error or f'code {rc}'}")
+
+    def _init_tables(self) -> None:
+        """Build ggml's IQ lookup grids here, before the fork. ggml builds them on first use with OpenMP;
+        OpenMP in a forked child whose parent already ran OpenMP threads (any llama.cpp inference, e.g.
+        collecting an importance matrix) deadlocks in libgomp. Built once per process, a no-op after."""
+        from .ggml_lib import base
+
+        for type_id in sorted(self.type_ids):
+            base().ggml_quantize_init(type_id)
 
     def _child(self, source: Path, out: Path, write_fd: int, with_progress: bool) -> None:
         import llama_cpp
