@@ -248,3 +248,24 @@ def test_token_embd_in_iq2_xxs_is_refused_even_with_an_imatrix(tiny_model: Path,
     with pytest.raises(GgprecError, match=r"^token_embd.weight cannot be written in iq2_xxs: ggml quantizes it only "
                                           r"with importance data for that tensor, and no matrix product reads it"):
         quantize(tiny_model, plan, tmp_path / "q.gguf", imatrix=tiny_imatrix[0])
+
+
+@pytest.mark.llama
+def test_first_layer_sums_are_the_squared_normed_embeddings(tiny_model: Path) -> None:
+    """blk.0.attn_q reads rms_norm(token_embd[token]) * attn_norm: the collected sums equal numpy's."""
+    import gguf
+
+    from ggprec.imatrix import calibration_text, chunk_tokens, collect_imatrix
+    from ggprec.llama_backend import bos_token, load_vocab, tokenize
+
+    imx = collect_imatrix(tiny_model, n_ctx=N_CTX, chunks=2, threads=2)
+    with load_vocab(tiny_model) as vocab:
+        chunks = chunk_tokens(tokenize(vocab, calibration_text(), add_bos=True), N_CTX, 2, bos_token(vocab))
+    r = gguf.GGUFReader(tiny_model)
+    tensors = {t.name: np.array(t.data, dtype=np.float32) for t in r.tensors}
+    eps = float(r.fields["llama.attention.layer_norm_rms_epsilon"].parts[-1][0])
+    x = tensors["token_embd.weight"][np.concatenate(chunks)]
+    x = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + eps) * tensors["blk.0.attn_norm.weight"]
+    got = imx.entries["blk.0.attn_q.weight"]
+    assert got.counts.tolist() == [2 * N_CTX]
+    np.testing.assert_allclose(got.in_sum2[0], (x.astype(np.float64) ** 2).sum(axis=0), rtol=2e-3)
