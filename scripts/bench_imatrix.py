@@ -121,7 +121,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    results = [bench_model(m, a.types.split(","), a.chunks, a.threads) for m in a.models.split(",")]
+    types = [t for t in a.types.split(",") if t]  # --types "": the collection timing only
+    results = [bench_model(m, types, a.chunks, a.threads) for m in a.models.split(",")]
     print()
     print(markdown(results))
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end")
