@@ -269,3 +269,21 @@ def test_first_layer_sums_are_the_squared_normed_embeddings(tiny_model: Path) ->
     got = imx.entries["blk.0.attn_q.weight"]
     assert got.counts.tolist() == [2 * N_CTX]
     np.testing.assert_allclose(got.in_sum2[0], (x.astype(np.float64) ** 2).sum(axis=0), rtol=2e-3)
+
+
+@pytest.mark.llama
+def test_cached_imatrix_collects_once_per_model_and_text(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ggprec import imatrix
+
+    first = imatrix.cached_imatrix(tiny_model, n_ctx=N_CTX, chunks=1, threads=2)
+    monkeypatch.setattr(imatrix, "collect_imatrix", lambda *a, **k: pytest.fail("collected again"))
+    assert imatrix.cached_imatrix(tiny_model, n_ctx=N_CTX, chunks=1, threads=2) == first
+    assert first.parent == imatrix.cache_dir() and read_imatrix(first).chunk_count == 1
+    with pytest.raises(BaseException, match="collected again"):
+        imatrix.cached_imatrix(tiny_model, text=calibration_text_twice(), n_ctx=N_CTX, chunks=1)
+
+
+def calibration_text_twice() -> str:
+    from ggprec.imatrix import calibration_text
+
+    return calibration_text() * 2
