@@ -287,3 +287,26 @@ def calibration_text_twice() -> str:
     from ggprec.imatrix import calibration_text
 
     return calibration_text() * 2
+
+
+@pytest.mark.llama
+def test_sigint_during_collection_exits_130_and_writes_nothing(tmp_path: Path, demo_model: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "m.imatrix.gguf"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "ggprec.cli", "imatrix", str(demo_model), "-o", str(out),
+                             "-t", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while str(demo_model) not in Path(f"/proc/{proc.pid}/maps").read_text():  # llama.cpp has mapped the weights
+        assert proc.poll() is None and time.monotonic() < deadline, "ggprec ended before loading the model"
+        time.sleep(0.02)
+    time.sleep(1.0)  # inside the decode loop (the whole collection takes several seconds)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err.splitlines()) == (130, ["ggprec: interrupted (SIGINT)"])
+    assert list(tmp_path.iterdir()) == []
