@@ -7,6 +7,7 @@ On the synthetic tiny (dense) and tiny-moe models, f32:
    with it off, so layers after the first attention differ by float rounding).
 2. `llama-quantize --pure --imatrix OURS IQ3_S` and `ggprec quantize --imatrix OURS` (profile: iq3_s):
    the two files compared byte for byte.
+3. The same with the legacy `.dat` llama-imatrix writes (`--output-format dat`), read by both quantizers.
 
     python scripts/check_imatrix_llama_tools.py [--tools DIR] [--chunks 3] [--ctx 64]
 """
@@ -64,6 +65,15 @@ def main() -> None:
             run([*ggprec, "quantize", str(model), "-p", str(d / "iq3s.yaml"), "-o", str(gq), "--imatrix", str(ours),
                  "-t", "2"])
             print(f"{preset}: llama-quantize and ggprec quantize with the ggprec imatrix: files "
+                  f"{'byte-identical' if filecmp.cmp(lq, gq, shallow=False) else 'DIFFER'}")
+            # The legacy format: llama-imatrix writes a .dat, both quantizers read it.
+            dat = d / f"{preset}.imatrix.dat"
+            run([str(a.tools / "llama-imatrix"), "-m", str(model), "-f", str(TEXT), "-c", str(a.ctx), "--chunks",
+                 str(a.chunks), "--no-ppl", "-t", "2", "-o", str(dat), "--output-format", "dat"])
+            run([str(a.tools / "llama-quantize"), "--pure", "--imatrix", str(dat), str(model), str(lq), "IQ3_S", "2"])
+            run([*ggprec, "quantize", str(model), "-p", str(d / "iq3s.yaml"), "-o", str(gq), "--imatrix", str(dat),
+                 "-t", "2", "--force"])
+            print(f"{preset}: llama-quantize and ggprec quantize with llama-imatrix's legacy .dat: files "
                   f"{'byte-identical' if filecmp.cmp(lq, gq, shallow=False) else 'DIFFER'}")
 
 
