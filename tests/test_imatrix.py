@@ -310,3 +310,13 @@ def test_sigint_during_collection_exits_130_and_writes_nothing(tmp_path: Path, d
     _, err = proc.communicate(timeout=30)
     assert (proc.returncode, err.splitlines()) == (130, ["ggprec: interrupted (SIGINT)"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_metadata_strings_are_cut_to_llama_quantize_s_127_bytes() -> None:
+    from ggprec.quantize import imatrix_metadata
+
+    imx = _imatrix()
+    imx.datasets = ["é" * 100]
+    md = imatrix_metadata(imx, "d/" * 100)
+    assert md == {"quantize.imatrix.file": "d/" * 63 + "d", "quantize.imatrix.dataset": "é" * 63,
+                  "quantize.imatrix.entries_count": 2, "quantize.imatrix.chunks_count": 7}
