@@ -36,16 +36,27 @@ from ggprec.settings import RuntimeSettings
 N_CTX = 512
 
 
-def plain_decode_seconds(model: Path, chunks: int, threads: int) -> float:
-    """Wall seconds of loading the model and decoding the same calibration chunks without the callback."""
+def plain_decode_seconds(model: Path, chunks: int, threads: int) -> tuple[float, float]:
+    """Wall and CPU seconds of loading the model and decoding the calibration chunks without the callback."""
     settings = RuntimeSettings(n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=threads)
-    t0 = time.perf_counter()  # load included, as in collect_imatrix's figure
-    with load_model(model, settings) as loaded:
+    with Clock() as clock, load_model(model, settings) as loaded:  # load included, as collect_imatrix's
         work = chunk_tokens(tokenize(loaded.model, calibration_text(), add_bos=True), N_CTX, chunks,
                             bos_token(loaded.model))
         for chunk in work:
             loaded.decode_all(chunk)
-        return time.perf_counter() - t0
+    return clock.wall, clock.cpu
+
+
+class Clock:
+    """Wall and CPU seconds (all threads of this process) of a block: on a shared machine the CPU
+    seconds say what the work costs, the wall seconds what the load made of it."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
 def mix(type_name: str, imatrix: Path | None) -> Profile:
@@ -58,20 +69,21 @@ def bench_model(name: str, types: list[str], chunks: int, threads: int) -> dict:
     src = real_model_path(name, quiet=True)
     ref = build_variant(src, load_profile("f32"), threads=threads)
     # Timed twice each, alternating, best of two: the machine is shared, and one slow pass says little.
-    collect_s, plain_s = float("inf"), float("inf")
+    collect, plain = (float("inf"), float("inf")), (float("inf"), float("inf"))
     for _ in range(2):
-        t0 = time.perf_counter()
-        imx = collect_imatrix(ref, threads=threads)
-        collect_s = min(collect_s, time.perf_counter() - t0)
-        plain_s = min(plain_s, plain_decode_seconds(ref, imx.chunk_count, threads))
+        with Clock() as clock:
+            imx = collect_imatrix(ref, threads=threads)
+        collect = min(collect, (clock.wall, clock.cpu), key=lambda c: c[1])
+        plain = min(plain, plain_decode_seconds(ref, imx.chunk_count, threads), key=lambda c: c[1])
     (cache_dir() / "imatrix").mkdir(parents=True, exist_ok=True)
     imx_path = write_imatrix(imx, cache_dir() / "imatrix" / f"bench-{name}.imatrix.gguf", force=True)
     out: dict = {"model": name, "source": src.name, "reference": ref.name, "imatrix_entries": len(imx.entries),
                  "imatrix_chunks": imx.chunk_count, "imatrix_tokens": imx.chunk_count * N_CTX,
-                 "collect_s": round(collect_s, 2), "plain_decode_s": round(plain_s, 2), "rows": []}
-    print(f"{name}: imatrix of {len(imx.entries)} weights over {imx.chunk_count} x {N_CTX} tokens in "
-          f"{collect_s:.1f} s (load + decode + callback, best of 2; {plain_s:.1f} s without the callback)",
-          flush=True)
+                 "collect_wall_s": round(collect[0], 2), "collect_cpu_s": round(collect[1], 2),
+                 "plain_wall_s": round(plain[0], 2), "plain_cpu_s": round(plain[1], 2), "rows": []}
+    print(f"{name}: imatrix of {len(imx.entries)} weights over {imx.chunk_count} x {N_CTX} tokens: "
+          f"{collect[1]:.1f} CPU s ({collect[0]:.1f} s wall) for load + decode + callback, best of 2; "
+          f"{plain[1]:.1f} CPU s ({plain[0]:.1f} s wall) without the callback", flush=True)
     settings = RuntimeSettings(n_threads=threads)
     for t in types:
         row: dict = {"type": t}
