@@ -62,20 +62,20 @@ TYPES: tuple[GgmlType, ...] = (
     _T("q5_k", 13, 256, 176, weight=True, ftype=17),
     _T("q6_k", 14, 256, 210, weight=True, ftype=18),
     _T("q8_k", 15, 256, 292),
-    _T("iq2_xxs", 16, 256, 66),
-    _T("iq2_xs", 17, 256, 74),
-    _T("iq3_xxs", 18, 256, 98),
-    _T("iq1_s", 19, 256, 50),
+    _T("iq2_xxs", 16, 256, 66, weight=True, ftype=19),
+    _T("iq2_xs", 17, 256, 74, weight=True, ftype=20),
+    _T("iq3_xxs", 18, 256, 98, weight=True, ftype=23),
+    _T("iq1_s", 19, 256, 50, weight=True, ftype=24),
     _T("iq4_nl", 20, 32, 18, weight=True, kv_cache=True, ftype=25),
-    _T("iq3_s", 21, 256, 110),
-    _T("iq2_s", 22, 256, 82),
+    _T("iq3_s", 21, 256, 110, weight=True, ftype=26),
+    _T("iq2_s", 22, 256, 82, weight=True, ftype=28),
     _T("iq4_xs", 23, 256, 136, weight=True, ftype=30),
     _T("i8", 24, 1, 1),
     _T("i16", 25, 1, 2),
     _T("i32", 26, 1, 4),
     _T("i64", 27, 1, 8),
     _T("f64", 28, 1, 8),
-    _T("iq1_m", 29, 256, 56),
+    _T("iq1_m", 29, 256, 56, weight=True, ftype=31),
     _T("bf16", 30, 1, 2, weight=True, kv_cache=True, ftype=32),
     _T("tq1_0", 34, 256, 54),
     _T("tq2_0", 35, 256, 66),
@@ -151,3 +151,24 @@ def kv_cache_type(name: str) -> GgmlType:
         accepted = ", ".join(x.name for x in TYPES if x.kv_cache)
         raise UnknownTypeError(f"'{t.name}' is not a KV-cache type llama.cpp accepts (one of: {accepted})")
     return t
+
+
+# llama_ftype of llama.cpp's Q2_K_S mix: the one file type under which q2_k tensors need an imatrix.
+FTYPE_Q2_K_S = 21
+# Types llama.cpp's quantizer refuses to write without an importance matrix (src/llama-quant.cpp,
+# tensor_requires_imatrix): the result would be garbage.
+_NEEDS_IMATRIX = frozenset({"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs"})
+# Types ggml itself cannot quantize a tensor to without importance data for that very tensor
+# (ggml_quantize_requires_imatrix: it aborts), whatever llama.cpp's rules above exempt.
+NEEDS_DATA_PER_TENSOR = frozenset({"iq1_s", "iq2_xxs", "iq2_xs"})
+
+
+def needs_imatrix(t: GgmlType | str, ftype: int | None = None, tensor: str | None = None) -> bool:
+    """Whether llama.cpp refuses to quantize a tensor to `t` without an importance matrix: the IQ1/IQ2
+    types and IQ3_XXS always, q2_k only inside a Q2_K_S file (`ftype`; ggprec never writes that mix,
+    its q2_k tensors go out under the Q2_K file type). token_embd and output.weight never need one
+    (`tensor`: the tensor's name, when known)."""
+    if tensor in ("token_embd.weight", "output.weight"):
+        return False
+    gt = lookup(t) if isinstance(t, str) else t
+    return gt.name in _NEEDS_IMATRIX or (gt.name == "q2_k" and ftype == FTYPE_Q2_K_S)

@@ -235,6 +235,30 @@ class LoadedModel:
             interrupts.check()
         return rows
 
+    def decode_all(self, tokens: Sequence[int]) -> None:
+        """Decode `tokens` as one sequence from position 0 on an empty KV cache, asking llama.cpp for the
+        output of every position (so it never trims the last layer to the output rows, as it does when
+        only some are asked) without copying the logits out: for graph callbacks (importance matrix)."""
+        llama_cpp = _llama()
+        n_batch = self.settings.n_batch
+        if self._batch is None:
+            self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        batch = self._batch
+        for start in range(0, len(tokens), n_batch):
+            chunk = tokens[start:start + n_batch]
+            batch.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = True
+            rc = llama_cpp.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise GgprecError(f"{self.path}: llama.cpp could not decode {len(chunk)} tokens (code {rc})")
+            interrupts.check()
+
 
 def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool, vocab_only: bool = False) -> Any:
     llama_cpp = _llama()
@@ -264,9 +288,11 @@ def _keep_loading(progress: float, user: ctypes.c_void_p) -> bool:
 _LOAD_PROGRESS: Any = None  # made on first use (needs llama_cpp), kept referenced while loads use it
 
 
-def context_params(settings: RuntimeSettings) -> Any:
+def context_params(settings: RuntimeSettings, cb_eval: Any = None) -> Any:
     """llama_context_params for the settings (threads must already be resolved). The one mapping of
-    RuntimeSettings to llama.cpp's context parameters: run, alloc and evaluate all load through it."""
+    RuntimeSettings to llama.cpp's context parameters: run, alloc and evaluate all load through it.
+    cb_eval: a `ggml_backend_sched_eval_callback` ctypes function (the importance-matrix collector); the
+    caller keeps it referenced while the context lives."""
     llama_cpp = _llama()
 
     cp = llama_cpp.llama_context_default_params()
@@ -279,15 +305,20 @@ def context_params(settings: RuntimeSettings) -> Any:
     cp.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn_effective
                           else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     cp.no_perf = True
+    if cb_eval is not None:
+        cp.cb_eval = cb_eval
+        cp.cb_eval_user_data = None
     return cp
 
 
 def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc: bool = False,
-               log: LogCapture | None = None, extra_buffers: bool | None = None) -> LoadedModel:
+               log: LogCapture | None = None, extra_buffers: bool | None = None,
+               cb_eval: Any = None) -> LoadedModel:
     """Load `path` and create a context with `settings`; llama.cpp's log lines go to `log` (a new
     capture when None). A model or context llama.cpp refuses is a GgprecError with its reason; a signal
     under interrupts.guard() stops the load (llama.cpp's progress callback) and raises Interrupted.
-    extra_buffers: llama.cpp's AMX/repacked weight buffers (None: on unless they crash here, see cpu_buffers)."""
+    extra_buffers: llama.cpp's AMX/repacked weight buffers (None: on unless they crash here, see cpu_buffers).
+    cb_eval: the context's graph-evaluation callback (see context_params)."""
     import time
 
     llama_cpp = _llama()
@@ -314,7 +345,7 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
         if not model:
             interrupts.check()  # the load stopped because of a signal
             raise GgprecError(f"{p}: llama.cpp cannot load it: {_reason(log)}")
-        ctx = llama_cpp.llama_init_from_model(model, context_params(settings))
+        ctx = llama_cpp.llama_init_from_model(model, context_params(settings, cb_eval))
         if not ctx:
             llama_cpp.llama_model_free(model)
             raise GgprecError(f"{p}: llama.cpp cannot create a context: {_reason(log)}")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import mmap
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +292,14 @@ def _predict_file_size(info: ModelInfo, tensors: list[TensorPlan], kv_bytes: int
     infos = sum(tensor_info_size(t.name, ggml_n_dims(t.shape)) for t in tensors)
     return header_size(kv_bytes, infos, info.alignment) + sum(
         t.n_bytes + padding(t.n_bytes, info.alignment) for t in tensors)
+
+
+def with_added_metadata(plan: Plan, info: ModelInfo, pairs: dict[str, int]) -> Plan:
+    """The plan with metadata pairs the quantizer is asked to set (key -> bytes of the written pair, e.g.
+    the `quantize.imatrix.*` keys): a key the source already holds is replaced, not added."""
+    existing, _ = _changed_kv_sizes(info, tuple(pairs))
+    kv = plan.written_kv_bytes + sum(pairs.values()) - sum(existing.values())
+    return replace(plan, written_kv_bytes=kv, predicted_file_size=_predict_file_size(info, plan.tensors, kv))
 
 
 def _mib(n: int) -> str:

@@ -25,7 +25,7 @@ from .settings import RuntimeSettings
 
 SHIPPED_DIR = Path(__file__).parent / "profiles"
 
-_TOP_KEYS = ("name", "description", "default", "rules", "split_output", "kv_cache", "runtime")
+_TOP_KEYS = ("name", "description", "default", "rules", "split_output", "imatrix", "kv_cache", "runtime")
 _RULE_KEYS = ("match", "role", "layers", "type")
 _KV_KEYS = ("k", "v")
 _RUNTIME_KEYS = tuple(f.name for f in fields(RuntimeSettings) if f.name not in ("cache_type_k", "cache_type_v"))
@@ -182,6 +182,7 @@ class Profile:
     default: str = "q8_0"  # type of every quantizable tensor no rule names
     split_output: str | None = None  # type of a separate output.weight split off a tied token_embd
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    imatrix: str | None = None  # importance-matrix file the quantizer weighs rounding errors with
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default", _type_name(self.default, f"profile {self.name}: default"))
@@ -197,6 +198,8 @@ class Profile:
                              "rules": [r.to_dict() for r in self.rules]}
         if self.split_output is not None:
             d["split_output"] = self.split_output
+        if self.imatrix is not None:  # only when set, so profiles without one keep their content hash
+            d["imatrix"] = self.imatrix
         d["kv_cache"] = {"k": rt.cache_type_k, "v": rt.cache_type_v}
         d["runtime"] = {k: getattr(rt, k) for k in _RUNTIME_KEYS if k not in _PLACEMENT_KEYS}
         # Placement keys only when set, so profiles without them keep their content hash.
@@ -302,9 +305,12 @@ def profile_from_dict(doc: Any, default_name: str = "profile") -> Profile:
 
     override_list(settings)  # n_cpu_moe below -1 or too many overrides: a one-line error now, not at load
     split = doc.get("split_output")
+    imatrix = doc.get("imatrix")
+    if imatrix is not None and not (isinstance(imatrix, str) and imatrix):
+        raise GgprecError(f"imatrix: expected the path of an importance-matrix file, got {imatrix!r}")
     return Profile(name=name, description=str(doc.get("description", "")), rules=rules,
                    default=str(doc.get("default", "q8_0")), split_output=None if split is None else str(split),
-                   runtime=settings)
+                   runtime=settings, imatrix=imatrix)
 
 
 def load_profile(name_or_path: str) -> Profile:
@@ -330,9 +336,13 @@ def load_profile(name_or_path: str) -> Profile:
     except (OSError, UnicodeDecodeError) as e:
         raise GgprecError(f"{path}: cannot read ({e})") from None
     try:
-        return profile_from_dict(doc, default_name=path.stem)
+        profile = profile_from_dict(doc, default_name=path.stem)
     except GgprecError as e:
         raise GgprecError(f"{path}: {e}") from None
+    if profile.imatrix is not None and not Path(profile.imatrix).is_absolute():
+        # a relative imatrix path is relative to the profile file, like any path inside a config file
+        profile = replace(profile, imatrix=str(path.parent / profile.imatrix))
+    return profile
 
 
 def shipped_profiles() -> list[Profile]:

@@ -48,11 +48,12 @@ from .gguf_layout import (
     string_size,
 )
 from .hashing import model_sha256
-from .plan import OUTPUT, TOKEN_EMBD, Plan, metadata_end, quantizable, resolve_plan
+from .plan import OUTPUT, TOKEN_EMBD, Plan, metadata_end, quantizable, resolve_plan, with_added_metadata
 from .profile import Profile
 from .progress import Progress
 
 if TYPE_CHECKING:
+    from .imatrix_file import Imatrix
     from .llama_backend import LogCapture
 
 # progress(stage, done, total) while quantizing: stage is the tensor llama.cpp is writing.
@@ -91,10 +92,72 @@ def base_ftype(plan: Plan) -> int:
     return ftype
 
 
+# The metadata llama-quantize adds when it is given an imatrix (tools/quantize/quantize.cpp, as kv
+# overrides: strings cut to 127 bytes, counts written as u32).
+IMATRIX_FILE_KEY = "quantize.imatrix.file"
+IMATRIX_DATASET_KEY = "quantize.imatrix.dataset"
+IMATRIX_ENTRIES_KEY = "quantize.imatrix.entries_count"
+IMATRIX_CHUNKS_KEY = "quantize.imatrix.chunks_count"
+_KV_STR_MAX = 127
+
+
+def imatrix_metadata(imx: Imatrix, path: str | os.PathLike[str] | None) -> dict[str, str | int]:
+    """The `quantize.imatrix.*` pairs llama-quantize writes for this imatrix: the file as named (when
+    there is one), the first dataset, the entry count, the chunk count (when known)."""
+    out: dict[str, str | int] = {}
+    if path is not None:
+        out[IMATRIX_FILE_KEY] = _kv_str(str(path))
+    if imx.datasets:
+        out[IMATRIX_DATASET_KEY] = _kv_str(imx.datasets[0])
+    out[IMATRIX_ENTRIES_KEY] = len(imx.entries)
+    if imx.chunk_count > 0:
+        out[IMATRIX_CHUNKS_KEY] = imx.chunk_count
+    return out
+
+
+def _kv_str(s: str) -> str:
+    """A string as a llama_model_kv_override holds it: at most 127 bytes (cut on a character boundary)."""
+    return s.encode()[:_KV_STR_MAX].decode("utf-8", "ignore")
+
+
+def _pair_bytes(key: str, value: str | int) -> int:
+    """Bytes of one GGUF key-value pair: the key, the value type, a u32 or a string."""
+    value_bytes = 4 if isinstance(value, int) else 8 + len(value.encode())
+    return 8 + len(key.encode()) + 4 + value_bytes
+
+
+def check_imatrix_for_plan(plan: Plan, info: ModelInfo, imx: Imatrix | None) -> None:
+    """One-line refusals before the quantizer starts: a type that needs an imatrix without one (or
+    without an entry for that tensor), and an imatrix that does not belong to the model."""
+    from .imatrix_file import check_imatrix
+
+    if imx is not None:
+        extra = tuple((t.name, t.shape) for t in plan.tensors if t.split)
+        check_imatrix(imx, info, extra)
+    ftype = base_ftype(plan)
+    for t in plan.tensors:
+        if not quantizable(t.name, t.shape):
+            continue
+        if imx is None and ggml_types.needs_imatrix(t.type, ftype, t.name):
+            # llama.cpp refuses these even where the tensor keeps its type
+            raise GgprecError(f"{t.type.name} needs an importance matrix (llama.cpp refuses to write "
+                              f"{t.name} in it without one): collect one with `ggprec imatrix`")
+        if t.type == t.source_type or (imx is not None and t.name in imx.entries):
+            continue
+        if t.type.name in ggml_types.NEEDS_DATA_PER_TENSOR:  # ggml would abort the quantizer
+            why = ("no matrix product reads it, so no imatrix has data for it" if t.name == TOKEN_EMBD
+                   else "the importance matrix has no entry for it" if imx is not None else "there is no imatrix")
+            raise GgprecError(f"{t.name} cannot be written in {t.type.name}: ggml quantizes it only with "
+                              f"importance data for that tensor, and {why}; give it another type")
+        if imx is not None and ggml_types.needs_imatrix(t.type, ftype, t.name):
+            raise GgprecError(f"the importance matrix has no entry for {t.name}, which {t.type.name} needs")
+
+
 class QuantizeCall:
     """The ctypes parameter block for one llama_model_quantize call; keeps its buffers alive."""
 
-    def __init__(self, plan: Plan, threads: int | None) -> None:
+    def __init__(self, plan: Plan, threads: int | None, imatrix: Imatrix | None = None,
+                 imatrix_path: str | os.PathLike[str] | None = None) -> None:
         import llama_cpp
 
         p = llama_cpp.llama_model_quantize_default_params()
@@ -103,6 +166,7 @@ class QuantizeCall:
         p.allow_requantize = plan.requantize
         p.pure = True  # never llama.cpp's own mixes: every type comes from the plan
         types = plan.tensor_types()
+        self.type_ids = {t.type_id for t in types.values() if t.quantized}
         if TOKEN_EMBD in types and quantizable(TOKEN_EMBD, self._shape(plan, TOKEN_EMBD)):
             p.token_embedding_type = types[TOKEN_EMBD].type_id
         if OUTPUT in types and quantizable(OUTPUT, self._shape(plan, OUTPUT)):
@@ -117,6 +181,41 @@ class QuantizeCall:
         self.overrides = arr
         p.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         self.params = p
+        if imatrix is not None:
+            self._attach_imatrix(imatrix, imatrix_path)
+
+    def _attach_imatrix(self, imx: Imatrix, path: str | os.PathLike[str] | None) -> None:
+        """params.imatrix: a NULL-name-terminated array of {name, data, size}, the data each weight's
+        mean squared activations (what llama-quantize hands over), and the `quantize.imatrix.*` keys as
+        kv overrides. The arrays live on self: the forked child quantizes from this same memory."""
+        import llama_cpp
+        import numpy as np
+
+        p = self.params
+        names = sorted(imx.entries)
+        self.imatrix_names = [n.encode() for n in names]
+        self.imatrix_data = [np.ascontiguousarray(imx.entries[n].mean(), dtype=np.float32) for n in names]
+        arr = (llama_cpp.llama_model_imatrix_data * (len(names) + 1))()
+        for i, (name, data) in enumerate(zip(self.imatrix_names, self.imatrix_data, strict=True)):
+            arr[i].name = name
+            arr[i].data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            arr[i].size = data.size
+        arr[len(names)].name = None  # the terminator
+        self.imatrix_array = arr
+        p.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        pairs = imatrix_metadata(imx, path)
+        kvs = (llama_cpp.llama_model_kv_override * (len(pairs) + 1))()
+        for i, (key, value) in enumerate(pairs.items()):
+            kvs[i].key = key.encode()
+            if isinstance(value, int):
+                kvs[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+                kvs[i].value.val_i64 = value
+            else:
+                kvs[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+                kvs[i].value.val_str = value.encode()
+        kvs[len(pairs)].key = b""  # the terminator: an empty key
+        self.kv_overrides = kvs
+        p.kv_overrides = ctypes.cast(kvs, ctypes.POINTER(llama_cpp.llama_model_kv_override))
 
     def keep_split(self) -> None:
         """Write one output shard per source shard (llama.cpp names them `OUT-0000k-of-0000N.gguf`)."""
@@ -136,6 +235,7 @@ class QuantizeCall:
         already built. The child reports progress lines and the result over a pipe."""
         import llama_cpp  # noqa: F401  (imported before the fork, so the child has it)
 
+        self._init_tables()
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns into the parent's code
@@ -164,6 +264,15 @@ class QuantizeCall:
                               f"before finishing {out}")
         if rc != 0:
             raise GgprecError(f"llama.cpp could not quantize {source}: {error or f'code {rc}'}")
+
+    def _init_tables(self) -> None:
+        """Build ggml's IQ lookup grids here, before the fork. ggml builds them on first use with OpenMP;
+        OpenMP in a forked child whose parent already ran OpenMP threads (any llama.cpp inference, e.g.
+        collecting an importance matrix) deadlocks in libgomp. Built once per process, a no-op after."""
+        from .ggml_lib import base
+
+        for type_id in sorted(self.type_ids):
+            base().ggml_quantize_init(type_id)
 
     def _child(self, source: Path, out: Path, write_fd: int, with_progress: bool) -> None:
         import llama_cpp
@@ -356,10 +465,13 @@ def verify(out: Path, plan: Plan) -> None:
 
 
 def quantize(source: str | os.PathLike[str], plan: Plan, out: str | os.PathLike[str], threads: int | None = None,
-             force: bool = False, progress: Progress | None = None, keep_split: bool = False) -> Path:
+             force: bool = False, progress: Progress | None = None, keep_split: bool = False,
+             imatrix: Imatrix | None = None, imatrix_path: str | os.PathLike[str] | None = None) -> Path:
     """Write `plan` applied to `source` (any shard of a split model) to `out` with llama.cpp's quantizer;
     return `out`. keep_split: a split model is written as one output shard per source shard, named
-    `out`'s stem + `-0000k-of-0000N.gguf`; the first is returned."""
+    `out`'s stem + `-0000k-of-0000N.gguf`; the first is returned. imatrix (or imatrix_path, read when
+    imatrix is None): the importance matrix llama.cpp weighs the rounding error with; the types that
+    need one are refused without it, and the file gets llama-quantize's `quantize.imatrix.*` keys."""
     src = Path(source)
     info = None
     if not _same_file(src, plan):
@@ -380,7 +492,18 @@ def quantize(source: str | os.PathLike[str], plan: Plan, out: str | os.PathLike[
     if plan.requantize:
         warnings.warn(f"{src.name} is already quantized: the result's quality is bounded by the source's",
                       RequantizeWarning, stacklevel=2)
-    call = QuantizeCall(plan, threads)
+    if imatrix is None and imatrix_path is not None:
+        from .imatrix_file import read_imatrix
+
+        imatrix = read_imatrix(imatrix_path)
+    if info is None and (imatrix is not None or any(ggml_types.needs_imatrix(t.type) for t in plan.tensors)):
+        info = read_gguf(src)
+    if info is not None:
+        check_imatrix_for_plan(plan, info, imatrix)
+    call = QuantizeCall(plan, threads, imatrix, imatrix_path)
+    if imatrix is not None:
+        assert info is not None  # read above
+        plan = plan_with_imatrix(plan, info, imatrix, imatrix_path)  # its metadata, for verify()
     if keep_split:
         assert info is not None  # read above
         return _quantize_keep_split(info, plan, call, targets, progress)
@@ -393,6 +516,13 @@ def quantize(source: str | os.PathLike[str], plan: Plan, out: str | os.PathLike[
             call.run(shards[0], tmp, progress)  # llama.cpp loads the other shards of a split model itself
         verify(tmp, plan)
     return targets[0]
+
+
+def plan_with_imatrix(plan: Plan, info: ModelInfo, imx: Imatrix, path: str | os.PathLike[str] | None) -> Plan:
+    """The plan as written with an imatrix: its `quantize.imatrix.*` keys counted in the metadata and
+    the predicted file size."""
+    pairs = {k: _pair_bytes(k, v) for k, v in imatrix_metadata(imx, path).items()}
+    return with_added_metadata(plan, info, pairs)
 
 
 def _split_targets(out: Path, n: int) -> list[Path]:
@@ -431,16 +561,26 @@ def variants_dir() -> Path:
 
 def build_variant(source: str | os.PathLike[str], profile: Profile, threads: int | None = None,
                   progress: Progress | None = None) -> Path:
-    """The file `profile` makes of `source`, built once and cached by source sha256 and plan."""
+    """The file `profile` makes of `source`, built once and cached by source sha256 and plan (and the
+    hash of the profile's importance matrix, when it has one)."""
     src = Path(source)
-    plan = resolve_plan(read_gguf(src), profile)
+    info = read_gguf(src)
+    plan = resolve_plan(info, profile)
     key = f"{model_sha256(src)[:16]}-{plan.weights_hash()[:16]}"
+    imx = None
+    if profile.imatrix is not None:
+        from .imatrix_file import read_imatrix
+
+        imx = read_imatrix(profile.imatrix)
+        key += f"-{imx.content_hash()[:16]}"
+    size = (plan_with_imatrix(plan, info, imx, profile.imatrix) if imx is not None else plan).predicted_file_size
     out = variants_dir() / f"{src.stem}.{profile.name}.{key}.gguf"
     # The name says what it holds; a same-plan build under another profile name is reused too.
     for candidate in [out, *sorted(variants_dir().glob(f"*.{key}.gguf"))]:
-        if candidate.is_file() and candidate.stat().st_size == plan.predicted_file_size:
+        if candidate.is_file() and candidate.stat().st_size == size:
             return candidate
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RequantizeWarning)  # a reference of a quantized source is intended
-        return quantize(src, plan, out, threads=threads, force=True, progress=progress)
+        return quantize(src, plan, out, threads=threads, force=True, progress=progress, imatrix=imx,
+                        imatrix_path=profile.imatrix)

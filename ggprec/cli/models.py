@@ -155,8 +155,11 @@ def _quantize_progress(tensor: str, done: int, total: int) -> None:
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--keep-split", is_flag=True,
               help="Write a split MODEL as one shard per source shard: OUTPUT's stem + -0000k-of-0000N.gguf.")
+@click.option("--imatrix", "imatrix_file", type=click.Path(path_type=str),
+              help="Importance matrix (`ggprec imatrix`, or llama.cpp's .gguf/.dat) weighing the rounding "
+              "errors; needed by iq1_*, iq2_* and iq3_xxs (default: the profile's).")
 def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None, force: bool,
-                 keep_split: bool) -> None:
+                 keep_split: bool, imatrix_file: str | None) -> None:
     """Write MODEL (any shard of a split model) under a profile with llama.cpp's quantizer, then check
     every tensor's type."""
     import warnings
@@ -168,7 +171,17 @@ def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None
     from ..quantize import RequantizeWarning, quantize
 
     info = read_gguf(model)
-    plan = resolve_plan(info, load_profile(profile_name))
+    profile = load_profile(profile_name)
+    plan = resolve_plan(info, profile)
+    imatrix_path = imatrix_file or profile.imatrix
+    imatrix = None
+    if imatrix_path is not None:
+        from ..imatrix_file import read_imatrix
+        from ..quantize import check_imatrix_for_plan, plan_with_imatrix
+
+        imatrix = read_imatrix(imatrix_path)
+        check_imatrix_for_plan(plan, info, imatrix)  # a mismatch is one line before any work
+        plan = plan_with_imatrix(plan, info, imatrix, imatrix_path)
     if not keep_split:
         for shard in info.shards:
             check_output(output, force=force, source=shard)
@@ -181,7 +194,9 @@ def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None
     progress = _quantize_progress if sys.stderr.isatty() else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RequantizeWarning)  # said above, before the work starts
-        path = quantize(model, plan, output, threads=threads, force=force, progress=progress, keep_split=keep_split)
+        path = quantize(model, resolve_plan(info, profile) if imatrix is not None else plan, output, threads=threads,
+                        force=force, progress=progress, keep_split=keep_split, imatrix=imatrix,
+                        imatrix_path=imatrix_path)
     if progress is not None:
         click.echo("\r\033[K", nl=False, err=True)
     if keep_split:
@@ -191,3 +206,38 @@ def quantize_cmd(model: str, profile_name: str, output: str, threads: int | None
         return
     size = path.stat().st_size
     click.echo(f"wrote {path} ({size / 2**20:,.1f} MiB, {size:,} bytes; predicted {plan.predicted_file_size:,})")
+
+
+@main.command("imatrix")
+@model_argument
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="The importance-matrix file to write (llama.cpp's GGUF imatrix format).")
+@click.option("--text", "text_file", type=click.Path(path_type=str),
+              help="Calibration text (default: the one shipped with ggprec, not the evaluation text).")
+@click.option("--chunks", type=click.IntRange(1), help="Chunks of the text to run (default: all it gives).")
+@click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(16), default=512, show_default=True,
+              help="Tokens per chunk.")
+@click.option("-t", "--threads", type=click.IntRange(1), help="CPU threads (default: llama-cpp-python's).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def imatrix_cmd(model: str, output: str, text_file: str | None, chunks: int | None, n_ctx: int,
+                threads: int | None, force: bool) -> None:
+    """Collect MODEL's importance matrix over a calibration text, as llama.cpp's llama-imatrix does, for
+    `ggprec quantize --imatrix` or llama-quantize --imatrix."""
+    import contextlib
+    import time
+
+    from ..evaluate import read_text
+    from ..fileio import check_output
+    from ..imatrix import collect_imatrix
+    from ..imatrix_file import write_imatrix
+    from ..progress import terminal_bar
+
+    check_output(output, force=force, source=model)
+    text = None if text_file is None else read_text(text_file)
+    t0 = time.perf_counter()
+    with terminal_bar("imatrix") if sys.stderr.isatty() else contextlib.nullcontext() as progress:
+        imx = collect_imatrix(model, text, n_ctx=n_ctx, chunks=chunks, threads=threads, progress=progress,
+                              dataset=text_file)
+    path = write_imatrix(imx, output, force=force)
+    click.echo(f"wrote {path} ({len(imx.entries)} weights, {imx.chunk_count} chunks of {imx.chunk_size} tokens, "
+               f"{time.perf_counter() - t0:.1f} s)")
