@@ -1,0 +1,598 @@
+"""A per-tensor error proxy measured on the weights as they are in the file, and its map to expected KLD.
+
+For one tensor and one candidate type: read the tensor's rows from the GGUF file, dequantize them with
+ggml's own `to_float` for the file's type (what llama.cpp's quantizer does before it requantizes),
+quantize them to the candidate with `ggml_quantize_chunk` (the very function llama_model_quantize
+calls: same bytes, with the importance matrix's column weights when there are some), dequantize
+again, and take the squared error weighted per input column by the importance matrix (uniformly
+without one), relative to the weighted energy of the file's rows:
+
+    error = sum_rows sum_cols w[col] (x - q(x))^2 / sum_rows sum_cols w[col] x^2
+
+With w the mean squared activation of each input column, the numerator is the expected squared error
+of the matmul's output and the denominator its expected energy: a noise-to-signal ratio of the layer.
+The type a tensor already has costs exactly 0.0: llama.cpp's quantizer copies a tensor whose target
+type is its own type byte for byte (`quantize = cur_type != new_type` in src/llama-quant.cpp), so that
+is no measurement but the fact, and tensor_error short-circuits it. Requantizing (q4_k -> q5_0)
+costs what it costs: the reference is the file's own values, not an f16 original the file never had.
+
+No inference, no file written: the proxy streams through the file in row chunks (bounded memory
+whatever the tensor's size) on a thread pool (ctypes releases the GIL in the ggml calls and numpy in
+its reductions). Large tensors are sampled: at most `max_rows` rows per tensor (per expert slice for
+3-D expert tensors), taken evenly spaced (deterministic; every head and every expert is covered); each
+TensorError says how many rows it measured.
+
+Public API (stable; recommend's loss model consumes it):
+
+- `ColumnWeights` (Protocol): any object with `column_weights(name) -> ndarray[n_mat, n_in] | None`
+  (`ggprec.imatrix_file.Imatrix` is one): per weight, the mean squared activation of each input column,
+  one row per expert slice (n_mat = 1 for a 2-D weight); None for a weight it has no entry for (then
+  that tensor is measured and quantized without one, as llama.cpp does).
+- `tensor_error(path, info, tensor, candidate, imatrix=None, max_rows=MAX_ROWS) -> float`: the error
+  of asking llama.cpp for `candidate` on `tensor` (a TensorInfo or its name). A candidate whose block
+  does not divide the rows is measured at the type llama.cpp falls back to (`plan.fallback`); a tensor
+  llama.cpp never quantizes costs 0.0 (it keeps its type).
+- `error_table(path, info, candidates, imatrix=None, threads=None, progress=None, max_rows=MAX_ROWS,
+  tensors=None) -> ErrorTable`: every quantizable tensor (or `tensors`) x every candidate in one
+  streaming pass (each chunk of rows is read and dequantized once for all candidates).
+  `ErrorTable.errors[tensor][candidate] -> TensorError(error, written, rows, total_rows, weighted)`;
+  `.error(tensor, candidate) -> float | None` (None: not measured, e.g. an IQ type without an imatrix);
+  `.group_error(tensors, candidate)`; `.to_dict()`, `ErrorTable.from_dict(d)`.
+- `ProxyFit`: the proxy mapped to expected KLD, `KLD(assignment) = sum over tensors of c[role] x
+  error(tensor, type)`, with one constant per role (the tied head is a role of its own) and a global
+  constant for roles without a pass of their own, fitted by least squares on the log scale on N real
+  evaluation passes (`fit_passes`), or scaled to the priors when the model cannot run here
+  (`ProxyFit.from_prior`). `.source`: `proxy: fitted on N passes` or `prior: <source>`;
+  `.tensor_kld(table, tensor, type)`, `.group_kld(table, tensors, type)`; stored in the history as kind
+  `proxy-fit` (`store_fit`, `find_fit`).
+- `run_fit_passes(model, table, info, ...) -> list[FitPass]`: the evaluation passes a fit needs (each
+  role alone at a probe type: llama.cpp quantizes, ggprec.evaluate measures KLD against the model);
+  `stored_passes(model, table)`: passes `ggprec sensitivity` already stored for this model.
+- `proxy_sensitivity(model, ...) -> ProxySensitivity`: `ggprec sensitivity --proxy`, every group's
+  expected KLD from one streaming pass, with its source.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from . import ggml_types
+from .errors import GgprecError
+from .ggml_types import GgmlType
+from .gguf_info import ModelInfo, TensorInfo
+from .progress import Progress
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# Rows measured per tensor (per expert slice of a 3-D tensor): the relative error of a few hundred rows
+# of thousands of weights is a mean over about a million squared errors, enough to rank types and
+# groups (see docs/notes/proxy.md for the effect on the figures); every row of smaller tensors is read.
+MAX_ROWS = 512
+# Elements per chunk a worker reads, dequantizes and quantizes at once: 4 MiB of f32 per buffer.
+CHUNK_ELEMENTS = 1 << 20
+
+# Types ggml_quantize_chunk writes (ggml/src/ggml.c of the vendored llama.cpp).
+QUANTIZABLE_TO = frozenset({
+    "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+    "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m", "iq4_nl", "iq4_xs", "tq1_0", "tq2_0",
+    "mxfp4", "nvfp4", "q1_0", "q2_0",
+})
+
+
+class ColumnWeights(Protocol):
+    """An importance matrix as the proxy reads it (ggprec.imatrix_file.Imatrix satisfies it)."""
+
+    def column_weights(self, name: str) -> np.ndarray | None:
+        """Per input column of weight `name`, the mean squared activation: [n_mat, n_in] (n_mat: expert
+        slices, 1 for a 2-D weight); None where there is no entry."""
+        ...
+
+
+@dataclass(frozen=True)
+class TensorError:
+    """One tensor at one candidate type."""
+
+    error: float  # weighted squared error / weighted energy of the file's rows
+    written: str  # the type llama.cpp writes for the candidate (its fallback when the block does not divide)
+    rows: int  # rows measured
+    total_rows: int  # rows of the tensor (all expert slices)
+    weighted: bool  # weighted by the importance matrix (else uniformly)
+
+    @property
+    def sampled(self) -> bool:
+        return self.rows < self.total_rows
+
+
+@dataclass
+class ErrorTable:
+    """tensor -> candidate -> TensorError, for one model file and one weighting."""
+
+    model: str
+    candidates: list[str]
+    errors: dict[str, dict[str, TensorError]]
+    weighting: str  # "uniform" or "imatrix"
+    max_rows: int | None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def error(self, tensor: str, candidate: str) -> float | None:
+        entry = self.errors.get(tensor, {}).get(ggml_types.lookup(candidate).name)
+        return None if entry is None else entry.error
+
+    def group_error(self, tensors: Iterable[str], candidate: str) -> float | None:
+        """Sum of the tensors' errors (None when one of them was not measured at `candidate`)."""
+        total = 0.0
+        for name in tensors:
+            e = self.error(name, candidate)
+            if e is None:
+                return None
+            total += e
+        return total
+
+    @property
+    def sampled_tensors(self) -> int:
+        return sum(any(e.sampled for e in row.values()) for row in self.errors.values())
+
+    def describe(self) -> str:
+        """One line: what was measured, how, and whether rows were sampled."""
+        n = len(self.errors)
+        s = self.sampled_tensors
+        sampling = (f"{s} of {n} tensors sampled: {self.max_rows} evenly spaced rows each (per expert slice)"
+                    if s else "every row read")
+        return (f"{n} tensors x {len(self.candidates)} types, {self.weighting} column weights, {sampling}, "
+                f"{self.seconds:.1f} s")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "candidates": list(self.candidates), "weighting": self.weighting,
+                "max_rows": self.max_rows, "seconds": self.seconds, "notes": list(self.notes),
+                "errors": {t: {c: asdict(e) for c, e in row.items()} for t, row in self.errors.items()}}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ErrorTable:
+        return cls(doc["model"], list(doc["candidates"]),
+                   {t: {c: TensorError(**e) for c, e in row.items()} for t, row in doc["errors"].items()},
+                   doc["weighting"], doc.get("max_rows"), doc.get("seconds", 0.0), list(doc.get("notes", [])))
+
+
+# --- ggml ----------------------------------------------------------------------------------------------
+
+
+def _to_float(gtype: GgmlType) -> Any:
+    """ggml's to_float for a type (None for f32: the bytes are the floats)."""
+    from .ggml_lib import TO_FLOAT, base
+
+    if gtype.name == "f32":
+        return None
+    traits = base().ggml_get_type_traits(gtype.type_id).contents
+    if not traits.to_float:
+        raise GgprecError(f"ggml has no dequantization for type {gtype.name}")
+    return TO_FLOAT(traits.to_float)
+
+
+def _candidate(name: str | GgmlType) -> GgmlType:
+    t = name if isinstance(name, GgmlType) else ggml_types.lookup(name)
+    if t.name not in QUANTIZABLE_TO:
+        raise GgprecError(f"ggml cannot quantize to {t.name} (one of: {', '.join(sorted(QUANTIZABLE_TO))})")
+    return t
+
+
+def requires_imatrix(t: GgmlType) -> bool:
+    """Whether ggml's quantizer needs an importance matrix for this type (it asserts without one)."""
+    from .ggml_lib import base
+
+    return bool(base().ggml_quantize_requires_imatrix(t.type_id))
+
+
+def _dequantize(fn: Any, gtype: GgmlType, raw: np.ndarray, n_rows: int, n_per_row: int) -> np.ndarray:
+    """raw bytes [n_rows, row bytes] of `gtype` -> float32 [n_rows, n_per_row]."""
+    import ctypes
+
+    import numpy as np
+
+    if fn is None:
+        return np.ascontiguousarray(raw).view(np.float32).reshape(n_rows, n_per_row)
+    raw = np.ascontiguousarray(raw)
+    out = np.empty((n_rows, n_per_row), dtype=np.float32)
+    fn(raw.ctypes.data, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n_rows * n_per_row)
+    return out
+
+
+def _quantize(t: GgmlType, x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """float32 [n_rows, n_per_row] -> the bytes ggml_quantize_chunk writes, [n_rows, row bytes]."""
+    import numpy as np
+
+    from .ggml_lib import base
+
+    n_rows, n_per_row = x.shape
+    out = np.empty((n_rows, t.row_bytes(n_per_row)), dtype=np.uint8)
+    imx = None if weights is None else weights.ctypes.data
+    base().ggml_quantize_chunk(t.type_id, x.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row, imx)
+    return out
+
+
+def quantize_rows(t: str | GgmlType, x: np.ndarray, weights: np.ndarray | None = None) -> bytes:
+    """The bytes llama.cpp's quantizer writes for float32 rows `x` [n_rows, n_per_row] at type `t` (one
+    expert slice: `weights` [n_per_row] its importance-matrix columns). Public for tests and tools."""
+    import numpy as np
+
+    gt = _candidate(t)
+    _init(gt, weights is not None)
+    w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    return _quantize(gt, np.ascontiguousarray(x, dtype=np.float32), w).tobytes()
+
+
+def _init(t: GgmlType, has_weights: bool) -> None:
+    from .ggml_lib import base
+
+    if requires_imatrix(t) and not has_weights:
+        raise GgprecError(f"{t.name} needs an importance matrix (ggml refuses to quantize to it without one)")
+    base().ggml_quantize_init(t.type_id)
+
+
+# --- the measurement -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Target:
+    candidate: str  # as asked
+    written: GgmlType  # what llama.cpp writes
+
+
+def _shape(t: TensorInfo) -> tuple[int, int, int]:
+    """(n_per_row, rows per slice, slices): a 3-D expert tensor has one slice per expert."""
+    n_per_row = t.shape[0]
+    rows = t.shape[1] if len(t.shape) > 1 else 1
+    slices = 1
+    for d in t.shape[2:]:
+        slices *= d
+    return n_per_row, rows, slices
+
+
+def sample_rows(rows: int, max_rows: int | None) -> np.ndarray:
+    """Row indices measured of a slice of `rows` rows: all, or `max_rows` evenly spaced (deterministic)."""
+    import numpy as np
+
+    if max_rows is None or rows <= max_rows:
+        return np.arange(rows, dtype=np.int64)
+    return np.unique(np.linspace(0, rows - 1, max_rows).round().astype(np.int64))
+
+
+def _column_weights(imatrix: ColumnWeights | None, t: TensorInfo, slices: int) -> np.ndarray | None:
+    import numpy as np
+
+    if imatrix is None:
+        return None
+    w = imatrix.column_weights(t.name)
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim == 1:
+        w = w.reshape(1, -1)
+    if w.shape != (slices, t.shape[0]):
+        raise GgprecError(f"importance matrix entry {t.name} is {w.shape[0]} x {w.shape[1]}, the weight needs "
+                          f"{slices} x {t.shape[0]} (expert slices x input columns)")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise GgprecError(f"importance matrix entry {t.name} holds NaN, inf or negative values")
+    return np.ascontiguousarray(w)
+
+
+def _chunks(t: TensorInfo, max_rows: int | None) -> tuple[list[tuple[int, np.ndarray]], int]:
+    """(slice, row indices within the slice) per chunk of at most CHUNK_ELEMENTS, and rows measured."""
+    n_per_row, rows, slices = _shape(t)
+    per_chunk = max(1, CHUNK_ELEMENTS // n_per_row)
+    idx = sample_rows(rows, max_rows)
+    out = [(s, idx[i:i + per_chunk]) for s in range(slices) for i in range(0, len(idx), per_chunk)]
+    return out, len(idx) * slices
+
+
+def _measure_chunk(raw_rows: np.ndarray, t: TensorInfo, src_fn: Any, targets: Sequence[_Target],
+                   fns: Mapping[str, Any], w: np.ndarray | None) -> tuple[float, dict[str, float]]:
+    """(weighted energy, weighted squared error per written type) of one chunk of the file's rows."""
+    import numpy as np
+
+    n = raw_rows.shape[0]
+    x = _dequantize(src_fn, t.type, raw_rows, n, t.shape[0])
+    col = np.ones(t.shape[0], dtype=np.float64) if w is None else w.astype(np.float64)
+    energy = float((x * x).sum(axis=0, dtype=np.float64) @ col)
+    errs: dict[str, float] = {}
+    for tg in targets:
+        name = tg.written.name
+        if name in errs or name == t.type.name:
+            continue
+        q = _quantize(tg.written, x, w)
+        d = x - _dequantize(fns[name], tg.written, q, n, t.shape[0])
+        errs[name] = float((d * d).sum(axis=0, dtype=np.float64) @ col)
+    return energy, errs
+
+
+def _targets(t: TensorInfo, candidates: Sequence[GgmlType]) -> list[_Target]:
+    from .plan import fallback, quantizable
+
+    if not quantizable(t.name, t.shape):
+        return [_Target(c.name, t.type) for c in candidates]  # llama.cpp keeps the type: nothing changes
+    return [_Target(c.name, fallback(c, t.shape[0])[0]) for c in candidates]
+
+
+def _file_rows(info: ModelInfo, t: TensorInfo) -> np.ndarray:
+    """The tensor's rows as a read-only [rows, row bytes] view of the memory-mapped file."""
+    import numpy as np
+
+    path = info.shards[t.shard] if info.shards else info.path
+    row_bytes = t.type.row_bytes(t.shape[0])
+    n_rows = t.n_elements // t.shape[0]
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=t.offset, shape=(n_rows, row_bytes))
+
+
+def _measure_tensor(pool: ThreadPoolExecutor, threads: int, info: ModelInfo, t: TensorInfo,
+                    candidates: Sequence[GgmlType], imatrix: ColumnWeights | None,
+                    max_rows: int | None) -> dict[str, TensorError]:
+    from . import interrupts
+
+    n_per_row, rows, slices = _shape(t)
+    targets = _targets(t, candidates)
+    w_all = _column_weights(imatrix, t, slices)
+    pending = [tg for tg in targets if tg.written != t.type]
+    for tg in pending:
+        if requires_imatrix(tg.written) and w_all is None:
+            raise GgprecError(f"{tg.written.name} needs an importance matrix (none for {t.name})")
+        _init(tg.written, w_all is not None)
+    chunks, measured = _chunks(t, max_rows)
+    out_rows = measured if pending else 0
+    energy, errs = 0.0, {tg.written.name: 0.0 for tg in pending}
+    if pending:
+        src_fn = _to_float(t.type)
+        fns = {tg.written.name: _to_float(tg.written) for tg in pending}
+        view = _file_rows(info, t)
+
+        def work(s: int, idx: np.ndarray) -> tuple[float, dict[str, float]]:
+            raw = view[s * rows + idx]  # fancy indexing copies just these rows out of the mapping
+            w = None if w_all is None else w_all[s]
+            return _measure_chunk(raw, t, src_fn, pending, fns, w)
+
+        in_flight: list[Future[tuple[float, dict[str, float]]]] = []
+        it: Iterator[tuple[int, np.ndarray]] = iter(chunks)
+        for s, idx in it:  # at most 2 chunks per thread in flight: bounded memory
+            in_flight.append(pool.submit(work, s, idx))
+            while len(in_flight) >= 2 * threads:
+                e, d = in_flight.pop(0).result()
+                energy += e
+                for k, v in d.items():
+                    errs[k] += v
+                interrupts.check()
+        for fut in in_flight:
+            e, d = fut.result()
+            energy += e
+            for k, v in d.items():
+                errs[k] += v
+        del view
+    weighted = w_all is not None
+    total = rows * slices
+    result = {}
+    for tg in targets:
+        # The own type: llama.cpp copies the tensor as it is, exactly nothing lost.
+        err = 0.0 if tg.written == t.type or energy <= 0 else errs[tg.written.name] / energy
+        result[tg.candidate] = TensorError(err, tg.written.name, out_rows, total, weighted)
+    return result
+
+
+def _find(info: ModelInfo, tensor: TensorInfo | str) -> TensorInfo:
+    if isinstance(tensor, TensorInfo):
+        return tensor
+    t = info.tensor(tensor)
+    if t is None:
+        from .errors import safe_text
+
+        raise GgprecError(f"{info.path}: no tensor named '{safe_text(tensor, 120)}'")
+    return t
+
+
+def tensor_error(path: str | os.PathLike[str], info: ModelInfo | None, tensor: TensorInfo | str,
+                 candidate: str | GgmlType, imatrix: ColumnWeights | None = None,
+                 max_rows: int | None = MAX_ROWS, threads: int | None = None) -> float:
+    """The proxy error of asking llama.cpp for `candidate` on `tensor` of the model file `path` (see the
+    module doc): 0.0 for the tensor's own type (and for a tensor llama.cpp never quantizes)."""
+    from .gguf_info import read_gguf
+
+    info = info if info is not None else read_gguf(path)
+    t = _find(info, tensor)
+    c = _candidate(candidate)
+    if c == t.type:
+        return 0.0  # the quantizer copies a tensor already of the target type: nothing is lost
+    n = threads or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="ggprec-proxy") as pool:
+        return _measure_tensor(pool, n, info, t, [c], imatrix, max_rows)[c.name].error
+
+
+def proxy_tensors(info: ModelInfo) -> list[TensorInfo]:
+    """The tensors the proxy measures by default: those llama.cpp's quantizer may change, of a known role."""
+    from .recommend import quantizable
+
+    return [t for t in info.tensors if quantizable(t)]
+
+
+def error_table(path: str | os.PathLike[str], info: ModelInfo | None, candidates: Sequence[str | GgmlType],
+                imatrix: ColumnWeights | None = None, threads: int | None = None, progress: Progress | None = None,
+                max_rows: int | None = MAX_ROWS, tensors: Sequence[str] | None = None) -> ErrorTable:
+    """Every quantizable tensor (or `tensors`) x every candidate, in one streaming pass over the file.
+    A candidate that needs an importance matrix is left out (with a note) for tensors that have none."""
+    from .gguf_info import read_gguf
+
+    t0 = time.perf_counter()
+    info = info if info is not None else read_gguf(path)
+    cands = list(dict.fromkeys(_candidate(c) for c in candidates))
+    if not cands:
+        raise GgprecError("no candidate types to measure")
+    todo = proxy_tensors(info) if tensors is None else [_find(info, n) for n in tensors]
+    n = threads or os.cpu_count() or 1
+    errors: dict[str, dict[str, TensorError]] = {}
+    notes: list[str] = []
+    skipped: dict[str, int] = {}
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="ggprec-proxy") as pool:
+        for i, t in enumerate(todo):
+            if progress:
+                progress(t.name, i, len(todo))
+            _, _, slices = _shape(t)
+            has_w = _column_weights(imatrix, t, slices) is not None
+            usable = []
+            for c in cands:
+                written = _targets(t, [c])[0].written
+                if written != t.type and requires_imatrix(written) and not has_w:
+                    skipped[c.name] = skipped.get(c.name, 0) + 1
+                else:
+                    usable.append(c)
+            errors[t.name] = _measure_tensor(pool, n, info, t, usable, imatrix, max_rows) if usable else {}
+    if progress:
+        progress("done", len(todo), len(todo))
+    for c, k in skipped.items():
+        notes.append(f"{c}: not measured on {k} tensors without importance-matrix data (ggml needs it)")
+    table = ErrorTable(str(path), [c.name for c in cands], errors, "uniform" if imatrix is None else "imatrix",
+                       max_rows, time.perf_counter() - t0, notes)
+    if table.sampled_tensors:
+        table.notes.append(f"{table.sampled_tensors} tensors sampled: {max_rows} evenly spaced rows of each "
+                           "(per expert slice)")
+    return table
+
+
+# --- from the proxy to expected KLD --------------------------------------------------------------------
+
+
+def fit_role(t: TensorInfo, info: ModelInfo) -> str:
+    """The role a fit constant belongs to: the tensor's role, and `tied_head` for a token_embd that is also
+    the output head (it acts as the head, whose damage per unit of error is far above an embedding's)."""
+    return "tied_head" if t.role == "token_embd" and info.tied_output else t.role
+
+
+@dataclass(frozen=True)
+class FitPass:
+    """One real evaluation: these tensors at these types (the rest as the file holds them) measured `kld`
+    against the model."""
+
+    label: str
+    types: dict[str, str]  # tensor name -> requested type
+    kld: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "types": dict(self.types), "kld": self.kld}
+
+
+@dataclass
+class ProxyFit:
+    """Expected KLD = sum over tensors of scale[role] x error (default_scale for roles without a pass of
+    their own). `n_passes` real evaluations fitted it (0: scaled to the priors, `prior_source`)."""
+
+    scale: dict[str, float]
+    default_scale: float
+    n_passes: int
+    weighting: str  # the table's weighting: a fit holds only for tables of the same weighting
+    passes: list[dict[str, Any]] = field(default_factory=list)  # FitPass.to_dict() + the fitted prediction
+    prior_source: str | None = None
+    residual: float | None = None  # rms of log(measured / fitted) over the passes
+
+    @property
+    def source(self) -> str:
+        if self.n_passes == 0:
+            return f"prior: {self.prior_source}"
+        return f"proxy: fitted on {self.n_passes} passes"
+
+    def role_scale(self, role: str) -> float:
+        return self.scale.get(role, self.default_scale)
+
+    def tensor_kld(self, table: ErrorTable, info: ModelInfo, tensor: str, candidate: str) -> float | None:
+        e = table.error(tensor, candidate)
+        t = info.tensor(tensor)
+        if e is None or t is None:
+            return None
+        return self.role_scale(fit_role(t, info)) * e
+
+    def group_kld(self, table: ErrorTable, info: ModelInfo, tensors: Iterable[str], candidate: str) -> float | None:
+        total = 0.0
+        for name in tensors:
+            k = self.tensor_kld(table, info, name, candidate)
+            if k is None:
+                return None
+            total += k
+        return total
+
+    def predict(self, table: ErrorTable, info: ModelInfo, types: Mapping[str, str]) -> float | None:
+        """Expected KLD of an assignment (tensor -> type; other tensors keep the file's type)."""
+        total = 0.0
+        for name, c in types.items():
+            k = self.tensor_kld(table, info, name, c)
+            if k is None:
+                return None
+            total += k
+        return total
+
+    @classmethod
+    def fit(cls, table: ErrorTable, info: ModelInfo, passes: Sequence[FitPass], min_share: float = 0.9) -> ProxyFit:
+        """Least squares on the log scale. A one-constant model log KLD = log c + log S has the geometric
+        mean of KLD / S as its least-squares c: the global constant takes every pass (S: the pass's summed
+        error); a role's constant takes the passes whose error lies at least `min_share` in that role (S: that
+        role's summed error). Why per role and no finer: a role's tensors share a shape and a place in the
+        block, so their error turns into output damage alike, while roles differ by orders of magnitude (a
+        tied head against attn_k); why the log scale: KLDs span decades and their errors are relative."""
+        points: list[tuple[FitPass, dict[str, float]]] = []
+        for p in passes:
+            by_role: dict[str, float] = {}
+            for name, c in p.types.items():
+                t = info.tensor(name)
+                e = table.error(name, c)
+                if t is None or e is None:
+                    break
+                r = fit_role(t, info)
+                by_role[r] = by_role.get(r, 0.0) + e
+            else:
+                if p.kld > 0 and sum(by_role.values()) > 0:
+                    points.append((p, by_role))
+        if not points:
+            raise GgprecError("no evaluation pass to fit the proxy on (each needs a positive KLD and measured "
+                              "errors for its tensors)")
+        logs = [math.log(p.kld / sum(r.values())) for p, r in points]
+        default = math.exp(sum(logs) / len(logs))
+        scale: dict[str, float] = {}
+        roles = sorted({r for _, by in points for r in by})
+        for role in roles:
+            own = [math.log(p.kld / by[role]) for p, by in points
+                   if by.get(role, 0.0) >= min_share * sum(by.values())]
+            if own:
+                scale[role] = math.exp(sum(own) / len(own))
+        fit = cls(scale, default, len(points), table.weighting)
+        res = []
+        for p, by in points:
+            pred = sum(fit.role_scale(r) * e for r, e in by.items())
+            fit.passes.append({**p.to_dict(), "fitted": pred})
+            res.append(math.log(p.kld / pred) if pred > 0 else 0.0)
+        fit.residual = math.sqrt(sum(x * x for x in res) / len(res))
+        return fit
+
+    @classmethod
+    def from_prior(cls, table: ErrorTable, info: ModelInfo, candidate: str) -> ProxyFit:
+        """No evaluation possible: one constant such that every proxied tensor at `candidate` adds up to the
+        prior's whole-model KLD at that type (ggprec.priors), i.e. the prior spread over the tensors by
+        their proxy error."""
+        from .priors import weight_prior
+
+        c = ggml_types.lookup(candidate).name
+        names = list(table.errors)
+        s = table.group_error(names, c)
+        n_params = sum(t.n_elements for t in proxy_tensors(info))
+        prior = weight_prior(c, n_params)
+        scale = prior.kld / s if s else 0.0
+        return cls({}, scale, 0, table.weighting, prior_source=f"{prior.source}, spread by the proxy")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": dict(self.scale), "default_scale": self.default_scale, "n_passes": self.n_passes,
+                "weighting": self.weighting, "passes": list(self.passes), "prior_source": self.prior_source,
+                "residual": self.residual, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ProxyFit:
+        return cls(dict(doc["scale"]), float(doc["default_scale"]), int(doc["n_passes"]), str(doc["weighting"]),
+                   list(doc.get("passes", [])), doc.get("prior_source"), doc.get("residual"))

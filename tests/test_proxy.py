@@ -1,0 +1,185 @@
+"""ggprec.proxy: the per-tensor error measured on the file's own weights with ggml's quantizer, on tiny
+synthetic models (f16, f32, a q4_k copy written by llama.cpp, a mixture of experts)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ggprec.errors import GgprecError
+from ggprec.gguf_info import read_gguf
+from ggprec.synth import PRESETS, shape_for, write_synth
+
+pytestmark = pytest.mark.llama  # ggml's quantizer comes from llama.cpp's libggml-base
+
+TENSOR = "blk.0.attn_q.weight"
+
+
+class StandIn:
+    """A minimal importance matrix: the ColumnWeights protocol over plain numpy arrays."""
+
+    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+        self.weights = weights
+
+    def column_weights(self, name: str) -> np.ndarray | None:
+        return self.weights.get(name)
+
+
+@pytest.fixture(scope="module")
+def tiny_q4k(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny f16 model quantized by llama.cpp's llama_model_quantize to q4_k (rows of 256)."""
+    from ggprec.plan import resolve_plan
+    from ggprec.profile import Profile
+    from ggprec.quantize import quantize
+
+    plan = resolve_plan(read_gguf(tiny_model), Profile("q4k", default="q4_k"))
+    return quantize(tiny_model, plan, tmp_path_factory.mktemp("q4k") / "tiny-q4_k.gguf", threads=2)
+
+
+@pytest.fixture(scope="module")
+def grid_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """The tiny model in f32 with attn_q rewritten: its first half of columns lies exactly on the q8_0 grid
+    (k x 2^-10 with a |k| = 127 in every block: quantized without any error), the second half is Gaussian.
+    Returns the file and the number of exact columns."""
+    path = write_synth(tmp_path_factory.mktemp("grid") / "grid-f32.gguf", PRESETS["tiny"], dtype="f32")
+    t = read_gguf(path).tensor(TENSOR)
+    assert t is not None
+    n_in, n_out = t.shape
+    rng = np.random.default_rng(7)
+    x = np.empty((n_out, n_in), dtype=np.float32)
+    half = n_in // 2
+    k = rng.integers(-127, 128, size=(n_out, half))
+    k[:, ::32] = 127  # every 32-block holds its maximum, so the q8_0 scale is exactly 2^-10
+    x[:, :half] = k * 2.0**-10
+    x[:, half:] = rng.standard_normal((n_out, n_in - half)) * 0.05
+    mm = np.memmap(path, dtype=np.float32, mode="r+", offset=t.offset, shape=(n_out, n_in))
+    mm[:] = x
+    mm.flush()
+    del mm
+    return path, half
+
+
+def test_a_tensor_at_its_own_type_costs_exactly_zero(tiny_model: Path, tiny_q4k: Path) -> None:
+    from ggprec.proxy import tensor_error
+
+    assert tensor_error(tiny_model, None, TENSOR, "f16") == 0.0
+    assert tensor_error(tiny_q4k, None, TENSOR, "q4_k") == 0.0
+
+
+def test_a_lossless_round_trip_measures_zero_without_the_short_circuit(tiny_model: Path) -> None:
+    # f16 -> f32 is exact: computed through read, dequantize, quantize, dequantize, the error is 0 too,
+    # so the file's own values are the reference and nothing else adds error.
+    from ggprec.proxy import tensor_error
+
+    assert tensor_error(tiny_model, None, TENSOR, "f32") == 0.0
+
+
+def test_error_grows_as_bits_shrink_q8_0_q4_0_q2_k(tiny_model: Path) -> None:
+    from ggprec.proxy import error_table
+
+    table = error_table(tiny_model, None, ["q8_0", "q4_0", "q2_k"], threads=2)
+    for name in table.errors:
+        assert 0 < table.error(name, "q8_0") < table.error(name, "q4_0") < table.error(name, "q2_k"), name
+    # Gaussian weights: q4_0's relative error is that of 16 levels over a block's range (~0.7%).
+    assert 0.005 < table.error(TENSOR, "q4_0") < 0.01
+
+
+def test_importance_weights_move_the_error_towards_heavy_columns(grid_model: tuple[Path, int]) -> None:
+    # q8_0 ignores the column weights when quantizing, so only the weighting of the error differs: weight on
+    # the exact (grid) columns lowers the figure, weight on the Gaussian columns raises it.
+    from ggprec.proxy import tensor_error
+
+    path, half = grid_model
+    n_in = read_gguf(path).tensor(TENSOR).shape[0]  # type: ignore[union-attr]
+    heavy_exact = np.ones((1, n_in), dtype=np.float32)
+    heavy_exact[0, :half] = 100.0
+    heavy_noisy = np.ones((1, n_in), dtype=np.float32)
+    heavy_noisy[0, half:] = 100.0
+    uniform = tensor_error(path, None, TENSOR, "q8_0")
+    on_exact = tensor_error(path, None, TENSOR, "q8_0", StandIn({TENSOR: heavy_exact}))
+    on_noisy = tensor_error(path, None, TENSOR, "q8_0", StandIn({TENSOR: heavy_noisy}))
+    assert on_exact < uniform < on_noisy
+    # Only the Gaussian half errs: its error over the total energy, with exact weights 1 on it.
+    t = read_gguf(path).tensor(TENSOR)
+    assert t is not None
+    x = np.memmap(path, dtype=np.float32, mode="r", offset=t.offset, shape=(t.shape[1], n_in)).astype(np.float64)
+    e_exact, e_noisy = float((x[:, :half] ** 2).sum()), float((x[:, half:] ** 2).sum())
+    noisy_err = uniform * (e_exact + e_noisy)
+    assert on_exact == pytest.approx(noisy_err / (100 * e_exact + e_noisy), rel=1e-9)
+
+
+def test_requantizing_a_q4_k_tensor_to_q5_0_costs_a_finite_positive_error(tiny_q4k: Path) -> None:
+    from ggprec.proxy import tensor_error
+
+    e = tensor_error(tiny_q4k, None, TENSOR, "q5_0")
+    assert math.isfinite(e) and e > 0
+
+
+def test_quantized_bytes_are_those_llama_model_quantize_wrote(tiny_model: Path, tiny_q4k: Path) -> None:
+    from ggprec.proxy import quantize_rows
+
+    src, out = read_gguf(tiny_model).tensor(TENSOR), read_gguf(tiny_q4k).tensor(TENSOR)
+    assert src is not None and out is not None and out.type.name == "q4_k"
+    x = np.fromfile(tiny_model, dtype=np.float16, count=src.n_elements, offset=src.offset)
+    rows = x.astype(np.float32).reshape(src.shape[1], src.shape[0])
+    written = np.fromfile(tiny_q4k, dtype=np.uint8, count=out.n_bytes, offset=out.offset).tobytes()
+    assert quantize_rows("q4_k", rows) == written
+
+
+def test_a_block_that_does_not_divide_the_rows_is_measured_at_llama_cpps_fallback(tmp_path: Path) -> None:
+    from ggprec.proxy import error_table
+
+    path = write_synth(tmp_path / "rows288.gguf", shape_for("tiny", n_embd=288, n_head=2, n_head_kv=1))
+    table = error_table(path, None, ["q4_k", "q5_0"], threads=2, tensors=[TENSOR])
+    q4k = table.errors[TENSOR]["q4_k"]
+    assert q4k.written == "q5_0"  # llama.cpp's tensor_type_fallback for q4_k on rows of 288
+    assert q4k.error == table.error(TENSOR, "q5_0")
+
+
+def test_big_tensors_are_sampled_deterministically_and_say_so(tiny_model: Path) -> None:
+    from ggprec.proxy import error_table
+
+    a = error_table(tiny_model, None, ["q4_0"], threads=2, max_rows=64, tensors=["token_embd.weight"])
+    b = error_table(tiny_model, None, ["q4_0"], threads=1, max_rows=64, tensors=["token_embd.weight"])
+    e = a.errors["token_embd.weight"]["q4_0"]
+    assert (e.rows, e.total_rows, e.sampled) == (64, 1024, True)
+    assert e.error == b.errors["token_embd.weight"]["q4_0"].error
+    assert "sampled" in a.describe()
+
+
+def test_expert_tensors_take_one_weight_row_per_expert(tiny_moe: Path) -> None:
+    from ggprec.proxy import error_table
+
+    info = read_gguf(tiny_moe)
+    exps = next(t for t in info.tensors if t.name.endswith("ffn_up_exps.weight"))
+    n_in, _, n_exp = exps.shape
+    w = np.ones((n_exp, n_in), dtype=np.float32)
+    w[1] = 50.0  # a heavier expert: the same relative error, so the figure stays near the uniform one
+    weighted = error_table(tiny_moe, info, ["q4_0"], StandIn({exps.name: w}), threads=2, tensors=[exps.name])
+    uniform = error_table(tiny_moe, info, ["q4_0"], threads=2, tensors=[exps.name])
+    e = weighted.errors[exps.name]["q4_0"]
+    assert e.weighted and e.rows == e.total_rows == exps.shape[1] * n_exp
+    assert e.error == pytest.approx(uniform.error(exps.name, "q4_0"), rel=0.2)
+    with pytest.raises(GgprecError, match="expert slices x input columns"):
+        error_table(tiny_moe, info, ["q4_0"], StandIn({exps.name: w[:1]}), tensors=[exps.name])
+
+
+def test_a_type_that_needs_an_importance_matrix_is_left_out_without_one(tiny_model: Path) -> None:
+    from ggprec.proxy import error_table
+
+    table = error_table(tiny_model, None, ["iq2_xs", "q4_0"], threads=2, tensors=[TENSOR])
+    assert table.error(TENSOR, "iq2_xs") is None and table.error(TENSOR, "q4_0") is not None
+    assert any("iq2_xs" in n for n in table.notes)
+    with_imx = error_table(tiny_model, None, ["iq2_xs"], StandIn({TENSOR: np.ones((1, 256), np.float32)}),
+                           threads=2, tensors=[TENSOR])
+    assert with_imx.error(TENSOR, "iq2_xs") > table.error(TENSOR, "q4_0")
+
+
+def test_table_round_trips_through_a_dict(tiny_model: Path) -> None:
+    from ggprec.proxy import ErrorTable, error_table
+
+    table = error_table(tiny_model, None, ["q4_0", "q8_0"], threads=2, tensors=[TENSOR])
+    assert ErrorTable.from_dict(table.to_dict()) == table
