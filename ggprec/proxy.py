@@ -60,6 +60,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import ggml_types
@@ -454,9 +455,6 @@ def error_table(path: str | os.PathLike[str], info: ModelInfo | None, candidates
         notes.append(f"{c}: not measured on {k} tensors without importance-matrix data (ggml needs it)")
     table = ErrorTable(str(path), [c.name for c in cands], errors, "uniform" if imatrix is None else "imatrix",
                        max_rows, time.perf_counter() - t0, notes)
-    if table.sampled_tensors:
-        table.notes.append(f"{table.sampled_tensors} tensors sampled: {max_rows} evenly spaced rows of each "
-                           "(per expert slice)")
     return table
 
 
@@ -585,7 +583,8 @@ class ProxyFit:
         n_params = sum(t.n_elements for t in proxy_tensors(info))
         prior = weight_prior(c, n_params)
         scale = prior.kld / s if s else 0.0
-        return cls({}, scale, 0, table.weighting, prior_source=f"{prior.source}, spread by the proxy")
+        text = prior.source.removeprefix("prior:").strip()
+        return cls({}, scale, 0, table.weighting, prior_source=f"{text}, spread over the tensors by the proxy")
 
     def to_dict(self) -> dict[str, Any]:
         return {"scale": dict(self.scale), "default_scale": self.default_scale, "n_passes": self.n_passes,
@@ -596,3 +595,250 @@ class ProxyFit:
     def from_dict(cls, doc: Mapping[str, Any]) -> ProxyFit:
         return cls(dict(doc["scale"]), float(doc["default_scale"]), int(doc["n_passes"]), str(doc["weighting"]),
                    list(doc.get("passes", [])), doc.get("prior_source"), doc.get("residual"))
+
+
+# --- evaluation passes, the history --------------------------------------------------------------------
+
+
+def run_fit_passes(model: str | os.PathLike[str], info: ModelInfo, probe_type: str = "q4_0",
+                   grouping: str = "role", n_bands: int = 4, text: str | None = None, n_ctx: int = 512,
+                   chunks: int | None = 4, threads: int = 2, progress: Progress | None = None) -> list[FitPass]:
+    """The passes a fit takes: each group of `grouping` ("role": one per role and the tied head, 8 on
+    SmolLM2) alone at `probe_type`, written by llama.cpp's quantizer and evaluated against the model itself
+    (so the KLD is relative to the file, like the proxy). Groups already at the probe type are skipped."""
+    import tempfile
+
+    from .evaluate import check_text, default_text
+    from .sensitivity import probe_pass, sensitivity_groups
+
+    path = Path(model)
+    probe = _candidate(probe_type).name
+    check_text(path, default_text() if text is None else text, n_ctx, chunks)  # before any pass
+    groups = [g for g in sensitivity_groups(info, grouping, n_bands)
+              if any(_targets(t, [ggml_types.lookup(probe)])[0].written != t.type for t in g.tensors)]
+    passes = []
+    parent = path.parent if os.access(path.parent, os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="ggprec-proxyfit-", dir=parent) as tmp:
+        for i, g in enumerate(groups):
+            if progress:
+                progress(f"fit pass {g.key} at {probe}", i, len(groups))
+            _, _, r = probe_pass(path, info, g, probe, Path(tmp) / f"fit-{i}.gguf", text, n_ctx, chunks, threads)
+            passes.append(FitPass(f"{g.key} at {probe}", {t.name: probe for t in g.tensors}, r.kld_mean))
+    if progress:
+        progress("done", len(groups), len(groups))
+    return passes
+
+
+def stored_passes(model: str | os.PathLike[str], db: str | os.PathLike[str] | None = None) -> list[FitPass]:
+    """Passes `ggprec sensitivity` stored for this very file (sha256) against itself: every group at every
+    type it measured (baseline 0, so each KLD is relative to the file, like the proxy)."""
+    from .hashing import model_sha256
+    from .store import Store
+
+    path = Path(model)
+    out: list[FitPass] = []
+    with Store(db) as s:
+        rows = s.query(kind="sensitivity", model=str(path.resolve()))
+        if not rows:
+            return out
+        sha = model_sha256(path)
+        seen: set[tuple[frozenset[str], str]] = set()
+        for row in rows:  # newest first: an identical older pass is skipped
+            res = row.results
+            ref = row.settings.get("reference") or res.get("reference") or ""
+            if row.model_sha256 != sha or res.get("baseline_kld") != 0.0 or Path(ref).resolve() != path.resolve():
+                continue
+            for item in [*res.get("groups", []), *(res.get("also_groups") or [])]:
+                for t, k in (item.get("kld_at") or {}).items():
+                    key = (frozenset(item["tensors"]), t)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    out.append(FitPass(f"{item['key']} at {t} (history #{row.id})",
+                                       {n: t for n in item["tensors"]}, float(k)))
+    return out
+
+
+def store_fit(fit: ProxyFit, model: str | os.PathLike[str], probe_type: str, max_rows: int | None,
+              imatrix_path: str | os.PathLike[str] | None = None, db: str | os.PathLike[str] | None = None) -> int:
+    """Keep a fit in the history (kind proxy-fit, keyed by the model's sha256); returns the row id."""
+    from .hardware import fingerprint
+    from .hashing import model_sha256
+    from .records import ProxyFitRecord
+    from .store import Store
+
+    imx_sha = None if imatrix_path is None else model_sha256(imatrix_path)
+    doc = fit.to_dict()
+    rec = ProxyFitRecord(scale=doc["scale"], default_scale=doc["default_scale"], n_passes=doc["n_passes"],
+                         weighting=doc["weighting"], imatrix=None if imatrix_path is None else str(imatrix_path),
+                         imatrix_sha256=imx_sha, probe_type=probe_type, residual=doc["residual"],
+                         passes=doc["passes"], prior_source=doc["prior_source"], source=doc["source"],
+                         max_rows=max_rows)
+    with Store(db) as s:
+        return s.record(rec, model_path=model, model_sha256=model_sha256(model),
+                        settings={"weighting": fit.weighting, "imatrix_sha256": imx_sha, "probe_type": probe_type},
+                        hardware=fingerprint())
+
+
+def find_fit(model: str | os.PathLike[str], weighting: str = "uniform",
+             imatrix_path: str | os.PathLike[str] | None = None,
+             db: str | os.PathLike[str] | None = None) -> tuple[ProxyFit, int] | None:
+    """The newest stored fit of this model file (sha256) for this weighting (and importance matrix), with its
+    history id; None when there is none."""
+    from .hashing import model_sha256
+    from .store import Store
+
+    path = Path(model)
+    with Store(db) as s:
+        rows = s.query(kind="proxy-fit", model=str(path.resolve()))
+        if not rows:
+            return None
+        sha = model_sha256(path)
+        imx_sha = None if imatrix_path is None else model_sha256(imatrix_path)
+        for row in rows:
+            rec = row.results
+            if row.model_sha256 == sha and rec["weighting"] == weighting and rec["imatrix_sha256"] == imx_sha:
+                return ProxyFit.from_dict(rec), row.id
+    return None
+
+
+# --- `ggprec sensitivity --proxy` ----------------------------------------------------------------------
+
+
+@dataclass
+class ProxyGroup:
+    key: str
+    role: str
+    layers: list[int]
+    tensors: list[str]
+    n_params: int
+    written: str  # the types llama.cpp writes for the probe
+    error: float | None  # summed proxy error of the group's tensors at the probe type
+    kld: float | None  # expected KLD increase at the probe type
+    kld_at: dict[str, float | None] = field(default_factory=dict)  # at every measured type
+    error_at: dict[str, float | None] = field(default_factory=dict)
+    source: str = ""  # of the expected KLDs: `proxy: fitted on N passes` or `prior: ...`
+
+
+@dataclass
+class ProxySensitivity:
+    model: str
+    probe_type: str
+    also: list[str]
+    grouping: str
+    weighting: str
+    source: str  # where the expected KLDs come from: `proxy: fitted on N passes` or `prior: ...`
+    groups: list[ProxyGroup]
+    fit: ProxyFit
+    table: ErrorTable
+    seconds_proxy: float
+    seconds_fit: float = 0.0
+    fit_id: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def ranking(self) -> list[str]:
+        return [g.key for g in sorted(self.groups, key=lambda g: (-(g.kld if g.kld is not None else -1.0), g.key))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "probe_type": self.probe_type, "also": self.also, "grouping": self.grouping,
+                "weighting": self.weighting, "source": self.source, "groups": [asdict(g) for g in self.groups],
+                "ranking": self.ranking(), "fit": self.fit.to_dict(), "fit_id": self.fit_id,
+                "proxy": self.table.describe(), "max_rows": self.table.max_rows,
+                "seconds_proxy": self.seconds_proxy, "seconds_fit": self.seconds_fit, "notes": self.notes}
+
+
+def load_imatrix(path: str | os.PathLike[str], info: ModelInfo) -> ColumnWeights:
+    """An importance matrix file through ggprec.imatrix_file (checked against the model where that module
+    offers a check); one line when this build lacks the module."""
+    try:
+        from . import imatrix_file  # type: ignore[attr-defined]
+    except ImportError:
+        raise GgprecError("importance matrices need ggprec.imatrix_file, which this build of ggprec lacks") from None
+    imx = imatrix_file.read_imatrix(path)
+    check = getattr(imatrix_file, "check_imatrix", None)
+    if check is not None:
+        check(imx, info)
+    if not callable(getattr(imx, "column_weights", None)):
+        raise GgprecError(f"{path}: this importance matrix offers no column weights")
+    return imx  # type: ignore[no-any-return]
+
+
+def proxy_sensitivity(model: str | os.PathLike[str], probe_type: str = "q4_0", also: Sequence[str] = (),
+                      grouping: str = "role-layer", n_bands: int = 4,
+                      imatrix_path: str | os.PathLike[str] | None = None,
+                      fit: bool = False, threads: int | None = None, max_rows: int | None = MAX_ROWS,
+                      text: str | None = None, n_ctx: int = 512, chunks: int | None = 4, use_stored: bool = True,
+                      progress: Progress | None = None, db: str | os.PathLike[str] | None = None) -> ProxySensitivity:
+    """Every group's expected KLD at the probe (and `also`) types from one streaming pass of the proxy.
+    Expected KLD: `fit` runs the evaluation passes now (run_fit_passes, one per role) and stores the fit;
+    otherwise the newest stored fit of this model and weighting; otherwise the prior spread by the proxy."""
+    from .gguf_info import read_gguf
+    from .sensitivity import sensitivity_groups
+
+    path = Path(model)
+    info = read_gguf(path)
+    probe = _candidate(probe_type).name
+    extra = [c for c in dict.fromkeys(_candidate(a).name for a in also) if c != probe]
+    groups = sensitivity_groups(info, grouping, n_bands)
+    imatrix = None if imatrix_path is None else load_imatrix(imatrix_path, info)
+    names = list(dict.fromkeys(t.name for g in groups for t in g.tensors))
+    table = error_table(path, info, [probe, *extra], imatrix, threads, progress, max_rows, tensors=names)
+    notes = list(table.notes)
+    t0 = time.perf_counter()
+    fit_id = None
+    if fit:
+        passes = run_fit_passes(path, info, probe, "role", n_bands, text, n_ctx, chunks, threads or 2, progress)
+        if use_stored:
+            passes += stored_passes(path, db)
+        the_fit = ProxyFit.fit(table, info, passes)
+        fit_id = store_fit(the_fit, path, probe, max_rows, imatrix_path, db)
+    else:
+        found = find_fit(path, table.weighting, imatrix_path, db) if use_stored else None
+        if found is not None:
+            the_fit, fit_id = found
+        else:
+            the_fit = ProxyFit.from_prior(table, info, probe)
+            notes.append("no fit stored for this model and weighting: the prior spread by the proxy "
+                         "(`--fit` runs one evaluation per role and keeps the fit)")
+    seconds_fit = time.perf_counter() - t0
+    rows = []
+    for g in groups:
+        tn = [t.name for t in g.tensors]
+        written = sorted({table.errors[n][probe].written for n in tn if probe in table.errors[n]})
+        kld_at = {c: the_fit.group_kld(table, info, tn, c) for c in [probe, *extra]}
+        error_at = {c: table.group_error(tn, c) for c in [probe, *extra]}
+        rows.append(ProxyGroup(g.key, g.role, list(g.layers), tn, g.n_params, "/".join(written), error_at[probe],
+                               kld_at[probe], kld_at, error_at, the_fit.source))
+    return ProxySensitivity(str(path), probe, extra, grouping, table.weighting, the_fit.source, rows, the_fit, table,
+                            table.seconds, seconds_fit, fit_id, notes)
+
+
+def render(res: ProxySensitivity, console: Any) -> None:
+    """The groups ranked by expected KLD, each figure with its source."""
+    from rich.table import Table
+
+    order = res.ranking()
+    by_key = {g.key: g for g in res.groups}
+    t = Table(title=f"sensitivity by proxy: one group at {res.probe_type} ({res.grouping}), {res.weighting} weights")
+    for name in ("rank", "group", "written", f"error at {res.probe_type}", f"KLD + at {res.probe_type}",
+                 *(f"KLD + at {a}" for a in res.also)):
+        t.add_column(name, justify="left" if name in ("group", "written") else "right")
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for i, key in enumerate(order, 1):
+        g = by_key[key]
+        t.add_row(str(i), g.key, g.written, fmt(g.error, ".3e"), fmt(g.kld, ".3e"),
+                  *(fmt(g.kld_at.get(a), ".3e") for a in res.also))
+    t.caption = f"expected KLD: {res.source}"
+    console.print(t)
+    console.print(f"proxy: {res.table.describe()}", highlight=False)
+    fit = res.fit
+    if fit.n_passes:
+        where = f" (history #{res.fit_id})" if res.fit_id is not None else ""
+        console.print(f"fit{where}: {fit.source}, rms log error {fit.residual:.2f}; scale per role: "
+                      + ", ".join(f"{r} {c:.3g}" for r, c in sorted(fit.scale.items()))
+                      + f"; other roles {fit.default_scale:.3g}", highlight=False)
+    for n in res.notes:
+        console.print(f"- {n}", highlight=False)
