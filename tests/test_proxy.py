@@ -183,3 +183,76 @@ def test_table_round_trips_through_a_dict(tiny_model: Path) -> None:
 
     table = error_table(tiny_model, None, ["q4_0", "q8_0"], threads=2, tensors=[TENSOR])
     assert ErrorTable.from_dict(table.to_dict()) == table
+
+
+def _table_with(errors: dict[str, float], candidate: str = "q4_0"):
+    from ggprec.proxy import ErrorTable, TensorError
+
+    return ErrorTable("m.gguf", [candidate], {n: {candidate: TensorError(e, candidate, 1, 1, False)}
+                                              for n, e in errors.items()}, "uniform", None)
+
+
+def test_fit_recovers_per_role_constants_and_the_global_one_for_roles_without_a_pass(tiny_model: Path) -> None:
+    from ggprec.proxy import FitPass, ProxyFit
+
+    info = read_gguf(tiny_model)
+    q = {f"blk.{i}.attn_q.weight": 0.01 * (i + 1) for i in range(2)}
+    v = {f"blk.{i}.attn_v.weight": 0.02 for i in range(2)}
+    table = _table_with({**q, **v, "blk.0.ffn_up.weight": 0.03, "token_embd.weight": 0.005})
+    passes = [FitPass("q", dict.fromkeys(q, "q4_0"), 2.0 * 0.03), FitPass("v", dict.fromkeys(v, "q4_0"), 5.0 * 0.04)]
+    fit = ProxyFit.fit(table, info, passes)
+    assert fit.scale == pytest.approx({"attn_q": 2.0, "attn_v": 5.0})
+    assert fit.default_scale == pytest.approx(math.sqrt(2.0 * 5.0))  # geometric mean: least squares in logs
+    assert fit.source == "proxy: fitted on 2 passes"
+    assert fit.tensor_kld(table, info, "blk.0.ffn_up.weight", "q4_0") == pytest.approx(0.03 * math.sqrt(10.0))
+    assert fit.tensor_kld(table, info, "token_embd.weight", "q4_0") == pytest.approx(0.005 * math.sqrt(10.0))
+
+
+def test_a_fit_without_passes_is_refused_in_one_line(tiny_model: Path) -> None:
+    from ggprec.proxy import ProxyFit
+
+    with pytest.raises(GgprecError, match="no evaluation pass"):
+        ProxyFit.fit(_table_with({TENSOR: 0.01}), read_gguf(tiny_model), [])
+
+
+def test_prior_scaling_adds_up_to_the_whole_model_prior(tiny_model: Path) -> None:
+    from ggprec.priors import weight_prior
+    from ggprec.proxy import ProxyFit, error_table, proxy_tensors
+
+    info = read_gguf(tiny_model)
+    table = error_table(tiny_model, info, ["q4_0"], threads=2)
+    fit = ProxyFit.from_prior(table, info, "q4_0")
+    n_params = sum(t.n_elements for t in proxy_tensors(info))
+    assert fit.group_kld(table, info, list(table.errors), "q4_0") == pytest.approx(weight_prior("q4_0", n_params).kld)
+    assert fit.source.startswith("prior: ") and fit.n_passes == 0
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from ggprec.cli import main
+
+    return CliRunner().invoke(main, ["sensitivity", *args])
+
+
+def test_cli_proxy_fits_once_then_uses_the_stored_fit(tiny_model: Path, tmp_path: Path) -> None:
+    import json
+
+    db = str(tmp_path / "h.db")
+    base = [str(tiny_model), "--proxy", "--groups", "role", "--also", "q8_0", "--json", "--db", db]
+    before = json.loads(_cli(*base).stdout)
+    assert before["source"].startswith("prior: ")
+    fitted = _cli(*base, "--fit", "--ctx", "128", "--chunks", "2")
+    assert fitted.exit_code == 0, fitted.output
+    doc = json.loads(fitted.stdout)
+    assert doc["source"] == "proxy: fitted on 8 passes" and doc["fit_id"] is not None
+    again = json.loads(_cli(*base).stdout)
+    assert again["fit_id"] == doc["fit_id"] and again["source"] == doc["source"]
+    for g in again["groups"]:
+        assert g["source"] == doc["source"] and g["kld_at"]["q8_0"] < g["kld_at"]["q4_0"]
+    assert again["ranking"][0] == "token_embd"  # the tied head: the most damaging group per unit of error
+
+
+def test_cli_bad_imatrix_is_one_line_exit_2(tiny_model: Path, tmp_path: Path) -> None:
+    res = _cli(str(tiny_model), "--proxy", "--imatrix", str(tmp_path / "missing.gguf"))
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and res.stderr.startswith("ggprec: error: ")
