@@ -57,7 +57,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,8 +76,9 @@ if TYPE_CHECKING:
 # of thousands of weights is a mean over about a million squared errors, enough to rank types and
 # groups (see docs/notes/proxy.md for the effect on the figures); every row of smaller tensors is read.
 MAX_ROWS = 512
-# Elements per chunk a worker reads, dequantizes and quantizes at once: 4 MiB of f32 per buffer.
-CHUNK_ELEMENTS = 1 << 20
+# Elements per chunk a worker reads, dequantizes and quantizes at once: 2 MiB of f32 per buffer. Fixed (not
+# derived from the thread count), so that the sums, added chunk by chunk, are the same on every machine.
+CHUNK_ELEMENTS = 1 << 19
 
 # Types ggml_quantize_chunk writes (ggml/src/ggml.c of the vendored llama.cpp).
 QUANTIZABLE_TO = frozenset({
@@ -92,7 +93,7 @@ class ColumnWeights(Protocol):
 
     def column_weights(self, name: str) -> np.ndarray | None:
         """Per input column of weight `name`, the mean squared activation: [n_mat, n_in] (n_mat: expert
-        slices, 1 for a 2-D weight); None where there is no entry."""
+        slices, 1 for a 2-D weight); None (or KeyError) where there is no entry."""
         ...
 
 
@@ -270,7 +271,10 @@ def _column_weights(imatrix: ColumnWeights | None, t: TensorInfo, slices: int) -
 
     if imatrix is None:
         return None
-    w = imatrix.column_weights(t.name)
+    try:
+        w = imatrix.column_weights(t.name)
+    except KeyError:  # ggprec.imatrix_file.Imatrix: no entry (llama.cpp then quantizes without one)
+        return None
     if w is None:
         return None
     w = np.asarray(w, dtype=np.float32)
@@ -331,56 +335,105 @@ def _file_rows(info: ModelInfo, t: TensorInfo) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r", offset=t.offset, shape=(n_rows, row_bytes))
 
 
-def _measure_tensor(pool: ThreadPoolExecutor, threads: int, info: ModelInfo, t: TensorInfo,
-                    candidates: Sequence[GgmlType], imatrix: ColumnWeights | None,
-                    max_rows: int | None) -> dict[str, TensorError]:
-    from . import interrupts
+@dataclass
+class _Job:
+    """One tensor being measured: its targets, and the sums its chunks add up to."""
 
-    n_per_row, rows, slices = _shape(t)
+    t: TensorInfo
+    targets: list[_Target]
+    pending: list[_Target]  # targets that change the type (the others cost exactly 0)
+    weighted: bool
+    rows: int  # rows measured
+    chunks: list[Any]  # zero-argument callables, one per chunk: (energy, {written type: error})
+    energy: float = 0.0
+    errs: dict[str, float] = field(default_factory=dict)
+    left: int = 0
+
+    def add(self, energy: float, errs: Mapping[str, float]) -> None:
+        self.energy += energy
+        for k, v in errs.items():
+            self.errs[k] = self.errs.get(k, 0.0) + v
+        self.left -= 1
+
+    def result(self) -> dict[str, TensorError]:
+        _, rows, slices = _shape(self.t)
+        out = {}
+        for tg in self.targets:
+            # The own type: llama.cpp copies the tensor as it is, exactly nothing lost.
+            same = tg.written == self.t.type or self.energy <= 0
+            err = 0.0 if same else self.errs[tg.written.name] / self.energy
+            out[tg.candidate] = TensorError(err, tg.written.name, self.rows if self.pending else 0, rows * slices,
+                                            self.weighted)
+        return out
+
+
+def _job(info: ModelInfo, t: TensorInfo, candidates: Sequence[GgmlType], imatrix: ColumnWeights | None,
+         max_rows: int | None) -> _Job:
+    """The tensor's measurement cut into chunks of rows (read lazily from the mapped file by each chunk)."""
+    _, rows, slices = _shape(t)
     targets = _targets(t, candidates)
     w_all = _column_weights(imatrix, t, slices)
     pending = [tg for tg in targets if tg.written != t.type]
     for tg in pending:
-        if requires_imatrix(tg.written) and w_all is None:
-            raise GgprecError(f"{tg.written.name} needs an importance matrix (none for {t.name})")
         _init(tg.written, w_all is not None)
-    chunks, measured = _chunks(t, max_rows)
-    out_rows = measured if pending else 0
-    energy, errs = 0.0, {tg.written.name: 0.0 for tg in pending}
-    if pending:
-        src_fn = _to_float(t.type)
-        fns = {tg.written.name: _to_float(tg.written) for tg in pending}
-        view = _file_rows(info, t)
+    parts, measured = _chunks(t, max_rows)
+    job = _Job(t, targets, pending, w_all is not None, measured, [])
+    if not pending:
+        return job
+    src_fn = _to_float(t.type)
+    fns = {tg.written.name: _to_float(tg.written) for tg in pending}
+    view = _file_rows(info, t)
 
-        def work(s: int, idx: np.ndarray) -> tuple[float, dict[str, float]]:
-            raw = view[s * rows + idx]  # fancy indexing copies just these rows out of the mapping
-            w = None if w_all is None else w_all[s]
-            return _measure_chunk(raw, t, src_fn, pending, fns, w)
+    def work(s: int, idx: np.ndarray) -> tuple[float, dict[str, float]]:
+        raw = view[s * rows + idx]  # fancy indexing copies just these rows out of the mapping
+        return _measure_chunk(raw, t, src_fn, pending, fns, None if w_all is None else w_all[s])
 
-        in_flight: list[Future[tuple[float, dict[str, float]]]] = []
-        it: Iterator[tuple[int, np.ndarray]] = iter(chunks)
-        for s, idx in it:  # at most 2 chunks per thread in flight: bounded memory
-            in_flight.append(pool.submit(work, s, idx))
-            while len(in_flight) >= 2 * threads:
-                e, d = in_flight.pop(0).result()
-                energy += e
-                for k, v in d.items():
-                    errs[k] += v
-                interrupts.check()
-        for fut in in_flight:
-            e, d = fut.result()
-            energy += e
-            for k, v in d.items():
-                errs[k] += v
-        del view
-    weighted = w_all is not None
-    total = rows * slices
-    result = {}
-    for tg in targets:
-        # The own type: llama.cpp copies the tensor as it is, exactly nothing lost.
-        err = 0.0 if tg.written == t.type or energy <= 0 else errs[tg.written.name] / energy
-        result[tg.candidate] = TensorError(err, tg.written.name, out_rows, total, weighted)
-    return result
+    job.chunks = [lambda s=s, idx=idx: work(s, idx) for s, idx in parts]
+    job.left = len(job.chunks)
+    return job
+
+
+def _measure(info: ModelInfo, tensors: Sequence[TensorInfo], candidates: Callable[[TensorInfo], list[GgmlType]],
+             imatrix: ColumnWeights | None, max_rows: int | None, threads: int,
+             progress: Progress | None = None) -> dict[str, dict[str, TensorError]]:
+    """Every tensor at its candidates, chunks from consecutive tensors in flight together on the pool (at most
+    two per thread: bounded memory); the sums are added in chunk order, so the figures do not depend on the
+    thread count."""
+    from collections import deque
+
+    from . import interrupts
+
+    out: dict[str, dict[str, TensorError]] = {}
+    in_flight: deque[tuple[_Job, Future[tuple[float, dict[str, float]]]]] = deque()
+
+    def settle_one() -> None:
+        job, fut = in_flight.popleft()
+        job.add(*fut.result())
+        if job.left == 0:
+            out[job.t.name] = job.result()
+        interrupts.check()
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ggprec-proxy") as pool:
+        try:
+            for i, t in enumerate(tensors):
+                if progress:
+                    progress(t.name, i, len(tensors))
+                job = _job(info, t, candidates(t), imatrix, max_rows)
+                if not job.chunks:
+                    out[t.name] = job.result()
+                for chunk in job.chunks:
+                    in_flight.append((job, pool.submit(chunk)))
+                    while len(in_flight) >= 2 * threads:
+                        settle_one()
+            while in_flight:
+                settle_one()
+        except BaseException:
+            for _, fut in in_flight:
+                fut.cancel()
+            raise
+    if progress:
+        progress("done", len(tensors), len(tensors))
+    return {t.name: out[t.name] for t in tensors}
 
 
 def _find(info: ModelInfo, tensor: TensorInfo | str) -> TensorInfo:
@@ -406,9 +459,10 @@ def tensor_error(path: str | os.PathLike[str], info: ModelInfo | None, tensor: T
     c = _candidate(candidate)
     if c == t.type:
         return 0.0  # the quantizer copies a tensor already of the target type: nothing is lost
-    n = threads or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="ggprec-proxy") as pool:
-        return _measure_tensor(pool, n, info, t, [c], imatrix, max_rows)[c.name].error
+    _, _, slices = _shape(t)
+    if requires_imatrix(c) and _column_weights(imatrix, t, slices) is None:
+        raise GgprecError(f"{c.name} needs an importance matrix (none for {t.name})")
+    return _measure(info, [t], lambda _: [c], imatrix, max_rows, threads or os.cpu_count() or 1)[t.name][c.name].error
 
 
 def proxy_tensors(info: ModelInfo) -> list[TensorInfo]:
@@ -431,28 +485,24 @@ def error_table(path: str | os.PathLike[str], info: ModelInfo | None, candidates
     if not cands:
         raise GgprecError("no candidate types to measure")
     todo = proxy_tensors(info) if tensors is None else [_find(info, n) for n in tensors]
-    n = threads or os.cpu_count() or 1
-    errors: dict[str, dict[str, TensorError]] = {}
-    notes: list[str] = []
     skipped: dict[str, int] = {}
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="ggprec-proxy") as pool:
-        for i, t in enumerate(todo):
-            if progress:
-                progress(t.name, i, len(todo))
-            _, _, slices = _shape(t)
-            has_w = _column_weights(imatrix, t, slices) is not None
-            usable = []
-            for c in cands:
-                written = _targets(t, [c])[0].written
-                if written != t.type and requires_imatrix(written) and not has_w:
-                    skipped[c.name] = skipped.get(c.name, 0) + 1
-                else:
-                    usable.append(c)
-            errors[t.name] = _measure_tensor(pool, n, info, t, usable, imatrix, max_rows) if usable else {}
-    if progress:
-        progress("done", len(todo), len(todo))
-    for c, k in skipped.items():
-        notes.append(f"{c}: not measured on {k} tensors without importance-matrix data (ggml needs it)")
+
+    def usable(t: TensorInfo) -> list[GgmlType]:
+        """The candidates measurable on t: a type that needs an importance matrix only where t has weights."""
+        _, _, slices = _shape(t)
+        has_w = _column_weights(imatrix, t, slices) is not None
+        out = []
+        for c in cands:
+            written = _targets(t, [c])[0].written
+            if written != t.type and requires_imatrix(written) and not has_w:
+                skipped[c.name] = skipped.get(c.name, 0) + 1
+            else:
+                out.append(c)
+        return out
+
+    errors = _measure(info, todo, usable, imatrix, max_rows, threads or os.cpu_count() or 1, progress)
+    notes = [f"{c}: not measured on {k} tensors without importance-matrix data (ggml needs it)"
+             for c, k in skipped.items()]
     table = ErrorTable(str(path), [c.name for c in cands], errors, "uniform" if imatrix is None else "imatrix",
                        max_rows, time.perf_counter() - t0, notes)
     return table
