@@ -26,8 +26,9 @@ Public API (stable; recommend's loss model consumes it):
 
 - `ColumnWeights` (Protocol): any object with `column_weights(name) -> ndarray[n_mat, n_in] | None`
   (`ggprec.imatrix_file.Imatrix` is one): per weight, the mean squared activation of each input column,
-  one row per expert slice (n_mat = 1 for a 2-D weight); None for a weight it has no entry for (then
-  that tensor is measured and quantized without one, as llama.cpp does).
+  one row per expert slice (n_mat = 1 for a 2-D weight); None or KeyError for a weight it has no entry
+  for (then that tensor is measured and quantized without one, as llama.cpp does). `load_imatrix(path,
+  info)` reads a file through ggprec.imatrix_file (one line when that module is absent).
 - `tensor_error(path, info, tensor, candidate, imatrix=None, max_rows=MAX_ROWS) -> float`: the error
   of asking llama.cpp for `candidate` on `tensor` (a TensorInfo or its name). A candidate whose block
   does not divide the rows is measured at the type llama.cpp falls back to (`plan.fallback`); a tensor
@@ -41,13 +42,17 @@ Public API (stable; recommend's loss model consumes it):
 - `ProxyFit`: the proxy mapped to expected KLD, `KLD(assignment) = sum over tensors of c[role] x
   error(tensor, type)`, with one constant per role (the tied head is a role of its own) and a global
   constant for roles without a pass of their own, fitted by least squares on the log scale on N real
-  evaluation passes (`fit_passes`), or scaled to the priors when the model cannot run here
-  (`ProxyFit.from_prior`). `.source`: `proxy: fitted on N passes` or `prior: <source>`;
-  `.tensor_kld(table, tensor, type)`, `.group_kld(table, tensors, type)`; stored in the history as kind
-  `proxy-fit` (`store_fit`, `find_fit`).
-- `run_fit_passes(model, table, info, ...) -> list[FitPass]`: the evaluation passes a fit needs (each
+  evaluation passes (`ProxyFit.fit(table, info, passes: list[FitPass])`), or scaled to the priors when
+  the model cannot run here (`ProxyFit.from_prior(table, info, type)`). `.source`: `proxy: fitted on N
+  passes` or `prior: <source>`; `.tensor_kld(table, info, tensor, type)`, `.group_kld(table, info,
+  tensors, type)`, `.predict(table, info, {tensor: type})`; `.to_dict()`/`from_dict`; stored in the
+  history as kind `proxy-fit` (`store_fit(fit, model, probe_type, max_rows, imatrix_path, db)`,
+  `find_fit(model, weighting, imatrix_path, db)`).
+- `model_fit(model, info, table, probe_type, imatrix_path=None, db=None) -> (ProxyFit, history id | None)`:
+  the newest stored fit of this model and weighting, else the prior spread by the proxy.
+- `run_fit_passes(model, info, probe_type, ...) -> list[FitPass]`: the evaluation passes a fit needs (each
   role alone at a probe type: llama.cpp quantizes, ggprec.evaluate measures KLD against the model);
-  `stored_passes(model, table)`: passes `ggprec sensitivity` already stored for this model.
+  `stored_passes(model, db)`: passes `ggprec sensitivity` already stored for this model (against itself).
 - `proxy_sensitivity(model, ...) -> ProxySensitivity`: `ggprec sensitivity --proxy`, every group's
   expected KLD from one streaming pass, with its source.
 """
@@ -752,6 +757,17 @@ def find_fit(model: str | os.PathLike[str], weighting: str = "uniform",
     return None
 
 
+def model_fit(model: str | os.PathLike[str], info: ModelInfo, table: ErrorTable, probe_type: str = "q4_0",
+              imatrix_path: str | os.PathLike[str] | None = None, db: str | os.PathLike[str] | None = None,
+              use_stored: bool = True) -> tuple[ProxyFit, int | None]:
+    """The fit to use for this model and table: the newest stored one of the same weighting (with its
+    history id), else the prior at `probe_type` spread by the proxy (id None). What recommend calls."""
+    found = find_fit(model, table.weighting, imatrix_path, db) if use_stored else None
+    if found is not None:
+        return found
+    return ProxyFit.from_prior(table, info, probe_type), None
+
+
 # --- `ggprec sensitivity --proxy` ----------------------------------------------------------------------
 
 
@@ -843,11 +859,8 @@ def proxy_sensitivity(model: str | os.PathLike[str], probe_type: str = "q4_0", a
         the_fit = ProxyFit.fit(table, info, passes)
         fit_id = store_fit(the_fit, path, probe, max_rows, imatrix_path, db)
     else:
-        found = find_fit(path, table.weighting, imatrix_path, db) if use_stored else None
-        if found is not None:
-            the_fit, fit_id = found
-        else:
-            the_fit = ProxyFit.from_prior(table, info, probe)
+        the_fit, fit_id = model_fit(path, info, table, probe, imatrix_path, db, use_stored)
+        if fit_id is None:
             notes.append("no fit stored for this model and weighting: the prior spread by the proxy "
                          "(`--fit` runs one evaluation per role and keeps the fit)")
     seconds_fit = time.perf_counter() - t0

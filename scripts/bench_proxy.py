@@ -32,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this tree's ggprec, also in the `python -m ggprec` children (cwd below)
+
 
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman's rho (average ranks for ties)."""
@@ -55,7 +58,7 @@ def timed(cmd: list[str]) -> tuple[float, float, float, str]:
     """Wall s, CPU s (user + sys), peak RSS MiB of the child, and its stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
