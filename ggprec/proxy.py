@@ -40,8 +40,10 @@ Public API (stable; recommend's loss model consumes it):
   `.error(tensor, candidate) -> float | None` (None: not measured, e.g. an IQ type without an imatrix);
   `.group_error(tensors, candidate)`; `.to_dict()`, `ErrorTable.from_dict(d)`.
 - `ProxyFit`: the proxy mapped to expected KLD, `KLD(assignment) = sum over tensors of c[role] x
-  error(tensor, type)`, with one constant per role (the tied head is a role of its own) and a global
-  constant for roles without a pass of their own, fitted by least squares on the log scale on N real
+  error(tensor, type) + floor[role] / n_role` (the floor: where a float tensor becomes a quantized type,
+  llama.cpp also quantizes that matmul's activations to 8 bits, which no weight error shows), with
+  constants per role (the tied head is a role of its own) and a global scale for roles without a pass
+  of their own, fitted by least squares on the log scale on N real
   evaluation passes (`ProxyFit.fit(table, info, passes: list[FitPass])`), or scaled to the priors when
   the model cannot run here (`ProxyFit.from_prior(table, info, type)`). `.source`: `proxy: fitted on N
   passes` or `prior: <source>`; `.tensor_kld(table, info, tensor, type)`, `.group_kld(table, info,
@@ -50,8 +52,8 @@ Public API (stable; recommend's loss model consumes it):
   `find_fit(model, weighting, imatrix_path, db)`).
 - `model_fit(model, info, table, probe_type, imatrix_path=None, db=None) -> (ProxyFit, history id | None)`:
   the newest stored fit of this model and weighting, else the prior spread by the proxy.
-- `run_fit_passes(model, info, probe_type, ...) -> list[FitPass]`: the evaluation passes a fit needs (each
-  role alone at a probe type: llama.cpp quantizes, ggprec.evaluate measures KLD against the model);
+- `run_fit_passes(model, info, types=("q4_0", "q8_0"), ...) -> list[FitPass]`: the evaluation passes a fit
+  needs (each role alone at each type: llama.cpp quantizes, ggprec.evaluate measures KLD against the model);
   `stored_passes(model, db)`: passes `ggprec sensitivity` already stored for this model (against itself).
 - `proxy_sensitivity(model, ...) -> ProxySensitivity`: `ggprec sensitivity --proxy`, every group's
   expected KLD from one streaming pass, with its source.
@@ -535,10 +537,31 @@ class FitPass:
         return {"label": self.label, "types": dict(self.types), "kld": self.kld}
 
 
+def role_counts(info: ModelInfo) -> dict[str, int]:
+    """Proxied tensors per fit role (the activation floor of a role is spread evenly over them)."""
+    out: dict[str, int] = {}
+    for t in proxy_tensors(info):
+        r = fit_role(t, info)
+        out[r] = out.get(r, 0) + 1
+    return out
+
+
+def quantizes_activations(t: TensorInfo, written: str) -> bool:
+    """Whether writing `t` as `written` makes llama.cpp quantize the matmul's input where the file did not: a
+    quantized weight type multiplies against activations quantized to 8 bits (ggml-cpu's vec_dot_type q8_0,
+    q8_1 or q8_K), a float weight against float activations. A source already quantized had that already."""
+    return not t.type.quantized and ggml_types.lookup(written).quantized
+
+
 @dataclass
 class ProxyFit:
-    """Expected KLD = sum over tensors of scale[role] x error (default_scale for roles without a pass of
-    their own). `n_passes` real evaluations fitted it (0: scaled to the priors, `prior_source`)."""
+    """Expected KLD = sum over tensors of scale[role] x error + floor[role] / (the role's tensor count) for each
+    tensor whose activations become quantized (`quantizes_activations`), default_scale for roles without a
+    pass of their own. `n_passes` real evaluations fitted it (0: scaled to the priors, `prior_source`).
+
+    The floor is what the weight error cannot see: measured on SmolLM2 (F32), the tied head at q8_0 (its
+    values already on the q8_0 grid, so a weight error of 0) costs KLD 0.0006, and every role at q8_0 costs
+    2-4x what its q4_0 scale predicts from the weight error: quantized weights multiply 8-bit activations."""
 
     scale: dict[str, float]
     default_scale: float
@@ -547,6 +570,7 @@ class ProxyFit:
     passes: list[dict[str, Any]] = field(default_factory=list)  # FitPass.to_dict() + the fitted prediction
     prior_source: str | None = None
     residual: float | None = None  # rms of log(measured / fitted) over the passes
+    floor: dict[str, float] = field(default_factory=dict)  # role -> KLD of quantizing all its activations
 
     @property
     def source(self) -> str:
@@ -557,27 +581,28 @@ class ProxyFit:
     def role_scale(self, role: str) -> float:
         return self.scale.get(role, self.default_scale)
 
-    def tensor_kld(self, table: ErrorTable, info: ModelInfo, tensor: str, candidate: str) -> float | None:
-        e = table.error(tensor, candidate)
+    def tensor_kld(self, table: ErrorTable, info: ModelInfo, tensor: str, candidate: str,
+                   counts: Mapping[str, int] | None = None) -> float | None:
+        entry = table.errors.get(tensor, {}).get(ggml_types.lookup(candidate).name)
         t = info.tensor(tensor)
-        if e is None or t is None:
+        if entry is None or t is None:
             return None
-        return self.role_scale(fit_role(t, info)) * e
+        role = fit_role(t, info)
+        kld = self.role_scale(role) * entry.error
+        if self.floor.get(role) and quantizes_activations(t, entry.written):
+            n = (counts if counts is not None else role_counts(info)).get(role, 1)
+            kld += self.floor[role] / n
+        return kld
 
     def group_kld(self, table: ErrorTable, info: ModelInfo, tensors: Iterable[str], candidate: str) -> float | None:
-        total = 0.0
-        for name in tensors:
-            k = self.tensor_kld(table, info, name, candidate)
-            if k is None:
-                return None
-            total += k
-        return total
+        return self.predict(table, info, dict.fromkeys(tensors, candidate))
 
     def predict(self, table: ErrorTable, info: ModelInfo, types: Mapping[str, str]) -> float | None:
         """Expected KLD of an assignment (tensor -> type; other tensors keep the file's type)."""
+        counts = role_counts(info)
         total = 0.0
         for name, c in types.items():
-            k = self.tensor_kld(table, info, name, c)
+            k = self.tensor_kld(table, info, name, c, counts)
             if k is None:
                 return None
             total += k
@@ -585,41 +610,47 @@ class ProxyFit:
 
     @classmethod
     def fit(cls, table: ErrorTable, info: ModelInfo, passes: Sequence[FitPass], min_share: float = 0.9) -> ProxyFit:
-        """Least squares on the log scale. A one-constant model log KLD = log c + log S has the geometric
-        mean of KLD / S as its least-squares c: the global constant takes every pass (S: the pass's summed
-        error); a role's constant takes the passes whose error lies at least `min_share` in that role (S: that
-        role's summed error). Why per role and no finer: a role's tensors share a shape and a place in the
-        block, so their error turns into output damage alike, while roles differ by orders of magnitude (a
-        tied head against attn_k); why the log scale: KLDs span decades and their errors are relative."""
-        points: list[tuple[FitPass, dict[str, float]]] = []
+        """Least squares in relative terms (close to the log scale: KLDs span decades). The global constant: a
+        one-constant model log KLD = log c + log S, whose least-squares c is the geometric mean of KLD / S
+        over every pass (S: the pass's summed error). A role's constants take the passes whose error lies
+        at least `min_share` in that role: with one such pass (or passes of one type), the geometric mean
+        again; with passes at two or more types, KLD = c x S + floor x A (A: the share of the role's tensors
+        whose activations the pass quantizes) by least squares on the relative residuals, kept when both
+        are positive. Why per role and no finer: a role's tensors share a shape and a place in the block, so
+        their error turns into output damage alike, while roles differ by orders of magnitude (a tied head
+        against attn_k)."""
+        counts = role_counts(info)
+        points: list[tuple[FitPass, dict[str, float], dict[str, float]]] = []
         for p in passes:
             by_role: dict[str, float] = {}
+            act: dict[str, float] = {}
             for name, c in p.types.items():
                 t = info.tensor(name)
-                e = table.error(name, c)
-                if t is None or e is None:
+                entry = table.errors.get(name, {}).get(ggml_types.lookup(c).name)
+                if t is None or entry is None:
                     break
                 r = fit_role(t, info)
-                by_role[r] = by_role.get(r, 0.0) + e
+                by_role[r] = by_role.get(r, 0.0) + entry.error
+                if quantizes_activations(t, entry.written):
+                    act[r] = act.get(r, 0.0) + 1.0 / counts.get(r, 1)
             else:
                 if p.kld > 0 and sum(by_role.values()) > 0:
-                    points.append((p, by_role))
+                    points.append((p, by_role, act))
         if not points:
             raise GgprecError("no evaluation pass to fit the proxy on (each needs a positive KLD and measured "
                               "errors for its tensors)")
-        logs = [math.log(p.kld / sum(r.values())) for p, r in points]
-        default = math.exp(sum(logs) / len(logs))
-        scale: dict[str, float] = {}
-        roles = sorted({r for _, by in points for r in by})
-        for role in roles:
-            own = [math.log(p.kld / by[role]) for p, by in points
+        logs = [math.log(p.kld / sum(r.values())) for p, r, _ in points]
+        fit = cls({}, math.exp(sum(logs) / len(logs)), len(points), table.weighting)
+        for role in sorted({r for _, by, _ in points for r in by}):
+            own = [(p.kld, by[role], act.get(role, 0.0)) for p, by, act in points
                    if by.get(role, 0.0) >= min_share * sum(by.values())]
             if own:
-                scale[role] = math.exp(sum(own) / len(own))
-        fit = cls(scale, default, len(points), table.weighting)
+                fit.scale[role], floor = _fit_role(own)
+                if floor:
+                    fit.floor[role] = floor
         res = []
-        for p, by in points:
-            pred = sum(fit.role_scale(r) * e for r, e in by.items())
+        for p, by, act in points:
+            pred = sum(fit.role_scale(r) * e + fit.floor.get(r, 0.0) * act.get(r, 0.0) for r, e in by.items())
             fit.passes.append({**p.to_dict(), "fitted": pred})
             res.append(math.log(p.kld / pred) if pred > 0 else 0.0)
         fit.residual = math.sqrt(sum(x * x for x in res) / len(res))
@@ -644,43 +675,70 @@ class ProxyFit:
     def to_dict(self) -> dict[str, Any]:
         return {"scale": dict(self.scale), "default_scale": self.default_scale, "n_passes": self.n_passes,
                 "weighting": self.weighting, "passes": list(self.passes), "prior_source": self.prior_source,
-                "residual": self.residual, "source": self.source}
+                "residual": self.residual, "floor": dict(self.floor), "source": self.source}
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ProxyFit:
         return cls(dict(doc["scale"]), float(doc["default_scale"]), int(doc["n_passes"]), str(doc["weighting"]),
-                   list(doc.get("passes", [])), doc.get("prior_source"), doc.get("residual"))
+                   list(doc.get("passes", [])), doc.get("prior_source"), doc.get("residual"),
+                   dict(doc.get("floor") or {}))
+
+
+def _fit_role(points: Sequence[tuple[float, float, float]]) -> tuple[float, float]:
+    """(scale, floor) of KLD = scale x S + floor x A through (KLD, S, A) points, minimising the relative
+    residuals; (geometric mean of KLD / S, 0) when the points cannot separate the two or give a negative."""
+    geo = math.exp(sum(math.log(k / s) for k, s, _ in points) / len(points))
+    if len({round(math.log(s), 6) for _, s, _ in points}) < 2 or not any(a > 0 for _, _, a in points):
+        return geo, 0.0
+    # Normal equations of sum ((c S + f A) / K - 1)^2.
+    ss = sum((s / k) ** 2 for k, s, _ in points)
+    sa = sum(s * a / k**2 for k, s, a in points)
+    aa = sum((a / k) ** 2 for k, _, a in points)
+    s1 = sum(s / k for k, s, _ in points)
+    a1 = sum(a / k for k, _, a in points)
+    det = ss * aa - sa * sa
+    if det <= 0:
+        return geo, 0.0
+    c = (s1 * aa - a1 * sa) / det
+    f = (ss * a1 - sa * s1) / det
+    if c <= 0 or f < 0:
+        return geo, 0.0
+    return c, f
 
 
 # --- evaluation passes, the history --------------------------------------------------------------------
 
 
-def run_fit_passes(model: str | os.PathLike[str], info: ModelInfo, probe_type: str = "q4_0",
+FIT_TYPES = ("q4_0", "q8_0")  # a coarse and a fine type per role: the scale, and the activation floor
+
+
+def run_fit_passes(model: str | os.PathLike[str], info: ModelInfo, types: Sequence[str] = FIT_TYPES,
                    grouping: str = "role", n_bands: int = 4, text: str | None = None, n_ctx: int = 512,
                    chunks: int | None = 4, threads: int = 2, progress: Progress | None = None) -> list[FitPass]:
     """The passes a fit takes: each group of `grouping` ("role": one per role and the tied head, 8 on
-    SmolLM2) alone at `probe_type`, written by llama.cpp's quantizer and evaluated against the model itself
-    (so the KLD is relative to the file, like the proxy). Groups already at the probe type are skipped."""
+    SmolLM2) alone at each of `types` (default q4_0 and q8_0: 16 passes on SmolLM2), written by llama.cpp's
+    quantizer and evaluated against the model itself (so the KLD is relative to the file, like the proxy).
+    A group already at a type is skipped for it."""
     import tempfile
 
     from .evaluate import check_text, default_text
     from .sensitivity import probe_pass, sensitivity_groups
 
     path = Path(model)
-    probe = _candidate(probe_type).name
     check_text(path, default_text() if text is None else text, n_ctx, chunks)  # before any pass
-    groups = [g for g in sensitivity_groups(info, grouping, n_bands)
-              if any(_targets(t, [ggml_types.lookup(probe)])[0].written != t.type for t in g.tensors)]
+    todo = [(g, c.name) for c in dict.fromkeys(_candidate(x) for x in types)
+            for g in sensitivity_groups(info, grouping, n_bands)
+            if any(_targets(t, [c])[0].written != t.type for t in g.tensors)]
     passes = []
     parent = path.parent if os.access(path.parent, os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="ggprec-proxyfit-", dir=parent) as tmp:
-        for i, g in enumerate(groups):
+        for i, (g, c) in enumerate(todo):
             if progress:
-                progress(f"fit pass {g.key} at {probe}", i, len(groups))
-            _, _, r = probe_pass(path, info, g, probe, Path(tmp) / f"fit-{i}.gguf", text, n_ctx, chunks, threads)
-            passes.append(FitPass(f"{g.key} at {probe}", {t.name: probe for t in g.tensors}, r.kld_mean))
+                progress(f"fit pass {g.key} at {c}", i, len(todo))
+            _, _, r = probe_pass(path, info, g, c, Path(tmp) / f"fit-{i}.gguf", text, n_ctx, chunks, threads)
+            passes.append(FitPass(f"{g.key} at {c}", {t.name: c for t in g.tensors}, r.kld_mean))
     if progress:
-        progress("done", len(groups), len(groups))
+        progress("done", len(todo), len(todo))
     return passes
 
 
@@ -728,7 +786,7 @@ def store_fit(fit: ProxyFit, model: str | os.PathLike[str], probe_type: str, max
                          weighting=doc["weighting"], imatrix=None if imatrix_path is None else str(imatrix_path),
                          imatrix_sha256=imx_sha, probe_type=probe_type, residual=doc["residual"],
                          passes=doc["passes"], prior_source=doc["prior_source"], source=doc["source"],
-                         max_rows=max_rows)
+                         max_rows=max_rows, floor=doc["floor"])
     with Store(db) as s:
         return s.record(rec, model_path=model, model_sha256=model_sha256(model),
                         settings={"weighting": fit.weighting, "imatrix_sha256": imx_sha, "probe_type": probe_type},
@@ -853,7 +911,8 @@ def proxy_sensitivity(model: str | os.PathLike[str], probe_type: str = "q4_0", a
     t0 = time.perf_counter()
     fit_id = None
     if fit:
-        passes = run_fit_passes(path, info, probe, "role", n_bands, text, n_ctx, chunks, threads or 2, progress)
+        types = list(dict.fromkeys([probe, *FIT_TYPES[1:]]))
+        passes = run_fit_passes(path, info, types, "role", n_bands, text, n_ctx, chunks, threads or 2, progress)
         if use_stored:
             passes += stored_passes(path, db)
         the_fit = ProxyFit.fit(table, info, passes)

@@ -439,6 +439,7 @@ class ProxyFitRecord(ResultRecord):
     prior_source: str | None = col()
     source: str = col(default="")
     max_rows: int | None = col(help="rows measured per tensor (None: all)")
+    floor: dict[str, float] = col(help="role -> KLD of quantizing the activations of all its matmuls", factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"detail": f"{self.source}, {self.weighting} weights, scale {self.default_scale:.3g}"}

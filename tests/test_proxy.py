@@ -208,6 +208,22 @@ def test_fit_recovers_per_role_constants_and_the_global_one_for_roles_without_a_
     assert fit.tensor_kld(table, info, "token_embd.weight", "q4_0") == pytest.approx(0.005 * math.sqrt(10.0))
 
 
+def test_passes_at_two_types_separate_the_error_scale_from_the_activation_floor(tiny_model: Path) -> None:
+    # KLD = 3 x error + 0.002 for quantizing all of attn_q's activations (both attn_q tensors of the 2 layers).
+    from ggprec.proxy import ErrorTable, FitPass, ProxyFit, TensorError
+
+    info = read_gguf(tiny_model)
+    q = [f"blk.{i}.attn_q.weight" for i in range(2)]
+    errs = {"q4_0": 0.007, "q8_0": 0.00003}
+    table = ErrorTable("m.gguf", list(errs), {n: {c: TensorError(e, c, 1, 1, False) for c, e in errs.items()}
+                                              for n in q}, "uniform", None)
+    passes = [FitPass(c, dict.fromkeys(q, c), 3.0 * 2 * e + 0.002) for c, e in errs.items()]
+    fit = ProxyFit.fit(table, info, passes)
+    assert fit.scale["attn_q"] == pytest.approx(3.0) and fit.floor["attn_q"] == pytest.approx(0.002)
+    assert fit.tensor_kld(table, info, q[0], "q8_0") == pytest.approx(3.0 * 0.00003 + 0.001)
+    assert fit.residual == pytest.approx(0.0, abs=1e-9)
+
+
 def test_a_fit_without_passes_is_refused_in_one_line(tiny_model: Path) -> None:
     from ggprec.proxy import ProxyFit
 
@@ -245,7 +261,7 @@ def test_cli_proxy_fits_once_then_uses_the_stored_fit(tiny_model: Path, tmp_path
     fitted = _cli(*base, "--fit", "--ctx", "128", "--chunks", "2")
     assert fitted.exit_code == 0, fitted.output
     doc = json.loads(fitted.stdout)
-    assert doc["source"] == "proxy: fitted on 8 passes" and doc["fit_id"] is not None
+    assert doc["source"] == "proxy: fitted on 16 passes" and doc["fit_id"] is not None
     again = json.loads(_cli(*base).stdout)
     assert again["fit_id"] == doc["fit_id"] and again["source"] == doc["source"]
     for g in again["groups"]:
