@@ -634,17 +634,19 @@ class ProxyFit:
                 if quantizes_activations(t, entry.written):
                     act[r] = act.get(r, 0.0) + 1.0 / counts.get(r, 1)
             else:
-                if p.kld > 0 and sum(by_role.values()) > 0:
+                # A pass with no weight error can still quantize activations (the tied head at q8_0 when its
+                # values already lie on the q8_0 grid): it measures the floor alone.
+                if p.kld > 0 and (sum(by_role.values()) > 0 or sum(act.values()) > 0):
                     points.append((p, by_role, act))
-        if not points:
+        logs = [math.log(p.kld / sum(r.values())) for p, r, _ in points if sum(r.values()) > 0]
+        if not logs:
             raise GgprecError("no evaluation pass to fit the proxy on (each needs a positive KLD and measured "
                               "errors for its tensors)")
-        logs = [math.log(p.kld / sum(r.values())) for p, r, _ in points]
         fit = cls({}, math.exp(sum(logs) / len(logs)), len(points), table.weighting)
         for role in sorted({r for _, by, _ in points for r in by}):
             own = [(p.kld, by[role], act.get(role, 0.0)) for p, by, act in points
                    if by.get(role, 0.0) >= min_share * sum(by.values())]
-            if own:
+            if any(e > 0 for _, e, _ in own):
                 fit.scale[role], floor = _fit_role(own)
                 if floor:
                     fit.floor[role] = floor
@@ -687,8 +689,9 @@ class ProxyFit:
 def _fit_role(points: Sequence[tuple[float, float, float]]) -> tuple[float, float]:
     """(scale, floor) of KLD = scale x S + floor x A through (KLD, S, A) points, minimising the relative
     residuals; (geometric mean of KLD / S, 0) when the points cannot separate the two or give a negative."""
-    geo = math.exp(sum(math.log(k / s) for k, s, _ in points) / len(points))
-    if len({round(math.log(s), 6) for _, s, _ in points}) < 2 or not any(a > 0 for _, _, a in points):
+    pos = [(k, s) for k, s, _ in points if s > 0]  # at least one: the caller checks
+    geo = math.exp(sum(math.log(k / s) for k, s in pos) / len(pos))
+    if len({round(math.log(s), 6) if s > 0 else None for _, s, _ in points}) < 2 or not any(a > 0 for *_, a in points):
         return geo, 0.0
     # Normal equations of sum ((c S + f A) / K - 1)^2.
     ss = sum((s / k) ** 2 for k, s, _ in points)

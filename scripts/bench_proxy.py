@@ -8,23 +8,25 @@
    every row (--max-rows 0). Goal: under 5 minutes on 2 cores, including an
    importance-matrix pass (collected by `ggprec imatrix`, another module; not timed here).
 2. Faithfulness on SmolLM2-135M (its F32 copy, the reference the README's sensitivity figures use):
-   the measured per-group sensitivity (`ggprec sensitivity --groups role-layer --chunks 2`, 29 passes at
-   q4_0, plus q8_0 per role), and the proxy of the same groups. Spearman rank correlation of
+   the measured per-group sensitivity (`ggprec sensitivity --groups role-layer --chunks 2`: 29 passes at
+   q4_0; and `--groups role` at q4_0, q8_0, q5_0, iq4_nl: 32 passes), and the proxy of the same groups.
+   Spearman rank correlation with the measured KLD, and measured / predicted per group, of
    - the raw proxy (summed relative error of a group's tensors; one constant for all roles, so the
-     ranking of the prior-scaled figures too) with the measured KLD at q4_0;
-   - the proxy fitted on the 8 `--groups role` passes at q4_0 (one constant per role; the 29 role x band
-     groups it then ranks are not among the passes it was fitted on);
-   and the fitted proxy's predicted / measured KLD per group, at q4_0 and, with the same fit, at q8_0.
+     ranking of the prior-scaled figures too);
+   - the proxy fitted on the role passes at q4_0 (one scale per role), and at q4_0 + q8_0 (the default
+     `--fit`: a scale and an activation floor per role), each judged on groups it was not fitted on: the
+     29 role x band groups at q4_0, and the roles at the types outside the fit.
+   With --imatrix FILE (collected by `ggprec imatrix` on the F32 copy), the same with imatrix weights.
    Passes already in the history (same model file, text, context, windows) are reused (`reuse=True`).
 
 Usage: python scripts/bench_proxy.py [--workdir DIR] [--skip-synth] [--skip-smollm2] [--full] [--db PATH]
+                                    [--imatrix FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -93,13 +95,22 @@ def bench_synth(workdir: Path, full: bool, db: str) -> None:
               f"proxy {doc['seconds_proxy']:.1f} s ({doc['proxy']}); {len(doc['groups'])} groups")
 
 
-def bench_smollm2(db: str, threads: int) -> None:
+def _report(label: str, rows: list[tuple[str, float, float]]) -> None:
+    """rows: (group, measured, predicted)."""
     import numpy as np
 
+    r = np.array([m / p for _, m, p in rows if p > 0])
+    within = int(((r > 1 / 1.5) & (r < 1.5)).sum())
+    print(f"  {label}: {len(rows)} groups, Spearman {spearman([p for *_, p in rows], [m for _, m, _ in rows]):.3f}; "
+          f"measured / predicted median {np.median(r):.2f}, range {r.min():.2f}-{r.max():.2f}, within 1.5x on "
+          f"{within} of {len(r)}")
+
+
+def bench_smollm2(db: str, threads: int, imatrix_path: str | None) -> None:
     from ggprec.demo_model import demo_model_path
     from ggprec.gguf_info import read_gguf
     from ggprec.profile import load_profile
-    from ggprec.proxy import FitPass, ProxyFit, error_table
+    from ggprec.proxy import FitPass, ProxyFit, error_table, load_imatrix
     from ggprec.quantize import build_variant
     from ggprec.sensitivity import measure_sensitivity, sensitivity_groups
 
@@ -108,46 +119,40 @@ def bench_smollm2(db: str, threads: int) -> None:
     t0 = time.perf_counter()
     measured = measure_sensitivity(ref, grouping="role-layer", chunks=2, threads=threads, also=("q8_0",),
                                    also_grouping="role", reuse=True, db=db, heatmap=None)
-    roles = measure_sensitivity(ref, grouping="role", chunks=2, threads=threads, reuse=True, db=db, heatmap=None)
-    print(f"SmolLM2 F32: measured sensitivity ({len(measured.groups)} role x band groups at q4_0, q8_0 per role) "
-          f"and {len(roles.groups)} role passes at q4_0: {time.perf_counter() - t0:.0f} s (passes reused from the "
-          "history where stored)")
+    roles = measure_sensitivity(ref, grouping="role", chunks=2, threads=threads, also=HELD_OUT_TYPES, reuse=True,
+                                db=db, heatmap=None)
+    print(f"SmolLM2 F32 ({ref.name}), measured: {len(measured.groups)} role x band groups at q4_0; 8 roles at "
+          f"q4_0, q8_0, {', '.join(HELD_OUT_TYPES[1:])}; {time.perf_counter() - t0:.0f} s (passes already in the "
+          "history reused)")
+    names = {g.key: [t.name for t in g.tensors] for g in sensitivity_groups(info, "role-layer")}
+    names.update({g.key: [t.name for t in g.tensors] for g in sensitivity_groups(info, "role")})
+    weightings = [("uniform", None)] + ([("imatrix", load_imatrix(imatrix_path, info))] if imatrix_path else [])
+    for weighting, imatrix in weightings:
+        t0 = time.perf_counter()
+        table = error_table(ref, info, ["q4_0", *HELD_OUT_TYPES], imatrix, threads=threads)
+        print(f"proxy, {weighting} weights: {table.describe()} ({time.perf_counter() - t0:.1f} s)")
+        band = [(g.key, g.kld) for g in measured.groups]
+        raw = [table.group_error(names[k], "q4_0") or 0.0 for k, _ in band]
+        print(f"  raw proxy (summed error, no fit) vs measured at q4_0, {len(band)} role x band groups: Spearman "
+              f"{spearman(raw, [m for _, m in band]):.3f}")
+        role_passes = {t: [FitPass(f"{g.key} at {t}", dict.fromkeys(g.tensors, t), g.kld_at[t]) for g in roles.groups
+                           if t in g.kld_at] for t in ("q4_0", *HELD_OUT_TYPES)}
+        for fit_types in (("q4_0",), ("q4_0", "q8_0")):
+            fit = ProxyFit.fit(table, info, [p for t in fit_types for p in role_passes[t]])
+            print(f"  fit on the role passes at {' + '.join(fit_types)} ({fit.source}; floor on "
+                  f"{len(fit.floor)} roles):")
+            _report("role x band at q4_0 (held out)",
+                    [(k, m, fit.group_kld(table, info, names[k], "q4_0")) for k, m in band])
+            for t in HELD_OUT_TYPES:
+                rows = [(g.key, g.kld_at[t], fit.group_kld(table, info, names[g.key], t)) for g in roles.groups
+                        if t in g.kld_at]
+                _report(f"roles at {t}" + (" (fitted)" if t in fit_types else " (held out)"), rows)
+        top = sorted(band, key=lambda km: -km[1])[:5]
+        print("  largest groups at q4_0 (measured, predicted by the last fit): "
+              + "; ".join(f"{k} {m:.4f} / {fit.group_kld(table, info, names[k], 'q4_0'):.4f}" for k, m in top))
 
-    groups = sensitivity_groups(info, "role-layer")
-    t0 = time.perf_counter()
-    table = error_table(ref, info, ["q4_0", "q8_0"], threads=threads)
-    print(f"proxy: {table.describe()} ({time.perf_counter() - t0:.1f} s)")
-    names = {g.key: [t.name for t in g.tensors] for g in groups}
-    meas = {g.key: g.kld for g in measured.groups}
-    keys = sorted(meas)
-    raw = [table.group_error(names[k], "q4_0") for k in keys]
-    print(f"Spearman, raw proxy (uniform weights) vs measured KLD at q4_0, {len(keys)} groups: "
-          f"{spearman(raw, [meas[k] for k in keys]):.3f}")
 
-    passes = [FitPass(f"{g.key} at q4_0", dict.fromkeys(g.tensors, "q4_0"), g.kld) for g in roles.groups]
-    fit = ProxyFit.fit(table, info, passes)
-    pred = {k: fit.group_kld(table, info, names[k], "q4_0") for k in keys}
-    rho = spearman([pred[k] for k in keys], [meas[k] for k in keys])
-    ratios = np.array([meas[k] / pred[k] for k in keys])
-    print(f"Spearman, proxy fitted on the {fit.n_passes} role passes vs measured KLD at q4_0: {rho:.3f}; "
-          f"measured / predicted per group: median {np.median(ratios):.2f}, range {ratios.min():.2f}-"
-          f"{ratios.max():.2f}, within 1.5x on {int(((ratios > 1 / 1.5) & (ratios < 1.5)).sum())} of {len(keys)}")
-    for k in sorted(keys, key=lambda k: -meas[k])[:6]:
-        print(f"  {k:<18} measured {meas[k]:.4f}  predicted {pred[k]:.4f}")
-    # The same fit at q8_0, per role (measured with --also q8_0 --also-groups role).
-    q8 = [(g.key, g.kld_at["q8_0"], fit.group_kld(table, info, g.tensors, "q8_0")) for g in measured.also_groups
-          if "q8_0" in g.kld_at]
-    if q8:
-        r8 = np.array([m / p for _, m, p in q8 if p])
-        print(f"q8_0 per role with the q4_0 fit: measured / predicted median {np.median(r8):.2f}, range "
-              f"{r8.min():.2f}-{r8.max():.2f}; Spearman {spearman([p for *_, p in q8], [m for _, m, _ in q8]):.3f}")
-        for key, m, p in q8:
-            print(f"  {key:<18} measured {m:.5f}  predicted {p:.5f}")
-    whole = sum(pred.values())
-    print(f"sum of the fitted proxy over all groups at q4_0: {whole:.4f} "
-          f"(an all-q4_0 model; the groups' measured KLDs sum to {sum(meas.values()):.4f})")
-    if not all(math.isfinite(p) for p in pred.values()):
-        raise SystemExit("non-finite prediction")
+HELD_OUT_TYPES = ("q8_0", "q5_0", "iq4_nl")
 
 
 def main() -> None:
@@ -158,6 +163,7 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="also time the proxy reading every row")
     ap.add_argument("--db", help="history database (default: WORKDIR/history.db)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--imatrix", help="also weigh the SmolLM2 proxy by this importance matrix (of the F32 copy)")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     db = args.db or str(args.workdir / "history.db")
@@ -165,7 +171,7 @@ def main() -> None:
     if not args.skip_synth:
         bench_synth(args.workdir, args.full, db)
     if not args.skip_smollm2:
-        bench_smollm2(db, args.threads)
+        bench_smollm2(db, args.threads, args.imatrix)
 
 
 if __name__ == "__main__":
