@@ -645,7 +645,7 @@ class ProxyFit:
         fit = cls({}, math.exp(sum(logs) / len(logs)), len(points), table.weighting)
         for role in sorted({r for _, by, _ in points for r in by}):
             own = [(p.kld, by[role], act.get(role, 0.0)) for p, by, act in points
-                   if by.get(role, 0.0) >= min_share * sum(by.values())]
+                   if role in by and by[role] >= min_share * sum(by.values()) and (by[role] > 0 or len(by) == 1)]
             if any(e > 0 for _, e, _ in own):
                 fit.scale[role], floor = _fit_role(own)
                 if floor:
