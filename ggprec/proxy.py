@@ -126,7 +126,7 @@ class ErrorTable:
     model: str
     candidates: list[str]
     errors: dict[str, dict[str, TensorError]]
-    weighting: str  # "uniform" or "imatrix"
+    weighting: str  # "uniform", "imatrix", or "imatrix-weighted only" (the quantizer did without it)
     max_rows: int | None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -305,8 +305,10 @@ def _chunks(t: TensorInfo, max_rows: int | None) -> tuple[list[tuple[int, np.nda
 
 
 def _measure_chunk(raw_rows: np.ndarray, t: TensorInfo, src_fn: Any, targets: Sequence[_Target],
-                   fns: Mapping[str, Any], w: np.ndarray | None) -> tuple[float, dict[str, float]]:
-    """(weighted energy, weighted squared error per written type) of one chunk of the file's rows."""
+                   fns: Mapping[str, Any], w: np.ndarray | None,
+                   quantize_with: bool = True) -> tuple[float, dict[str, float]]:
+    """(weighted energy, weighted squared error per written type) of one chunk of the file's rows; the
+    quantizer gets the weights too unless `quantize_with` is off (then only the types that need them)."""
     import numpy as np
 
     n = raw_rows.shape[0]
@@ -318,7 +320,7 @@ def _measure_chunk(raw_rows: np.ndarray, t: TensorInfo, src_fn: Any, targets: Se
         name = tg.written.name
         if name in errs or name == t.type.name:
             continue
-        q = _quantize(tg.written, x, w)
+        q = _quantize(tg.written, x, w if quantize_with or requires_imatrix(tg.written) else None)
         d = x - _dequantize(fns[name], tg.written, q, n, t.shape[0])
         errs[name] = float((d * d).sum(axis=0, dtype=np.float64) @ col)
     return energy, errs
@@ -375,7 +377,7 @@ class _Job:
 
 
 def _job(info: ModelInfo, t: TensorInfo, candidates: Sequence[GgmlType], imatrix: ColumnWeights | None,
-         max_rows: int | None) -> _Job:
+         max_rows: int | None, quantize_with: bool = True) -> _Job:
     """The tensor's measurement cut into chunks of rows (read lazily from the mapped file by each chunk)."""
     _, rows, slices = _shape(t)
     targets = _targets(t, candidates)
@@ -393,7 +395,7 @@ def _job(info: ModelInfo, t: TensorInfo, candidates: Sequence[GgmlType], imatrix
 
     def work(s: int, idx: np.ndarray) -> tuple[float, dict[str, float]]:
         raw = view[s * rows + idx]  # fancy indexing copies just these rows out of the mapping
-        return _measure_chunk(raw, t, src_fn, pending, fns, None if w_all is None else w_all[s])
+        return _measure_chunk(raw, t, src_fn, pending, fns, None if w_all is None else w_all[s], quantize_with)
 
     job.chunks = [lambda s=s, idx=idx: work(s, idx) for s, idx in parts]
     job.left = len(job.chunks)
@@ -402,7 +404,7 @@ def _job(info: ModelInfo, t: TensorInfo, candidates: Sequence[GgmlType], imatrix
 
 def _measure(info: ModelInfo, tensors: Sequence[TensorInfo], candidates: Callable[[TensorInfo], list[GgmlType]],
              imatrix: ColumnWeights | None, max_rows: int | None, threads: int,
-             progress: Progress | None = None) -> dict[str, dict[str, TensorError]]:
+             progress: Progress | None = None, quantize_with: bool = True) -> dict[str, dict[str, TensorError]]:
     """Every tensor at its candidates, chunks from consecutive tensors in flight together on the pool (at most
     two per thread: bounded memory); the sums are added in chunk order, so the figures do not depend on the
     thread count."""
@@ -425,7 +427,7 @@ def _measure(info: ModelInfo, tensors: Sequence[TensorInfo], candidates: Callabl
             for i, t in enumerate(tensors):
                 if progress:
                     progress(t.name, i, len(tensors))
-                job = _job(info, t, candidates(t), imatrix, max_rows)
+                job = _job(info, t, candidates(t), imatrix, max_rows, quantize_with)
                 if not job.chunks:
                     out[t.name] = job.result()
                 for chunk in job.chunks:
@@ -481,9 +483,12 @@ def proxy_tensors(info: ModelInfo) -> list[TensorInfo]:
 
 def error_table(path: str | os.PathLike[str], info: ModelInfo | None, candidates: Sequence[str | GgmlType],
                 imatrix: ColumnWeights | None = None, threads: int | None = None, progress: Progress | None = None,
-                max_rows: int | None = MAX_ROWS, tensors: Sequence[str] | None = None) -> ErrorTable:
+                max_rows: int | None = MAX_ROWS, tensors: Sequence[str] | None = None,
+                quantize_with_imatrix: bool = True) -> ErrorTable:
     """Every quantizable tensor (or `tensors`) x every candidate, in one streaming pass over the file.
-    A candidate that needs an importance matrix is left out (with a note) for tensors that have none."""
+    A candidate that needs an importance matrix is left out (with a note) for tensors that have none.
+    `quantize_with_imatrix` off: the importance matrix weighs the error only, and the quantizer works
+    without it (as llama.cpp quantizes without --imatrix; the types that need one still get it)."""
     from .gguf_info import read_gguf
 
     t0 = time.perf_counter()
@@ -507,11 +512,12 @@ def error_table(path: str | os.PathLike[str], info: ModelInfo | None, candidates
                 out.append(c)
         return out
 
-    errors = _measure(info, todo, usable, imatrix, max_rows, threads or os.cpu_count() or 1, progress)
+    errors = _measure(info, todo, usable, imatrix, max_rows, threads or os.cpu_count() or 1, progress,
+                      quantize_with_imatrix)
     notes = [f"{c}: not measured on {k} tensors without importance-matrix data (ggml needs it)"
              for c, k in skipped.items()]
-    table = ErrorTable(str(path), [c.name for c in cands], errors, "uniform" if imatrix is None else "imatrix",
-                       max_rows, time.perf_counter() - t0, notes)
+    weighting = "uniform" if imatrix is None else "imatrix" if quantize_with_imatrix else "imatrix-weighted only"
+    table = ErrorTable(str(path), [c.name for c in cands], errors, weighting, max_rows, time.perf_counter() - t0, notes)
     return table
 
 

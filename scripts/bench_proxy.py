@@ -126,10 +126,15 @@ def bench_smollm2(db: str, threads: int, imatrix_path: str | None) -> None:
           "history reused)")
     names = {g.key: [t.name for t in g.tensors] for g in sensitivity_groups(info, "role-layer")}
     names.update({g.key: [t.name for t in g.tensors] for g in sensitivity_groups(info, "role")})
-    weightings = [("uniform", None)] + ([("imatrix", load_imatrix(imatrix_path, info))] if imatrix_path else [])
-    for weighting, imatrix in weightings:
+    imx = load_imatrix(imatrix_path, info) if imatrix_path else None
+    # The measured passes quantized without an importance matrix: the fair comparison weighs the proxy's
+    # error by it but quantizes without it; with it, the proxy predicts an imatrix quantization.
+    weightings = [("uniform", None, True)] + ([("imatrix weights, quantized without", imx, False),
+                                               ("imatrix weights and quantization", imx, True)] if imx else [])
+    for weighting, imatrix, quantize_with in weightings:
         t0 = time.perf_counter()
-        table = error_table(ref, info, ["q4_0", *HELD_OUT_TYPES], imatrix, threads=threads)
+        table = error_table(ref, info, ["q4_0", *HELD_OUT_TYPES], imatrix, threads=threads,
+                            quantize_with_imatrix=quantize_with)
         print(f"proxy, {weighting} weights: {table.describe()} ({time.perf_counter() - t0:.1f} s)")
         band = [(g.key, g.kld) for g in measured.groups]
         raw = [table.group_error(names[k], "q4_0") or 0.0 for k, _ in band]
