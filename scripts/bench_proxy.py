@@ -5,8 +5,9 @@
    1.24 B parameters), and `ggprec sensitivity MODEL --proxy` on it as a whole process (Python start
    included), wall and CPU time, peak RSS (the mapped file's pages count): at q4_0 alone and at all of
    recommend's candidate types, with the default sampling (--max-rows 512) and, with --full, reading
-   every row (--max-rows 0). Goal: under 5 minutes on 2 cores, including an
-   importance-matrix pass (collected by `ggprec imatrix`, another module; not timed here).
+   every row (--max-rows 0). Goal: under 5 minutes on 2 cores, including an importance-matrix pass:
+   where this tree has `ggprec imatrix` (another module), that pass (--imatrix-chunks, default 4 x 512
+   tokens) and the proxy weighted by it are timed too.
 2. Faithfulness on SmolLM2-135M (its F32 copy, the reference the README's sensitivity figures use):
    the measured per-group sensitivity (`ggprec sensitivity --groups role-layer --chunks 2`: 29 passes at
    q4_0; and `--groups role` at q4_0, q8_0, q5_0, iq4_nl: 32 passes), and the proxy of the same groups.
@@ -67,7 +68,7 @@ def timed(cmd: list[str]) -> tuple[float, float, float, str]:
     return wall, cpu, after.ru_maxrss / 1024, out
 
 
-def bench_synth(workdir: Path, full: bool, db: str) -> None:
+def bench_synth(workdir: Path, full: bool, db: str, imatrix_chunks: int) -> None:
     from ggprec.synth import PRESETS, write_synth
 
     path = workdir / "llama-3.2-1b-f16.gguf"
@@ -87,6 +88,18 @@ def bench_synth(workdir: Path, full: bool, db: str) -> None:
             (f"recommend's {len(also) // 2 + 1} candidate types, default sampling", also)]
     if full:
         runs += [("q4_0, every row (--max-rows 0)", every), (f"{len(also) // 2 + 1} types, every row", also + every)]
+    has_imatrix = subprocess.run([sys.executable, "-m", "ggprec", "imatrix", "--help"], cwd=REPO,
+                                 capture_output=True).returncode == 0
+    if has_imatrix and imatrix_chunks:
+        imx = workdir / "llama-3.2-1b-f16.imatrix.gguf"
+        wall, cpu, rss, _ = timed([sys.executable, "-m", "ggprec", "imatrix", str(path), "-o", str(imx), "--force",
+                                   "--chunks", str(imatrix_chunks)])
+        print(f"importance matrix ({imatrix_chunks} chunks of 512 tokens of the shipped calibration text): "
+              f"{wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.0f} MiB")
+        runs += [("q4_0, imatrix weights, default sampling", ["--imatrix", str(imx)]),
+                 (f"{len(also) // 2 + 1} types, imatrix weights, default sampling", also + ["--imatrix", str(imx)])]
+    elif imatrix_chunks:
+        print("no `ggprec imatrix` in this tree (ggprec.imatrix comes from another branch): proxy timed alone")
     for label, extra in runs:
         cmd = [sys.executable, "-m", "ggprec", "sensitivity", str(path), "--proxy", "--json", "--db", db, *extra]
         wall, cpu, rss, out = timed(cmd)
@@ -168,13 +181,15 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="also time the proxy reading every row")
     ap.add_argument("--db", help="history database (default: WORKDIR/history.db)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--imatrix-chunks", type=int, default=4,
+                    help="chunks of the importance-matrix pass on the synthetic model (0: none)")
     ap.add_argument("--imatrix", help="also weigh the SmolLM2 proxy by this importance matrix (of the F32 copy)")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     db = args.db or str(args.workdir / "history.db")
     print(f"machine: {os.cpu_count()} logical CPUs; load average {os.getloadavg()[0]:.2f} at start")
     if not args.skip_synth:
-        bench_synth(args.workdir, args.full, db)
+        bench_synth(args.workdir, args.full, db, args.imatrix_chunks)
     if not args.skip_smollm2:
         bench_smollm2(db, args.threads, args.imatrix)
 
