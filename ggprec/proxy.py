@@ -729,8 +729,10 @@ def run_fit_passes(model: str | os.PathLike[str], info: ModelInfo, types: Sequen
     quantizer and evaluated against the model itself (so the KLD is relative to the file, like the proxy).
     A group already at a type is skipped for it."""
     import tempfile
+    import warnings
 
     from .evaluate import check_text, default_text
+    from .quantize import RequantizeWarning
     from .sensitivity import probe_pass, sensitivity_groups
 
     path = Path(model)
@@ -744,7 +746,9 @@ def run_fit_passes(model: str | os.PathLike[str], info: ModelInfo, types: Sequen
         for i, (g, c) in enumerate(todo):
             if progress:
                 progress(f"fit pass {g.key} at {c}", i, len(todo))
-            _, _, r = probe_pass(path, info, g, c, Path(tmp) / f"fit-{i}.gguf", text, n_ctx, chunks, threads)
+            with warnings.catch_warnings():  # requantizing a quantized source is what is measured here
+                warnings.simplefilter("ignore", RequantizeWarning)
+                _, _, r = probe_pass(path, info, g, c, Path(tmp) / f"fit-{i}.gguf", text, n_ctx, chunks, threads)
             passes.append(FitPass(f"{g.key} at {c}", {t.name: c for t in g.tensors}, r.kld_mean))
     if progress:
         progress("done", len(todo), len(todo))

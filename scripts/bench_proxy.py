@@ -58,7 +58,8 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def timed(cmd: list[str]) -> tuple[float, float, float, str]:
-    """Wall s, CPU s (user + sys), peak RSS MiB of the child, and its stdout."""
+    """Wall s, CPU s (user + sys), peak RSS MiB (the largest of every child so far: getrusage keeps one
+    maximum for all children, so the proxy runs come before the importance-matrix pass), and stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout
@@ -88,6 +89,8 @@ def bench_synth(workdir: Path, full: bool, db: str, imatrix_chunks: int) -> None
             (f"recommend's {len(also) // 2 + 1} candidate types, default sampling", also)]
     if full:
         runs += [("q4_0, every row (--max-rows 0)", every), (f"{len(also) // 2 + 1} types, every row", also + every)]
+    for label, extra in runs:
+        _proxy_run(path, db, label, extra)
     has_imatrix = subprocess.run([sys.executable, "-m", "ggprec", "imatrix", "--help"], cwd=REPO,
                                  capture_output=True).returncode == 0
     if has_imatrix and imatrix_chunks:
@@ -96,16 +99,21 @@ def bench_synth(workdir: Path, full: bool, db: str, imatrix_chunks: int) -> None
                                    "--chunks", str(imatrix_chunks)])
         print(f"importance matrix ({imatrix_chunks} chunks of 512 tokens of the shipped calibration text): "
               f"{wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.0f} MiB")
-        runs += [("q4_0, imatrix weights, default sampling", ["--imatrix", str(imx)]),
-                 (f"{len(also) // 2 + 1} types, imatrix weights, default sampling", also + ["--imatrix", str(imx)])]
+        for label, extra in [("q4_0, imatrix weights, default sampling", ["--imatrix", str(imx)]),
+                             (f"{len(also) // 2 + 1} types, imatrix weights, default sampling",
+                              also + ["--imatrix", str(imx)])]:
+            _proxy_run(path, db, label, extra, rss=False)
     elif imatrix_chunks:
         print("no `ggprec imatrix` in this tree (ggprec.imatrix comes from another branch): proxy timed alone")
-    for label, extra in runs:
-        cmd = [sys.executable, "-m", "ggprec", "sensitivity", str(path), "--proxy", "--json", "--db", db, *extra]
-        wall, cpu, rss, out = timed(cmd)
-        doc = json.loads(out)
-        print(f"llama-3.2-1b f16, {label}: {wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.0f} MiB; "
-              f"proxy {doc['seconds_proxy']:.1f} s ({doc['proxy']}); {len(doc['groups'])} groups")
+
+
+def _proxy_run(path: Path, db: str, label: str, extra: list[str], rss: bool = True) -> None:
+    cmd = [sys.executable, "-m", "ggprec", "sensitivity", str(path), "--proxy", "--json", "--db", db, *extra]
+    wall, cpu, peak, out = timed(cmd)
+    doc = json.loads(out)
+    memory = f", peak RSS {peak:.0f} MiB" if rss else ""
+    print(f"llama-3.2-1b f16, {label}: {wall:.1f} s wall, {cpu:.1f} s CPU{memory}; "
+          f"proxy {doc['seconds_proxy']:.1f} s ({doc['proxy']}); {len(doc['groups'])} groups")
 
 
 def _report(label: str, rows: list[tuple[str, float, float]]) -> None:
