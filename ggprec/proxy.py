@@ -934,7 +934,7 @@ def proxy_sensitivity(model: str | os.PathLike[str], probe_type: str = "q4_0", a
         the_fit, fit_id = model_fit(path, info, table, probe, imatrix_path, db, use_stored)
         if fit_id is None:
             notes.append("no fit stored for this model and weighting: the prior spread by the proxy "
-                         "(`--fit` runs one evaluation per role and keeps the fit)")
+                         "(a fit, two evaluation passes per role, is kept once it is run)")
     seconds_fit = time.perf_counter() - t0
     rows = []
     for g in groups:

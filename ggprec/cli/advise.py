@@ -108,7 +108,8 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
                    "streaming pass; expected KLD from a stored fit, --fit, or the priors.")
 @click.option("--imatrix", "imatrix_path", type=click.Path(path_type=str),
               help="With --proxy: weigh each input column by this importance matrix (and quantize with it).")
-@click.option("--fit", is_flag=True, help="With --proxy: fit the proxy on one evaluation per role now and keep it.")
+@click.option("--fit", is_flag=True, help="With --proxy: fit the proxy to KLD now (each role alone at the probe type "
+              "and at q8_0, quantized and evaluated: 16 passes on SmolLM2) and keep the fit in the history.")
 @click.option("--max-rows", type=click.IntRange(0), default=512, show_default=True,
               help="With --proxy: rows measured per tensor (evenly spaced; 0: every row).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
