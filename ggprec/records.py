@@ -13,7 +13,7 @@ a one-line warning instead of crashing a printer later.
 
 Kinds: `run` (RunRecord), `compare` (CompareRecord), `eval` (EvalRecord), `sensitivity`
 (SensitivityRecord, one whole sensitivity measurement; its groups print as SensitivityPass rows),
-`recommend` (RecommendRecord), `calibration` (CalibrationRecord).
+`recommend` (RecommendRecord), `calibration` (CalibrationRecord), `proxy-fit` (ProxyFitRecord).
 """
 
 from __future__ import annotations
@@ -420,6 +420,33 @@ class CalibrationRecord(ResultRecord):
         return {"detail": "; ".join(parts) or "-"}
 
 
+@dataclass
+class ProxyFitRecord(ResultRecord):
+    """ggprec.proxy.ProxyFit as stored: the proxy error mapped to expected KLD for one model (sha256) and one
+    column weighting, fitted on `n_passes` real evaluations (`passes`: the types each set, the measured KLD
+    and the fitted one); `ggprec sensitivity --proxy` and recommend read the newest one of the model."""
+
+    KIND: ClassVar[str] = "proxy-fit"
+
+    scale: dict[str, float] = col(help="role -> expected KLD per unit of proxy error", factory=dict)
+    default_scale: float = col("scale", ".4g", "KLD/error", "the constant of roles without a pass of their own",
+                               default=math.nan)
+    n_passes: int = col("passes", "d", "", "evaluation passes fitted on", default=0)
+    weighting: str = col("weighting", help="uniform, or imatrix (the proxy's column weights)", default="uniform")
+    imatrix: str | None = col(help="the importance matrix file the errors were weighted by")
+    imatrix_sha256: str | None = col(help="its sha256")
+    probe_type: str = col("probe", help="the type the passes quantized to", default="")
+    residual: float | None = col("rms log error", ".3f", "", "rms of log(measured / fitted) over the passes")
+    passes: list[dict[str, Any]] = col(help="label, tensor types, measured and fitted KLD per pass", factory=list)
+    prior_source: str | None = col()
+    source: str = col(default="")
+    max_rows: int | None = col(help="rows measured per tensor (None: all)")
+    floor: dict[str, float] = col(help="role -> KLD of quantizing the activations of all its matmuls", factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"detail": f"{self.source}, {self.weighting} weights, scale {self.default_scale:.3g}"}
+
+
 def _name(path: str | None) -> str:
     return (path or "-").rsplit("/", 1)[-1]
 
@@ -429,7 +456,7 @@ def _name(path: str | None) -> str:
 # The kinds a history row can be, and the record each holds (sensitivity-pass is never a row).
 RECORD_TYPES: dict[str, type[ResultRecord]] = {
     cls.KIND: cls for cls in (RunRecord, CompareRecord, EvalRecord, SensitivityRecord, RecommendRecord,
-                              CalibrationRecord)
+                              CalibrationRecord, ProxyFitRecord)
 }
 KINDS: tuple[str, ...] = tuple(RECORD_TYPES)
 

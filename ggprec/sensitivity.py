@@ -283,6 +283,15 @@ def _probe_pass(model: Path, ref: Path, info: ModelInfo, g: Group, ptype: str, o
     return types, saved, r
 
 
+def probe_pass(model: Path, info: ModelInfo, group: Group, probe: str, out: Path, text: str | None = None,
+               n_ctx: int = 512, chunks: int | None = 4, threads: int = 2) -> tuple[set[str], int, Any]:
+    """One group alone at one type against the model itself (what ggprec.proxy fits on): llama.cpp writes
+    the copy to `out` (any source type: a quantized model is requantized), it is evaluated and deleted.
+    Returns the types written for the group, the bytes it saves and the evaluation."""
+    settings = RuntimeSettings(n_threads=threads)
+    return _probe_pass(model, model, info, group, probe, out, text, n_ctx, chunks, settings, threads)
+
+
 def _writable(d: Path) -> bool:
     import os
 

@@ -18,6 +18,7 @@ from ggprec.records import (
     CalibrationRecord,
     CompareRecord,
     EvalRecord,
+    ProxyFitRecord,
     RecommendRecord,
     RecordError,
     RunRecord,
@@ -67,7 +68,10 @@ def one_of_each_kind() -> list:
                     top1_se=0.005, ppl=12.1, ppl_se=0.3, ppl_ref=12.0, ppl_ref_se=0.3, ppl_ratio=1.008,
                     ppl_ratio_se=0.001, n_tokens=1020, n_chunks=4, candidate="q8.gguf", reference="f32.gguf",
                     n_ctx=512, text_sha256="cd" * 32)
-    return [run_record(), compare_records()[0], ev, sens, rec, cal]
+    fit = ProxyFitRecord(scale={"attn_v": 2.5}, default_scale=1.75, n_passes=3, weighting="uniform",
+                         probe_type="q4_0", residual=0.2, passes=[{"label": "attn_v", "kld": 0.01, "fitted": 0.012}],
+                         source="proxy: fitted on 3 passes", max_rows=512)
+    return [run_record(), compare_records()[0], ev, sens, rec, cal, fit]
 
 
 def store_all(db: Path, records: list) -> list[int]:
@@ -96,7 +100,8 @@ def test_history_table_shows_a_row_of_every_kind(tmp_path: Path) -> None:
     res = history(tmp_path / "h.db")
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    for rid, kind in zip(ids, ("run", "compare", "eval", "sensitivity", "recommend", "calibration"), strict=True):
+    for rid, kind in zip(ids, ("run", "compare", "eval", "sensitivity", "recommend", "calibration",
+                                    "proxy-fit"), strict=True):
         [line] = [ln for ln in lines if ln.startswith(f"│ {rid:>2} │")]
         assert f" {kind} " in line
     run_line = next(ln for ln in lines if " run " in ln)
@@ -146,7 +151,7 @@ def insert_raw(db: Path, kind: str, results: str, settings: str = "{}") -> int:
 
 @pytest.mark.parametrize(("kind", "results", "settings", "why"), [
     ("bench", "{}", "{}",
-     "unknown history kind 'bench' (one of: run, compare, eval, sensitivity, recommend, calibration)"),
+     "unknown history kind 'bench' (one of: run, compare, eval, sensitivity, recommend, calibration, proxy-fit)"),
     ("run", "{not json", "{}", "results is not valid JSON"),
     ("run", "[1, 2]", "{}", "results is a JSON list, not an object"),
     ("run", '{"pp_tps": "fast"}', "{}", "run results: 'pp_tps' is a str, expected float | None"),
@@ -259,7 +264,7 @@ def test_history_json_follows_the_documented_schema(tmp_path: Path) -> None:
         assert [f for f in fields if f"`{f}`" not in line] == []
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_every_printer_prints_every_kind_from_its_metadata(index: int) -> None:
     from ggprec.printers import to_csv, to_json, to_markdown, to_table
 

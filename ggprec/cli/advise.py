@@ -104,15 +104,35 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
 @click.option("--reuse", is_flag=True,
               help="Take passes already stored for this model, reference, text, --ctx and --chunks from the history "
                    "instead of repeating them (deterministic at fixed threads).")
+@click.option("--proxy", is_flag=True,
+              help="Every group from the error proxy (the file's weights requantized by ggml, no inference) in one "
+                   "streaming pass; expected KLD from a stored fit, --fit, or the priors.")
+@click.option("--imatrix", "imatrix_path", type=click.Path(path_type=str),
+              help="With --proxy: weigh each input column by this importance matrix (and quantize with it).")
+@click.option("--fit", is_flag=True, help="With --proxy: fit the proxy to KLD now (each role alone at the probe type "
+              "and at q8_0, quantized and evaluated: 16 passes on SmolLM2) and keep the fit in the history.")
+@click.option("--max-rows", type=click.IntRange(0), default=512, show_default=True,
+              help="With --proxy: rows measured per tensor (evenly spaced; 0: every row).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
+@db_option
 def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[str, ...],
                 also_grouping: str | None, grouping: str, bands: int, text_file: str | None, ctx: int,
-                chunks: int, threads: int, heatmap: str, no_store: bool, reuse: bool, as_json: bool) -> None:
-    """Quantize one tensor group at a time to the probe type and measure the damage (KLD, top-1)."""
+                chunks: int, threads: int, heatmap: str, no_store: bool, reuse: bool, proxy: bool,
+                imatrix_path: str | None, fit: bool, max_rows: int, as_json: bool, db: str | None) -> None:
+    """Quantize one tensor group at a time to the probe type and measure the damage (KLD, top-1); with --proxy,
+    estimate it for every group at once from the weights."""
     from ..evaluate import read_text
-    from ..sensitivity import measure_sensitivity, render
 
     text = read_text(text_file) if text_file else None
+    if proxy:
+        _proxy_sensitivity(model, probe_type, also, grouping, bands, imatrix_path, fit, threads, max_rows, text, ctx,
+                           chunks, as_json, db)
+        return
+    if imatrix_path or fit:
+        from ..errors import GgprecError
+
+        raise GgprecError("--imatrix and --fit go with --proxy")
+    from ..sensitivity import measure_sensitivity, render
 
     def progress(key: str, done: int, total: int) -> None:
         if not as_json:
@@ -121,7 +141,27 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
     res = measure_sensitivity(model, reference, probe_type=probe_type, grouping=grouping, text=text, n_ctx=ctx,
                               chunks=chunks, n_bands=bands, threads=threads, store=not no_store,
                               heatmap=heatmap, progress=progress, also=also,
-                              also_grouping=also_grouping, reuse=reuse)
+                              also_grouping=also_grouping, reuse=reuse, db=db)
+    if as_json:
+        print_json(res.to_dict())
+    else:
+        render(res, console())
+
+
+def _proxy_sensitivity(model: str, probe_type: str, also: tuple[str, ...], grouping: str, bands: int,
+                       imatrix_path: str | None, fit: bool, threads: int, max_rows: int, text: str | None, ctx: int,
+                       chunks: int, as_json: bool, db: str | None) -> None:
+    import contextlib
+    import sys
+
+    from ..progress import terminal_bar
+    from ..proxy import proxy_sensitivity, render
+
+    bar = terminal_bar("proxy") if sys.stderr.isatty() and not as_json else contextlib.nullcontext()
+    with bar as progress:
+        res = proxy_sensitivity(model, probe_type, also, grouping, bands, imatrix_path, fit=fit, threads=threads,
+                                max_rows=max_rows or None, text=text, n_ctx=ctx, chunks=chunks, progress=progress,
+                                db=db)
     if as_json:
         print_json(res.to_dict(), schema=1)
     else:
