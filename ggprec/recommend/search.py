@@ -110,17 +110,18 @@ class Walk:
         return choice
 
     def types(self, choice: list[int]) -> dict[str, GgmlType]:
-        return {t.name: opts[k].type for g, opts, k in zip(self.groups, self.options, choice, strict=True)
-                for t in g.tensors}
+        return {t.name: opts[k].type_of(i) for g, opts, k in zip(self.groups, self.options, choice, strict=True)
+                for i, t in enumerate(g.tensors)}
 
     def reads(self, choice: list[int], info: ModelInfo) -> dict[str, dict[str, int]]:
         """Bytes read per generated token, by device and type, for the speed model."""
         out: dict[str, dict[str, int]] = {}
         for g, dev, opts, k in zip(self.groups, self.read_devices, self.options, choice, strict=True):
-            n = int(opts[k].bytes * reads_per_token(g, info))
-            if n:
-                by_type = out.setdefault(dev, {})
-                by_type[opts[k].type.name] = by_type.get(opts[k].type.name, 0) + n
+            for type_name, n_bytes in opts[k].by_type:
+                n = int(n_bytes * reads_per_token(g, info))
+                if n:
+                    by_type = out.setdefault(dev, {})
+                    by_type[type_name] = by_type.get(type_name, 0) + n
         kv = self.settings.cache_type_k
         for dev, n in self.kv_reads.items():
             by_type = out.setdefault(dev, {})
@@ -231,7 +232,7 @@ def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsP
     groups, devices, options = walk.groups, walk.devices, walk.options
     gpu_flags = [is_gpu(d) for d in devices]
     # Decode seconds per token of every option of every group (bytes read x the device's seconds per byte).
-    sec = [[o.bytes * reads_per_token(g, info) * spb(dev, o.type.name) for o in opts]
+    sec = [[sum(n * spb(dev, type_name) for type_name, n in o.by_type) * reads_per_token(g, info) for o in opts]
            for g, dev, opts in zip(groups, walk.read_devices, options, strict=True)]
 
     used = {True: 0, False: 0}
