@@ -119,9 +119,10 @@ def choose(front: Sequence[FrontRow], goal: str, min_tps: float | None = None, m
         if best == kept or front[best].tg_tps < AS_IS_MIN_SPEEDUP * front[kept].tg_tps:
             return kept, (f"default (balanced) for an already-quantized source: the model as it is (its own tensor "
                           f"types, nothing requantized, KLD 0); a requantized plan is chosen only when the model "
-                          f"does not fit or the plan is expected at least {AS_IS_MIN_SPEEDUP:g}x as fast (the "
-                          f"best one here is {front[best].tg_tps / front[kept].tg_tps:.2f}x); --goal speed, "
-                          f"--min-tps or --max-kld choose otherwise")
+                          f"does not fit or the plan is expected at least {AS_IS_MIN_SPEEDUP:g}x as fast"
+                          + ("" if best == kept else f" (the balanced rule's pick here: "
+                             f"{front[best].tg_tps / front[kept].tg_tps:.2f}x)")
+                          + "; --goal speed, --min-tps or --max-kld choose otherwise")
         return best, (f"default (balanced) for an already-quantized source: requantized, as the plan is expected "
                       f"{front[best].tg_tps / front[kept].tg_tps:.2f}x as fast as the model as it is (at least "
                       f"{AS_IS_MIN_SPEEDUP:g}x buys a requantize) and has the most tok/s per unit of expected KLD "
