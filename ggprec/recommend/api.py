@@ -203,8 +203,8 @@ def _as_is_reason(rec: Recommendation) -> str:
     if kept == rec.chosen:
         return f"{what} is the chosen plan: {r.tg_tps:.1f} tok/s expected, {r.ram_bytes / GIB:.2f} GiB RAM"
     c = rec.row
-    return (f"{what} fits too: {r.tg_tps:.1f} tok/s expected ({c.tg_tps / r.tg_tps:.2f}x slower than the chosen "
-            f"plan's), which gives up expected KLD {c.expected_kld:.4f} ({c.loss_source}) for it")
+    return (f"{what} fits too, at {r.tg_tps:.1f} tok/s expected: the chosen plan is expected "
+            f"{c.tg_tps / r.tg_tps:.2f}x as fast for expected KLD {c.expected_kld:.4f} ({c.loss_source})")
 
 
 def _front(info: ModelInfo, walks: list[Walk], speed: Any, vram: int, ram: int, margin: int, predict: Predictor,
@@ -289,11 +289,19 @@ def _recommendation(info: ModelInfo, walks: list[Walk], front: list[FrontRow], c
         tensor_types={n: t.name for n, t in types.items()}, group_types=groups, buffers=dict(pred.buffers),
         gpu_total=gpu, host_total=host, weights_bytes=sum(gr["bytes"] for gr in groups),
         expected_kld=row.expected_kld, kv_kld=losses.kv.get(kv, 0.0), kv_source=losses.kv_source.get(kv, ""),
-        tg_tps=row.tg_tps, speed_source=speed.describe(), loss_source=UNCHANGED if row.as_is else losses.source,
+        tg_tps=row.tg_tps, speed_source=speed.describe(), loss_source=_loss_source(row, losses),
         rule=rule, reasons=[],
         searched=searched, front=front, chosen=chosen, shown=shown)
     rec.reasons = _reasons(info, rec, walks, losses)
     return rec
+
+
+def _loss_source(row: FrontRow, losses: LossModel) -> str:
+    """Where the chosen weights' expected KLD comes from: unchanged (the model as it is), the stored sensitivity
+    run, or the row's own sources (the estimator's, with the requantize penalty where it applies)."""
+    if row.as_is:
+        return UNCHANGED
+    return losses.source if losses.density else row.loss_source
 
 
 def _reasons(info: ModelInfo, rec: Recommendation, walks: list[Walk], losses: LossModel) -> list[str]:
