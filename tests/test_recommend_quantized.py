@@ -206,3 +206,37 @@ def test_a_proxy_estimator_prices_the_requantize_in_place_of_the_priors(q4km: Pa
     x = info.tensor("blk.0.ffn_down.weight")
     assert losses.tensor_cost(x, lookup("q4_k"))[1:] == (pytest.approx(0.02), "proxy: fitted on 3 passes")  # type: ignore[arg-type]
     assert losses.tensor_cost(x, lookup("q3_k"))[2].startswith("prior: ")  # not in the table: the fallback
+
+
+def test_verify_passes_the_imatrix_to_the_quantizer_only_when_one_is_given(rec_fits: Recommendation, q4km: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import ggprec.quantize
+    from ggprec.recommend import verify
+
+    seen: list[dict[str, object]] = []
+
+    class Built(Exception):
+        pass
+
+    def build_variant(source: str, profile: object, threads: int | None = None, progress: object = None,
+                      imatrix_path: Path | None = None) -> Path:  # the imatrix branch's keyword
+        seen.append({"imatrix_path": imatrix_path})
+        raise Built  # stop before llama.cpp: only the call is checked here
+
+    monkeypatch.setattr(ggprec.quantize, "build_variant", build_variant)
+    kept = rec_fits.front[as_is_row(rec_fits.front)]  # type: ignore[index]
+    ram = (kept.ram_bytes + 512 * 2**20 - 64 * 2**20) / 2**30
+    for imatrix in ("calib.imatrix", None):
+        with pytest.raises(Built):
+            verify(_rec(q4km, ram, imatrix=imatrix), str(q4km))
+    assert seen == [{"imatrix_path": Path("calib.imatrix")}, {"imatrix_path": None}]
+
+
+def test_cli_refuses_a_missing_imatrix_file_in_one_line(q4km: Path) -> None:
+    from click.testing import CliRunner
+
+    from ggprec.cli import main
+
+    r = CliRunner().invoke(main, ["recommend", str(q4km), "--vram", "0", "--ram", "16", "--imatrix", "missing.imatrix",
+                                  "--priors", "--no-store", "--host-bandwidth", "60"])
+    assert r.exit_code == 2 and r.output.startswith("ggprec: error: ") and r.output.count("\n") == 1
