@@ -84,7 +84,7 @@ class Walk:
     layers: dict[str, int] = field(default_factory=dict)  # device -> blocks with tensors there (fixed costs)
     fixed_secs: float = 0.0  # the speed model's fixed seconds per token of this placement
     overhead: tuple[int, int] = (0, 0)  # (GPU, RAM) bytes besides the chosen weights, at the smallest mix
-    fixed_host: int = 0  # host bytes of the tensors recommend does not choose a type for
+    fixed_host: int = 0  # host bytes of the tensors recommend does not choose a type for (those left mapped)
     # memory.predict of the last plan less the estimate (overhead + weights), once checked; None: not yet.
     correction: tuple[int, int] | None = None
 
@@ -99,9 +99,12 @@ class Walk:
         return self.overhead[0] + gpu + dg, self.overhead[1] + host + dh
 
     def resident_host(self, choice: list[int]) -> int:
-        """Weights that stay in RAM (the mapped range also spans offloaded tensors; see totals)."""
-        return self.fixed_host + sum(opts[k].bytes for opts, k, d in zip(self.options, choice, self.devices,
-                                                                          strict=True) if not is_gpu(d))
+        """Weights that stay in RAM in the mapped file (the mapped range also spans offloaded tensors and the
+        ones the CPU backend copies into an extra buffer, CPU_REPACK or AMX, which memory.predict counts on
+        their own; see totals)."""
+        return self.fixed_host + sum(_mapped_bytes(g, opts[k]) for g, opts, k, d in
+                                     zip(self.groups, self.options, choice, self.devices, strict=True)
+                                     if not is_gpu(d))
 
     def choice(self, n: int) -> list[int]:
         choice = [0] * len(self.groups)
@@ -129,10 +132,23 @@ class Walk:
         return out
 
 
+def _mapped_bytes(g: Group, o: Option) -> int:
+    """Bytes of group g at option o that stay in the mapped file on the host (not copied to an extra CPU
+    buffer: cpu_buffers.HostBuffers.buffer_for, the rule memory.predict applies)."""
+    from ..cpu_buffers import host_buffers
+
+    rules = host_buffers()
+    return sum(o.type_of(i).tensor_bytes(x.shape) for i, x in enumerate(g.tensors)
+               if rules.buffer_for(o.type_of(i), x.shape) is None)
+
+
 def totals(pred: Any, resident_host: int) -> tuple[int, int]:
     """(GPU bytes, RAM bytes) a plan needs. llama.cpp maps one file range spanning every host tensor, which
-    includes offloaded tensors lying in between; those pages are read once to upload them and are then clean
-    page cache the kernel drops, so RAM counts only the weights that stay on the host (resident_host)."""
+    includes offloaded tensors lying in between, and tensors the CPU backend repacks into an extra buffer
+    (CPU_REPACK, AMX: counted there); those pages are read once to upload or repack them and are then clean
+    page cache the kernel drops, so RAM counts only the weights that stay in the mapping (resident_host).
+    Without this a repacked q4_0 tensor counted twice, and no plan of smaller types could fit a RAM budget
+    its larger, unrepacked source fits (SmolLM2 Q4_1, Gemma 3 Q4_K_M on an AVX2 CPU)."""
     gpu = sum(v for k, v in pred.buffers.items() if is_gpu(_device_of(k)))
     host = sum(v for k, v in pred.buffers.items() if not is_gpu(_device_of(k)))
     if MAPPED in pred.buffers:
@@ -174,7 +190,11 @@ def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list
     read_devices = [head if g.role == "tied_head" else d for g, d in parts]
     options = [cached_options(g, losses) for g in groups]
     grouped = {t.name for g in groups for t in g.tensors}
-    fixed_host = sum(t.n_bytes for t in info.tensors if t.name not in grouped and not is_gpu(device[t.name]))
+    from ..cpu_buffers import host_buffers
+
+    rules = host_buffers()
+    fixed_host = sum(t.n_bytes for t in info.tensors if t.name not in grouped and not is_gpu(device[t.name])
+                     and rules.buffer_for(t.type, t.shape) is None)
     walk = Walk(settings, groups, devices, read_devices, options, [], [], {},
                 losses.kv.get(settings.cache_type_k, 0.0), fixed_host=fixed_host)
     low = [0] * len(groups)
@@ -182,7 +202,8 @@ def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list
     gpu0, host0 = totals(pred, walk.resident_host(low))
     smallest.append((gpu0, host0))
     low_gpu = sum(o[0].bytes for o, d in zip(options, devices, strict=True) if is_gpu(d))
-    walk.overhead = (gpu0 - low_gpu, host0 - (walk.resident_host(low) - fixed_host))  # KV, compute, fixed tensors
+    low_host = sum(o[0].bytes for o, d in zip(options, devices, strict=True) if not is_gpu(d))
+    walk.overhead = (gpu0 - low_gpu, host0 - low_host)  # KV, compute, fixed tensors
     for k, v in pred.buffers.items():
         if k.startswith("kv:"):
             walk.kv_reads[_device_of(k)] = walk.kv_reads.get(_device_of(k), 0) + v
