@@ -240,3 +240,23 @@ def test_cli_refuses_a_missing_imatrix_file_in_one_line(q4km: Path) -> None:
     r = CliRunner().invoke(main, ["recommend", str(q4km), "--vram", "0", "--ram", "16", "--imatrix", "missing.imatrix",
                                   "--priors", "--no-store", "--host-bandwidth", "60"])
     assert r.exit_code == 2 and r.output.startswith("ggprec: error: ") and r.output.count("\n") == 1
+
+
+def test_a_repacked_tensor_counts_once_so_smaller_types_fit_under_the_source(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import ggprec.cpu_buffers
+    import ggprec.memory
+    from ggprec.cpu_buffers import HostBuffers
+
+    rules = HostBuffers(repack={"q4_0": 8, "q4_k": 8, "iq4_nl": 8})  # an AVX2 CPU's CPU_REPACK, on any machine
+    monkeypatch.setattr(ggprec.cpu_buffers, "host_buffers", lambda: rules)
+    monkeypatch.setattr(ggprec.memory, "host_buffers", lambda: rules)
+    path = write_quantized(tmp_path / "smollm2-q4_1.gguf", PRESETS["smollm2-135m"],
+                           lambda n: "q8_0" if n == "token_embd.weight" else "q4_1")  # q4_1: never repacked
+    info = read_gguf(path)
+    full = recommend(info, 0, ram_gb=16, ctx=256, host_gbps=HOST_GBPS)  # a small KV cache: weights must shrink
+    kept = full.front[as_is_row(full.front)]  # type: ignore[index]
+    rec = recommend(info, 0, ram_gb=(kept.ram_bytes + 512 * 2**20 - 16 * 2**20) / 2**30, ctx=256,
+                    host_gbps=HOST_GBPS)  # 16 MiB short of the file as it is
+    assert not rec.as_is and rec.host_total <= kept.ram_bytes - 16 * 2**20
+    assert {"q4_0", "iq4_nl"} & set(rec.tensor_types.values())  # repacked types, each counted once
