@@ -260,3 +260,9 @@ def test_a_repacked_tensor_counts_once_so_smaller_types_fit_under_the_source(tmp
                     host_gbps=HOST_GBPS)  # 16 MiB short of the file as it is
     assert not rec.as_is and rec.host_total <= kept.ram_bytes - 16 * 2**20
     assert {"q4_0", "iq4_nl"} & set(rec.tensor_types.values())  # repacked types, each counted once
+
+
+def test_goal_quality_keeps_the_model_as_it_is_and_goal_speed_may_requantize(q4km: Path) -> None:
+    assert _rec(q4km, 16, goal="quality").as_is
+    speed = _rec(q4km, 16, goal="speed")
+    assert not speed.as_is and speed.rule.startswith("goal speed")  # a stated goal: its own rule
