@@ -334,10 +334,11 @@ def test_cli_prints_every_front_row_in_json_and_writes_profile_and_tensor_type_f
     assert len(doc["front"]) > 8 and sum(r["chosen"] for r in doc["front"]) == 1
     assert set(doc) == {"schema", "model", "goal", "budget", "settings", "front", "rule", "groups", "tensor_types",
                         "predicted", "expected", "loss_source", "method", "reasons", "plans_searched", "llama_cpp",
-                        "verified", "profile"}  # docs/json.md, schema 1
+                        "verified", "profile", "imatrix", "quantized_source", "as_is"}  # docs/json.md, schema 1
     assert doc["schema"] == 1
     assert set(doc["front"][0]) == {"bits_per_weight", "kv_type", "n_gpu_layers", "n_cpu_moe", "gpu_bytes",
-                                    "ram_bytes", "expected_kld", "tg_tps", "pp_tps", "chosen", "shown"}
+                                    "ram_bytes", "expected_kld", "tg_tps", "pp_tps", "as_is", "loss_source", "chosen",
+                                    "shown"}
     assert load_profile(str(out)).runtime.n_gpu_layers == 33
     ttf = tmp_path / "p.tensor-types.txt"
     assert doc["llama_cpp"]["tensor_type_file"] == str(ttf)

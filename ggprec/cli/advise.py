@@ -25,6 +25,9 @@ from .shell import console, db_option, main, model_argument, print_json, speed_m
 @click.option("--host-bandwidth", type=float, help="Host memory bandwidth in GB/s (default: calibration or measured).")
 @click.option("--priors", is_flag=True,
               help="Use the priors only: no stored sensitivity, no measured KV-cache loss.")
+@click.option("--imatrix", type=click.Path(path_type=str),
+              help="Importance-matrix file to quantize with: its i-quant types join the candidates, the "
+                   "llama-quantize line and --verify use it.")
 @click.option("-o", "--output", type=click.Path(path_type=str),
               help="Write the plan as a profile YAML, and llama-quantize's tensor-type file next to it.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
@@ -36,7 +39,8 @@ from .shell import console, db_option, main, model_argument, print_json, speed_m
 @db_option
 def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, min_tps: float | None,
               max_kld: float | None, margin: float, bands: int, gpu_bandwidth: float | None,
-              host_bandwidth: float | None, priors: bool, output: str | None, force: bool, verify: bool,
+              host_bandwidth: float | None, priors: bool, imatrix: str | None, output: str | None, force: bool,
+              verify: bool,
               reference: str | None, chunks: int, as_json: bool, no_store: bool, db: str | None) -> None:
     """The quality/speed front of plans (weight types per group, KV cache, GPU layers) that fit VRAM/RAM, and
     the one the goal picks, with the llama.cpp commands that make and run it."""
@@ -52,13 +56,15 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
         check_output(output, force=force, source=model)
         check_output(tensor_type_file_for(output), force=force, source=model)
     info = read_gguf(model)
+    if imatrix is not None:
+        rec_mod.check_imatrix_file(imatrix, info)
     sens = None if priors else rec_mod.stored_sensitivity(model)
     # The KV cache's loss on this very model: one evaluation per KV type when the file runs here (cached by
     # sha256; None at once for a sparse file), else the prior.
     kv_measured = None if priors else measure_kv_loss(model, notice=lambda m: click.echo(f"ggprec: {m}", err=True))
     rec = rec_mod.recommend(info, vram, ram, ctx=ctx, goal=goal, margin_mb=margin, n_bands=bands,
                             sensitivity=sens, gpu_gbps=gpu_bandwidth, host_gbps=host_bandwidth, min_tps=min_tps,
-                            max_kld=max_kld, kv_measured=kv_measured,
+                            max_kld=max_kld, kv_measured=kv_measured, imatrix=imatrix,
                             speed_model=speed_model(host_bandwidth, gpu_bandwidth, db))
     commands = llama_commands(rec, info, tensor_type_file_for(output) if output else None)
     verified = rec_mod.verify(rec, model, reference, chunks=chunks) if verify else None

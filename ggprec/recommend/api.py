@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import GgprecError
@@ -14,10 +15,10 @@ from ..ggml_types import lookup
 from ..gguf_info import ModelInfo
 from ..settings import RuntimeSettings
 from ..units import GIB, MIB, size_text
-from .frontier import GOALS, FrontRow, choose, pareto, shown_rows, trade_text
+from .frontier import GOALS, FrontRow, as_is_row, choose, pareto, shown_rows, trade_text
 from .groups import make_groups
 from .knapsack import options_for, solve
-from .loss import LossModel, prior_loss_model, sensitivity_loss_model
+from .loss import UNCHANGED, LossModel, prior_loss_model, sensitivity_loss_model
 from .search import (
     Predictor,
     SecondsPerByte,
@@ -70,10 +71,17 @@ class Recommendation:
     chosen: int = 0  # index into front
     shown: list[int] = field(default_factory=list)  # rows the table prints
     method: str = METHOD
+    imatrix: str | None = None  # the importance matrix the plan is quantized with (`--imatrix`)
+    quantized_source: bool = False  # some weight of the source is already quantized
 
     @property
     def row(self) -> FrontRow:
         return self.front[self.chosen]
+
+    @property
+    def as_is(self) -> bool:
+        """The chosen plan keeps every weight as the source has it: nothing to quantize."""
+        return self.row.as_is
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,7 +96,8 @@ class Recommendation:
             "front": [dict(r.to_dict(), chosen=i == self.chosen, shown=i in self.shown)
                       for i, r in enumerate(self.front)],
             "rule": self.rule, "loss_source": self.loss_source, "method": self.method, "reasons": self.reasons,
-            "plans_searched": self.searched,
+            "plans_searched": self.searched, "imatrix": self.imatrix, "quantized_source": self.quantized_source,
+            "as_is": self.as_is,
         }
 
 
@@ -125,11 +134,14 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
               goal: str = "balanced", margin_mb: float = 512, n_bands: int = 4,
               sensitivity: dict[str, Any] | None = None, gpu_gbps: float | None = None,
               host_gbps: float | None = None, predictor: Predictor | None = None, min_tps: float | None = None,
-              max_kld: float | None = None, speed_model: Any = None, kv_measured: dict[str, Any] | None = None
-              ) -> Recommendation:
+              max_kld: float | None = None, speed_model: Any = None, kv_measured: dict[str, Any] | None = None,
+              imatrix: str | os.PathLike[str] | None = None, estimator: Any = None) -> Recommendation:
     """The front of plans that fit vram_gb (GiB) of GPU memory and ram_gb (GiB; default this machine's RAM)
     with margin_mb (MiB) to spare on each, and the row the goal (or min_tps / max_kld) picks. Raises
-    NoFitError when nothing fits. kv_measured: kv_loss.measure_kv_loss of the model (wins over the KV prior)."""
+    NoFitError when nothing fits. kv_measured: kv_loss.measure_kv_loss of the model (wins over the KV prior).
+    imatrix: an importance-matrix file the plan will be quantized with (its types join the candidates).
+    estimator: a loss.TensorLoss pricing the unmeasured tensors instead of the priors (the error proxy:
+    loss.proxy_tensor_loss(error_table(...), fit, fallback))."""
     if goal not in GOALS:
         raise GgprecError(f"goal must be one of {', '.join(GOALS)}, not '{goal}'")
     validate(vram_gb, ram_gb, ctx, margin_mb, n_bands, min_tps, max_kld, gpu_gbps, host_gbps)
@@ -148,6 +160,10 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
         raise GgprecError(f"{info.path}: no quantizable weights found")
     losses = (sensitivity_loss_model(info, base_groups, sensitivity, kv_measured) if sensitivity
               else prior_loss_model(info, base_groups, kv_measured))
+    losses.imatrix = imatrix is not None
+    if estimator is not None:
+        losses.with_estimator(estimator)
+    quantized_source = any(x.type.quantized for g in base_groups for x in g.tensors)
 
     walks: list[Walk] = []
     smallest: list[tuple[int, int]] = []  # (gpu, host) bytes of the smallest plan of each placement
@@ -162,11 +178,33 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
         raise NoFitError(_no_fit_message(smallest, vram, ram, margin))
     speed_max = sum(losses.type_loss(g, lookup("q4_k") if g.accepts(lookup("q4_k")) else lookup("q4_0"))
                     for g in base_groups)
-    chosen, rule = choose(front, goal, min_tps, max_kld, speed_max)
+    chosen, rule = choose(front, goal, min_tps, max_kld, speed_max, quantized_source)
     shown = shown_rows(front, chosen)
+    kept = as_is_row(front)
+    if kept is not None and kept not in shown:  # the model as it is is always printed
+        shown = sorted([*shown, kept])
     _add_pp(info, walks, front, shown, speed)
-    return _recommendation(info, walks, front, chosen, shown, rule, goal, vram, ram, margin, losses, speed,
-                           predict, searched)
+    rec = _recommendation(info, walks, front, chosen, shown, rule, goal, vram, ram, margin, losses, speed,
+                          predict, searched)
+    rec.imatrix = None if imatrix is None else str(imatrix)
+    rec.quantized_source = quantized_source
+    if quantized_source:
+        rec.reasons.insert(1, _as_is_reason(rec))
+    return rec
+
+
+def _as_is_reason(rec: Recommendation) -> str:
+    """Where the model as it is stands: kept, on the front beside the chosen plan, or not fitting."""
+    kept = as_is_row(rec.front)
+    what = "the model as it is (its own tensor types, nothing requantized; KLD 0: measured: unchanged)"
+    if kept is None:
+        return f"{what} does not fit this budget with a 16-bit KV cache: every plan here changes it"
+    r = rec.front[kept]
+    if kept == rec.chosen:
+        return f"{what} is the chosen plan: {r.tg_tps:.1f} tok/s expected, {r.ram_bytes / GIB:.2f} GiB RAM"
+    c = rec.row
+    return (f"{what} fits too, at {r.tg_tps:.1f} tok/s expected: the chosen plan is expected "
+            f"{c.tg_tps / r.tg_tps:.2f}x as fast for expected KLD {c.expected_kld:.4f} ({c.loss_source})")
 
 
 def _front(info: ModelInfo, walks: list[Walk], speed: Any, vram: int, ram: int, margin: int, predict: Predictor,
@@ -207,14 +245,19 @@ def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any) -> Fro
     """Plan n of walk wi as a row, with the speed model's figure for its reads."""
     w = walks[wi]
     choice = w.choice(n)
-    loss = sum(opts[k].loss for opts, k in zip(w.options, choice, strict=True)) + w.kv_loss
+    chosen = [opts[k] for opts, k in zip(w.options, choice, strict=True)]
+    loss = sum(o.loss for o in chosen) + w.kv_loss
+    as_is = all(o.kept for o in chosen)
+    sources = sorted({o.source for o in chosen if not o.kept})
+    loss_source = "; ".join(sources) if sources else UNCHANGED
     n_params = w.n_params
     weight_bytes = sum(opts[k].bytes for opts, k in zip(w.options, choice, strict=True))
     gpu, ram = w.memory(n)
     return FrontRow(bits_per_weight=8 * weight_bytes / max(n_params, 1), kv_type=w.settings.cache_type_k,
                     n_gpu_layers=w.settings.n_gpu_layers, n_cpu_moe=w.settings.n_cpu_moe,
                     gpu_bytes=gpu, ram_bytes=ram, expected_kld=loss,
-                    tg_tps=speed.tg_tps(w.reads(choice, info), w.layers), walk=wi, steps=n)
+                    tg_tps=speed.tg_tps(w.reads(choice, info), w.layers), walk=wi, steps=n, as_is=as_is,
+                    loss_source=loss_source)
 
 
 def _no_fit_message(smallest: list[tuple[int, int]], vram: int, ram: int, margin: int) -> str:
@@ -237,19 +280,28 @@ def _recommendation(info: ModelInfo, walks: list[Walk], front: list[FrontRow], c
     groups = []
     for g, dev, opts, k in zip(w.groups, w.devices, w.options, choice, strict=True):
         o = opts[k]
-        groups.append({"key": g.key, "role": g.role, "layers": list(g.layers), "type": o.type.name,
-                       "bytes": o.bytes, "expected_kld": o.loss, "source": losses.group_source(g),
-                       "device": "gpu" if is_gpu(dev) else "host"})
+        groups.append({"key": g.key, "role": g.role, "layers": list(g.layers), "type": o.label,
+                       "bytes": o.bytes, "expected_kld": o.loss, "source": o.source, "kept": o.kept,
+                       "device": "gpu" if is_gpu(dev) else "host", "tensors": [t.name for t in g.tensors]})
     kv = w.settings.cache_type_k
     rec = Recommendation(
         model=str(info.path), goal=goal, vram=vram, ram=ram, margin=margin, settings=w.settings,
         tensor_types={n: t.name for n, t in types.items()}, group_types=groups, buffers=dict(pred.buffers),
         gpu_total=gpu, host_total=host, weights_bytes=sum(gr["bytes"] for gr in groups),
         expected_kld=row.expected_kld, kv_kld=losses.kv.get(kv, 0.0), kv_source=losses.kv_source.get(kv, ""),
-        tg_tps=row.tg_tps, speed_source=speed.describe(), loss_source=losses.source, rule=rule, reasons=[],
+        tg_tps=row.tg_tps, speed_source=speed.describe(), loss_source=_loss_source(row, losses),
+        rule=rule, reasons=[],
         searched=searched, front=front, chosen=chosen, shown=shown)
     rec.reasons = _reasons(info, rec, walks, losses)
     return rec
+
+
+def _loss_source(row: FrontRow, losses: LossModel) -> str:
+    """Where the chosen weights' expected KLD comes from: unchanged (the model as it is), the stored sensitivity
+    run, or the row's own sources (the estimator's, with the requantize penalty where it applies)."""
+    if row.as_is:
+        return UNCHANGED
+    return losses.source if losses.density else row.loss_source
 
 
 def _reasons(info: ModelInfo, rec: Recommendation, walks: list[Walk], losses: LossModel) -> list[str]:
@@ -290,24 +342,35 @@ def _kv_reason(rec: Recommendation, losses: LossModel) -> str:
 
 
 def to_profile(rec: Recommendation, name: str = "recommended") -> Any:
-    """The recommendation as a Profile (one rule per group: role + layer band), for plan/quantize/run."""
+    """The recommendation as a Profile (one rule per group: role + layer band; a group whose tensors keep
+    different types of the source: one exact-name rule per type), for plan/quantize/run."""
+    import re
+
     from ..profile import Profile, Rule
 
     counts: dict[str, int] = {}
-    for row in rec.group_types:
-        counts[row["type"]] = counts.get(row["type"], 0) + 1
-    default = max(counts, key=lambda t: counts[t])
+    for t in rec.tensor_types.values():
+        counts[t] = counts.get(t, 0) + 1
+    default = max(counts, key=lambda t: (counts[t], t))
     rules = []
     seen: set[tuple[str, str, str | None]] = set()
     for row in rec.group_types:
-        if row["type"] == default:
+        by_type: dict[str, list[str]] = {}
+        for n in row.get("tensors") or []:
+            by_type.setdefault(rec.tensor_types[n], []).append(n)
+        if len(by_type) > 1:
+            rules.extend(Rule(type=t, match="|".join(map(re.escape, names)))
+                         for t, names in sorted(by_type.items()) if t != default)
+            continue
+        gtype = next(iter(by_type)) if by_type else row["type"]
+        if gtype == default:
             continue
         role = "token_embd" if row["role"] == "tied_head" else row["role"]
         layers = row["layers"]
         spec = f"{layers[0]}-{layers[-1]}" if layers else None
-        if (row["type"], role, spec) not in seen:
-            seen.add((row["type"], role, spec))
-            rules.append(Rule(type=row["type"], roles=(role,), layers=spec))
+        if (gtype, role, spec) not in seen:
+            seen.add((gtype, role, spec))
+            rules.append(Rule(type=gtype, roles=(role,), layers=spec))
     desc = (f"ggprec recommend --goal {rec.goal} for {rec.vram / GIB:g} GiB VRAM, {rec.ram / GIB:g} GiB RAM, "
             f"ctx {rec.settings.n_ctx}: expected KLD {rec.expected_kld:.4f}, {rec.tg_tps:.1f} tok/s")
     return Profile(name=name, description=desc, rules=tuple(rules), default=default, runtime=rec.settings)
@@ -315,20 +378,64 @@ def to_profile(rec: Recommendation, name: str = "recommended") -> Any:
 
 def verify(rec: Recommendation, source: str, reference: str | None = None, chunks: int | None = 4,
            n_ctx: int = 512, threads: int = 2) -> dict[str, Any]:
-    """Quantize the recommended plan with llama.cpp and measure its KLD against the reference (default:
-    the source itself); returns predicted vs measured."""
+    """Quantize the recommended plan with llama.cpp (with rec.imatrix where one is given) and measure its KLD
+    against the reference (default: the source itself); returns predicted beside measured, and their ratio
+    (measured / predicted; None where 0 was predicted). A plan that keeps every weight is the source itself:
+    nothing is written."""
     from ..evaluate import evaluate
-    from ..quantize import build_variant
 
-    profile = to_profile(rec, name="recommended")
-    variant = build_variant(source, profile, threads=threads)
+    variant = Path(source) if rec.as_is else _build(rec, source, threads)
     settings = RuntimeSettings(n_threads=threads, cache_type_k=rec.settings.cache_type_k,
                                cache_type_v=rec.settings.cache_type_v)
     result = evaluate(variant, reference or source, n_ctx=n_ctx, chunks=chunks, settings=settings)
     measured = result.kld_mean
     return {"variant": str(variant), "file_bytes": variant.stat().st_size, "predicted_kld": rec.expected_kld,
             "measured_kld": measured, "measured_top1": result.top1,
-            "ratio": measured / rec.expected_kld if rec.expected_kld > 0 else None}
+            "ratio": measured / rec.expected_kld if rec.expected_kld > 0 else None,
+            "loss_source": rec.loss_source, "as_is": rec.as_is, "imatrix": rec.imatrix}
+
+
+def _build(rec: Recommendation, source: str, threads: int) -> Any:
+    """The plan's file, built once (quantize.build_variant), with the imatrix where one is given: passed only
+    then, and refused in one line by a build whose quantizer takes none."""
+    import inspect
+
+    from ..quantize import build_variant
+
+    profile = to_profile(rec, name="recommended")
+    if rec.imatrix is None:
+        return build_variant(source, profile, threads=threads)
+    params = inspect.signature(build_variant).parameters
+    kwargs: dict[str, Any] = {}
+    if "imatrix" in params:  # ARCHITECTURE, third round: quantize(..., imatrix: Imatrix, imatrix_path: Path)
+        kwargs["imatrix"] = read_imatrix_file(rec.imatrix)
+    if "imatrix_path" in params:
+        kwargs["imatrix_path"] = Path(rec.imatrix)
+    if not kwargs:
+        raise GgprecError("this ggprec's quantizer takes no importance matrix: --verify cannot use --imatrix")
+    return build_variant(source, profile, threads=threads, **kwargs)
+
+
+def read_imatrix_file(path: str | os.PathLike[str]) -> Any:
+    """imatrix_file.read_imatrix(path) (one-line errors), or the path itself where this build has no reader."""
+    try:
+        from ..imatrix_file import read_imatrix  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        if not Path(path).is_file():
+            raise GgprecError(f"{path}: no such importance-matrix file") from None
+        return Path(path)
+    return read_imatrix(path)
+
+
+def check_imatrix_file(path: str | os.PathLike[str], info: ModelInfo) -> None:
+    """One line where the imatrix cannot be read or does not match the model (imatrix_file.check_imatrix,
+    where this build has it)."""
+    imx = read_imatrix_file(path)
+    try:
+        from ..imatrix_file import check_imatrix  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return
+    check_imatrix(imx, info)
 
 
 def record_recommendation(rec: Recommendation, store: Any, verified: dict[str, Any] | None = None,
@@ -381,10 +488,13 @@ def recommend_for_size(info: ModelInfo, max_file_bytes: int, sensitivity: dict[s
         rules = []
         chosen = {}
         for g, opts, k in zip(groups, options, sol.choice, strict=True):
-            t = opts[k].type.name
-            chosen[g.key] = t
+            o = opts[k]
+            chosen[g.key] = o.label
+            if o.tensor_types:  # tensors of the group keep different types: one exact rule each
+                rules.extend(Rule.exact(x.name, o.type_of(i).name) for i, x in enumerate(g.tensors))
+                continue
             role = "token_embd" if g.role == "tied_head" else g.role
-            rules.append(Rule(type=t, roles=(role,),
+            rules.append(Rule(type=o.type.name, roles=(role,),
                               layers=f"{g.layers[0]}-{g.layers[-1]}" if g.layers else None))
         profile = Profile(name=name, description=f"least expected KLD within {max_file_bytes / MIB:.1f} MiB "
                           f"({losses.source})", rules=tuple(rules), default=info.tensors[0].type.name

@@ -20,7 +20,8 @@ from ..settings import ALL_LAYERS
 # llama-quantize's ftype names for a plan whose most common type is the key (QUANT_OPTIONS in quantize.cpp).
 FTYPE_OF: dict[str, str] = {
     "q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k": "Q5_K_S", "q5_1": "Q5_1", "q5_0": "Q5_0", "q4_k": "Q4_K_S",
-    "q4_1": "Q4_1", "q4_0": "Q4_0", "q3_k": "Q3_K_S", "q2_k": "Q2_K", "iq4_nl": "IQ4_NL",
+    "q4_1": "Q4_1", "q4_0": "Q4_0", "q3_k": "Q3_K_S", "q2_k": "Q2_K", "iq4_nl": "IQ4_NL", "iq4_xs": "IQ4_XS",
+    "iq3_s": "IQ3_S", "iq3_xxs": "IQ3_XXS", "iq2_s": "IQ2_S", "iq2_xs": "IQ2_XS", "iq2_xxs": "IQ2_XXS",
 }
 FALLBACK_FTYPE = "Q8_0"  # a quantized base type, so that the file's patterns apply to every tensor
 
@@ -29,7 +30,7 @@ FALLBACK_FTYPE = "Q8_0"  # a quantized base type, so that the file's patterns ap
 class LlamaCommands:
     tensor_type_lines: tuple[str, ...]  # one anchored `pattern=type` per weight
     tensor_type_file: str  # where the lines are (to be) written
-    quantize: str
+    quantize: str  # "" where the plan keeps every weight as the source has it: nothing to quantize
     server: str
     cli: str
 
@@ -56,7 +57,8 @@ def tensor_type_file_for(profile_path: str | Path) -> Path:
 def llama_commands(rec: Any, info: Any, tensor_type_file: str | Path | None = None,
                    output_model: str | None = None) -> LlamaCommands:
     """What a user of plain llama.cpp runs for this recommendation (rec: a Recommendation; info: the
-    source's ModelInfo)."""
+    source's ModelInfo): `llama-quantize` (with `--imatrix FILE` where rec.imatrix is set; none at all where
+    the plan keeps the model as it is, which then runs the source itself) and the run flags."""
     from ..plan import quantizable
     from ..quantize import anchored  # the same exact pattern ggprec's own quantize passes to llama.cpp
 
@@ -65,19 +67,26 @@ def llama_commands(rec: Any, info: Any, tensor_type_file: str | Path | None = No
     ttf = str(tensor_type_file or tensor_type_file_for(Path(source).with_suffix(".yaml")))
     lines = []
     requantize = False
+    changed = False
     for t in info.tensors:
         if not quantizable(t.name, t.shape):
             continue
         chosen = rec.tensor_types.get(t.name, t.type.name)
         requantize |= t.type.name not in ("f32", "f16", "bf16")
+        changed |= chosen != t.type.name
         lines.append(f"{anchored(t.name)}={llama_type_name(chosen)}")
+    if not changed:  # the model as it is: run the source
+        run = _run_flags(rec, source)
+        return LlamaCommands(tuple(lines), ttf, "", shlex.join(["llama-server", *run]),
+                             shlex.join(["llama-cli", *run]))
     counts: dict[str, int] = {}
     for v in rec.tensor_types.values():
         counts[v] = counts.get(v, 0) + 1
     common = max(counts, key=lambda k: counts[k]) if counts else ""
     ftype = FTYPE_OF.get(common, FALLBACK_FTYPE)
-    q = ["llama-quantize", *(["--allow-requantize"] if requantize else []), "--tensor-type-file", ttf, source, out,
-         ftype]
+    imatrix = getattr(rec, "imatrix", None)
+    q = ["llama-quantize", *(["--allow-requantize"] if requantize else []),
+         *(["--imatrix", str(imatrix)] if imatrix else []), "--tensor-type-file", ttf, source, out, ftype]
     run = _run_flags(rec, out)
     return LlamaCommands(tuple(lines), ttf, shlex.join(q), shlex.join(["llama-server", *run]),
                          shlex.join(["llama-cli", *run]))

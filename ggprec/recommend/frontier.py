@@ -12,6 +12,13 @@ Rules (frontier.choose), the front sorted fastest first:
   On a GPU where the whole model fits at some size, this is the best mix that fits there (the loss falls
   faster than the speed as bits are added until the GPU is full, and far slower once layers move to RAM); on
   a model that only fits across GPU and RAM, the least loss at a usable speed.
+- an already-quantized source (issue 17), goal balanced: the model as it is (its own tensor types, nothing
+  requantized, expected KLD exactly 0 against itself: `measured: unchanged`) whenever it fits. A requantized
+  plan is chosen instead only when it buys a stated, real gain: the model as it is does not fit the budget,
+  or the balanced rule's pick is expected at least AS_IS_MIN_SPEEDUP times as fast. Requantizing to a
+  slightly smaller mix for a few percent of speed costs more than the loss model can see (a requantize
+  priced 0.0009 measured 0.032 on Gemma 3 270M Q4_K_M); --goal speed, --min-tps or --max-kld state a
+  gain explicitly and pick by their own rules; goal quality picks the model as it is anyway (least loss).
 """
 
 from __future__ import annotations
@@ -28,7 +35,11 @@ BALANCED_MIN_TPS = 3.0  # tok/s: about the slowest decode still usable for readi
 KLD_FLOOR = 0.001
 GOALS = ("balanced", "quality", "speed")
 MAX_SHOWN = 8
-SHOWN_MIN_STEP = 1.15  # printed rows differ in speed by at least this factor (the chosen row and the ends aside)
+SHOWN_MIN_STEP = 1.15
+# A requantized plan replaces the model as it is (an already-quantized source, goal balanced) only when it is
+# expected at least this many times as fast: a gain a user notices, beyond what the speed model's error
+# (10-20% against llama.cpp's measured tok/s) could make up.
+AS_IS_MIN_SPEEDUP = 1.5  # printed rows differ in speed by at least this factor (the chosen row and the ends aside)
 
 
 @dataclass
@@ -44,6 +55,8 @@ class FrontRow:
     expected_kld: float
     tg_tps: float
     pp_tps: float | None = None  # expected prompt tok/s, where the speed model has pp figures (shown rows)
+    as_is: bool = False  # every weight kept as the source has it (no requantize)
+    loss_source: str = ""  # where the expected KLD comes from: measured / proxy: ... / prior: ...
     walk: int = 0  # which placement (index into the search's walks)
     steps: int = 0  # how many upgrades of that placement's walk
 
@@ -64,8 +77,16 @@ def pareto(points: Sequence[tuple[float, float, int, int]]) -> list[tuple[float,
     return front
 
 
+def as_is_row(front: Sequence[FrontRow]) -> int | None:
+    """The index of the model as it is with nothing lost (its own weight types and a lossless KV cache),
+    where it is on the front: its least-loss row, as nothing is below 0."""
+    if front and front[-1].as_is and front[-1].expected_kld == 0:
+        return len(front) - 1
+    return None
+
+
 def choose(front: Sequence[FrontRow], goal: str, min_tps: float | None = None, max_kld: float | None = None,
-           speed_max_kld: float = 0.0) -> tuple[int, str]:
+           speed_max_kld: float = 0.0, quantized_source: bool = False) -> tuple[int, str]:
     """The index of the chosen row (front fastest first) and the rule that chose it, in words."""
     idx = range(len(front))
     if max_kld is not None:
@@ -93,7 +114,25 @@ def choose(front: Sequence[FrontRow], goal: str, min_tps: float | None = None, m
         raise GgprecError(f"goal must be one of {', '.join(GOALS)}, not '{goal}'")
     usable = [i for i in idx if front[i].tg_tps >= BALANCED_MIN_TPS] or list(idx)
     best = max(usable, key=lambda i: front[i].tg_tps / max(front[i].expected_kld, KLD_FLOOR))
-    return best, (f"default (balanced): among plans expected at >= {BALANCED_MIN_TPS:g} tok/s, the most tok/s per "
+    kept = as_is_row(front) if quantized_source else None
+    if kept is not None:
+        if best == kept or front[best].tg_tps < AS_IS_MIN_SPEEDUP * front[kept].tg_tps:
+            return kept, (f"default (balanced) for an already-quantized source: the model as it is (its own tensor "
+                          f"types, nothing requantized, KLD 0); a requantized plan is chosen only when the model "
+                          f"does not fit or the plan is expected at least {AS_IS_MIN_SPEEDUP:g}x as fast"
+                          + ("" if best == kept else f" (the balanced rule's pick here: "
+                             f"{front[best].tg_tps / front[kept].tg_tps:.2f}x)")
+                          + "; --goal speed, --min-tps or --max-kld choose otherwise")
+        return best, (f"default (balanced) for an already-quantized source: requantized, as the plan is expected "
+                      f"{front[best].tg_tps / front[kept].tg_tps:.2f}x as fast as the model as it is (at least "
+                      f"{AS_IS_MIN_SPEEDUP:g}x buys a requantize) and has the most tok/s per unit of expected KLD "
+                      f"among plans at >= {BALANCED_MIN_TPS:g} tok/s")
+    if quantized_source:
+        rule = ("default (balanced) for an already-quantized source that does not fit as it is: requantizing is "
+                "needed to fit; ")
+    else:
+        rule = "default (balanced): "
+    return best, (rule + f"among plans expected at >= {BALANCED_MIN_TPS:g} tok/s, the most tok/s per "
                   f"unit of expected KLD (halving the loss is worth halving the speed; KLD under {KLD_FLOOR:g} "
                   f"counts as {KLD_FLOOR:g}); --goal quality|speed, --min-tps or --max-kld choose otherwise")
 

@@ -12,35 +12,73 @@ from dataclasses import dataclass
 
 from ..ggml_types import GgmlType, lookup
 from .groups import Group
-from .loss import CANDIDATE_TYPES, LossModel
+from .loss import UNCHANGED, LossModel, shrinks
 
 
 @dataclass(frozen=True)
 class Option:
+    """One way to store a group: `type` for every tensor (or, where tensor_types is set, each tensor its own
+    entry, in the group's order: a candidate caps the tensors it makes smaller and keeps the others), its
+    bytes, expected KLD and where that figure comes from. kept: every tensor stays as the source has it."""
+
     type: GgmlType
     bytes: int
     loss: float
+    tensor_types: tuple[GgmlType, ...] = ()
+    kept: bool = False
+    source: str = ""
+    parts: tuple[tuple[str, int], ...] = ()  # bytes by type name, where the tensors differ in type
+
+    def type_of(self, i: int) -> GgmlType:
+        """The type of the group's i-th tensor."""
+        return self.tensor_types[i] if self.tensor_types else self.type
+
+    @property
+    def by_type(self) -> tuple[tuple[str, int], ...]:
+        return self.parts or ((self.type.name, self.bytes),)
+
+    @property
+    def label(self) -> str:
+        """The type in words: one name, or the names of a mixed group joined by '+', most bytes first."""
+        return "+".join(n for n, _ in sorted(self.by_type, key=lambda p: (-p[1], p[0])))
+
+
+def _option(g: Group, t: GgmlType, targets: list[GgmlType], costs: list[tuple[int, float, str]],
+            kept: bool = False) -> Option:
+    parts: dict[str, int] = {}
+    for tt, c in zip(targets, costs, strict=True):
+        parts[tt.name] = parts.get(tt.name, 0) + c[0]
+    mixed = len(parts) > 1
+    changed = sorted({c[2] for c, tt, x in zip(costs, targets, g.tensors, strict=True) if tt != x.type})
+    source = UNCHANGED if kept or not changed else "; ".join(changed)
+    if kept:
+        t = lookup(max(parts, key=lambda n: (parts[n], n)))
+    return Option(t, sum(parts.values()), 0.0 if kept else sum(c[1] for c in costs),
+                  tuple(targets) if mixed else (), kept, source,
+                  tuple(sorted(parts.items())) if mixed else ())
 
 
 def options_for(g: Group, losses: LossModel, exclude: Sequence[str] = ()) -> list[Option]:
-    """The group's candidate types on its lower convex hull of (bytes, loss), smallest first; where types
-    were measured for the group, only those LossModel.offered allows, each at its measured loss."""
+    """The group's options on its lower convex hull of (bytes, loss), smallest first: every candidate type
+    (LossModel.candidate_types) given to the tensors it makes smaller, the others kept; and the group kept as
+    the source has it (loss 0). Where types were measured for the group, only those LossModel.offered allows,
+    each at its measured loss."""
     measured = losses.measured_types(g)
-    source_bpw = g.source_bpw
-    source = g.tensors[0].type
     opts = []
-    for t in map(lookup, CANDIDATE_TYPES):
-        if (t.bits_per_weight > source_bpw + 1e-9 or t.name in exclude or not g.accepts(t)
-                or not losses.offered(g, t, measured)):
+    for t in map(lookup, losses.candidate_types()):
+        if t.name in exclude or not g.accepts(t) or not losses.offered(g, t, measured):
             continue
-        if t.name == "f16" and source.name == "bf16":
+        if t.name == "f16" and any(x.type.name == "bf16" for x in g.tensors):
             continue  # as wide, but narrower in range: keeping bf16 (below) is the lossless 16-bit choice
-        costs = [losses.tensor_cost(x, t) for x in g.tensors]
-        loss = 0.0 if t.bits_per_weight >= source_bpw else sum(c[1] for c in costs)
-        opts.append(Option(t, sum(c[0] for c in costs), loss))
-    if all(x.type == source for x in g.tensors) and source.name not in CANDIDATE_TYPES:
-        opts.append(Option(source, g.bytes_as(source), 0.0))  # keeping the source type is always allowed
-    opts.sort(key=lambda o: (o.bytes, o.loss))
+        targets = [t if shrinks(x, t) else x.type for x in g.tensors]
+        if all(tt == x.type for tt, x in zip(targets, g.tensors, strict=True)):
+            continue  # changes nothing: the kept option below
+        opts.append(_option(g, t, targets, [losses.tensor_cost(x, t) for x in g.tensors]))
+    if not all(x.type.name in exclude for x in g.tensors):
+        own = [x.type for x in g.tensors]
+        opts.append(_option(g, own[0], own, [(x.type.tensor_bytes(x.shape), 0.0, UNCHANGED) for x in g.tensors],
+                            kept=True))
+    opts.sort(key=lambda o: (o.bytes, o.loss, not o.kept))
     hull: list[Option] = []
     for o in opts:
         if hull and o.loss >= hull[-1].loss:

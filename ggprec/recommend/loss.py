@@ -1,20 +1,39 @@
-"""Expected loss (mean KLD against the unquantized model) of each group at each type.
+"""Expected loss (mean KLD against the source model as it is) of each group at each type.
 
 Loss is additive over groups. Where `ggprec sensitivity` measured the model (stored per sha256), its
 measurements win: each measured group's KLD at the probe type(s), extended to other types along a fitted
-curve in bits. Elsewhere a prior: `priors.weight_prior(type, n_params)` is the expected whole-model KLD if
-every quantizable weight were that type (at the model's size); a group's share of it is its parameters
-weighted by how much its role matters (PRIOR_IMPORTANCE, stated below) and by how often a token reads it
-(a routed expert: expert_used/expert_count of the time). Every figure carries its source: `measured` or
-`prior: <source>`."""
+curve in bits. Elsewhere a per-tensor estimator (`TensorLoss`): by default the priors
+(`PriorTensorLoss`): `priors.weight_prior(type, n_params)` is the expected whole-model KLD if every
+quantizable weight were that type (at the model's size); a group's share of it is its parameters weighted by
+how much its role matters (PRIOR_IMPORTANCE, stated below) and by how often a token reads it (a routed
+expert: expert_used/expert_count of the time). With the per-tensor error proxy (`ggprec.proxy`, fitted on
+real eval passes), `proxy_tensor_loss` gives the estimator that replaces the priors.
+
+A tensor the source already quantized (issue 17):
+- Its own type costs exactly 0 (nothing changes: `measured: unchanged`); the model as it is is always an
+  option of every group.
+- Its candidates are only the types that make it smaller. A type of more bits gains nothing (the source's
+  rounding is already in the weights) and requantizing to it is not even lossless (q4_k -> q5_0 rounds the
+  q4_k values again onto another grid): such types are never offered, 16-bit ones included.
+- Requantizing it to a smaller type t is priced by the priors at prior(t) + REQUANT_SOURCE_WEIGHT x
+  prior(source type), each times the tensor's share. Why more than prior(t): the priors are measured from
+  16-bit sources, where the quantizer's scale search sees the true weights; here it fits weights that already
+  carry the source's rounding error as if it were signal, and the two roundings compound in the result
+  (llama.cpp warns of exactly this with --allow-requantize). Measured on Gemma 3 270M Q4_K_M, a requantize
+  the f16-based priors priced at KLD 0.0009 measured 0.032 (issue 17). The penalty is a stated heuristic, not
+  a measurement: the proxy (which quantizes the file's own rows) or a sensitivity run replaces it.
+
+Every figure carries its source: `measured` (`measured: unchanged` for a kept tensor), `proxy: fitted on N
+passes`, or `prior: <source>`."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from ..errors import GgprecError
 from ..ggml_types import GgmlType, lookup
 from ..gguf_info import ModelInfo, TensorInfo
 from ..priors import Prior, kv_prior, weight_prior
@@ -26,6 +45,16 @@ from .groups import Group, reads_per_token
 CANDIDATE_TYPES: tuple[str, ...] = ("f16", "q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "q3_k",
                                     "q2_k", "iq4_nl")
 KV_TYPES: tuple[str, ...] = ("f16", "q8_0", "q4_0")
+# Types that join the candidates when an importance matrix is given (`recommend --imatrix`): llama.cpp's
+# i-quants, which only an imatrix makes worth their bits (the IQ2/IQ3_XXS ones are refused without one).
+# Only those ggml_types marks as weight types are offered (a profile can name no other).
+IMATRIX_TYPES: tuple[str, ...] = ("iq4_xs", "iq3_s", "iq3_xxs", "iq2_s", "iq2_xs", "iq2_xxs")
+# llama-quant.cpp's tensor_requires_imatrix, for a build whose ggml_types does not say (see needs_imatrix).
+_NEEDS_IMATRIX = frozenset({"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs"})
+# The requantize penalty of the priors: requantizing a tensor of source type s to t costs
+# prior(t) + REQUANT_SOURCE_WEIGHT x prior(s) (module docstring).
+REQUANT_SOURCE_WEIGHT = 1.0
+UNCHANGED = "measured: unchanged"
 
 # Relative damage per parameter of quantizing a role, for the priors. llama.cpp's own mixes give attn_v,
 # ffn_down and the output head more bits; a tied head at 4 bits is the most damaging single choice measured
@@ -104,10 +133,113 @@ def fit_exponent(points: dict[float, float]) -> float | None:
 
 
 
+def needs_imatrix(t: GgmlType) -> bool:
+    """Whether llama.cpp refuses t without an importance matrix (ggml_types.needs_imatrix where this build
+    has it; the imatrix branch adds it)."""
+    from .. import ggml_types
+
+    fn = getattr(ggml_types, "needs_imatrix", None)
+    return bool(fn(t)) if fn is not None else t.name in _NEEDS_IMATRIX
+
+
+def shrinks(x: TensorInfo, t: GgmlType) -> bool:
+    """Whether t makes tensor x smaller: the only changes recommend offers (a wider type gains nothing)."""
+    return t.tensor_bytes(x.shape) < x.type.tensor_bytes(x.shape)
+
+
+class TensorLoss(Protocol):
+    """A per-tensor loss estimator: the expected KLD (against the source as it is) of giving every tensor of
+    group_tensors the candidate type, and where that figure comes from (`prior: ...`, `proxy: fitted on N
+    passes`). Called only with tensors the candidate makes smaller (see shrinks)."""
+
+    def estimate(self, group_tensors: Sequence[TensorInfo], candidate: GgmlType) -> tuple[float, str]: ...
+
+
+@dataclass
+class PriorTensorLoss:
+    """The priors: each tensor's share of the whole-model prior of the candidate type, plus, where the source
+    already quantized the tensor, the requantize penalty (REQUANT_SOURCE_WEIGHT x the source type's prior)."""
+
+    share: dict[str, float]  # each tensor's share of the whole-model prior damage (sums to 1)
+    n_params: int  # quantizable parameters of the model: the size the priors are taken at
+    source: str  # "prior: ..."
+    _prior: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def prior_kld(self, type_name: str) -> float:
+        """Whole-model KLD at this type from the priors (cached: one call per type)."""
+        if type_name not in self._prior:
+            self._prior[type_name] = weight_prior(type_name, self.n_params).kld
+        return self._prior[type_name]
+
+    def estimate(self, group_tensors: Sequence[TensorInfo], candidate: GgmlType) -> tuple[float, str]:
+        total = 0.0
+        requantized = False
+        for x in group_tensors:
+            kld = self.prior_kld(candidate.name)
+            if x.type.quantized:
+                kld += REQUANT_SOURCE_WEIGHT * self.prior_kld(x.type.name)
+                requantized = True
+            total += kld * self.share.get(x.name, 0.0)
+        return total, self.source + (" + requantize penalty" if requantized else "")
+
+
+@dataclass
+class ProxyTensorLoss:
+    """Expected KLD from the per-tensor error proxy (ggprec.proxy, built on another branch): error_of(tensor,
+    type) is the imatrix-weighted relative squared error of requantizing the file's own rows (None where the
+    table lacks the pair: the fallback prices it), kld_of(tensor, error) the fitted map to expected KLD."""
+
+    error_of: Any  # Callable[[str, str], float | None]
+    kld_of: Any  # Callable[[TensorInfo, float], float]
+    source: str  # "proxy: fitted on N passes"
+    fallback: TensorLoss | None = None
+
+    def estimate(self, group_tensors: Sequence[TensorInfo], candidate: GgmlType) -> tuple[float, str]:
+        total = 0.0
+        missing = []
+        for x in group_tensors:
+            err = self.error_of(x.name, candidate.name)
+            if err is None:
+                missing.append(x)
+            else:
+                total += self.kld_of(x, float(err))
+        if not missing:
+            return total, self.source
+        if self.fallback is None:
+            raise GgprecError(f"the error proxy has no figure for {missing[0].name} at {candidate.name}")
+        rest, source = self.fallback.estimate(missing, candidate)
+        return total + rest, source if len(missing) == len(group_tensors) else f"{self.source}; {source}"
+
+
+def proxy_tensor_loss(table: Any, fit: Any, fallback: TensorLoss | None = None) -> ProxyTensorLoss:
+    """The proxy's ErrorTable (tensor -> type -> error: a mapping, or an object with `.errors` or `.error(t,
+    c)`) and ProxyFit (error -> KLD: `.kld(error, tensor)`, `.predict(...)` or a callable; `.source`) as a
+    TensorLoss (duck-typed: ggprec.proxy lives on another branch until the merge)."""
+    if hasattr(table, "error"):
+        def error_of(name: str, type_name: str) -> float | None:
+            return table.error(name, type_name)
+    else:
+        rows = getattr(table, "errors", table)
+
+        def error_of(name: str, type_name: str) -> float | None:
+            return rows.get(name, {}).get(type_name)
+
+    mapper = getattr(fit, "kld", None) or getattr(fit, "predict", None) or fit
+
+    def kld_of(x: TensorInfo, error: float) -> float:
+        try:
+            return float(mapper(error, x))
+        except TypeError:  # a fit that takes the error alone
+            return float(mapper(error))
+
+    return ProxyTensorLoss(error_of, kld_of, str(getattr(fit, "source", "proxy")), fallback)
+
+
 @dataclass
 class LossModel:
-    """Expected KLD of each tensor at a type. Measured tensors (`density` set): density[name] x noise(bpw,
-    exponent[name]) x n_params, or their measured curve/types; the others: prior[type] x share[name]."""
+    """Expected KLD of each tensor at a type, against the source as it is. Measured tensors (`density` set):
+    density[name] x noise(bpw, exponent[name]) x n_params, or their measured curve/types; the others: the
+    estimator (default: the priors, prior[type] x share[name], with the requantize penalty)."""
 
     share: dict[str, float]  # each unmeasured tensor's share of the whole-model prior damage (sums to 1)
     n_params: int  # quantizable parameters of the model: the size the priors are taken at
@@ -124,18 +256,44 @@ class LossModel:
     typed: dict[str, dict[str, float]] = field(default_factory=dict)
     kv: dict[str, float] = field(default_factory=dict)  # KV type -> expected KLD it adds
     kv_source: dict[str, str] = field(default_factory=dict)
+    # The unmeasured tensors' estimator (TensorLoss): None is the priors. with_estimator sets it.
+    estimator: Any = None
+    imatrix: bool = False  # an importance matrix is given: IMATRIX_TYPES join the candidates
     options_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
-    _prior: dict[str, float] = field(default_factory=dict, repr=False)
-    _tensor_costs: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict, repr=False)
+    _priors: PriorTensorLoss | None = field(default=None, repr=False)
+    _tensor_costs: dict[tuple[str, str], tuple[int, float, str]] = field(default_factory=dict, repr=False)
+
+    @property
+    def priors(self) -> PriorTensorLoss:
+        if self._priors is None:
+            self._priors = PriorTensorLoss(self.share, self.n_params, self.prior_source)
+        return self._priors
+
+    def with_estimator(self, estimator: TensorLoss) -> LossModel:
+        """This model with `estimator` pricing the unmeasured tensors (e.g. proxy_tensor_loss(table, fit,
+        model.priors)); its source names it."""
+        self.estimator = estimator
+        self.options_cache.clear()
+        self._tensor_costs.clear()
+        if not self.density:
+            self.source = str(getattr(estimator, "source", self.source))
+        return self
 
     def prior_kld(self, type_name: str) -> float:
         """Whole-model KLD at this type from the priors (cached: one call per type)."""
-        if type_name not in self._prior:
-            self._prior[type_name] = weight_prior(type_name, self.n_params).kld
-        return self._prior[type_name]
+        return self.priors.prior_kld(type_name)
+
+    def candidate_types(self) -> tuple[str, ...]:
+        """The weight types offered, best first: CANDIDATE_TYPES, plus IMATRIX_TYPES with an imatrix; never
+        a type llama.cpp refuses without one when there is none."""
+        names = CANDIDATE_TYPES + (IMATRIX_TYPES if self.imatrix else ())
+        return tuple(n for n in names if lookup(n).weight and (self.imatrix or not needs_imatrix(lookup(n))))
 
     def group_source(self, g: Group) -> str:
-        return "measured" if all(t.name in self.density for t in g.tensors) else self.prior_source
+        return "measured" if all(t.name in self.density for t in g.tensors) else self.source_of_estimates()
+
+    def source_of_estimates(self) -> str:
+        return str(getattr(self.estimator, "source", self.prior_source)) if self.estimator else self.prior_source
 
     def group_loss(self, g: Group, bpw: float) -> float:
         """Expected KLD of g at bpw bits (measured tensors by their curve; the others by the prior of the
@@ -148,7 +306,7 @@ class LossModel:
                 total += self._per_param(t.name, bpw) * t.n_elements
             else:
                 nearest = min(CANDIDATE_TYPES, key=lambda n: (abs(lookup(n).bits_per_weight - bpw), n))
-                total += self.prior_kld(nearest) * self.share.get(t.name, 0.0)
+                total += self.tensor_cost(t, lookup(nearest))[1]
         return total
 
     def measured_types(self, g: Group) -> set[str] | None:
@@ -171,35 +329,28 @@ class LossModel:
         return not min(bits) <= t.bits_per_weight <= max(bits)
 
     def type_loss(self, g: Group, t: GgmlType) -> float:
-        """Expected KLD of g at type t: its measurement where one was made, else its curve by bits (measured
-        tensors) or the prior of that type (the others)."""
-        if t.bits_per_weight >= g.source_bpw:
-            return 0.0
-        if all(t.name in self.typed.get(x.name, {}) for x in g.tensors):
-            return sum(self.typed[x.name][t.name] * x.n_elements for x in g.tensors)
-        total = 0.0
-        for x in g.tensors:
-            if x.name in self.density:
-                total += self._per_param(x.name, t.bits_per_weight) * x.n_elements
-            else:
-                total += self.prior_kld(t.name) * self.share.get(x.name, 0.0)
-        return total
+        """Expected KLD of g at type t, each tensor that t makes smaller moved to t and the others kept:
+        its measurement where one was made, else its curve by bits (measured tensors) or the estimator."""
+        return sum(self.tensor_cost(x, t)[1] for x in g.tensors)
 
-    def tensor_cost(self, x: TensorInfo, t: GgmlType) -> tuple[int, float]:
-        """(bytes, expected KLD) of one tensor at type t, as type_loss counts it in a group of x's source
-        type (cached: the same tensors recur in the groups of every placement)."""
+    def tensor_cost(self, x: TensorInfo, t: GgmlType) -> tuple[int, float, str]:
+        """(bytes, expected KLD, source) of tensor x offered type t: x kept as it is (0, `measured:
+        unchanged`) where t would not make it smaller; else its measurement, its measured curve, or the
+        estimator (cached: the same tensors recur in the groups of every placement)."""
         key = (x.name, t.name)
         cost = self._tensor_costs.get(key)
         if cost is None:
-            if t.bits_per_weight >= x.type.bits_per_weight:
-                loss = 0.0
+            if not shrinks(x, t):
+                cost = (x.type.tensor_bytes(x.shape), 0.0, UNCHANGED)
             elif t.name in self.typed.get(x.name, {}):
-                loss = self.typed[x.name][t.name] * x.n_elements
+                cost = (t.tensor_bytes(x.shape), self.typed[x.name][t.name] * x.n_elements, "measured")
             elif x.name in self.density:
-                loss = self._per_param(x.name, t.bits_per_weight) * x.n_elements
+                cost = (t.tensor_bytes(x.shape), self._per_param(x.name, t.bits_per_weight) * x.n_elements,
+                        "measured")
             else:
-                loss = self.prior_kld(t.name) * self.share.get(x.name, 0.0)
-            cost = self._tensor_costs[key] = (t.tensor_bytes(x.shape), loss)
+                loss, source = (self.estimator or self.priors).estimate((x,), t)
+                cost = (t.tensor_bytes(x.shape), loss, source)
+            self._tensor_costs[key] = cost
         return cost
 
     def _per_param(self, name: str, bpw: float) -> float:

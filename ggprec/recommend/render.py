@@ -34,7 +34,8 @@ def front_rows(rec: Recommendation, n_layer: int) -> list[dict[str, Any]]:
         layers = f"all {n_layer}" if r.n_gpu_layers > n_layer else f"{r.n_gpu_layers}/{n_layer}"
         if r.n_cpu_moe:
             layers += f", experts of {r.n_cpu_moe} in RAM"
-        out.append({**r.to_dict(), "mark": "->" if i == rec.chosen else "", "layers": layers})
+        mark = " ".join(m for m in ("->" if i == rec.chosen else "", "as is" if r.as_is else "") if m)
+        out.append({**r.to_dict(), "mark": mark, "layers": layers})
     return out
 
 
@@ -88,12 +89,23 @@ def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaComma
     console.print(f"method: {rec.method}")
     if commands:
         console.print("llama.cpp:")
-        console.print(f"  {commands.quantize}", soft_wrap=True, markup=False)
+        if commands.quantize:
+            console.print(f"  {commands.quantize}", soft_wrap=True, markup=False)
+        else:
+            console.print("  (no llama-quantize: the plan keeps every weight as the model has it)", markup=False)
         console.print(f"  {commands.server}", soft_wrap=True, markup=False)
         where = "" if written else " (-o writes it next to the profile)"
-        console.print(f"  ({len(commands.tensor_type_lines)} anchored name=type lines in {commands.tensor_type_file}"
-                      f"{where}; llama-cli takes the same flags)", markup=False)
+        if commands.quantize:
+            console.print(f"  ({len(commands.tensor_type_lines)} anchored name=type lines in "
+                          f"{commands.tensor_type_file}{where}; llama-cli takes the same flags)", markup=False)
     if verified:
-        console.print(f"verified: predicted KLD {verified['predicted_kld']:.4f}, measured "
-                      f"{verified['measured_kld']:.4f} (top-1 {verified['measured_top1']:.1%})"
-                      f" on {verified['variant']}")
+        console.print(verified_text(verified), markup=False)
+
+
+def verified_text(verified: dict[str, Any]) -> str:
+    """`--verify` in one line: predicted beside measured KLD, and measured / predicted."""
+    ratio = verified.get("ratio")
+    ratio_text = f"measured/predicted {ratio:.2f}x" if ratio is not None else "predicted 0: no ratio"
+    return (f"verified: predicted KLD {verified['predicted_kld']:.4f} ({verified.get('loss_source') or 'expected'}), "
+            f"measured {verified['measured_kld']:.4f}, {ratio_text} (top-1 {verified['measured_top1']:.1%}) on "
+            f"{verified['variant']}")

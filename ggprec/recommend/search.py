@@ -84,7 +84,7 @@ class Walk:
     layers: dict[str, int] = field(default_factory=dict)  # device -> blocks with tensors there (fixed costs)
     fixed_secs: float = 0.0  # the speed model's fixed seconds per token of this placement
     overhead: tuple[int, int] = (0, 0)  # (GPU, RAM) bytes besides the chosen weights, at the smallest mix
-    fixed_host: int = 0  # host bytes of the tensors recommend does not choose a type for
+    fixed_host: int = 0  # host bytes of the tensors recommend does not choose a type for (those left mapped)
     # memory.predict of the last plan less the estimate (overhead + weights), once checked; None: not yet.
     correction: tuple[int, int] | None = None
 
@@ -99,7 +99,8 @@ class Walk:
         return self.overhead[0] + gpu + dg, self.overhead[1] + host + dh
 
     def resident_host(self, choice: list[int]) -> int:
-        """Weights that stay in RAM (the mapped range also spans offloaded tensors; see totals)."""
+        """Host weights of `choice`, each counted once whether it stays in the mapping or is repacked into an
+        extra CPU buffer (the walk's linear part of RAM; totals gives the plan's whole resident RAM)."""
         return self.fixed_host + sum(opts[k].bytes for opts, k, d in zip(self.options, choice, self.devices,
                                                                           strict=True) if not is_gpu(d))
 
@@ -110,17 +111,18 @@ class Walk:
         return choice
 
     def types(self, choice: list[int]) -> dict[str, GgmlType]:
-        return {t.name: opts[k].type for g, opts, k in zip(self.groups, self.options, choice, strict=True)
-                for t in g.tensors}
+        return {t.name: opts[k].type_of(i) for g, opts, k in zip(self.groups, self.options, choice, strict=True)
+                for i, t in enumerate(g.tensors)}
 
     def reads(self, choice: list[int], info: ModelInfo) -> dict[str, dict[str, int]]:
         """Bytes read per generated token, by device and type, for the speed model."""
         out: dict[str, dict[str, int]] = {}
         for g, dev, opts, k in zip(self.groups, self.read_devices, self.options, choice, strict=True):
-            n = int(opts[k].bytes * reads_per_token(g, info))
-            if n:
-                by_type = out.setdefault(dev, {})
-                by_type[opts[k].type.name] = by_type.get(opts[k].type.name, 0) + n
+            for type_name, n_bytes in opts[k].by_type:
+                n = int(n_bytes * reads_per_token(g, info))
+                if n:
+                    by_type = out.setdefault(dev, {})
+                    by_type[type_name] = by_type.get(type_name, 0) + n
         kv = KV_PREFIX + self.settings.cache_type_k
         for dev, n in self.kv_reads.items():
             by_type = out.setdefault(dev, {})
@@ -171,7 +173,11 @@ def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list
     read_devices = [head if g.role == "tied_head" else d for g, d in parts]
     options = [cached_options(g, losses) for g in groups]
     grouped = {t.name for g in groups for t in g.tensors}
-    fixed_host = sum(t.n_bytes for t in info.tensors if t.name not in grouped and not is_gpu(device[t.name]))
+    from ..cpu_buffers import host_buffers
+
+    rules = host_buffers()
+    fixed_host = sum(t.n_bytes for t in info.tensors if t.name not in grouped and not is_gpu(device[t.name])
+                     and rules.buffer_for(t.type, t.shape) is None)
     walk = Walk(settings, groups, devices, read_devices, options, [], [], {},
                 losses.kv.get(settings.cache_type_k, 0.0), fixed_host=fixed_host)
     low = [0] * len(groups)
@@ -179,7 +185,8 @@ def walk_placement(info: ModelInfo, settings: RuntimeSettings, base_groups: list
     gpu0, host0 = totals(pred)
     smallest.append((gpu0, host0))
     low_gpu = sum(o[0].bytes for o, d in zip(options, devices, strict=True) if is_gpu(d))
-    walk.overhead = (gpu0 - low_gpu, host0 - (walk.resident_host(low) - fixed_host))  # KV, compute, fixed tensors
+    low_host = sum(o[0].bytes for o, d in zip(options, devices, strict=True) if not is_gpu(d))
+    walk.overhead = (gpu0 - low_gpu, host0 - low_host)  # KV, compute, fixed tensors
     for k, v in pred.buffers.items():
         if k.startswith("kv:"):
             walk.kv_reads[_device_of(k)] = walk.kv_reads.get(_device_of(k), 0) + v
@@ -229,7 +236,7 @@ def _sweep(walk: Walk, info: ModelInfo, budget: dict[bool, float], spb: SecondsP
     groups, devices, options = walk.groups, walk.devices, walk.options
     gpu_flags = [is_gpu(d) for d in devices]
     # Decode seconds per token of every option of every group (bytes read x the device's seconds per byte).
-    sec = [[o.bytes * reads_per_token(g, info) * spb(dev, o.type.name) for o in opts]
+    sec = [[sum(n * spb(dev, type_name) for type_name, n in o.by_type) * reads_per_token(g, info) for o in opts]
            for g, dev, opts in zip(groups, walk.read_devices, options, strict=True)]
 
     used = {True: 0, False: 0}
