@@ -51,6 +51,7 @@ from .hashing import model_sha256
 from .plan import OUTPUT, TOKEN_EMBD, Plan, metadata_end, quantizable, resolve_plan, with_added_metadata
 from .profile import Profile
 from .progress import Progress
+from .tensor_overrides import anchored
 
 if TYPE_CHECKING:
     from .imatrix_file import Imatrix
@@ -63,11 +64,6 @@ _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
 class RequantizeWarning(UserWarning):
     """The source is already quantized: the result's quality is bounded by the source's."""
-
-
-def anchored(name: str) -> str:
-    """An ECMAScript regex matching exactly this tensor name (names hold letters, digits, '.', '_')."""
-    return "^" + re.sub(r"([.\\^$|?*+()\[\]{}])", r"\\\1", name) + "$"
 
 
 def base_ftype(plan: Plan) -> int:

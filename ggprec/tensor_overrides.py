@@ -49,6 +49,12 @@ def check_pattern(pattern: str) -> str:
     return pattern
 
 
+def anchored(name: str) -> str:
+    """An ECMAScript regex matching exactly this tensor name (names hold letters, digits, '.', '_'): what ggprec's
+    quantize passes to llama.cpp per tensor and recommend prints for llama-quantize --tensor-type-file."""
+    return "^" + re.sub(r"([.\\^$|?*+()\[\]{}])", r"\\\1", name) + "$"
+
+
 def parse_overrides(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
     """`-ot` values (`PATTERN=DEVICE`, several comma-separated in one value, as llama.cpp) in order."""
     out: list[tuple[str, str]] = []

@@ -260,9 +260,9 @@ def test_speed_goal_stays_within_a_q4_k_level_loss_and_never_pairs_a_q4_0_cache_
 
 
 def test_min_tps_gives_the_least_loss_at_that_speed(rec_8b_8gib: Recommendation, sparse_8b_session: Path) -> None:
-    rec = _rec(sparse_8b_session, 8, 16, min_tps=150)
-    assert rec.row.tg_tps >= 150
-    assert rec.expected_kld == min(r.expected_kld for r in rec.front if r.tg_tps >= 150)
+    rec = _rec(sparse_8b_session, 8, 16, min_tps=100)
+    assert rec.row.tg_tps >= 100
+    assert rec.expected_kld == min(r.expected_kld for r in rec.front if r.tg_tps >= 100)
 
 
 def test_max_kld_gives_the_fastest_plan_within_that_loss(sparse_8b_session: Path) -> None:

@@ -108,7 +108,7 @@ def test_cli_rejects_an_unknown_probe_type_with_exit_2(tiny_model_f32: Path) -> 
 
 def test_verify_quantizes_the_recommended_plan_and_measures_its_kld(tiny_sensitivity: SensitivityResult,
                                                                     tiny_model_f32: Path, sens_db: Path) -> None:
-    from ggprec.recommend import verify
+    from ggprec.recommend_verify import verify
 
     with Store(sens_db) as store:
         found = stored_sensitivity(str(tiny_model_f32), store=store)

@@ -50,6 +50,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     from ..kv_loss import measure_kv_loss
     from ..profile import profile_to_yaml
     from ..recommend.commands import llama_commands, tensor_type_file_for
+    from ..recommend_verify import record_recommendation, verify
 
     rec_mod.validate(vram, ram, ctx, margin, bands, min_tps, max_kld, gpu_bandwidth, host_bandwidth)
     if output:
@@ -67,7 +68,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
                             max_kld=max_kld, kv_measured=kv_measured, imatrix=imatrix,
                             speed_model=speed_model(host_bandwidth, gpu_bandwidth, db))
     commands = llama_commands(rec, info, tensor_type_file_for(output) if output else None)
-    verified = rec_mod.verify(rec, model, reference, chunks=chunks) if verify else None
+    verified = verify(rec, model, reference, chunks=chunks) if verify else None
     if output:
         atomic_write_text(output, profile_to_yaml(rec_mod.to_profile(rec)), force=True)
         atomic_write_text(commands.tensor_type_file, commands.tensor_type_text(), force=True)
@@ -75,7 +76,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
         from ..store import Store
 
         with Store(db) as store:
-            rec_mod.record_recommendation(rec, store, verified, output)
+            record_recommendation(rec, store, verified, output)
     if as_json:
         print_json({**rec.to_dict(), "llama_cpp": commands.to_dict(), "verified": verified, "profile": output})
     else:

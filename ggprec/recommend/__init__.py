@@ -17,11 +17,9 @@ from .api import (
     check_imatrix_file,
     recommend,
     recommend_for_size,
-    record_recommendation,
     system_ram_gib,
     to_profile,
     validate,
-    verify,
 )
 from .frontier import AS_IS_MIN_SPEEDUP, BALANCED_MIN_TPS, GOALS, KLD_FLOOR, FrontRow, as_is_row
 from .groups import Group, layer_bands, make_groups, quantizable
@@ -49,7 +47,7 @@ __all__ = [
     "FrontRow", "Group", "LossModel", "NoFitError", "Option", "PriorTensorLoss", "ProxyTensorLoss",
     "Recommendation", "SizedPlan", "Solution", "TensorLoss", "as_is_row", "check_imatrix_file",
     "layer_bands", "make_groups", "options_for", "prior_loss_model", "proxy_tensor_loss", "quantizable", "recommend",
-    "recommend_for_size", "record_recommendation", "sensitivity_loss_model", "solve", "stored_sensitivity",
+    "recommend_for_size", "sensitivity_loss_model", "solve", "stored_sensitivity",
     "system_ram_gib",
-    "to_profile", "validate", "verify",
+    "to_profile", "validate",
 ]

@@ -373,87 +373,23 @@ def to_profile(rec: Recommendation, name: str = "recommended") -> Any:
             rules.append(Rule(type=gtype, roles=(role,), layers=spec))
     desc = (f"ggprec recommend --goal {rec.goal} for {rec.vram / GIB:g} GiB VRAM, {rec.ram / GIB:g} GiB RAM, "
             f"ctx {rec.settings.n_ctx}: expected KLD {rec.expected_kld:.4f}, {rec.tg_tps:.1f} tok/s")
-    return Profile(name=name, description=desc, rules=tuple(rules), default=default, runtime=rec.settings)
-
-
-def verify(rec: Recommendation, source: str, reference: str | None = None, chunks: int | None = 4,
-           n_ctx: int = 512, threads: int = 2) -> dict[str, Any]:
-    """Quantize the recommended plan with llama.cpp (with rec.imatrix where one is given) and measure its KLD
-    against the reference (default: the source itself); returns predicted beside measured, and their ratio
-    (measured / predicted; None where 0 was predicted). A plan that keeps every weight is the source itself:
-    nothing is written."""
-    from ..evaluate import evaluate
-
-    variant = Path(source) if rec.as_is else _build(rec, source, threads)
-    settings = RuntimeSettings(n_threads=threads, cache_type_k=rec.settings.cache_type_k,
-                               cache_type_v=rec.settings.cache_type_v)
-    result = evaluate(variant, reference or source, n_ctx=n_ctx, chunks=chunks, settings=settings)
-    measured = result.kld_mean
-    return {"variant": str(variant), "file_bytes": variant.stat().st_size, "predicted_kld": rec.expected_kld,
-            "measured_kld": measured, "measured_top1": result.top1,
-            "ratio": measured / rec.expected_kld if rec.expected_kld > 0 else None,
-            "loss_source": rec.loss_source, "as_is": rec.as_is, "imatrix": rec.imatrix}
-
-
-def _build(rec: Recommendation, source: str, threads: int) -> Any:
-    """The plan's file, built once (quantize.build_variant), with the imatrix where one is given: passed only
-    then, and refused in one line by a build whose quantizer takes none."""
-    import inspect
-
-    from ..quantize import build_variant
-
-    profile = to_profile(rec, name="recommended")
-    if rec.imatrix is None:
-        return build_variant(source, profile, threads=threads)
-    params = inspect.signature(build_variant).parameters
-    kwargs: dict[str, Any] = {}
-    if "imatrix" in params:  # ARCHITECTURE, third round: quantize(..., imatrix: Imatrix, imatrix_path: Path)
-        kwargs["imatrix"] = read_imatrix_file(rec.imatrix)
-    if "imatrix_path" in params:
-        kwargs["imatrix_path"] = Path(rec.imatrix)
-    if not kwargs:
-        raise GgprecError("this ggprec's quantizer takes no importance matrix: --verify cannot use --imatrix")
-    return build_variant(source, profile, threads=threads, **kwargs)
+    imatrix = str(Path(rec.imatrix).resolve()) if rec.imatrix else None  # the written profile quantizes with it
+    return Profile(name=name, description=desc, rules=tuple(rules), default=default, runtime=rec.settings,
+                   imatrix=imatrix)
 
 
 def read_imatrix_file(path: str | os.PathLike[str]) -> Any:
-    """imatrix_file.read_imatrix(path) (one-line errors), or the path itself where this build has no reader."""
-    try:
-        from ..imatrix_file import read_imatrix  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        if not Path(path).is_file():
-            raise GgprecError(f"{path}: no such importance-matrix file") from None
-        return Path(path)
+    """imatrix_file.read_imatrix(path): one-line errors for a missing or unreadable file."""
+    from ..imatrix_file import read_imatrix
+
     return read_imatrix(path)
 
 
 def check_imatrix_file(path: str | os.PathLike[str], info: ModelInfo) -> None:
-    """One line where the imatrix cannot be read or does not match the model (imatrix_file.check_imatrix,
-    where this build has it)."""
-    imx = read_imatrix_file(path)
-    try:
-        from ..imatrix_file import check_imatrix  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return
-    check_imatrix(imx, info)
+    """One line where the imatrix cannot be read or does not match the model (imatrix_file.check_imatrix)."""
+    from ..imatrix_file import check_imatrix
 
-
-def record_recommendation(rec: Recommendation, store: Any, verified: dict[str, Any] | None = None,
-                          profile: str | None = None) -> int:
-    """Store the chosen plan in the history (kind `recommend`). The model is kept by path only: hashing a
-    sparse 70B shape would take minutes for a command that otherwise takes a second."""
-    from ..hardware import fingerprint
-    from ..records import RecommendRecord
-
-    s = rec.settings
-    record = RecommendRecord(
-        goal=rec.goal, vram_bytes=rec.vram, ram_bytes=rec.ram, n_ctx=s.n_ctx, n_gpu_layers=s.n_gpu_layers,
-        cache_type_k=s.cache_type_k, cache_type_v=s.cache_type_v, weights_bytes=rec.weights_bytes,
-        gpu_bytes=rec.gpu_total, host_bytes=rec.host_total, expected_kld=rec.expected_kld,
-        measured_kld=None if verified is None else verified["measured_kld"], expected_tg_tps=rec.tg_tps,
-        loss_source=rec.loss_source, tensor_types=dict(rec.tensor_types), profile=profile)
-    return store.record(record, model_path=rec.model, settings={"margin_bytes": rec.margin, **s.to_dict()},
-                        hardware=fingerprint())
+    check_imatrix(read_imatrix_file(path), info)
 
 
 @dataclass

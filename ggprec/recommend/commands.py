@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import ALL_LAYERS
+from ..tensor_overrides import anchored  # the exact pattern ggprec's own quantize passes to llama.cpp
 
 # llama-quantize's ftype names for a plan whose most common type is the key (QUANT_OPTIONS in quantize.cpp).
 FTYPE_OF: dict[str, str] = {
@@ -60,7 +61,6 @@ def llama_commands(rec: Any, info: Any, tensor_type_file: str | Path | None = No
     source's ModelInfo): `llama-quantize` (with `--imatrix FILE` where rec.imatrix is set; none at all where
     the plan keeps the model as it is, which then runs the source itself) and the run flags."""
     from ..plan import quantizable
-    from ..quantize import anchored  # the same exact pattern ggprec's own quantize passes to llama.cpp
 
     source = str(info.path)
     out = output_model or str(Path(source).with_name(Path(source).stem + "-ggprec.gguf"))
