@@ -24,7 +24,7 @@ GPU buffers follow the same rules but could not be checked here (no GPU): see th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from . import ggml_types
 from .cpu_buffers import HostBuffers, host_buffers
 from .ggml_types import GgmlType
 from .gguf_info import ModelInfo
+from .layer_split import OffloadDevice, layer_devices
 from .roles import is_routed_expert
 from .settings import RuntimeSettings
 from .tensor_overrides import CPU, GPU, Placer
@@ -80,15 +81,19 @@ def _is_host(device: str) -> bool:
 
 
 def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[str, GgmlType] | None = None,
-            mmap: bool = True, host: HostBuffers | None = None) -> MemoryPrediction:
+            mmap: bool = True, host: HostBuffers | None = None,
+            devices: Sequence[OffloadDevice] | None = None) -> MemoryPrediction:
     """Bytes of every buffer llama.cpp allocates when it loads `info` with `settings`.
 
     tensor_types: the type of each tensor in the file that will be loaded (None: the file as it is); an
     `output.weight` the source lacks is a split head. mmap: llama.cpp's default load (host weights in a
     `CPU_Mapped` range) or load mode NONE (`CPU`, also what no_alloc simulates). host: the extra CPU
-    buffer types in use (None: this machine's, see cpu_buffers)."""
+    buffer types in use (None: this machine's, see cpu_buffers). devices: the devices llama.cpp offloads
+    to, in its order (RPC servers' and GPUs', see predict_split); None: the single-GPU rule."""
     for name in (settings.cache_type_k, settings.cache_type_v):
         ggml_types.kv_cache_type(name)  # an unknown KV type is a one-line GgprecError
+    if devices is not None:
+        return predict_split(info, settings, devices, tensor_types, mmap, host)
     pred = MemoryPrediction()
     hp = info.hparams
     placer = Placer.for_model(hp.n_layer, settings)
@@ -183,8 +188,9 @@ def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv
                   + (" (MLA latent, no V)" if mla else f" + V {tv.name}"))
 
 
-def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int,
-             output_on_gpu: bool) -> None:
+def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple[int, str, int, str, int]:
+    """(attention peak, why, output peak, why, one activation of n_embd x n_ubatch f32): the two peaks
+    of the reserved graph the compute buffers are predicted from."""
     hp = info.hparams
     # llama.cpp caps the batch at the context size (causal attention), before the KV cells' padding.
     n_ub = min(settings.n_ubatch, settings.n_batch, settings.n_ctx or n_kv, n_kv)
@@ -224,6 +230,14 @@ def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings,
         if not fa:
             attn += mla - ATTN_EMBD_KV * embd_kv
             attn_why += " + MLA query activations"
+    return attn, attn_why, out, out_why, embd
+
+
+def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int,
+             output_on_gpu: bool) -> None:
+    hp = info.hparams
+    attn, attn_why, out, out_why, embd = _graph_peaks(info, settings, n_kv)
+    n_ub, fa = embd // (hp.n_embd * F32), settings.flash_attn_effective
     has_gpu = first_gpu < hp.n_layer or output_on_gpu
     if not has_gpu:
         key, (n, why) = "compute:CPU", max((attn, attn_why), (out, out_why))
@@ -240,6 +254,89 @@ def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings,
     pred._add("compute:CPU", n, f"peak of the host graph: {why}")
     pred._add(f"compute:{GPU_HOST}", embd + n_kv * n_ub * (F16 if fa else F32),
               "graph inputs staged in pinned host memory (embeddings, mask)")
+
+
+# --- several devices (RPC servers, GPUs): llama.cpp's layer split -------------------------------------
+
+def predict_split(info: ModelInfo, settings: RuntimeSettings, devices: Sequence[OffloadDevice],
+                  tensor_types: Mapping[str, GgmlType] | None = None, mmap: bool = True,
+                  host: HostBuffers | None = None) -> MemoryPrediction:
+    """predict() over several devices: each layer on the device layer_split assigns (-ngl, -ts), its
+    weights (-ot on top) and its KV rows there; the output layer's device holds the logits' compute
+    buffer. Keys are llama.cpp's buffer names (`model:RPC0[127.0.0.1:50052]`, `kv:CUDA0`...)."""
+    hp = info.hparams
+    layers = tuple(layer_devices(hp.n_layer, settings.n_gpu_layers, devices, settings.tensor_split))
+    placer = Placer.for_model(hp.n_layer, settings, layers)
+    pred = MemoryPrediction()
+    _weights(pred, info, tensor_types, placer, mmap, host_buffers() if host is None else host)
+    n_kv = -(-settings.n_ctx // KV_PAD) * KV_PAD
+    _kv_split(pred, info, settings, n_kv, layers)
+    _compute_split(pred, info, settings, n_kv, layers, pipeline=_pipeline_parallel(info, settings, devices))
+    # No offload device here has a host buffer type (RPC has none): the logits stay in plain CPU memory.
+    pred._add("output:CPU", hp.n_vocab * F32, f"logits of one sequence: n_vocab {hp.n_vocab} x f32")
+    return pred
+
+
+def _pipeline_parallel(info: ModelInfo, settings: RuntimeSettings, devices: Sequence[OffloadDevice]) -> bool:
+    """llama.cpp's condition (llama-context.cpp): several devices, every layer and the output offloaded,
+    no tensor overrides; then the scheduler keeps several copies of each split's inputs."""
+    from .settings import ALL_LAYERS
+    from .tensor_overrides import override_list
+
+    ngl = settings.n_gpu_layers
+    return len(devices) > 1 and (ngl == ALL_LAYERS or ngl > info.hparams.n_layer) and not override_list(settings)
+
+
+def _kv_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
+              layers: Sequence[str]) -> None:
+    """The KV rows of each layer on that layer's device (llama.cpp's default offload_kqv)."""
+    hp = info.hparams
+    tk = ggml_types.kv_cache_type(settings.cache_type_k)
+    tv = ggml_types.kv_cache_type(settings.cache_type_v)
+    mla = hp.head_dim_k_mla > 0 and hp.head_dim_v_mla > 0
+    per_dev: dict[str, list[int]] = {}
+    for il in range(hp.n_layer):
+        heads = hp.n_head_kv[il]
+        row = tk.row_bytes(heads * hp.head_dim_k) + (0 if mla else tv.row_bytes(heads * hp.head_dim_v))
+        acc = per_dev.setdefault(layers[il], [0, 0])
+        acc[0] += row * n_kv
+        acc[1] += 1
+    for dev, (n, count) in per_dev.items():
+        pred._add(f"kv:{dev}", n, f"{n_kv} cells x {count} layers on {dev}")
+
+
+def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
+                   layers: Sequence[str], pipeline: bool) -> None:
+    """One compute buffer per device holding layers. Fitted on SmolLM2 split over two loopback RPC
+    servers and the CPU (scripts/check_rpc_memory.py): a device with repeating layers peaks at the
+    attention graph less the activations the CPU graph keeps (the token embeddings; with flash attention
+    also the layer input); the output layer's device at the logits (plus one activation when it holds
+    no repeating layer, one less with flash attention); the CPU at the attention peak when it keeps
+    layers, else at the token embeddings."""
+    hp = info.hparams
+    attn, attn_why, out, out_why, embd = _graph_peaks(info, settings, n_kv)
+    fa = settings.flash_attn_effective
+    output_device = layers[hp.n_layer]
+    for device in dict.fromkeys(layers):
+        has_layers = device in layers[:hp.n_layer]
+        if device == CPU:
+            n, why = (attn, attn_why) if has_layers else (embd, "token embeddings of one ubatch")
+            if device == output_device:
+                n, why = max((n, why), (out, out_why))
+            pred._add("compute:CPU", n, f"peak of the host graph: {why}")
+            continue
+        peaks = []
+        if has_layers:
+            peaks.append((attn - (2 if fa else 1) * embd, f"{attn_why}, less what the CPU graph keeps"))
+        if device == output_device:
+            peaks.append((out - embd if fa else out, out_why) if has_layers
+                         else (hp.n_vocab * (embd // (hp.n_embd * F32)) * F32 + embd, "logits + 1 activation"))
+        n, why = max(peaks)
+        if pipeline:
+            why += "; pipeline parallelism keeps extra copies of the split inputs (not predicted)"
+        pred._add(f"compute:{device}", n, f"peak of this device's graph: {why}")
+    if CPU not in layers:
+        pred._add("compute:CPU", embd, "token embeddings of one ubatch")
 
 
 def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,

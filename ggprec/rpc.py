@@ -20,6 +20,7 @@ server. Servers bind to loopback unless told otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pickle
@@ -106,7 +107,9 @@ def supports_rpc() -> bool:
 
     from . import ggml_lib
 
-    return bool(llama_cpp.llama_supports_rpc()) and ggml_lib.proc_address("RPC", "ggml_backend_rpc_add_server") is not None
+    if not llama_cpp.llama_supports_rpc():
+        return False
+    return ggml_lib.proc_address("RPC", "ggml_backend_rpc_add_server") is not None
 
 
 def require_rpc() -> None:
@@ -223,6 +226,11 @@ def probe_all(endpoints: Sequence[str], timeout: float = PROBE_TIMEOUT) -> list[
 _registered: dict[str, list[int]] = {}  # endpoint -> its devices (ggml_backend_dev_t), once per process
 
 
+def registered() -> list[str]:
+    """The servers registered in llama.cpp's registry by this process."""
+    return list(_registered)
+
+
 def add_servers(endpoints: Sequence[str]) -> list[int]:
     """The devices of `endpoints`, in order, registered in llama.cpp's registry (each server once per
     process). Probe first: llama.cpp aborts the process on a server it cannot talk to."""
@@ -334,10 +342,8 @@ def _stop(pid: int) -> None:
 
 def die_with_parent() -> None:
     """Ask Linux to kill this (child) process when its parent dies (PR_SET_PDEATHSIG); elsewhere a no-op."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 # --- work that a dying peer must not take down -----------------------------------------------------

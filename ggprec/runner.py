@@ -177,8 +177,27 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
                   speed_model: Any = None) -> RunResult:
     """Load the model with `settings`, measure pp and tg tok/s (`reps` times each), report memory;
     with `prompt`, also generate up to `n_predict` tokens of text from it (untimed). The expected speed
-    beside it comes from `speed_model` (a ggprec.speed.SpeedModel; None: load_speed_model())."""
+    beside it comes from `speed_model` (a ggprec.speed.SpeedModel; None: load_speed_model()).
+    With RPC servers every server is probed first, and the run happens in a child process (llama.cpp
+    aborts the process when a peer dies): an abort is one GgprecError here."""
+    _check_sizes(settings, pp, tg, reps)
+    if settings.rpc_servers:
+        from . import rpc
+
+        rpc.require_rpc()
+        rpc.probe_all(settings.rpc_servers)
+        return rpc.isolated(_run_here, model_path, settings, pp, tg, reps, prompt, n_predict=n_predict,
+                            speed_model=speed_model, servers=settings.rpc_servers, progress=progress)
+    return _run_here(model_path, settings, pp, tg, reps, prompt, report=progress, n_predict=n_predict,
+                     speed_model=speed_model)
+
+
+def _run_here(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp: int, tg: int, reps: int,
+              prompt: str | None, report: Callable[[str], None] | None, n_predict: int,
+              speed_model: Any) -> RunResult:
     import llama_cpp
+
+    progress = report
 
     from .hardware import gpu_memory_used_bytes
 
@@ -247,7 +266,8 @@ def predict_buffers(lm: LoadedModel) -> dict[str, int]:
 
     settings = lm.settings.with_overrides(n_batch=llama_cpp.llama_n_batch(lm.ctx),
                                           n_ubatch=llama_cpp.llama_n_ubatch(lm.ctx))
-    return predict(lm.info, settings, mmap=not lm.no_alloc).buffers
+    devices = lm.devices if settings.rpc_servers or settings.devices else None
+    return predict(lm.info, settings, mmap=not lm.no_alloc, devices=devices).buffers
 
 
 def tokenize(lm: LoadedModel, text: str) -> list[int]:

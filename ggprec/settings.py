@@ -25,6 +25,13 @@ class RuntimeSettings:
     # 0..N-1 on the CPU; ALL_LAYERS = `--cpu-moe`, every block). See ggprec.tensor_overrides.
     override_tensor: tuple[tuple[str, str], ...] = ()
     n_cpu_moe: int = 0  # ALL_LAYERS (-1) = --cpu-moe
+    # Devices (llama.cpp's --rpc, -ts, --device; see ggprec.rpc and ggprec.devices_split): RPC servers as
+    # HOST:PORT whose devices join the load; the share of offloaded layers per device (empty: by free
+    # memory); the devices to offload to, by name, in order (empty: every RPC device, then local GPUs;
+    # ("none",): no offload).
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
+    devices: tuple[str, ...] = ()
 
     @property
     def flash_attn_effective(self) -> bool:
@@ -40,4 +47,6 @@ class RuntimeSettings:
         """JSON-shaped: override_tensor as a list of [pattern, device] pairs (what a stored copy reads back as)."""
         d = asdict(self)
         d["override_tensor"] = [list(pair) for pair in self.override_tensor]
+        for name in ("rpc_servers", "tensor_split", "devices"):
+            d[name] = list(d[name])
         return d

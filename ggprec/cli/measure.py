@@ -9,6 +9,7 @@ import click
 
 from ..errors import GgprecError
 from ..records import KINDS  # stdlib only: keeps `ggprec --help` fast
+from .distributed import device_options, device_overrides
 from .shell import console, db_option, main, model_argument, print_json
 
 # --- measuring: run, history (issue 4) ---------------------------------------------------------
@@ -34,6 +35,7 @@ _FA = {"on": True, "off": False, "auto": None}
 @click.option("-cmoe", "--cpu-moe", "cpu_moe", is_flag=True, help="Keep every routed expert tensor on the CPU.")
 @click.option("-ncmoe", "--n-cpu-moe", "n_cpu_moe", type=click.IntRange(min=0),
               help="Keep the routed expert tensors of the first N blocks on the CPU.")
+@device_options
 @click.option("--pp", type=int, default=512, show_default=True, help="Prompt-processing tokens (one batch).")
 @click.option("--tg", type=int, default=128, show_default=True, help="Generated tokens (single-token decodes).")
 @click.option("--reps", type=int, default=3, show_default=True, help="Repetitions of each test.")
@@ -44,7 +46,8 @@ _FA = {"on": True, "off": False, "auto": None}
 @db_option
 def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None, n_batch: int | None,
         n_ubatch: int | None, n_threads: int | None, cache_type_k: str | None, cache_type_v: str | None,
-        flash_attn: str | None, override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None, pp: int,
+        flash_attn: str | None, override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None,
+        rpc_servers: tuple[str, ...], tensor_split: str | None, device: str | None, pp: int,
         tg: int, reps: int, prompt: str | None, n_predict: int, as_json: bool, db: str | None) -> None:
     """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
     from ..hardware import fingerprint
@@ -58,6 +61,7 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
     if flash_attn is not None:
         overrides["flash_attn"] = _FA[flash_attn]
     overrides.update(_placement_overrides(override_tensor, cpu_moe, n_cpu_moe))
+    overrides.update(device_overrides(rpc_servers, tensor_split, device))
     progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
     from ..speed import load_speed_model
 
