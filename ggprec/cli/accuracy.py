@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .distributed import device_options, device_overrides
 from .shell import console, db_option, main, model_argument, print_json
 
 # --- accuracy: eval, compare, demo (issue 5) ---------------------------------------------------
@@ -23,10 +24,13 @@ from .shell import console, db_option, main, model_argument, print_json
               help="Window size in tokens; the second half of each window is scored.")
 @click.option("--chunks", type=int, help="Number of windows (default: all the text gives).")
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (default: all logical CPUs).")
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="Layers of MODEL to offload (-1: all).")
+@device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option
 def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chunks: int | None,
-             n_threads: int | None, as_json: bool, db: str | None) -> None:
+             n_threads: int | None, ngl: int | None, rpc_servers: tuple[str, ...], tensor_split: str | None,
+             device: str | None, as_json: bool, db: str | None) -> None:
     """KL divergence, top-1 agreement and perplexity of MODEL against --reference (llama-perplexity's method);
     keep the result."""
     from ..evaluate import evaluate, read_text
@@ -43,11 +47,15 @@ def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chun
         def progress(stage: str, done: int, total: int) -> None:
             click.echo(f"\rggprec: {stage} window {done}/{total}", err=True, nl=done == total)
     with Store(db) as store:  # opened first: a bad history path fails before the evaluation
-        result = evaluate(model, reference, text=text, n_ctx=n_ctx, chunks=chunks,
-                          settings=RuntimeSettings(n_threads=n_threads), progress=progress)
+        settings = RuntimeSettings(n_threads=n_threads).with_overrides(
+            n_gpu_layers=ngl, **device_overrides(rpc_servers, tensor_split, device))
+        result = evaluate(model, reference, text=text, n_ctx=n_ctx, chunks=chunks, settings=settings,
+                          progress=progress)
         record = EvalRecord.from_result(result)
+        devices = {k: v for k, v in settings.to_dict().items()
+                   if k in ("n_gpu_layers", "rpc_servers", "tensor_split", "devices") and v}
         record_id = store.record(record, model_path=model, model_sha256=model_sha256(model),
-                                 settings={"n_ctx": n_ctx, "chunks": chunks, "n_threads": n_threads},
+                                 settings={"n_ctx": n_ctx, "chunks": chunks, "n_threads": n_threads, **devices},
                                  hardware=fingerprint())
     if as_json:
         print_json(result.to_dict())
