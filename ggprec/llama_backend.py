@@ -149,21 +149,28 @@ def check_settings(settings: RuntimeSettings) -> None:
 def clamp_gpu_layers(settings: RuntimeSettings, n_layer: int,
                      has_devices: bool | None = None) -> tuple[RuntimeSettings, list[str]]:
     """llama.cpp offloads at most n_layer + 1 layers (the +1 is the output layer); more is clamped
-    with a notice. With no device to offload to (has_devices False; None: a build without GPU offload)
-    every layer stays on the CPU."""
-    import llama_cpp
-
+    with a notice. With no device to offload to (has_devices False; None: no local GPU, see
+    local_gpu_available) every layer stays on the CPU."""
     notices: list[str] = []
     if settings.n_gpu_layers > n_layer + 1:
         notices.append(f"-ngl {settings.n_gpu_layers} is more than the model's {n_layer} layers + output; "
                        f"clamped to {n_layer + 1}")
         settings = settings.with_overrides(n_gpu_layers=n_layer + 1)
     if has_devices is None:
-        has_devices = bool(llama_cpp.llama_supports_gpu_offload())
+        has_devices = local_gpu_available()
     if settings.n_gpu_layers != 0 and not has_devices:
         notices.append("no device to offload to (no GPU, no RPC server): every layer runs on the CPU (-ngl 0)")
         settings = settings.with_overrides(n_gpu_layers=0)
     return settings, notices
+
+
+def local_gpu_available() -> bool:
+    """Whether llama.cpp's registry has a local GPU to offload to. Not llama_supports_gpu_offload(),
+    which is also true on a CPU-only build with the RPC backend, where -ngl without --rpc offloads nothing."""
+    from . import ggml_lib
+
+    _llama()
+    return any(t in ("GPU", "IGPU") and not n.startswith("RPC") for n, t, _ in ggml_lib.devices())
 
 
 def _explicit_devices(settings: RuntimeSettings) -> bool:

@@ -64,11 +64,11 @@ def test_pp_larger_than_the_batch_is_decoded_in_batch_sized_pieces(tiny_model: P
 
 
 def test_ngl_beyond_the_layer_count_is_clamped_with_a_notice(tiny_model: Path) -> None:
-    import llama_cpp
+    from ggprec.llama_backend import local_gpu_available
 
     r = run_benchmark(tiny_model, SMALL.with_overrides(n_gpu_layers=99), pp=0, tg=2, reps=1)
     assert "-ngl 99 is more than the model's 2 layers + output; clamped to 3" in r.notices
-    assert r.settings.n_gpu_layers == (3 if llama_cpp.llama_supports_gpu_offload() else 0)
+    assert r.settings.n_gpu_layers == (3 if local_gpu_available() else 0)
 
 
 def test_tests_that_do_not_fit_the_context_are_an_error(tiny_model: Path) -> None:
