@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 ALL_LAYERS = -1  # n_gpu_layers value meaning "every layer", as llama.cpp's -ngl 999
+# Fields that name this run's devices (hosts, GPUs): given on the command line, never part of a profile.
+DEVICE_FIELDS = ("rpc_servers", "tensor_split", "devices")
 
 
 @dataclass(frozen=True)
