@@ -44,6 +44,7 @@ F32, F16 = 4, 2
 # reported compute buffers (llama-3.2-1b, 8b, 70b and SmolLM2 shapes; see the module doc).
 ATTN_EMBD, ATTN_EMBD_KV, ATTN_EMBD_FA, OUT_EMBD = 5, 2, 12, 2
 MOE_EMBD = 4  # activations beside the expert FFN's (mixtral-8x7b, flash attention: exact at ctx 4096)
+N_COPIES = 4  # GGML_SCHED_MAX_COPIES: copies of each split input the scheduler keeps with pipeline parallelism
 
 
 @dataclass
@@ -307,36 +308,50 @@ def _kv_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings
 
 def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
                    layers: Sequence[str], pipeline: bool) -> None:
-    """One compute buffer per device holding layers. Fitted on SmolLM2 split over two loopback RPC
-    servers and the CPU (scripts/check_rpc_memory.py): a device with repeating layers peaks at the
-    attention graph less the activations the CPU graph keeps (the token embeddings; with flash attention
-    also the layer input); the output layer's device at the logits (plus one activation when it holds
-    no repeating layer, one less with flash attention); the CPU at the attention peak when it keeps
-    layers, else at the token embeddings."""
+    """One compute buffer per device. Fitted on SmolLM2 split over loopback RPC servers and the CPU
+    (scripts/check_rpc_memory.py; context 512-1024, ubatch 256-512, flash attention on and off), in units
+    of the graph's own sizes: E one n_embd activation, Ekv one n_embd_kv activation, M the attention
+    mask(s) of one ubatch. Without pipeline parallelism a device with repeating layers peaks at the
+    attention graph less what the CPU graph keeps (E; with flash attention 2E), the output layer's
+    device at the logits (less E, except without flash attention after repeating layers), a CPU without
+    layers at its graph inputs (M + 2E, + 2Ekv without flash attention). With pipeline parallelism the
+    scheduler keeps N_COPIES copies of every split input alive: N_COPIES - 1 more of each device's
+    inputs, and on the output layer's device the mask N_COPIES times beside the logits."""
     hp = info.hparams
     attn, attn_why, out, out_why, embd = _graph_peaks(info, settings, n_kv)
     fa = settings.flash_attn_effective
+    n_ub = embd // (hp.n_embd * F32)
+    embd_kv = hp.n_head_kv_max * hp.head_dim_k * n_ub * F32
+    mask = (2 if hp.sliding_window else 1) * n_kv * n_ub * (F16 if fa else F32)
+    kv_acts = 0 if fa else 2 * embd_kv
+    extra = N_COPIES - 1 if pipeline else 0
     output_device = layers[hp.n_layer]
-    for device in dict.fromkeys(layers):
+    for device in dict.fromkeys([*layers, CPU]):
         has_layers = device in layers[:hp.n_layer]
         if device == CPU:
-            n, why = (attn, attn_why) if has_layers else (embd, "token embeddings of one ubatch")
+            if has_layers:
+                n, why = attn, attn_why
+            else:
+                n = mask + 2 * embd + kv_acts + extra * (mask + embd + kv_acts)
+                why = "graph inputs (mask, token embeddings)" + (f" x {N_COPIES} copies" if pipeline else "")
             if device == output_device:
                 n, why = max((n, why), (out, out_why))
             pred._add("compute:CPU", n, f"peak of the host graph: {why}")
             continue
         peaks = []
         if has_layers:
-            peaks.append((attn - (2 if fa else 1) * embd, f"{attn_why}, less what the CPU graph keeps"))
+            base = attn - (2 if fa else 1) * embd
+            copies = extra * (mask + (embd + 2 * embd_kv if fa else 2 * embd))
+            peaks.append((base + copies, f"{attn_why}, less what the CPU graph keeps"
+                          + (f"; {N_COPIES} copies of the split inputs" if pipeline else "")))
         if device == output_device:
-            peaks.append((out - embd if fa else out, out_why) if has_layers
-                         else (hp.n_vocab * (embd // (hp.n_embd * F32)) * F32 + embd, "logits + 1 activation"))
+            if pipeline:
+                n = out - embd + N_COPIES * mask + (4 * embd if fa else 6 * embd + 2 * embd_kv)
+                peaks.append((n, f"{out_why}; {N_COPIES} copies of the mask and split inputs"))
+            else:
+                peaks.append((out if has_layers and not fa else out - embd, out_why))
         n, why = max(peaks)
-        if pipeline:
-            why += "; pipeline parallelism keeps extra copies of the split inputs (not predicted)"
         pred._add(f"compute:{device}", n, f"peak of this device's graph: {why}")
-    if CPU not in layers:
-        pred._add("compute:CPU", embd, "token embeddings of one ubatch")
 
 
 def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
