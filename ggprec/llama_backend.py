@@ -173,6 +173,23 @@ def local_gpu_available() -> bool:
     return any(t in ("GPU", "IGPU") and not n.startswith("RPC") for n, t, _ in ggml_lib.devices())
 
 
+def local_gpus() -> list[tuple[str, int]]:
+    """(buffer name, free bytes) of this host's GPUs, in llama.cpp's default order (integrated ones
+    only without a discrete one): what follows the RPC devices in a split."""
+    from . import ggml_lib
+
+    _llama()
+    lib = ggml_lib.ggml()
+    registry = [(n, t, d) for n, t, d in ggml_lib.devices() if not n.startswith("RPC")]
+    picked = [d for _, t, d in registry if t == "GPU"] or [d for _, t, d in registry if t == "IGPU"]
+    out = []
+    for dev in picked:
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        out.append((lib.ggml_backend_buft_name(lib.ggml_backend_dev_buffer_type(dev)).decode(), free.value))
+    return out
+
+
 def _explicit_devices(settings: RuntimeSettings) -> bool:
     """Whether the load names its devices itself rather than leaving llama.cpp's default: with RPC
     servers, --device, or RPC devices registered earlier in this process (which llama.cpp's default

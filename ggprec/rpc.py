@@ -221,6 +221,31 @@ def probe_all(endpoints: Sequence[str], timeout: float = PROBE_TIMEOUT) -> list[
     return [probe(e, timeout) for e in endpoints]
 
 
+def planned_devices(endpoints: Sequence[str], names: Sequence[str] = (), local_gpus: Sequence[tuple[str, int]] = (),
+                    timeout: float = PROBE_TIMEOUT) -> list[Any]:
+    """The layer_split.OffloadDevices llama.cpp would offload to, found by probing (nothing of llama.cpp
+    connects): every server's devices in order, registry names RPC0, RPC1... as llama.cpp numbers them,
+    then `local_gpus` ((name, free bytes), e.g. CUDA0); `names` (--device) picks and orders them
+    ("none": no device)."""
+    from .layer_split import OffloadDevice
+
+    found: list[OffloadDevice] = []
+    for peer in probe_all(endpoints, timeout):
+        for d in peer.devices:
+            found.append(OffloadDevice(f"RPC{len(found)}", buffer_name(peer.endpoint, d.index), d.free))
+    found += [OffloadDevice(name, name, free) for name, free in local_gpus]
+    if not names:
+        return found
+    if tuple(names) == ("none",):
+        return []
+    by_name = {d.name: d for d in found} | {d.buffer: d for d in found}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise GgprecError(f"invalid device {safe_text(missing[0], 80)!r}; devices to offload to: "
+                          + (", ".join(d.name for d in found) or "none (no GPU, no RPC server given)"))
+    return [by_name[n] for n in names]
+
+
 # --- registering servers in llama.cpp ---------------------------------------------------------------
 
 _registered: dict[str, list[int]] = {}  # endpoint -> its devices (ggml_backend_dev_t), once per process

@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..synth import PRESETS  # a table of shapes, no heavy imports
+from .distributed import device_options, device_overrides
 from .shell import console, main, model_argument, print_json, profile_option
 
 # --- models: inspect, synth, demo-model ------------------------------------------------------
@@ -101,18 +102,40 @@ def profiles_cmd(as_json: bool) -> None:
 @model_argument
 @profile_option
 @click.option("--tensors", is_flag=True, help="List every tensor with its planned type and rule.")
+@device_options
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="With devices: layers to offload (default: all).")
+@click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(1), help="With devices: context size (default: the "
+              "profile's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan_cmd(model: str, profile_name: str, tensors: bool, as_json: bool) -> None:
-    """The type each tensor of MODEL gets under a profile, llama.cpp's fallbacks and the file size."""
+def plan_cmd(model: str, profile_name: str, tensors: bool, rpc_servers: tuple[str, ...], tensor_split: str | None,
+             device: str | None, ngl: int | None, n_ctx: int | None, as_json: bool) -> None:
+    """The type each tensor of MODEL gets under a profile, llama.cpp's fallbacks and the file size; with
+    --rpc/--device, what each device must hold (each server probed, nothing loaded) and the commands."""
     from ..gguf_info import read_gguf
     from ..plan import render, resolve_plan
     from ..profile import load_profile
 
-    plan = resolve_plan(read_gguf(model), load_profile(profile_name))
+    info = read_gguf(model)
+    plan = resolve_plan(info, load_profile(profile_name))
+    split = device_overrides(rpc_servers, tensor_split, device)
+    devices = None
+    if split:
+        from ..device_plan import plan_devices
+        from ..llama_backend import local_gpus
+        from ..settings import ALL_LAYERS
+
+        settings = plan.runtime.with_overrides(n_gpu_layers=ALL_LAYERS if ngl is None else ngl, n_ctx=n_ctx,
+                                               **split)
+        devices = plan_devices(info, settings, plan.tensor_types(), local_gpus=local_gpus())
     if as_json:
-        print_json(plan.to_dict())
-    else:
-        render(plan, console(), tensors=tensors)
+        print_json(plan.to_dict() | ({"devices": devices.to_dict()} if devices else {}))
+        return
+    render(plan, console(), tensors=tensors)
+    if devices:
+        from ..device_plan import render as render_devices
+
+        click.echo(f"quantize: ggprec quantize {model} -p {profile_name} -o OUT.gguf")
+        render_devices(devices, console(), "OUT.gguf")
 
 
 def _quantize_progress(tensor: str, done: int, total: int) -> None:
