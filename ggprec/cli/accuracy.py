@@ -101,18 +101,22 @@ def _print_comparison(result: Any, as_json: bool) -> None:
 @click.option("--chunks", type=click.IntRange(1), default=4, show_default=True, help="Evaluation windows.")
 @click.option("--text", "text_file", type=click.Path(path_type=str), help="Evaluation text file (default: shipped).")
 @click.option("-t", "--threads", type=click.IntRange(1), help="CPU threads (default: all cores).")
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="Layers to offload (-1: all; default: each profile's).")
+@device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, out_dir: str | None, pp: int,
                 tg: int, reps: int, n_ctx: int, chunks: int, text_file: str | None, threads: int | None,
+                ngl: int | None, rpc_servers: tuple[str, ...], tensor_split: str | None, device: str | None,
                 as_json: bool) -> None:
     """Build, run and evaluate several profiles of SOURCE side by side."""
     from ..compare import compare
     from ..evaluate import read_text
     text = None if text_file is None else read_text(text_file)
+    devices = device_overrides(rpc_servers, tensor_split, device) | ({} if ngl is None else {"n_gpu_layers": ngl})
     with _bar("compare", as_json) as progress:
         result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
                          pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads, text=text,
-                         progress=progress)
+                         progress=progress, devices=devices)
     _print_comparison(result, as_json)
 
 
