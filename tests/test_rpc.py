@@ -421,3 +421,38 @@ def test_gemma3_split_gives_the_local_logits_and_its_weights_and_kv_where_predic
         for s in servers:
             key = f"{kind}:RPC0[{s}]"
             assert r.predicted[key] == pytest.approx(r.allocation.buffers[key], rel=0.02), key
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_plan_predicts_each_device_share_as_a_run_allocates_it(demo_model: Path, servers: tuple[str, str]) -> None:
+    from ggprec.device_plan import plan_devices
+    from ggprec.gguf_info import read_gguf
+    from ggprec.runner import run_benchmark
+    from ggprec.settings import RuntimeSettings
+
+    settings = RuntimeSettings(n_ctx=512, n_threads=1, n_gpu_layers=22, rpc_servers=servers, tensor_split=(2, 1))
+    plan = plan_devices(read_gguf(demo_model), settings)  # probes only: nothing of llama.cpp connects
+    assert [(s.name, s.layers) for s in plan.shares] == [
+        ("RPC0", list(range(9, 24))), ("RPC1", list(range(24, 31))), ("CPU", list(range(9)))]
+    r = run_benchmark(demo_model, settings, pp=8, tg=0, reps=1)
+    for key, n in r.allocation.buffers.items():
+        assert plan.buffers[key] == pytest.approx(n, rel=0.02), key
+
+
+@pytest.mark.llama
+def test_plan_with_an_unreachable_server_is_one_line_exit_2(demo_model: Path) -> None:
+    r = _run_cli("plan", str(demo_model), "-p", "q8_0", "--rpc", f"{LOOPBACK}:{free_port()}")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "connection refused" in r.stderr
+
+
+@pytest.mark.llama
+def test_plan_json_lists_every_device_with_its_layers(demo_model: Path, servers: tuple[str, str]) -> None:
+    import json
+
+    r = _run_cli("plan", str(demo_model), "-p", "q8_0", "--rpc", ",".join(servers), "-ts", "1,1", "--json")
+    assert r.returncode == 0, r.stderr
+    devices = json.loads(r.stdout)["devices"]["devices"]
+    assert [d["device"] for d in devices] == [f"RPC0[{s}]" for s in servers] + ["this host"]
+    assert sorted(il for d in devices for il in d["layers"]) == list(range(31))
