@@ -62,7 +62,7 @@ def main() -> None:
     for n, med, lo, hi, pp in rows:
         where = "local CPU" if n == 0 else f"{n} loopback RPC server{'s' if n > 1 else ''}"
         ms = 1000 / med
-        print(f"| {where} | {med:.1f} ({lo:.1f}-{hi:.1f}) | {ms:.2f} | {'' if n == 0 else f'+{ms - local_ms:.2f} ms'} "
+        print(f"| {where} | {med:.1f} ({lo:.1f}-{hi:.1f}) | {ms:.2f} | {'' if n == 0 else f'{ms - local_ms:+.2f} ms'} "
               f"| {pp:.1f} |")
 
 
