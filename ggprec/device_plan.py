@@ -130,20 +130,24 @@ def commands(plan: DevicePlan, model: str) -> list[str]:
     return lines
 
 
-def render(plan: DevicePlan, console: Any, model: str) -> None:
+def render(plan: DevicePlan, console: Any, model: str, budgets: Mapping[str, int] | None = None) -> None:
+    """The table of device shares (with each device's budget when given) and the command lines."""
     from rich.table import Table
 
     s = plan.settings
     table = Table(title=f"memory per device: -ngl {s.n_gpu_layers}"
                         + (f", -ts {','.join(f'{x:g}' for x in s.tensor_split)}" if s.tensor_split else "")
                         + f", context {s.n_ctx}")
-    for header in ("device", "layers", "weights MiB", "KV MiB", "compute MiB", "total MiB", "reports free MiB"):
+    headers = ["device", "layers", "weights MiB", "KV MiB", "compute MiB", "total MiB", "reports free MiB"]
+    for header in headers + (["budget MiB"] if budgets else []):
         table.add_column(header, justify="left" if header in ("device", "layers") else "right")
     for share in plan.shares:
+        budget = budgets.get(share.device) if budgets else None
         table.add_row(share.device if share.device == HOST else f"{share.name} {share.device}",
                       layer_ranges(share.layers, plan.n_layer), f"{share.model / MIB:,.2f}", f"{share.kv / MIB:,.2f}",
                       f"{share.compute / MIB:,.2f}", f"{share.total / MIB:,.2f}",
-                      "-" if share.free is None else f"{share.free / MIB:,.0f}")
+                      "-" if share.free is None else f"{share.free / MIB:,.0f}",
+                      *([] if not budgets else ["-" if budget is None else f"{budget / MIB:,.0f}"]))
     console.print(table)
     console.print("a CPU server reports its whole RAM as free: budget its host yourself", highlight=False)
     for line in commands(plan, model):

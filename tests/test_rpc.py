@@ -456,3 +456,22 @@ def test_plan_json_lists_every_device_with_its_layers(demo_model: Path, servers:
     devices = json.loads(r.stdout)["devices"]["devices"]
     assert [d["device"] for d in devices] == [f"RPC0[{s}]" for s in servers] + ["this host"]
     assert sorted(il for d in devices for il in d["layers"]) == list(range(31))
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_a_fitted_split_runs_within_every_budget(demo_model: Path, servers: tuple[str, str]) -> None:
+    from ggprec.gguf_info import read_gguf
+    from ggprec.recommend_devices import fit_split, resolve_budgets
+    from ggprec.runner import run_benchmark
+    from ggprec.settings import RuntimeSettings
+
+    settings = RuntimeSettings(n_ctx=512, n_threads=1, rpc_servers=servers)
+    devices = rpc.planned_devices(servers)
+    budgets = resolve_budgets(devices, {servers[0]: 0.05, servers[1]: 0.15}, None)
+    fit = fit_split(read_gguf(demo_model), settings, devices, budgets)
+    assert 0 < fit.n_gpu_layers < 31 and all(fit.counts)
+    r = run_benchmark(demo_model, fit.settings, pp=8, tg=0, reps=1)
+    for d in devices:
+        allocated = sum(n for key, n in r.allocation.buffers.items() if key.endswith(f":{d.buffer}"))
+        assert allocated <= budgets[d.buffer] * 1.02, d.buffer

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..errors import GgprecError
 from ..synth import PRESETS  # a table of shapes, no heavy imports
 from .distributed import device_options, device_overrides
 from .shell import console, main, model_argument, print_json, profile_option
@@ -106,9 +107,14 @@ def profiles_cmd(as_json: bool) -> None:
 @click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="With devices: layers to offload (default: all).")
 @click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(1), help="With devices: context size (default: the "
               "profile's).")
+@click.option("--fit", is_flag=True, help="With devices: choose -ngl and -ts so that every device fits its budget.")
+@click.option("--budget", "budgets", multiple=True, metavar="DEVICE=GIB,...",
+              help="With --fit: memory for a device (RPC0, CUDA0, HOST:PORT of a server, host = this machine's "
+                   "RAM); default: what the device reports free (a CPU server: its whole RAM) less 0.5 GiB.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_cmd(model: str, profile_name: str, tensors: bool, rpc_servers: tuple[str, ...], tensor_split: str | None,
-             device: str | None, ngl: int | None, n_ctx: int | None, as_json: bool) -> None:
+             device: str | None, ngl: int | None, n_ctx: int | None, fit: bool, budgets: tuple[str, ...],
+             as_json: bool) -> None:
     """The type each tensor of MODEL gets under a profile, llama.cpp's fallbacks and the file size; with
     --rpc/--device, what each device must hold (each server probed, nothing loaded) and the commands."""
     from ..gguf_info import read_gguf
@@ -118,7 +124,9 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, rpc_servers: tuple[st
     info = read_gguf(model)
     plan = resolve_plan(info, load_profile(profile_name))
     split = device_overrides(rpc_servers, tensor_split, device)
-    devices = None
+    if (fit or budgets) and not split:
+        raise GgprecError("--fit and --budget need devices: give --rpc or --device")
+    devices, budget_bytes = None, None
     if split:
         from ..device_plan import plan_devices
         from ..llama_backend import local_gpus
@@ -126,7 +134,15 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, rpc_servers: tuple[st
 
         settings = plan.runtime.with_overrides(n_gpu_layers=ALL_LAYERS if ngl is None else ngl, n_ctx=n_ctx,
                                                **split)
-        devices = plan_devices(info, settings, plan.tensor_types(), local_gpus=local_gpus())
+        if fit:
+            from .. import recommend_devices as rd
+            from ..rpc import planned_devices
+
+            found = planned_devices(settings.rpc_servers, settings.devices, local_gpus())
+            budget_bytes = rd.resolve_budgets(found, rd.parse_budgets(budgets), rd.host_ram())
+            devices = rd.fit_split(info, settings, found, budget_bytes, plan.tensor_types()).plan
+        else:
+            devices = plan_devices(info, settings, plan.tensor_types(), local_gpus=local_gpus())
     if as_json:
         print_json(plan.to_dict() | ({"devices": devices.to_dict()} if devices else {}))
         return
@@ -135,7 +151,7 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, rpc_servers: tuple[st
         from ..device_plan import render as render_devices
 
         click.echo(f"quantize: ggprec quantize {model} -p {profile_name} -o OUT.gguf")
-        render_devices(devices, console(), "OUT.gguf")
+        render_devices(devices, console(), "OUT.gguf", budget_bytes)
 
 
 def _quantize_progress(tensor: str, done: int, total: int) -> None:
