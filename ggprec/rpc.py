@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import os
 import pickle
 import signal
@@ -373,11 +374,14 @@ def die_with_parent() -> None:
 
 # --- work that a dying peer must not take down -----------------------------------------------------
 
-STALL_TIMEOUT = 120.0  # seconds without a word from the child before it is declared stuck
+# Seconds without a word from the child (it reports at every stage and repetition) before it is declared
+# stuck: a peer that stops answering without closing its connection (a frozen host) never makes llama.cpp
+# abort. $GGPREC_RPC_TIMEOUT overrides it for runs whose repetitions are longer.
+STALL_TIMEOUT = 120.0
 
 
 def isolated(fn: Callable[..., Any], *args: Any, servers: Sequence[str] = (),
-             progress: Callable[[Any], None] | None = None, stall_timeout: float = STALL_TIMEOUT,
+             progress: Callable[[Any], None] | None = None, stall_timeout: float | None = None,
              **kwargs: Any) -> Any:
     """fn(*args, report=..., **kwargs) in a forked child; its return value (pickled) comes back. A
     GgprecError raised there is raised here; an abort (llama.cpp's answer to a peer that died or refused
@@ -388,6 +392,8 @@ def isolated(fn: Callable[..., Any], *args: Any, servers: Sequence[str] = (),
 
     import llama_cpp  # noqa: F401  (imported before the fork: the child starts with it loaded)
 
+    if stall_timeout is None:
+        stall_timeout = stall_limit()
     read_fd, write_fd = os.pipe()
     err_r, err_w = os.pipe()
     pid = os.fork()
@@ -441,6 +447,20 @@ def isolated(fn: Callable[..., Any], *args: Any, servers: Sequence[str] = (),
                       f"{_last_line(err) or 'no reason given'}")
 
 
+def stall_limit() -> float:
+    """STALL_TIMEOUT, or $GGPREC_RPC_TIMEOUT (seconds) when set; a bad value is a one-line error."""
+    text = os.environ.get("GGPREC_RPC_TIMEOUT")
+    if text is None:
+        return STALL_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise GgprecError(f"GGPREC_RPC_TIMEOUT={safe_text(text, 40)!r}: expected seconds > 0")
+    return value
+
+
 def _child(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], read_fd: int, write_fd: int,
            err_r: int, err_w: int) -> None:
     code = 70
@@ -451,6 +471,7 @@ def _child(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides: it kills this process
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.environ["GGML_NO_BACKTRACE"] = "1"  # no gdb attaching on an abort: the parent wants the end now
+        faulthandler.disable()  # nor Python's traceback dump (-X faulthandler, pytest) on the original stderr
         die_with_parent()
 
         def send(kind: str, value: Any) -> None:

@@ -475,3 +475,54 @@ def test_a_fitted_split_runs_within_every_budget(demo_model: Path, servers: tupl
     for d in devices:
         allocated = sum(n for key, n in r.allocation.buffers.items() if key.endswith(f":{d.buffer}"))
         assert allocated <= budgets[d.buffer] * 1.02, d.buffer
+
+
+def _sleeps(seconds: float, report: object = None) -> str:
+    time.sleep(seconds)
+    return "done"
+
+
+def _aborts(report: object = None) -> None:
+    os.abort()
+
+
+def _refuses(report: object = None) -> None:
+    raise GgprecError("refused in the child")
+
+
+@pytest.mark.llama
+def test_isolated_returns_the_childs_value_and_its_one_line_errors() -> None:
+    assert rpc.isolated(_sleeps, 0.0) == "done"
+    with pytest.raises(GgprecError, match="^refused in the child$"):
+        rpc.isolated(_refuses)
+    with pytest.raises(GgprecError, match=r"^llama.cpp aborted \(SIGABRT\): .*nothing was written$"):
+        rpc.isolated(_aborts)
+
+
+@pytest.mark.llama
+def test_isolated_stops_a_child_silent_past_the_stall_timeout() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(GgprecError, match="no progress for 0.5 s"):
+        rpc.isolated(_sleeps, 30.0, stall_timeout=0.5)
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_ctrl_c_during_an_rpc_run_exits_130_promptly(demo_model: Path, servers: tuple[str, str],
+                                                     tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "ggprec", "run", str(demo_model), "--rpc", servers[0], "-ngl", "20",
+                             "-c", "2048", "--pp", "16", "--tg", "1500", "--reps", "20", "-t", "1",
+                             "--db", str(tmp_path / "h.db")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["ggprec: interrupted (SIGINT)"]
+    rpc.probe(servers[0])  # the server is free again for the next client
