@@ -308,22 +308,26 @@ def _kv_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings
 
 def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
                    layers: Sequence[str], pipeline: bool) -> None:
-    """One compute buffer per device. Fitted on SmolLM2 split over loopback RPC servers and the CPU
-    (scripts/check_rpc_memory.py; context 512-1024, ubatch 256-512, flash attention on and off), in units
-    of the graph's own sizes: E one n_embd activation, Ekv one n_embd_kv activation, M the attention
-    mask(s) of one ubatch. Without pipeline parallelism a device with repeating layers peaks at the
-    attention graph less what the CPU graph keeps (E; with flash attention 2E), the output layer's
-    device at the logits (less E, except without flash attention after repeating layers), a CPU without
-    layers at its graph inputs (M + 2E, + 2Ekv without flash attention). With pipeline parallelism the
-    scheduler keeps N_COPIES copies of every split input alive: N_COPIES - 1 more of each device's
-    inputs, and on the output layer's device the mask N_COPIES times beside the logits."""
+    """One compute buffer per device. Fitted on SmolLM2 and Gemma 3 split over loopback RPC servers and
+    the CPU (scripts/check_rpc_memory.py; context 256-2048, ubatch 256-512, flash attention on and off),
+    in units of the graph's own sizes: E one n_embd activation, M the attention mask(s) of one ubatch,
+    V the V-cache row indices of one ubatch (int64, one per element of the transposed V rows: only
+    without flash attention; one set per KV cache, two with sliding windows).
+    Without pipeline parallelism a device with repeating layers peaks at the attention graph (or the
+    FFN, see _layer_peaks) less what the CPU graph keeps (E; with flash attention also the query), the
+    output layer's device at the logits (less E, except without flash attention after repeating
+    layers), a CPU without layers at its graph inputs (M + 2E + V). With pipeline parallelism the
+    scheduler keeps N_COPIES copies of every split input alive (the GGML_SCHED_DEBUG split listing:
+    embeddings or the previous device's output E, masks M, V indices V): a device with layers then peaks
+    at the whole layer's graph plus N_COPIES - 1 copies of E + M + V, the CPU at its inputs plus as many
+    copies, the output layer's device at the logits plus N_COPIES copies."""
     hp = info.hparams
     attn, attn_why, out, out_why, embd = _graph_peaks(info, settings, n_kv)
     fa = settings.flash_attn_effective
     n_ub = embd // (hp.n_embd * F32)
-    embd_kv = hp.n_head_kv_max * hp.head_dim_k * n_ub * F32
-    mask = (2 if hp.sliding_window else 1) * n_kv * n_ub * (F16 if fa else F32)
-    kv_acts = 0 if fa else 2 * embd_kv
+    caches = 2 if hp.sliding_window else 1
+    mask = caches * n_kv * n_ub * (F16 if fa else F32)
+    v_idx = 0 if fa else caches * n_ub * hp.n_head_kv_max * hp.head_dim_v * 8
     attn, ffn, ffn_why = _layer_peaks(info, attn, n_ub, embd, fa)
     extra = N_COPIES - 1 if pipeline else 0
     output_device = layers[hp.n_layer]
@@ -333,7 +337,7 @@ def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSet
             if has_layers:
                 n, why = max((attn, attn_why), (ffn + embd, ffn_why))
             else:
-                n = mask + 2 * embd + kv_acts + extra * (mask + embd + kv_acts)
+                n = mask + 2 * embd + v_idx + extra * (mask + embd + v_idx)
                 why = "graph inputs (mask, token embeddings)" + (f" x {N_COPIES} copies" if pipeline else "")
             if device == output_device:
                 n, why = max((n, why), (out, out_why))
@@ -341,13 +345,16 @@ def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSet
             continue
         peaks = []
         if has_layers:
-            base = max(attn - (2 if fa else 1) * embd, ffn)
-            copies = extra * (mask + (embd + 2 * embd_kv if fa else 2 * embd))
-            peaks.append((base + copies, f"{attn_why}, less what the CPU graph keeps"
+            if pipeline:  # the inputs' copies stay allocated: the peak is the whole layer's, as on the CPU
+                base = max(attn, ffn + embd) + extra * (embd + mask + v_idx)
+            else:
+                q_act = hp.n_head * hp.head_dim_k * n_ub * F32  # with flash attention the query stays out too
+                base = max(attn - embd - (q_act if fa else 0), ffn)
+            peaks.append((base, f"{attn_why}, less what the CPU graph keeps"
                           + (f"; {N_COPIES} copies of the split inputs" if pipeline else "")))
         if device == output_device:
             if pipeline:
-                n = out - embd + N_COPIES * mask + (4 * embd if fa else 6 * embd + 2 * embd_kv)
+                n = out - embd + N_COPIES * (embd + mask + v_idx)
                 peaks.append((n, f"{out_why}; {N_COPIES} copies of the mask and split inputs"))
             else:
                 peaks.append((out if has_layers and not fa else out - embd, out_why))

@@ -345,7 +345,7 @@ def test_split_over_two_servers_and_the_cpu_gives_the_local_logits(demo_model: P
 
 @pytest.mark.llama
 @pytest.mark.slow
-@pytest.mark.parametrize("ngl, split", [(20, (1, 1)), (25, (3, 1)), (12, (1, 2))])
+@pytest.mark.parametrize("ngl, split", [(20, (1, 1)), (25, (3, 1)), (12, (1, 2)), (99, (1, 1))])
 def test_every_rpc_buffer_is_predicted_within_2_percent(demo_model: Path, servers: tuple[str, str], ngl: int,
                                                         split: tuple[float, ...]) -> None:
     from ggprec.runner import run_benchmark
@@ -405,8 +405,8 @@ def gemma3() -> Path:
 def test_gemma3_split_gives_the_local_logits_and_every_rpc_buffer_as_predicted(
         gemma3: Path, servers: tuple[str, str]) -> None:
     """Gemma 3 (sliding-window layers, q/k norms, GELU FFN, 262k vocabulary): identical logits, and every
-    RPC buffer as predicted (without flash attention and pipeline parallelism: the configurations whose
-    compute buffers scripts/check_rpc_memory.py finds within 2% for Gemma). An RPC server keeps its
+    RPC buffer as predicted, with part of the layers on the CPU and with all of them offloaded (pipeline
+    parallelism). An RPC server keeps its
     weights in a plain CPU buffer (no repacking), so the local run is compared without repacked buffers
     either (llama.cpp's --no-repack): Q4_K's repacked kernels round differently."""
     import numpy as np
@@ -419,12 +419,13 @@ def test_gemma3_split_gives_the_local_logits_and_every_rpc_buffer_as_predicted(
     here = _logits_here(gemma3, local, extra_buffers=False)
     there = rpc.isolated(_logits_here, gemma3, split, servers=servers, extra_buffers=False)
     assert np.abs(np.asarray(there) - np.asarray(here)).max() == 0.0
-    r = run_benchmark(gemma3, split.with_overrides(n_ctx=512), pp=8, tg=0, reps=1)
-    assert r.predicted is not None
-    for kind in ("model", "kv", "compute"):
-        for s in servers:
-            key = f"{kind}:RPC0[{s}]"
-            assert r.predicted[key] == pytest.approx(r.allocation.buffers[key], rel=0.02), key
+    for ngl in (10, 99):
+        r = run_benchmark(gemma3, split.with_overrides(n_ctx=512, n_gpu_layers=ngl), pp=8, tg=0, reps=1)
+        assert r.predicted is not None
+        for kind in ("model", "kv", "compute"):
+            for s in servers:
+                key = f"{kind}:RPC0[{s}]"
+                assert r.predicted[key] == pytest.approx(r.allocation.buffers[key], rel=0.02), (ngl, key)
 
 
 @pytest.mark.llama
