@@ -67,7 +67,8 @@ def plan_devices(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mappi
     from .memory import predict
 
     if devices is None:
-        devices = rpc.planned_devices(settings.rpc_servers, settings.devices, local_gpus)
+        devices = rpc.planned_devices(settings.rpc_servers, settings.devices, local_gpus,
+                                      split_mode=settings.split_mode, main_gpu=settings.main_gpu)
     n_layer = info.hparams.n_layer
     ngl = settings.n_gpu_layers
     if devices and (ngl == ALL_LAYERS or ngl > n_layer + 1):
@@ -120,6 +121,8 @@ def commands(plan: DevicePlan, model: str) -> list[str]:
         flags.append(f"--device {','.join(s.devices)}")
     if s.tensor_split:
         flags.append(f"-ts {','.join(f'{x:g}' for x in s.tensor_split)}")
+    if s.split_mode != "layer":
+        flags.append(f"-sm {s.split_mode} -mg {s.main_gpu}")
     if s.cache_type_k != "f16" or s.cache_type_v != "f16":
         flags.append(f"-ctk {s.cache_type_k} -ctv {s.cache_type_v}")
     if s.flash_attn_effective:

@@ -34,6 +34,24 @@ class OffloadDevice:
     free: int
 
 
+SPLIT_MODES = ("layer", "none")
+
+
+def select_main(devices: Sequence[OffloadDevice], split_mode: str, main_gpu: int) -> list[OffloadDevice]:
+    """llama.cpp's -sm none: only device `main_gpu` of the list (a negative index: none); -sm layer: all."""
+    if split_mode not in SPLIT_MODES:
+        raise GgprecError(f"split mode {split_mode!r}: ggprec models {' and '.join(SPLIT_MODES)} "
+                          "(row and tensor parallelism are not predicted)")
+    if split_mode == "layer":
+        return list(devices)
+    if main_gpu < 0:
+        return []
+    if main_gpu >= len(devices):
+        raise GgprecError(f"main GPU {main_gpu}: there are {len(devices)} devices to offload to "
+                          f"({', '.join(d.name for d in devices) or 'none'})")
+    return [devices[main_gpu]]
+
+
 def split_points(shares: Sequence[float]) -> list[float]:
     """Cumulative, normalised split points, rounded through float32 as llama.cpp computes them."""
     import numpy as np

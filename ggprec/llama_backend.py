@@ -196,7 +196,7 @@ def _explicit_devices(settings: RuntimeSettings) -> bool:
     would otherwise pick up for every later load)."""
     from . import rpc
 
-    return bool(settings.rpc_servers or settings.devices or rpc.registered())
+    return bool(settings.rpc_servers or settings.devices or settings.split_mode != "layer" or rpc.registered())
 
 
 def offload_devices(settings: RuntimeSettings) -> tuple[list[Any], list[Any]]:
@@ -205,7 +205,7 @@ def offload_devices(settings: RuntimeSettings) -> tuple[list[Any], list[Any]]:
     (integrated ones only without a discrete GPU), as llama.cpp's default. RPC servers are registered
     here (probe them first: llama.cpp aborts on one it cannot reach)."""
     from . import ggml_lib, rpc
-    from .layer_split import OffloadDevice
+    from .layer_split import OffloadDevice, select_main
 
     if settings.rpc_servers:
         rpc.add_servers(settings.rpc_servers)
@@ -236,7 +236,9 @@ def offload_devices(settings: RuntimeSettings) -> tuple[list[Any], list[Any]]:
         lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         buffer = lib.ggml_backend_buft_name(lib.ggml_backend_dev_buffer_type(dev)).decode()
         out.append(OffloadDevice(lib.ggml_backend_dev_name(dev).decode(), buffer, free.value))
-    return out, picked
+    # -sm none: llama.cpp keeps the main GPU only; the reduced list, split by layer, is the same load.
+    kept = select_main(out, settings.split_mode, settings.main_gpu)
+    return kept, [picked[out.index(d)] for d in kept]
 
 
 @dataclass

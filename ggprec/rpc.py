@@ -223,12 +223,12 @@ def probe_all(endpoints: Sequence[str], timeout: float = PROBE_TIMEOUT) -> list[
 
 
 def planned_devices(endpoints: Sequence[str], names: Sequence[str] = (), local_gpus: Sequence[tuple[str, int]] = (),
-                    timeout: float = PROBE_TIMEOUT) -> list[Any]:
+                    timeout: float = PROBE_TIMEOUT, split_mode: str = "layer", main_gpu: int = 0) -> list[Any]:
     """The layer_split.OffloadDevices llama.cpp would offload to, found by probing (nothing of llama.cpp
     connects): every server's devices in order, registry names RPC0, RPC1... as llama.cpp numbers them,
     then `local_gpus` ((name, free bytes), e.g. CUDA0); `names` (--device) picks and orders them
-    ("none": no device)."""
-    from .layer_split import OffloadDevice
+    ("none": no device); split_mode "none" keeps device `main_gpu` only, as llama.cpp."""
+    from .layer_split import OffloadDevice, select_main
 
     found: list[OffloadDevice] = []
     for peer in probe_all(endpoints, timeout):
@@ -236,7 +236,7 @@ def planned_devices(endpoints: Sequence[str], names: Sequence[str] = (), local_g
             found.append(OffloadDevice(f"RPC{len(found)}", buffer_name(peer.endpoint, d.index), d.free))
     found += [OffloadDevice(name, name, free) for name, free in local_gpus]
     if not names:
-        return found
+        return select_main(found, split_mode, main_gpu)
     if tuple(names) == ("none",):
         return []
     by_name = {d.name: d for d in found} | {d.buffer: d for d in found}
@@ -244,7 +244,7 @@ def planned_devices(endpoints: Sequence[str], names: Sequence[str] = (), local_g
     if missing:
         raise GgprecError(f"invalid device {safe_text(missing[0], 80)!r}; devices to offload to: "
                           + (", ".join(d.name for d in found) or "none (no GPU, no RPC server given)"))
-    return [by_name[n] for n in names]
+    return select_main([by_name[n] for n in names], split_mode, main_gpu)
 
 
 # --- registering servers in llama.cpp ---------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 ALL_LAYERS = -1  # n_gpu_layers value meaning "every layer", as llama.cpp's -ngl 999
 # Fields that name this run's devices (hosts, GPUs): given on the command line, never part of a profile.
-DEVICE_FIELDS = ("rpc_servers", "tensor_split", "devices")
+DEVICE_FIELDS = ("rpc_servers", "tensor_split", "devices", "split_mode", "main_gpu")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class RuntimeSettings:
     rpc_servers: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
     devices: tuple[str, ...] = ()
+    split_mode: str = "layer"  # llama.cpp's -sm: "layer" (split over the devices) or "none" (main_gpu only)
+    main_gpu: int = 0  # -mg: with split_mode "none", the index of the one device used (among the above)
 
     @property
     def flash_attn_effective(self) -> bool:
@@ -49,6 +51,6 @@ class RuntimeSettings:
         """JSON-shaped: override_tensor as a list of [pattern, device] pairs (what a stored copy reads back as)."""
         d = asdict(self)
         d["override_tensor"] = [list(pair) for pair in self.override_tensor]
-        for name in ("rpc_servers", "tensor_split", "devices"):
+        for name in ("rpc_servers", "tensor_split", "devices"):  # tuples -> JSON lists
             d[name] = list(d[name])
         return d

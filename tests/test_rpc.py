@@ -531,3 +531,22 @@ def test_ctrl_c_during_an_rpc_run_exits_130_promptly(demo_model: Path, servers: 
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["ggprec: interrupted (SIGINT)"]
     rpc.probe(servers[0])  # the server is free again for the next client
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_split_mode_none_puts_every_offloaded_layer_on_the_main_gpu(demo_model: Path,
+                                                                    servers: tuple[str, str]) -> None:
+    from ggprec.runner import run_benchmark
+    from ggprec.settings import RuntimeSettings
+
+    settings = RuntimeSettings(n_ctx=512, n_threads=1, n_gpu_layers=99, rpc_servers=servers, split_mode="none",
+                               main_gpu=1)
+    r = run_benchmark(demo_model, settings, pp=8, tg=0, reps=1)
+    assert not any(servers[0] in key for key in r.allocation.buffers)
+    assert r.predicted is not None
+    for kind in ("model", "kv", "compute"):
+        key = f"{kind}:RPC0[{servers[1]}]"
+        assert r.predicted[key] == pytest.approx(r.allocation.buffers[key], rel=0.02), key
+    with pytest.raises(GgprecError, match="main GPU 2: there are 2 devices to offload to"):
+        run_benchmark(demo_model, settings.with_overrides(main_gpu=2), pp=8, tg=0, reps=1)

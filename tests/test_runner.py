@@ -89,7 +89,8 @@ RUN_DOC = {
 SETTINGS_DOC = {"n_gpu_layers": int, "n_ctx": int, "n_batch": int, "n_ubatch": int,
                 "flash_attn": (bool, type(None)), "flash_attn_effective": bool, "n_threads": int,
                 "cache_type_k": str, "cache_type_v": str, "override_tensor": list, "n_cpu_moe": int,
-                "rpc_servers": list, "tensor_split": list, "devices": list}
+                "rpc_servers": list, "tensor_split": list, "devices": list,
+                "split_mode": str, "main_gpu": int}
 ALLOCATION_DOC = {"buffers": dict, "total": int, "no_alloc": bool, "notes": list}
 HARDWARE_DOC = {"cpu": str, "cores": int, "ram_bytes": (int, type(None)), "gpus": list, "gpu_offload": bool,
                 "os": str, "python": str, "llama_cpp_python": str, "system_info": str}

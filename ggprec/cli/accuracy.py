@@ -30,7 +30,8 @@ from .shell import console, db_option, main, model_argument, print_json
 @db_option
 def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chunks: int | None,
              n_threads: int | None, ngl: int | None, rpc_servers: tuple[str, ...], tensor_split: str | None,
-             device: str | None, as_json: bool, db: str | None) -> None:
+             device: str | None, split_mode: str | None, main_gpu: int | None, as_json: bool,
+             db: str | None) -> None:
     """KL divergence, top-1 agreement and perplexity of MODEL against --reference (llama-perplexity's method);
     keep the result."""
     from ..evaluate import evaluate, read_text
@@ -48,7 +49,7 @@ def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chun
             click.echo(f"\rggprec: {stage} window {done}/{total}", err=True, nl=done == total)
     with Store(db) as store:  # opened first: a bad history path fails before the evaluation
         settings = RuntimeSettings(n_threads=n_threads).with_overrides(
-            n_gpu_layers=ngl, **device_overrides(rpc_servers, tensor_split, device))
+            n_gpu_layers=ngl, **device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu))
         result = evaluate(model, reference, text=text, n_ctx=n_ctx, chunks=chunks, settings=settings,
                           progress=progress)
         record = EvalRecord.from_result(result)
@@ -107,12 +108,14 @@ def _print_comparison(result: Any, as_json: bool) -> None:
 def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, out_dir: str | None, pp: int,
                 tg: int, reps: int, n_ctx: int, chunks: int, text_file: str | None, threads: int | None,
                 ngl: int | None, rpc_servers: tuple[str, ...], tensor_split: str | None, device: str | None,
-                as_json: bool) -> None:
+                split_mode: str | None, main_gpu: int | None, as_json: bool) -> None:
     """Build, run and evaluate several profiles of SOURCE side by side."""
     from ..compare import compare
     from ..evaluate import read_text
     text = None if text_file is None else read_text(text_file)
-    devices = device_overrides(rpc_servers, tensor_split, device) | ({} if ngl is None else {"n_gpu_layers": ngl})
+    devices = device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu)
+    if ngl is not None:
+        devices["n_gpu_layers"] = ngl
     with _bar("compare", as_json) as progress:
         result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
                          pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads, text=text,

@@ -32,7 +32,12 @@ def rpc_server(host: str, port: int, threads: int | None, devices: str | None) -
 
 
 def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--rpc, -ts/--tensor-split and -dev/--device, as llama.cpp's common/arg.cpp spells them."""
+    """--rpc, -ts/--tensor-split, -dev/--device, -sm/--split-mode and -mg/--main-gpu, as llama.cpp's
+    common/arg.cpp spells them (the values reach the command as one `devices_given` dict)."""
+    fn = click.option("-mg", "--main-gpu", "main_gpu", type=int,
+                      help="With -sm none: the index of the one device to use (default 0).")(fn)
+    fn = click.option("-sm", "--split-mode", "split_mode", type=click.Choice(["layer", "none"]),
+                      help="layer: split the offloaded layers over the devices (default); none: main GPU only.")(fn)
     fn = click.option("-dev", "--device", "device", metavar="DEV1,DEV2,...",
                       help="Devices to offload to, in order (RPC0, RPC1, CUDA0, ...; none: no offload); "
                            "default: every RPC server's, then the local GPUs.")(fn)
@@ -44,11 +49,16 @@ def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def device_overrides(rpc_servers: tuple[str, ...], tensor_split: str | None, device: str | None) -> dict[str, Any]:
+def device_overrides(rpc_servers: tuple[str, ...], tensor_split: str | None, device: str | None,
+                     split_mode: str | None = None, main_gpu: int | None = None) -> dict[str, Any]:
     """RuntimeSettings changes for the device options given (nothing for options not given)."""
     from ..rpc import parse_servers
 
     out: dict[str, Any] = {}
+    if split_mode is not None:
+        out["split_mode"] = split_mode
+    if main_gpu is not None:
+        out["main_gpu"] = main_gpu
     if rpc_servers:
         out["rpc_servers"] = parse_servers(rpc_servers)
     if tensor_split is not None:

@@ -47,7 +47,8 @@ _FA = {"on": True, "off": False, "auto": None}
 def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None, n_batch: int | None,
         n_ubatch: int | None, n_threads: int | None, cache_type_k: str | None, cache_type_v: str | None,
         flash_attn: str | None, override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None,
-        rpc_servers: tuple[str, ...], tensor_split: str | None, device: str | None, pp: int,
+        rpc_servers: tuple[str, ...], tensor_split: str | None, device: str | None,
+        split_mode: str | None, main_gpu: int | None, pp: int,
         tg: int, reps: int, prompt: str | None, n_predict: int, as_json: bool, db: str | None) -> None:
     """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
     from ..hardware import fingerprint
@@ -61,7 +62,7 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
     if flash_attn is not None:
         overrides["flash_attn"] = _FA[flash_attn]
     overrides.update(_placement_overrides(override_tensor, cpu_moe, n_cpu_moe))
-    overrides.update(device_overrides(rpc_servers, tensor_split, device))
+    overrides.update(device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu))
     progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
     from ..speed import load_speed_model
 

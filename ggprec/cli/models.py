@@ -113,7 +113,8 @@ def profiles_cmd(as_json: bool) -> None:
                    "RAM); default: what the device reports free (a CPU server: its whole RAM) less 0.5 GiB.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_cmd(model: str, profile_name: str, tensors: bool, rpc_servers: tuple[str, ...], tensor_split: str | None,
-             device: str | None, ngl: int | None, n_ctx: int | None, fit: bool, budgets: tuple[str, ...],
+             device: str | None, split_mode: str | None, main_gpu: int | None, ngl: int | None, n_ctx: int | None,
+             fit: bool, budgets: tuple[str, ...],
              as_json: bool) -> None:
     """The type each tensor of MODEL gets under a profile, llama.cpp's fallbacks and the file size; with
     --rpc/--device, what each device must hold (each server probed, nothing loaded) and the commands."""
@@ -123,7 +124,7 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, rpc_servers: tuple[st
 
     info = read_gguf(model)
     plan = resolve_plan(info, load_profile(profile_name))
-    split = device_overrides(rpc_servers, tensor_split, device)
+    split = device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu)
     if (fit or budgets) and not split:
         raise GgprecError("--fit and --budget need devices: give --rpc or --device")
     devices, budget_bytes = None, None
@@ -138,7 +139,8 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, rpc_servers: tuple[st
             from .. import recommend_devices as rd
             from ..rpc import planned_devices
 
-            found = planned_devices(settings.rpc_servers, settings.devices, local_gpus())
+            found = planned_devices(settings.rpc_servers, settings.devices, local_gpus(),
+                                    split_mode=settings.split_mode, main_gpu=settings.main_gpu)
             budget_bytes = rd.resolve_budgets(found, rd.parse_budgets(budgets), rd.host_ram())
             devices = rd.fit_split(info, settings, found, budget_bytes, plan.tensor_types()).plan
         else:
