@@ -24,7 +24,8 @@ from .shell import console, db_option, main, model_argument, print_json
               help="Window size in tokens; the second half of each window is scored.")
 @click.option("--chunks", type=int, help="Number of windows (default: all the text gives).")
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (default: all logical CPUs).")
-@click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="Layers of MODEL to offload (-1: all).")
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int,
+              help="Layers of MODEL to offload (-1: all; default: all with --rpc/--device, else none).")
 @device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option
@@ -49,7 +50,7 @@ def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chun
             click.echo(f"\rggprec: {stage} window {done}/{total}", err=True, nl=done == total)
     with Store(db) as store:  # opened first: a bad history path fails before the evaluation
         settings = RuntimeSettings(n_threads=n_threads).with_overrides(
-            n_gpu_layers=ngl, **device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu))
+            **device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu, ngl))
         result = evaluate(model, reference, text=text, n_ctx=n_ctx, chunks=chunks, settings=settings,
                           progress=progress)
         record = EvalRecord.from_result(result)
@@ -102,7 +103,8 @@ def _print_comparison(result: Any, as_json: bool) -> None:
 @click.option("--chunks", type=click.IntRange(1), default=4, show_default=True, help="Evaluation windows.")
 @click.option("--text", "text_file", type=click.Path(path_type=str), help="Evaluation text file (default: shipped).")
 @click.option("-t", "--threads", type=click.IntRange(1), help="CPU threads (default: all cores).")
-@click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="Layers to offload (-1: all; default: each profile's).")
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int,
+              help="Layers to offload (-1: all; default: all with --rpc/--device, else each profile's).")
 @device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, out_dir: str | None, pp: int,
@@ -113,9 +115,7 @@ def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, o
     from ..compare import compare
     from ..evaluate import read_text
     text = None if text_file is None else read_text(text_file)
-    devices = device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu)
-    if ngl is not None:
-        devices["n_gpu_layers"] = ngl
+    devices = device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu, ngl)
     with _bar("compare", as_json) as progress:
         result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
                          pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads, text=text,

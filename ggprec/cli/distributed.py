@@ -50,11 +50,18 @@ def device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def device_overrides(rpc_servers: tuple[str, ...], tensor_split: str | None, device: str | None,
-                     split_mode: str | None = None, main_gpu: int | None = None) -> dict[str, Any]:
-    """RuntimeSettings changes for the device options given (nothing for options not given)."""
+                     split_mode: str | None = None, main_gpu: int | None = None,
+                     ngl: int | None = None) -> dict[str, Any]:
+    """RuntimeSettings changes for the device options given (nothing for options not given). With RPC
+    servers or --device and no -ngl, every layer is offloaded (what llama.cpp's tools do by default)."""
     from ..rpc import parse_servers
+    from ..settings import ALL_LAYERS
 
     out: dict[str, Any] = {}
+    if ngl is not None:
+        out["n_gpu_layers"] = ngl
+    elif rpc_servers or (device is not None and device.strip() != "none"):
+        out["n_gpu_layers"] = ALL_LAYERS
     if split_mode is not None:
         out["split_mode"] = split_mode
     if main_gpu is not None:

@@ -20,7 +20,8 @@ _FA = {"on": True, "off": False, "auto": None}
 @main.command()
 @model_argument
 @click.option("--profile", "profile_name", help="A shipped profile name or a profile YAML file.")
-@click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="Layers to offload to the GPU (-1: all).")
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int,
+              help="Layers to offload (-1: all; default: all with --rpc/--device, else the profile's).")
 @click.option("-c", "--ctx-size", "n_ctx", type=int, help="Context size in tokens.")
 @click.option("-b", "--batch-size", "n_batch", type=int, help="Logical batch size.")
 @click.option("-ub", "--ubatch-size", "n_ubatch", type=int, help="Physical batch size.")
@@ -62,7 +63,7 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
     if flash_attn is not None:
         overrides["flash_attn"] = _FA[flash_attn]
     overrides.update(_placement_overrides(override_tensor, cpu_moe, n_cpu_moe))
-    overrides.update(device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu))
+    overrides.update(device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu, ngl))
     progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
     from ..speed import load_speed_model
 

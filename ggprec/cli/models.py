@@ -124,17 +124,16 @@ def plan_cmd(model: str, profile_name: str, tensors: bool, rpc_servers: tuple[st
 
     info = read_gguf(model)
     plan = resolve_plan(info, load_profile(profile_name))
-    split = device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu)
-    if (fit or budgets) and not split:
+    split = device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu, ngl)
+    if (fit or budgets) and not (rpc_servers or device):
         raise GgprecError("--fit and --budget need devices: give --rpc or --device")
     devices, budget_bytes = None, None
-    if split:
+    if rpc_servers or device:
         from ..device_plan import plan_devices
         from ..llama_backend import local_gpus
         from ..settings import ALL_LAYERS
 
-        settings = plan.runtime.with_overrides(n_gpu_layers=ALL_LAYERS if ngl is None else ngl, n_ctx=n_ctx,
-                                               **split)
+        settings = plan.runtime.with_overrides(n_ctx=n_ctx, **({"n_gpu_layers": ALL_LAYERS} | split))
         if fit:
             from .. import recommend_devices as rd
             from ..rpc import planned_devices
