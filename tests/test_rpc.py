@@ -550,3 +550,28 @@ def test_split_mode_none_puts_every_offloaded_layer_on_the_main_gpu(demo_model: 
         assert r.predicted[key] == pytest.approx(r.allocation.buffers[key], rel=0.02), key
     with pytest.raises(GgprecError, match="main GPU 2: there are 2 devices to offload to"):
         run_benchmark(demo_model, settings.with_overrides(main_gpu=2), pp=8, tg=0, reps=1)
+
+
+def test_device_options_offload_everything_unless_ngl_says_otherwise() -> None:
+    from ggprec.cli.distributed import device_overrides
+
+    assert device_overrides((LOOPBACK + ":1",), None, None)["n_gpu_layers"] == -1
+    assert device_overrides((LOOPBACK + ":1",), "3,1", None, ngl=7) == {
+        "n_gpu_layers": 7, "rpc_servers": (LOOPBACK + ":1",), "tensor_split": (3.0, 1.0)}
+    assert device_overrides((), None, "none") == {"devices": ("none",)}
+    assert device_overrides((), None, None) == {}
+
+
+def test_plan_names_layer_ranges_and_prints_every_hosts_command() -> None:
+    from ggprec.device_plan import DevicePlan, commands, layer_ranges
+    from ggprec.settings import RuntimeSettings
+
+    assert layer_ranges([0, 1, 2, 5, 6, 30], 30) == "0-2, 5-6, output"
+    assert layer_ranges([], 30) == "-"
+    settings = RuntimeSettings(n_ctx=8192, n_gpu_layers=81, rpc_servers=("10.0.0.2:50052",), tensor_split=(32, 49),
+                               cache_type_k="q8_0", cache_type_v="q8_0")
+    lines = commands(DevicePlan(settings, 80, [], {}, {}), "m.gguf")
+    assert lines == [
+        "on 10.0.0.2: ggprec rpc-server --host 10.0.0.2 --port 50052   "
+        "(or llama.cpp's: ggml-rpc-server -H 10.0.0.2 -p 50052)",
+        "client: llama-server -m m.gguf -ngl 81 -c 8192 --rpc 10.0.0.2:50052 -ts 32,49 -ctk q8_0 -ctv q8_0 -fa on"]
