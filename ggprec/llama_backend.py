@@ -192,11 +192,12 @@ def local_gpus() -> list[tuple[str, int]]:
 
 def _explicit_devices(settings: RuntimeSettings) -> bool:
     """Whether the load names its devices itself rather than leaving llama.cpp's default: with RPC
-    servers, --device, or RPC devices registered earlier in this process (which llama.cpp's default
-    would otherwise pick up for every later load)."""
+    servers, --device, -ts, -sm none, or RPC devices registered earlier in this process (which
+    llama.cpp's default would otherwise pick up for every later load)."""
     from . import rpc
 
-    return bool(settings.rpc_servers or settings.devices or settings.split_mode != "layer" or rpc.registered())
+    return bool(settings.rpc_servers or settings.devices or settings.tensor_split or settings.split_mode != "layer"
+                or rpc.registered())
 
 
 def offload_devices(settings: RuntimeSettings) -> tuple[list[Any], list[Any]]:
@@ -256,7 +257,9 @@ class LoadedModel:
     notices: list[str]
     info: ModelInfo  # the header read before loading, kept so nothing reads it again
     no_alloc: bool = False
-    devices: list[Any] = field(default_factory=list)  # layer_split.OffloadDevice, in llama.cpp's order
+    # layer_split.OffloadDevice in llama.cpp's order when the load named its devices (RPC, --device, -ts,
+    # -sm), else None (llama.cpp's default choice: the single-GPU rule of memory.predict applies)
+    devices: list[Any] | None = None
     _batch: Any = None  # a llama_batch of n_batch tokens, made on the first decode_logits
 
     def close(self) -> None:
@@ -424,7 +427,7 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
             raise GgprecError(f"{p}: llama.cpp cannot create a context: {_reason(log)}")
         load_s = time.perf_counter() - t0
     loaded = LoadedModel(p, settings, model, ctx, llama_cpp.llama_model_n_layer(model), vocab_size(model), load_s,
-                         log, notices, info, no_alloc, devices)
+                         log, notices, info, no_alloc, devices if explicit else None)
     try:
         interrupts.check()
     except BaseException:

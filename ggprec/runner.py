@@ -266,8 +266,7 @@ def predict_buffers(lm: LoadedModel) -> dict[str, int]:
 
     settings = lm.settings.with_overrides(n_batch=llama_cpp.llama_n_batch(lm.ctx),
                                           n_ubatch=llama_cpp.llama_n_ubatch(lm.ctx))
-    devices = lm.devices if settings.rpc_servers or settings.devices else None
-    return predict(lm.info, settings, mmap=not lm.no_alloc, devices=devices).buffers
+    return predict(lm.info, settings, mmap=not lm.no_alloc, devices=lm.devices).buffers
 
 
 def tokenize(lm: LoadedModel, text: str) -> list[int]:

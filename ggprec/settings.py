@@ -27,7 +27,7 @@ class RuntimeSettings:
     # 0..N-1 on the CPU; ALL_LAYERS = `--cpu-moe`, every block). See ggprec.tensor_overrides.
     override_tensor: tuple[tuple[str, str], ...] = ()
     n_cpu_moe: int = 0  # ALL_LAYERS (-1) = --cpu-moe
-    # Devices (llama.cpp's --rpc, -ts, --device; see ggprec.rpc and ggprec.devices_split): RPC servers as
+    # Devices (llama.cpp's --rpc, -ts, --device; see ggprec.rpc and ggprec.layer_split): RPC servers as
     # HOST:PORT whose devices join the load; the share of offloaded layers per device (empty: by free
     # memory); the devices to offload to, by name, in order (empty: every RPC device, then local GPUs;
     # ("none",): no offload).
