@@ -6,6 +6,8 @@ Every layer and the output are offloaded (-ngl 99) to the servers, split evenly;
 local run use --threads CPU threads. The servers are `ggprec rpc-server`s on free 127.0.0.1 ports,
 killed at the end. On one machine this checks that the split works and what each network hop costs
 per token; it says nothing of multi-host speed (no real network, and the servers share the same cores).
+On a tiny synthetic model (`ggprec synth tiny.gguf --preset tiny`) the compute is negligible and the
+difference to the local run is the cost of the hops.
 """
 
 from __future__ import annotations
