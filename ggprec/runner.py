@@ -211,6 +211,8 @@ def _run_here(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp:
         except GgprecError as e:  # a model the memory model cannot describe still runs
             predicted = None
             lm.notices.append(f"no memory prediction: {e}")
+        if lm.devices is not None:
+            lm.notices.append(layer_notice(lm))
         rng = random.Random(SEED)
         ids = [rng.randrange(lm.n_vocab) for _ in range(max(pp, TG_PREFIX + tg))]
         dec = Decoder(lm)
@@ -267,6 +269,17 @@ def predict_buffers(lm: LoadedModel) -> dict[str, int]:
     settings = lm.settings.with_overrides(n_batch=llama_cpp.llama_n_batch(lm.ctx),
                                           n_ubatch=llama_cpp.llama_n_ubatch(lm.ctx))
     return predict(lm.info, settings, mmap=not lm.no_alloc, devices=lm.devices).buffers
+
+
+def layer_notice(lm: LoadedModel) -> str:
+    """Which layers each device holds (llama.cpp's split rule, as layer_split predicts it)."""
+    from .device_plan import layer_ranges
+    from .layer_split import layer_devices
+
+    layers = layer_devices(lm.n_layer, lm.settings.n_gpu_layers, lm.devices or [], lm.settings.tensor_split)
+    parts = [f"{device} {layer_ranges([il for il, d in enumerate(layers) if d == device], lm.n_layer)}"
+             for device in dict.fromkeys(layers)]
+    return "layers: " + "; ".join(parts)
 
 
 def tokenize(lm: LoadedModel, text: str) -> list[int]:

@@ -358,7 +358,6 @@ def test_every_rpc_buffer_is_predicted_within_2_percent(demo_model: Path, server
     assert {f"{kind}:RPC0[{s}]" for kind in ("model", "kv", "compute") for s in servers} == rpc_keys
     for key in rpc_keys:
         assert r.predicted[key] == pytest.approx(r.allocation.buffers[key], rel=0.02), key
-    # the layer assignment llama.cpp logged is the one layer_split predicts
     assert r.predicted.keys() == r.allocation.buffers.keys()
 
 
@@ -575,3 +574,25 @@ def test_plan_names_layer_ranges_and_prints_every_hosts_command() -> None:
         "on 10.0.0.2: ggprec rpc-server --host 10.0.0.2 --port 50052   "
         "(or llama.cpp's: ggml-rpc-server -H 10.0.0.2 -p 50052)",
         "client: llama-server -m m.gguf -ngl 81 -c 8192 --rpc 10.0.0.2:50052 -ts 32,49 -ctk q8_0 -ctv q8_0 -fa on"]
+
+
+def _assigned_layers(path: Path, settings: object, report: object = None) -> list[str]:
+    """llama.cpp's own "layer N assigned to device X" log lines, as device names in layer order."""
+    import re
+
+    from ggprec.llama_backend import load_model
+
+    with load_model(path, settings) as lm:  # type: ignore[arg-type]
+        found = [re.search(r"layer +(\d+) assigned to device (\S+),", line) for line in lm.log.text]
+        return [m.group(2) for m in sorted((m for m in found if m), key=lambda m: int(m.group(1)))]
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_llama_cpp_assigns_the_layers_layer_split_predicts(demo_model: Path, servers: tuple[str, str]) -> None:
+    from ggprec.settings import RuntimeSettings
+
+    for ngl, split in ((22, (2.0, 1.0)), (7, (1.0, 3.0)), (31, (1.0, 1.0))):
+        settings = RuntimeSettings(n_ctx=256, n_threads=1, n_gpu_layers=ngl, rpc_servers=servers, tensor_split=split)
+        logged = rpc.isolated(_assigned_layers, demo_model, settings, servers=servers)
+        assert logged == assign_layers(30, ngl, ["RPC0", "RPC1"], list(split)), (ngl, split)
