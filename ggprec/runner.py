@@ -250,6 +250,9 @@ def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None) -> Any:
     cells the timed decodes use on average; None for a model the speed model cannot describe."""
     from .speed import load_speed_model
 
+    if lm.settings.rpc_servers:
+        lm.notices.append("no speed expectation: the speed model does not know RPC devices and their hops")
+        return None
     try:
         model = speed_model if speed_model is not None else load_speed_model()
         return model.expected(lm.info, lm.settings, kv_cells=TG_PREFIX + tg // 2)
