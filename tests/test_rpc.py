@@ -596,3 +596,17 @@ def test_llama_cpp_assigns_the_layers_layer_split_predicts(demo_model: Path, ser
         settings = RuntimeSettings(n_ctx=256, n_threads=1, n_gpu_layers=ngl, rpc_servers=servers, tensor_split=split)
         logged = rpc.isolated(_assigned_layers, demo_model, settings, servers=servers)
         assert logged == assign_layers(30, ngl, ["RPC0", "RPC1"], list(split)), (ngl, split)
+
+
+@pytest.mark.llama
+def test_without_rpc_in_the_build_every_rpc_command_names_the_fix(monkeypatch: pytest.MonkeyPatch, demo_model: Path,
+                                                                  tmp_path: Path) -> None:
+    monkeypatch.setattr(rpc, "supports_rpc", lambda: False)
+    for args in (["run", str(demo_model), "--rpc", f"{LOOPBACK}:1", "--db", str(tmp_path / "h.db")],
+                 ["eval", str(demo_model), "--reference", str(demo_model), "--rpc", f"{LOOPBACK}:1",
+                  "--db", str(tmp_path / "h.db")],
+                 ["rpc-server", "--port", str(free_port())]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2, args
+        assert r.stderr.strip().splitlines() == [f"ggprec: error: this llama-cpp-python has no RPC backend; "
+                                                 f"{rpc.INSTALL_FIX}"], args
