@@ -135,6 +135,7 @@ def commands(plan: DevicePlan, model: str) -> list[str]:
 
 def render(plan: DevicePlan, console: Any, model: str, budgets: Mapping[str, int] | None = None) -> None:
     """The table of device shares (with each device's budget when given) and the command lines."""
+    from rich.markup import escape
     from rich.table import Table
 
     s = plan.settings
@@ -146,7 +147,8 @@ def render(plan: DevicePlan, console: Any, model: str, budgets: Mapping[str, int
         table.add_column(header, justify="left" if header in ("device", "layers") else "right")
     for share in plan.shares:
         budget = budgets.get(share.device) if budgets else None
-        table.add_row(share.device if share.device == HOST else f"{share.name} {share.device}",
+        label = share.device if share.device in (HOST, share.name) else f"{share.name} {share.device}"
+        table.add_row(escape(label),
                       layer_ranges(share.layers, plan.n_layer), f"{share.model / MIB:,.2f}", f"{share.kv / MIB:,.2f}",
                       f"{share.compute / MIB:,.2f}", f"{share.total / MIB:,.2f}",
                       "-" if share.free is None else f"{share.free / MIB:,.0f}",
@@ -154,4 +156,4 @@ def render(plan: DevicePlan, console: Any, model: str, budgets: Mapping[str, int
     console.print(table)
     console.print("a CPU server reports its whole RAM as free: budget its host yourself", highlight=False)
     for line in commands(plan, model):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(escape(line), highlight=False, soft_wrap=True)

@@ -610,3 +610,15 @@ def test_without_rpc_in_the_build_every_rpc_command_names_the_fix(monkeypatch: p
         assert r.exit_code == 2, args
         assert r.stderr.strip().splitlines() == [f"ggprec: error: this llama-cpp-python has no RPC backend; "
                                                  f"{rpc.INSTALL_FIX}"], args
+
+
+def test_a_server_named_by_host_name_survives_the_terminal_tables() -> None:
+    from rich.console import Console
+
+    from ggprec.alloc import Allocation
+    from ggprec.printers import allocation_table
+
+    key = "model:RPC0[gpu-box:50052]"  # rich would read "[gpu-box:50052]" as markup
+    console = Console(width=120, record=True)
+    console.print(allocation_table(Allocation({key: 1 << 20}), {key: 1 << 20}))
+    assert key in console.export_text()
