@@ -272,7 +272,21 @@ def predict_split(info: ModelInfo, settings: RuntimeSettings, devices: Sequence[
     _weights(pred, info, tensor_types, placer, mmap, host_buffers() if host is None else host)
     n_kv = -(-settings.n_ctx // KV_PAD) * KV_PAD
     _kv_split(pred, info, settings, n_kv, layers)
-    _compute_split(pred, info, settings, n_kv, layers, pipeline=_pipeline_parallel(info, settings, devices))
+    # Which parts of the repeating layers each device computes: the attention core (KQ, softmax) runs
+    # where the layer's KV cache is (its device), the projections and the FFN where their weights are,
+    # so -ot can give a device a part without the rest ("proj": attention projections only).
+    hosts: dict[str, set[str]] = {}
+    for t in info.tensors:
+        if t.layer is None or t.layer >= hp.n_layer:
+            continue
+        device = placer.device(t.name, t.layer)
+        if t.role.startswith("attn"):
+            hosts.setdefault(layers[t.layer], set()).add("attn")
+            if device != layers[t.layer]:
+                hosts.setdefault(device, set()).add("proj")
+        elif t.role.startswith("ffn"):
+            hosts.setdefault(device, set()).add("ffn")
+    _compute_split(pred, info, settings, n_kv, layers, hosts, pipeline=_pipeline_parallel(info, settings, devices))
     # No offload device here has a host buffer type (RPC has none): the logits stay in plain CPU memory.
     pred._add("output:CPU", hp.n_vocab * F32, f"logits of one sequence: n_vocab {hp.n_vocab} x f32")
     return pred
@@ -307,7 +321,7 @@ def _kv_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings
 
 
 def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
-                   layers: Sequence[str], pipeline: bool) -> None:
+                   layers: Sequence[str], hosts: Mapping[str, set[str]], pipeline: bool) -> None:
     """One compute buffer per device. Fitted on SmolLM2 and Gemma 3 split over loopback RPC servers and
     the CPU (scripts/check_rpc_memory.py; context 256-2048, ubatch 256-512, flash attention on and off),
     in units of the graph's own sizes: E one n_embd activation, M the attention mask(s) of one ubatch,
@@ -320,7 +334,8 @@ def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSet
     scheduler keeps N_COPIES copies of every split input alive (the GGML_SCHED_DEBUG split listing:
     embeddings or the previous device's output E, masks M, V indices V): a device with layers then peaks
     at the whole layer's graph plus N_COPIES - 1 copies of E + M + V, the CPU at its inputs plus as many
-    copies, the output layer's device at the logits plus N_COPIES copies."""
+    copies, the output layer's device at the logits plus N_COPIES copies. hosts: device -> the parts of
+    repeating layers ("attn", "ffn") whose weights it holds; a part peaks where it runs."""
     hp = info.hparams
     attn, attn_why, out, out_why, embd = _graph_peaks(info, settings, n_kv)
     fa = settings.flash_attn_effective
@@ -330,12 +345,16 @@ def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSet
     v_idx = 0 if fa else caches * n_ub * hp.n_head_kv_max * hp.head_dim_v * 8
     attn, ffn, ffn_why = _layer_peaks(info, attn, n_ub, embd, fa)
     extra = N_COPIES - 1 if pipeline else 0
+    proj = 3 * embd + 2 * hp.n_head_kv_max * hp.head_dim_k * n_ub * F32 + mask
     output_device = layers[hp.n_layer]
-    for device in dict.fromkeys([*layers, CPU]):
-        has_layers = device in layers[:hp.n_layer]
+    for device in dict.fromkeys([*layers, *hosts, CPU]):
+        parts = hosts.get(device, set())
+        has_layers = bool(parts)
         if device == CPU:
             if has_layers:
-                n, why = max((attn, attn_why), (ffn + embd, ffn_why))
+                n, why = max([(attn, attn_why)] * ("attn" in parts)
+                             + [(proj, "attention projections")] * ("proj" in parts)
+                             + [(ffn + (embd if "attn" in parts else 0), ffn_why)] * ("ffn" in parts))
             else:
                 n = mask + 2 * embd + v_idx + extra * (mask + embd + v_idx)
                 why = "graph inputs (mask, token embeddings)" + (f" x {N_COPIES} copies" if pipeline else "")
@@ -346,18 +365,25 @@ def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSet
         peaks = []
         if has_layers:
             if pipeline:  # the inputs' copies stay allocated: the peak is the whole layer's, as on the CPU
-                base = max(attn, ffn + embd) + extra * (embd + mask + v_idx)
+                whole = max([attn] * ("attn" in parts) + [ffn + embd] * ("ffn" in parts) + [proj] * ("proj" in parts))
+                peaks.append((whole + extra * (embd + mask + v_idx),
+                              f"{attn_why}; {N_COPIES} copies of the split inputs"))
             else:
                 q_act = hp.n_head * hp.head_dim_k * n_ub * F32  # with flash attention the query stays out too
-                base = max(attn - embd - (q_act if fa else 0), ffn)
-            peaks.append((base, f"{attn_why}, less what the CPU graph keeps"
-                          + (f"; {N_COPIES} copies of the split inputs" if pipeline else "")))
+                if "attn" in parts:
+                    peaks.append((attn - embd - (q_act if fa else 0), f"{attn_why}, less what the CPU graph keeps"))
+                if "ffn" in parts:
+                    peaks.append((ffn, ffn_why))
+                if "proj" in parts:
+                    peaks.append((proj, "attention projections of layers whose KV cache is elsewhere"))
         if device == output_device:
             if pipeline:
                 n = out - embd + N_COPIES * (embd + mask + v_idx)
                 peaks.append((n, f"{out_why}; {N_COPIES} copies of the mask and split inputs"))
             else:
                 peaks.append((out if has_layers and not fa else out - embd, out_why))
+        if not peaks:  # every weight of its layers moved elsewhere by -ot: nothing is computed there
+            continue
         n, why = max(peaks)
         pred._add(f"compute:{device}", n, f"peak of this device's graph: {why}")
 

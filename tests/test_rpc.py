@@ -622,3 +622,22 @@ def test_a_server_named_by_host_name_survives_the_terminal_tables() -> None:
     console = Console(width=120, record=True)
     console.print(allocation_table(Allocation({key: 1 << 20}), {key: 1 << 20}))
     assert key in console.export_text()
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_overrides_move_weights_and_compute_between_devices_as_predicted(demo_model: Path,
+                                                                         servers: tuple[str, str]) -> None:
+    from ggprec.runner import run_benchmark
+    from ggprec.settings import RuntimeSettings
+
+    for overrides in ((r"blk\.2[0-9]\.attn=CPU",), (rf"blk\.(3|4)\.=RPC0[{servers[1]}]", r"blk\.29\.ffn=CPU")):
+        from ggprec.tensor_overrides import parse_overrides
+
+        settings = RuntimeSettings(n_ctx=512, n_threads=1, n_gpu_layers=99, rpc_servers=servers,
+                                   override_tensor=parse_overrides(overrides))
+        r = run_benchmark(demo_model, settings, pp=8, tg=0, reps=1)
+        assert r.predicted is not None and r.predicted.keys() == r.allocation.buffers.keys()
+        for key, n in r.allocation.buffers.items():
+            if key != "output:CPU":  # 0.19 MiB logged with two decimals
+                assert r.predicted[key] == pytest.approx(n, rel=0.02), (overrides, key)
