@@ -185,9 +185,10 @@ def fit(points: Sequence[Point], device: str) -> tuple[DeviceSpeed, list[str]]:
 
 
 def gpu_available() -> bool:
-    import llama_cpp
+    """A local GPU llama.cpp can offload to (not llama_supports_gpu_offload: true on any RPC build)."""
+    from .llama_backend import local_gpus
 
-    return bool(llama_cpp.llama_supports_gpu_offload())
+    return bool(local_gpus())
 
 
 def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads: int | None = None,

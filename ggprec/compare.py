@@ -10,7 +10,7 @@ ggprec.records.CompareRecord.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,12 +186,14 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
             reference: str = DEMO_REFERENCE, out_dir: str | os.PathLike[str] | None = None, *,
             pp: int = DEFAULT_PP, tg: int = DEFAULT_TG, reps: int = DEFAULT_REPS, n_ctx: int = DEFAULT_CTX,
             chunks: int | None = DEFAULT_CHUNKS, text: str | None = None, threads: int | None = None,
-            progress: Progress | None = None, record: bool = True, reuse_accuracy: bool = True) -> Comparison:
+            progress: Progress | None = None, record: bool = True, reuse_accuracy: bool = True,
+            devices: Mapping[str, Any] | None = None) -> Comparison:
     """Build, run and evaluate every profile on `source`; accuracy is measured against the variant that
     the `reference` profile builds (e.g. f32: lossless from any source). Writes JSON/CSV/Markdown/PNG
     into out_dir when given, and one history row per profile (kind 'compare'). Builds, reference logits
     and (unless reuse_accuracy is False) accuracy figures of unchanged inputs are reused; speed and
-    memory are measured every time."""
+    memory are measured every time. devices: RuntimeSettings fields (n_gpu_layers, rpc_servers,
+    tensor_split, devices) every profile runs with; RPC servers are probed before anything is built."""
     from .calibrate import speed_model_for
     from .profile import load_profile
     from .quantize import build_variant
@@ -208,6 +210,12 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
     from .evaluate import check_text, default_text
 
     check_text(src, default_text() if text is None else text, n_ctx, chunks)
+    devices = dict(devices or {})
+    if devices.get("rpc_servers"):
+        from . import rpc
+
+        rpc.require_rpc()
+        rpc.probe_all(devices["rpc_servers"])
     threads = threads or os.cpu_count() or 1
     settings = {"pp": pp, "tg": tg, "reps": reps, "n_ctx": n_ctx, "chunks": chunks, "threads": threads}
 
@@ -218,7 +226,7 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
         ref_path = build_variant(src, ref_profile, threads=threads)
     for name in names:
         profile = loaded[name]
-        runtime = profile.runtime.with_overrides(n_threads=threads)
+        runtime = profile.runtime.with_overrides(n_threads=threads, **devices)
         with steps.step(f"build {name}"):
             path = build_variant(src, profile, threads=threads)
         with steps.step(f"speed {name} (pp {pp}, tg {tg}, x{reps})"):

@@ -425,8 +425,28 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
 
     `settings` apply to the candidate (KV-cache types, threads, GPU layers); the reference runs with the
     same threads/batch/GPU layers but the default f16 KV cache. Candidate and reference may be the same
-    file. The reference's log-probs are cached on disk, so only the first call per reference runs it."""
+    file. The reference's log-probs are cached on disk, so only the first call per reference runs it.
+    With RPC servers in `settings` (the candidate's devices; the reference runs locally) every server is
+    probed first and the evaluation runs in a child process (llama.cpp aborts on a dying peer)."""
+    if settings is not None and settings.rpc_servers:
+        from . import rpc
+
+        rpc.require_rpc()
+        rpc.probe_all(settings.rpc_servers)
+        forward = (lambda message: progress(*message)) if progress is not None else None
+        return rpc.isolated(_evaluate_here, candidate, reference, text, n_ctx, chunks, settings,
+                            servers=settings.rpc_servers, progress=forward)
+    return _evaluate_here(candidate, reference, text, n_ctx, chunks, settings, progress)
+
+
+def _evaluate_here(candidate: str | Path, reference: str | Path, text: str | None, n_ctx: int, chunks: int | None,
+                   settings: RuntimeSettings | None, progress: Progress | None = None,
+                   report: Any = None) -> EvalResult:
+    """evaluate() in this process; `report` (isolated()'s, in a child) carries the progress to the parent."""
     import numpy as np
+
+    if report is not None:
+        progress = lambda stage, done, total: report((stage, done, total))  # noqa: E731
 
     from .llama_backend import check_settings
 

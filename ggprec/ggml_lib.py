@@ -83,6 +83,9 @@ GGML: dict[str, tuple[list[Any], Any]] = {
     "ggml_backend_reg_get_proc_address": ([c_void_p, c_char_p], c_void_p),
     "ggml_backend_register": ([c_void_p], None),
     "ggml_backend_device_register": ([c_void_p], None),
+    # rpc (a registry's devices: what ggml_backend_rpc_add_server returned)
+    "ggml_backend_reg_dev_count": ([c_void_p], c_size_t),
+    "ggml_backend_reg_dev_get": ([c_void_p, c_size_t], c_void_p),
 }
 
 DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type: CPU, GPU, IGPU, ACCEL

@@ -65,14 +65,14 @@ def fingerprint() -> dict[str, Any]:
     """The machine and build a measurement ran on (computed once per process)."""
     import llama_cpp
 
-    from .llama_backend import system_info
+    from .llama_backend import local_gpus, system_info
 
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "ram_bytes": _ram_bytes(),
         "gpus": gpus(),
-        "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "gpu_offload": bool(local_gpus()),  # a local GPU: llama_supports_gpu_offload is true on any RPC build
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "llama_cpp_python": llama_cpp.__version__,

@@ -145,20 +145,100 @@ def check_settings(settings: RuntimeSettings) -> None:
         raise GgprecError(f"n_threads must be at least 1 (got {settings.n_threads})")
 
 
-def clamp_gpu_layers(settings: RuntimeSettings, n_layer: int) -> tuple[RuntimeSettings, list[str]]:
+def clamp_gpu_layers(settings: RuntimeSettings, n_layer: int,
+                     has_devices: bool | None = None) -> tuple[RuntimeSettings, list[str]]:
     """llama.cpp offloads at most n_layer + 1 layers (the +1 is the output layer); more is clamped
-    with a notice. On a build without GPU offload every layer stays on the CPU."""
-    import llama_cpp
-
+    with a notice. With no device to offload to (has_devices False; None: no local GPU, see
+    local_gpu_available) every layer stays on the CPU."""
     notices: list[str] = []
     if settings.n_gpu_layers > n_layer + 1:
         notices.append(f"-ngl {settings.n_gpu_layers} is more than the model's {n_layer} layers + output; "
                        f"clamped to {n_layer + 1}")
         settings = settings.with_overrides(n_gpu_layers=n_layer + 1)
-    if settings.n_gpu_layers != 0 and not llama_cpp.llama_supports_gpu_offload():
-        notices.append("this llama-cpp-python build has no GPU offload: every layer runs on the CPU (-ngl 0)")
+    if has_devices is None:
+        has_devices = local_gpu_available()
+    if settings.n_gpu_layers != 0 and not has_devices:
+        notices.append("no device to offload to (no GPU, no RPC server): every layer runs on the CPU (-ngl 0)")
         settings = settings.with_overrides(n_gpu_layers=0)
     return settings, notices
+
+
+def local_gpu_available() -> bool:
+    """Whether llama.cpp's registry has a local GPU to offload to. Not llama_supports_gpu_offload(),
+    which is also true on a CPU-only build with the RPC backend, where -ngl without --rpc offloads nothing."""
+    from . import ggml_lib
+
+    _llama()
+    return any(t in ("GPU", "IGPU") and not n.startswith("RPC") for n, t, _ in ggml_lib.devices())
+
+
+def local_gpus() -> list[tuple[str, int]]:
+    """(buffer name, free bytes) of this host's GPUs, in llama.cpp's default order (integrated ones
+    only without a discrete one): what follows the RPC devices in a split."""
+    from . import ggml_lib
+
+    _llama()
+    lib = ggml_lib.ggml()
+    registry = [(n, t, d) for n, t, d in ggml_lib.devices() if not n.startswith("RPC")]
+    picked = [d for _, t, d in registry if t == "GPU"] or [d for _, t, d in registry if t == "IGPU"]
+    out = []
+    for dev in picked:
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        out.append((lib.ggml_backend_buft_name(lib.ggml_backend_dev_buffer_type(dev)).decode(), free.value))
+    return out
+
+
+def _explicit_devices(settings: RuntimeSettings) -> bool:
+    """Whether the load names its devices itself rather than leaving llama.cpp's default: with RPC
+    servers, --device, -ts, -sm none, or RPC devices registered earlier in this process (which
+    llama.cpp's default would otherwise pick up for every later load)."""
+    from . import rpc
+
+    return bool(settings.rpc_servers or settings.devices or settings.tensor_split or settings.split_mode != "layer"
+                or rpc.registered())
+
+
+def offload_devices(settings: RuntimeSettings) -> tuple[list[Any], list[Any]]:
+    """(OffloadDevice list, device pointers) llama.cpp will offload to under `settings`, in order:
+    the named devices (--device; "none": none), else every RPC server's devices then the local GPUs
+    (integrated ones only without a discrete GPU), as llama.cpp's default. RPC servers are registered
+    here (probe them first: llama.cpp aborts on one it cannot reach)."""
+    from . import ggml_lib, rpc
+    from .layer_split import OffloadDevice, select_main
+
+    if settings.rpc_servers:
+        rpc.add_servers(settings.rpc_servers)
+    lib = ggml_lib.ggml()
+    registry = ggml_lib.devices()
+    if settings.devices:
+        if settings.devices == ("none",):
+            return [], []
+        by_name = {n: d for n, _, d in registry}
+        by_buffer = {lib.ggml_backend_buft_name(lib.ggml_backend_dev_buffer_type(d)).decode(): d
+                     for n, t, d in registry if t != "CPU"}
+        picked = []
+        for name in settings.devices:
+            dev = by_name.get(name) or by_buffer.get(name)
+            if dev is None or lib.ggml_backend_dev_type(dev) == ggml_lib.DEVICE_TYPE_CPU:
+                offer = [n for n, t, _ in registry if t != "CPU"]
+                raise GgprecError(f"invalid device {safe_text(name, 80)!r}; devices to offload to: "
+                                  + (", ".join(offer) or "none (no GPU, no RPC server given)"))
+            picked.append(dev)
+    else:
+        rpc_devs = rpc.add_servers(settings.rpc_servers) if settings.rpc_servers else []
+        gpus = [d for n, t, d in registry if t == "GPU" and not n.startswith("RPC")]
+        igpus = [d for n, t, d in registry if t == "IGPU"]
+        picked = rpc_devs + (gpus or igpus)
+    out = []
+    for dev in picked:
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        buffer = lib.ggml_backend_buft_name(lib.ggml_backend_dev_buffer_type(dev)).decode()
+        out.append(OffloadDevice(lib.ggml_backend_dev_name(dev).decode(), buffer, free.value))
+    # -sm none: llama.cpp keeps the main GPU only; the reduced list, split by layer, is the same load.
+    kept = select_main(out, settings.split_mode, settings.main_gpu)
+    return kept, [picked[out.index(d)] for d in kept]
 
 
 @dataclass
@@ -176,6 +256,9 @@ class LoadedModel:
     notices: list[str]
     info: ModelInfo  # the header read before loading, kept so nothing reads it again
     no_alloc: bool = False
+    # layer_split.OffloadDevice in llama.cpp's order when the load named its devices (RPC, --device, -ts,
+    # -sm), else None (llama.cpp's default choice: the single-GPU rule of memory.predict applies)
+    devices: list[Any] | None = None
     _batch: Any = None  # a llama_batch of n_batch tokens, made on the first decode_logits
 
     def close(self) -> None:
@@ -260,11 +343,14 @@ class LoadedModel:
             interrupts.check()
 
 
-def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool, vocab_only: bool = False) -> Any:
+def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool, vocab_only: bool = False,
+                  devices: list[Any] | None = None) -> Any:
+    """devices: pointers of the devices to offload to (None: llama.cpp's default choice)."""
     llama_cpp = _llama()
 
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = -1 if settings.n_gpu_layers == ALL_LAYERS else settings.n_gpu_layers
+    _attach_devices(mp, settings, devices)
     mp.use_extra_bufts = extra_buffers  # off = llama.cpp's --no-repack (see cpu_buffers)
     attach_overrides(mp, settings)  # -ot / --n-cpu-moe; the array lives on mp
     mp.vocab_only = vocab_only
@@ -277,6 +363,21 @@ def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool
         _LOAD_PROGRESS = llama_cpp.llama_progress_callback(_keep_loading)
     mp.progress_callback = _LOAD_PROGRESS
     return mp
+
+
+def _attach_devices(mp: Any, settings: RuntimeSettings, devices: list[Any] | None) -> None:
+    """llama_model_params.devices (NULL-terminated) and tensor_split; the arrays are kept on mp."""
+    llama_cpp = _llama()
+
+    if devices is not None:
+        arr = (ctypes.c_void_p * (len(devices) + 1))(*devices)  # zero-filled: the last entry ends it
+        mp._ggprec_devices = arr
+        mp.devices = ctypes.cast(arr, ctypes.c_void_p).value
+    if settings.tensor_split:
+        n = max(len(settings.tensor_split), int(llama_cpp.llama_max_devices()))
+        split = (ctypes.c_float * n)(*settings.tensor_split)
+        mp._ggprec_split = split
+        mp.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
 
 
 @interrupts.callback
@@ -327,7 +428,13 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
         raise GgprecError(f"{p}: no such file")
     check_settings(settings)
     info = read_gguf(p)  # also rejects non-GGUF files with a clear message
-    settings, notices = clamp_gpu_layers(settings, info.hparams.n_layer)
+    explicit = _explicit_devices(settings)
+    devices, pointers = offload_devices(settings) if explicit else ([], None)
+    if settings.tensor_split and explicit:
+        from .layer_split import shares_for
+
+        shares_for(devices, settings.tensor_split)  # more proportions than devices: one line
+    settings, notices = clamp_gpu_layers(settings, info.hparams.n_layer, bool(devices) if explicit else None)
     settings = settings.with_overrides(n_threads=settings.n_threads or default_threads())
     if extra_buffers is None:
         from .probes import machine_buffers
@@ -341,7 +448,8 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
         t0 = time.perf_counter()
         # llama.cpp loads a split model from its first shard only (and finds the others itself).
         model = llama_cpp.llama_model_load_from_file(str(info.path).encode(),
-                                                     _model_params(settings, no_alloc, extra_buffers))
+                                                     _model_params(settings, no_alloc, extra_buffers,
+                                                                   devices=pointers))
         if not model:
             interrupts.check()  # the load stopped because of a signal
             raise GgprecError(f"{p}: llama.cpp cannot load it: {_reason(log)}")
@@ -351,7 +459,7 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
             raise GgprecError(f"{p}: llama.cpp cannot create a context: {_reason(log)}")
         load_s = time.perf_counter() - t0
     loaded = LoadedModel(p, settings, model, ctx, llama_cpp.llama_model_n_layer(model), vocab_size(model), load_s,
-                         log, notices, info, no_alloc)
+                         log, notices, info, no_alloc, devices if explicit else None)
     try:
         interrupts.check()
     except BaseException:

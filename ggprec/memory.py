@@ -24,7 +24,7 @@ GPU buffers follow the same rules but could not be checked here (no GPU): see th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from .cpu_buffers import HostBuffers, host_buffers
 from .devices import CPU, GPU, GPU_HOST, Buffers
 from .ggml_types import GgmlType
 from .gguf_info import ModelInfo
+from .layer_split import OffloadDevice, layer_devices
 from .roles import is_routed_expert
 from .settings import RuntimeSettings
 from .tensor_overrides import Placer
@@ -43,6 +44,7 @@ F32, F16 = 4, 2
 # reported compute buffers (llama-3.2-1b, 8b, 70b and SmolLM2 shapes; see the module doc).
 ATTN_EMBD, ATTN_EMBD_KV, ATTN_EMBD_FA, OUT_EMBD = 5, 2, 12, 2
 MOE_EMBD = 4  # activations beside the expert FFN's (mixtral-8x7b, flash attention: exact at ctx 4096)
+N_COPIES = 4  # GGML_SCHED_MAX_COPIES: copies of each split input the scheduler keeps with pipeline parallelism
 
 
 @dataclass
@@ -71,15 +73,19 @@ class MemoryPrediction(Buffers):
 
 
 def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[str, GgmlType] | None = None,
-            mmap: bool = True, host: HostBuffers | None = None) -> MemoryPrediction:
+            mmap: bool = True, host: HostBuffers | None = None,
+            devices: Sequence[OffloadDevice] | None = None) -> MemoryPrediction:
     """Bytes of every buffer llama.cpp allocates when it loads `info` with `settings`.
 
     tensor_types: the type of each tensor in the file that will be loaded (None: the file as it is); an
     `output.weight` the source lacks is a split head. mmap: llama.cpp's default load (host weights in a
     `CPU_Mapped` range) or load mode NONE (`CPU`, also what no_alloc simulates). host: the extra CPU
-    buffer types in use (None: this machine's, see cpu_buffers)."""
+    buffer types in use (None: this machine's, see cpu_buffers). devices: the devices llama.cpp offloads
+    to, in its order (RPC servers' and GPUs', see predict_split); None: the single-GPU rule."""
     for name in (settings.cache_type_k, settings.cache_type_v):
         ggml_types.kv_cache_type(name)  # an unknown KV type is a one-line GgprecError
+    if devices is not None:
+        return predict_split(info, settings, devices, tensor_types, mmap, host)
     pred = MemoryPrediction()
     hp = info.hparams
     placer = Placer.for_model(hp.n_layer, settings)
@@ -176,8 +182,9 @@ def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv
                   + (" (MLA latent, no V)" if mla else f" + V {tv.name}"))
 
 
-def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int,
-             output_on_gpu: bool) -> None:
+def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple[int, str, int, str, int]:
+    """(attention peak, why, output peak, why, one activation of n_embd x n_ubatch f32): the two peaks
+    of the reserved graph the compute buffers are predicted from."""
     hp = info.hparams
     # llama.cpp caps the batch at the context size (causal attention), before the KV cells' padding.
     n_ub = min(settings.n_ubatch, settings.n_batch, settings.n_ctx or n_kv, n_kv)
@@ -217,6 +224,14 @@ def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings,
         if not fa:
             attn += mla - ATTN_EMBD_KV * embd_kv
             attn_why += " + MLA query activations"
+    return attn, attn_why, out, out_why, embd
+
+
+def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int,
+             output_on_gpu: bool) -> None:
+    hp = info.hparams
+    attn, attn_why, out, out_why, embd = _graph_peaks(info, settings, n_kv)
+    n_ub, fa = embd // (hp.n_embd * F32), settings.flash_attn_effective
     has_gpu = first_gpu < hp.n_layer or output_on_gpu
     if not has_gpu:
         key, (n, why) = "compute:CPU", max((attn, attn_why), (out, out_why))
@@ -233,6 +248,152 @@ def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings,
     pred._add("compute:CPU", n, f"peak of the host graph: {why}")
     pred._add(f"compute:{GPU_HOST}", embd + n_kv * n_ub * (F16 if fa else F32),
               "graph inputs staged in pinned host memory (embeddings, mask)")
+
+
+# --- several devices (RPC servers, GPUs): llama.cpp's layer split -------------------------------------
+
+def predict_split(info: ModelInfo, settings: RuntimeSettings, devices: Sequence[OffloadDevice],
+                  tensor_types: Mapping[str, GgmlType] | None = None, mmap: bool = True,
+                  host: HostBuffers | None = None) -> MemoryPrediction:
+    """predict() over several devices: each layer on the device layer_split assigns (-ngl, -ts), its
+    weights (-ot on top) and its KV rows there; the output layer's device holds the logits' compute
+    buffer. Keys are llama.cpp's buffer names (`model:RPC0[127.0.0.1:50052]`, `kv:CUDA0`...)."""
+    hp = info.hparams
+    layers = tuple(layer_devices(hp.n_layer, settings.n_gpu_layers, devices, settings.tensor_split))
+    placer = Placer.for_model(hp.n_layer, settings, layers)
+    pred = MemoryPrediction()
+    _weights(pred, info, tensor_types, placer, mmap, host_buffers() if host is None else host)
+    n_kv = -(-settings.n_ctx // KV_PAD) * KV_PAD
+    _kv_split(pred, info, settings, n_kv, layers)
+    # Which parts of the repeating layers each device computes: the attention core (KQ, softmax) runs
+    # where the layer's KV cache is (its device), the projections and the FFN where their weights are,
+    # so -ot can give a device a part without the rest ("proj": attention projections only).
+    hosts: dict[str, set[str]] = {}
+    for t in info.tensors:
+        if t.layer is None or t.layer >= hp.n_layer:
+            continue
+        device = placer.device(t.name, t.layer)
+        if t.role.startswith("attn"):
+            hosts.setdefault(layers[t.layer], set()).add("attn")
+            if device != layers[t.layer]:
+                hosts.setdefault(device, set()).add("proj")
+        elif t.role.startswith("ffn"):
+            hosts.setdefault(device, set()).add("ffn")
+    _compute_split(pred, info, settings, n_kv, layers, hosts, pipeline=_pipeline_parallel(info, settings, devices))
+    # No offload device here has a host buffer type (RPC has none): the logits stay in plain CPU memory.
+    pred._add("output:CPU", hp.n_vocab * F32, f"logits of one sequence: n_vocab {hp.n_vocab} x f32")
+    return pred
+
+
+def _pipeline_parallel(info: ModelInfo, settings: RuntimeSettings, devices: Sequence[OffloadDevice]) -> bool:
+    """llama.cpp's condition (llama-context.cpp): several devices, every layer and the output offloaded,
+    no tensor overrides; then the scheduler keeps several copies of each split's inputs."""
+    from .settings import ALL_LAYERS
+    from .tensor_overrides import override_list
+
+    ngl = settings.n_gpu_layers
+    return len(devices) > 1 and (ngl == ALL_LAYERS or ngl > info.hparams.n_layer) and not override_list(settings)
+
+
+def _kv_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
+              layers: Sequence[str]) -> None:
+    """The KV rows of each layer on that layer's device (llama.cpp's default offload_kqv)."""
+    hp = info.hparams
+    tk = ggml_types.kv_cache_type(settings.cache_type_k)
+    tv = ggml_types.kv_cache_type(settings.cache_type_v)
+    mla = hp.head_dim_k_mla > 0 and hp.head_dim_v_mla > 0
+    per_dev: dict[str, list[int]] = {}
+    for il in range(hp.n_layer):
+        heads = hp.n_head_kv[il]
+        row = tk.row_bytes(heads * hp.head_dim_k) + (0 if mla else tv.row_bytes(heads * hp.head_dim_v))
+        acc = per_dev.setdefault(layers[il], [0, 0])
+        acc[0] += row * n_kv
+        acc[1] += 1
+    for dev, (n, count) in per_dev.items():
+        pred._add(f"kv:{dev}", n, f"{n_kv} cells x {count} layers on {dev}")
+
+
+def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
+                   layers: Sequence[str], hosts: Mapping[str, set[str]], pipeline: bool) -> None:
+    """One compute buffer per device. Fitted on SmolLM2 and Gemma 3 split over loopback RPC servers and
+    the CPU (scripts/check_rpc_memory.py; context 256-2048, ubatch 256-512, flash attention on and off),
+    in units of the graph's own sizes: E one n_embd activation, M the attention mask(s) of one ubatch,
+    V the V-cache row indices of one ubatch (int64, one per element of the transposed V rows: only
+    without flash attention; one set per KV cache, two with sliding windows).
+    Without pipeline parallelism a device with repeating layers peaks at the attention graph (or the
+    FFN, see _layer_peaks) less what the CPU graph keeps (E; with flash attention also the query), the
+    output layer's device at the logits (less E, except without flash attention after repeating
+    layers), a CPU without layers at its graph inputs (M + 2E + V). With pipeline parallelism the
+    scheduler keeps N_COPIES copies of every split input alive (the GGML_SCHED_DEBUG split listing:
+    embeddings or the previous device's output E, masks M, V indices V): a device with layers then peaks
+    at the whole layer's graph plus N_COPIES - 1 copies of E + M + V, the CPU at its inputs plus as many
+    copies, the output layer's device at the logits plus N_COPIES copies. hosts: device -> the parts of
+    repeating layers ("attn", "ffn") whose weights it holds; a part peaks where it runs."""
+    hp = info.hparams
+    attn, attn_why, out, out_why, embd = _graph_peaks(info, settings, n_kv)
+    fa = settings.flash_attn_effective
+    n_ub = embd // (hp.n_embd * F32)
+    caches = 2 if hp.sliding_window else 1
+    mask = caches * n_kv * n_ub * (F16 if fa else F32)
+    v_idx = 0 if fa else caches * n_ub * hp.n_head_kv_max * hp.head_dim_v * 8
+    attn, ffn, ffn_why = _layer_peaks(info, attn, n_ub, embd, fa)
+    extra = N_COPIES - 1 if pipeline else 0
+    proj = 3 * embd + 2 * hp.n_head_kv_max * hp.head_dim_k * n_ub * F32 + mask
+    output_device = layers[hp.n_layer]
+    for device in dict.fromkeys([*layers, *hosts, CPU]):
+        parts = hosts.get(device, set())
+        has_layers = bool(parts)
+        if device == CPU:
+            if has_layers:
+                n, why = max([(attn, attn_why)] * ("attn" in parts)
+                             + [(proj, "attention projections")] * ("proj" in parts)
+                             + [(ffn + (embd if "attn" in parts else 0), ffn_why)] * ("ffn" in parts))
+            else:
+                n = mask + 2 * embd + v_idx + extra * (mask + embd + v_idx)
+                why = "graph inputs (mask, token embeddings)" + (f" x {N_COPIES} copies" if pipeline else "")
+            if device == output_device:
+                n, why = max((n, why), (out, out_why))
+            pred._add("compute:CPU", n, f"peak of the host graph: {why}")
+            continue
+        peaks = []
+        if has_layers:
+            if pipeline:  # the inputs' copies stay allocated: the peak is the whole layer's, as on the CPU
+                whole = max([attn] * ("attn" in parts) + [ffn + embd] * ("ffn" in parts) + [proj] * ("proj" in parts))
+                peaks.append((whole + extra * (embd + mask + v_idx),
+                              f"{attn_why}; {N_COPIES} copies of the split inputs"))
+            else:
+                q_act = hp.n_head * hp.head_dim_k * n_ub * F32  # with flash attention the query stays out too
+                if "attn" in parts:
+                    peaks.append((attn - embd - (q_act if fa else 0), f"{attn_why}, less what the CPU graph keeps"))
+                if "ffn" in parts:
+                    peaks.append((ffn, ffn_why))
+                if "proj" in parts:
+                    peaks.append((proj, "attention projections of layers whose KV cache is elsewhere"))
+        if device == output_device:
+            if pipeline:
+                n = out - embd + N_COPIES * (embd + mask + v_idx)
+                peaks.append((n, f"{out_why}; {N_COPIES} copies of the mask and split inputs"))
+            else:
+                peaks.append((out if has_layers and not fa else out - embd, out_why))
+        if not peaks:  # every weight of its layers moved elsewhere by -ot: nothing is computed there
+            continue
+        n, why = max(peaks)
+        pred._add(f"compute:{device}", n, f"peak of this device's graph: {why}")
+
+
+def _layer_peaks(info: ModelInfo, attn: int, n_ub: int, embd: int, fa: bool) -> tuple[int, int, str]:
+    """(attention peak, FFN peak without the token embeddings, why) of a repeating layer, for the split
+    devices. Fitted on Gemma 3 split over loopback servers (context 256-2048): per-head q/k norms
+    (attn_q_norm/attn_k_norm) keep a normalised q and k beside the attention activations; a GELU-gated
+    FFN (the Gemma family) peaks at 4 n_ff activations + 2 n_embd ones without flash attention, which at
+    short contexts exceeds the attention (with flash attention it did not show); a SiLU-gated one (fused
+    in llama.cpp) never did in the models checked (3 n_ff)."""
+    hp = info.hparams
+    if info.tensor("blk.0.attn_q_norm.weight") is not None:
+        attn += (hp.n_head * hp.head_dim_k + hp.n_head_kv_max * hp.head_dim_k) * n_ub * F32
+    ffn_acts = 4 if info.arch.startswith("gemma") and not fa else 3
+    ffn = ffn_acts * hp.n_ff_max * n_ub * F32 + 2 * embd
+    return attn, ffn, f"FFN: {ffn_acts} activations of n_ff {hp.n_ff_max} x {n_ub} f32 + 2 of n_embd"
 
 
 def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,

@@ -160,6 +160,7 @@ def allocation_table(alloc: Allocation, predicted: dict[str, int] | None = None)
     ggprec.memory) the prediction and its relative error beside them. llama.cpp logs MiB with two
     decimals, so an error under ~5 KiB / allocated is within that rounding. A buffer list, not a record
     list: its rows are keys of one measurement."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="memory allocated by llama.cpp" + (" (simulated, no_alloc)" if alloc.no_alloc else ""))
@@ -177,7 +178,8 @@ def allocation_table(alloc: Allocation, predicted: dict[str, int] | None = None)
         return [mib(got), mib(want), "-" if err is None else f"{err:+.2%}"]
 
     for key in keys:
-        table.add_row(key, *cells(alloc.buffers.get(key), None if predicted is None else predicted.get(key)))
+        # escape: an RPC buffer's name carries its server in brackets, which rich would read as markup
+        table.add_row(escape(key), *cells(alloc.buffers.get(key), None if predicted is None else predicted.get(key)))
     total_pred = None if predicted is None else sum(predicted.values())
     table.add_row("total", *cells(alloc.total, total_pred), style="bold")
     return table

@@ -21,14 +21,15 @@ from typing import Any
 from . import ggml_types
 from .errors import GgprecError
 from .roles import ROLE_ORDER
-from .settings import RuntimeSettings
+from .settings import DEVICE_FIELDS, RuntimeSettings
 
 SHIPPED_DIR = Path(__file__).parent / "profiles"
 
 _TOP_KEYS = ("name", "description", "default", "rules", "split_output", "imatrix", "kv_cache", "runtime")
 _RULE_KEYS = ("match", "role", "layers", "type")
 _KV_KEYS = ("k", "v")
-_RUNTIME_KEYS = tuple(f.name for f in fields(RuntimeSettings) if f.name not in ("cache_type_k", "cache_type_v"))
+_RUNTIME_KEYS = tuple(f.name for f in fields(RuntimeSettings)
+                      if f.name not in ("cache_type_k", "cache_type_v", *DEVICE_FIELDS))
 _PLACEMENT_KEYS = ("override_tensor", "n_cpu_moe")
 _LAYER_SPEC = re.compile(r"^\s*(?:(first|last)\s+(\d+)|(\d+(?:\s*-\s*\d+)?(?:\s*,\s*\d+(?:\s*-\s*\d+)?)*))\s*$")
 

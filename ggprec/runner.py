@@ -184,13 +184,32 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
     with `prompt`, also generate up to `n_predict` tokens of text from it (untimed). tg is timed after
     `depth` tokens in the KV cache (llama-bench's -d; 0: a short prefix of TG_PREFIX), decoded untimed. The
     expected speed beside it comes from `speed_model` (a ggprec.speed.SpeedModel, e.g.
-    calibrate.speed_model_for(); None: no expectation)."""
+    calibrate.speed_model_for(); None: no expectation).
+    With RPC servers every server is probed first, and the run happens in a child process (llama.cpp
+    aborts the process when a peer dies): an abort is one GgprecError here."""
+    _check_sizes(settings, pp, tg, reps, depth)
+    if settings.rpc_servers:
+        from . import rpc
+
+        rpc.require_rpc()
+        rpc.probe_all(settings.rpc_servers)
+        return rpc.isolated(_run_here, model_path, settings, pp, tg, reps, prompt, n_predict=n_predict,
+                            speed_model=speed_model, depth=depth, servers=settings.rpc_servers,
+                            progress=progress)
+    return _run_here(model_path, settings, pp, tg, reps, prompt, report=progress, n_predict=n_predict,
+                     speed_model=speed_model, depth=depth)
+
+
+def _run_here(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp: int, tg: int, reps: int,
+              prompt: str | None, report: Callable[[str], None] | None, n_predict: int,
+              speed_model: Any, depth: int = 0) -> RunResult:
     import llama_cpp
+
+    progress = report
 
     from .hardware import gpu_memory_used_bytes
 
     say = progress or (lambda _msg: None)
-    _check_sizes(settings, pp, tg, reps, depth)
     prefix = max(depth, TG_PREFIX)
     say("loading")
     with load_model(model_path, settings) as lm:
@@ -202,6 +221,8 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
             predicted, evictable = prediction.buffers, prediction.evictable
         except GgprecError as e:  # a model the memory model cannot describe still runs
             lm.notices.append(f"no memory prediction: {e}")
+        if lm.devices is not None:
+            lm.notices.append(layer_notice(lm))
         rng = random.Random(SEED)
         ids = [rng.randrange(lm.n_vocab) for _ in range(max(pp, prefix + tg))]
         dec = Decoder(lm)
@@ -237,6 +258,9 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
 def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None, depth: int = 0) -> Any:
     """ggprec.speed's expected tok/s for what `lm` is (its file, the settings as applied), with the KV
     cells the timed decodes use on average; None for a model the speed model cannot describe."""
+    if lm.settings.rpc_servers:
+        lm.notices.append("no speed expectation: the speed model does not know RPC devices and their hops")
+        return None
     if speed_model is None:
         return None
     try:
@@ -256,7 +280,18 @@ def predict_memory(lm: LoadedModel) -> Any:
 
     settings = lm.settings.with_overrides(n_batch=llama_cpp.llama_n_batch(lm.ctx),
                                           n_ubatch=llama_cpp.llama_n_ubatch(lm.ctx))
-    return predict(lm.info, settings, mmap=not lm.no_alloc)
+    return predict(lm.info, settings, mmap=not lm.no_alloc, devices=lm.devices)
+
+
+def layer_notice(lm: LoadedModel) -> str:
+    """Which layers each device holds (llama.cpp's split rule, as layer_split predicts it)."""
+    from .device_plan import layer_ranges
+    from .layer_split import layer_devices
+
+    layers = layer_devices(lm.n_layer, lm.settings.n_gpu_layers, lm.devices or [], lm.settings.tensor_split)
+    parts = [f"{device} {layer_ranges([il for il, d in enumerate(layers) if d == device], lm.n_layer)}"
+             for device in dict.fromkeys(layers)]
+    return "layers: " + "; ".join(parts)
 
 
 def tokenize(lm: LoadedModel, text: str) -> list[int]:

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 ALL_LAYERS = -1  # n_gpu_layers value meaning "every layer", as llama.cpp's -ngl 999
+# Fields that name this run's devices (hosts, GPUs): given on the command line, never part of a profile.
+DEVICE_FIELDS = ("rpc_servers", "tensor_split", "devices", "split_mode", "main_gpu")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,15 @@ class RuntimeSettings:
     # 0..N-1 on the CPU; ALL_LAYERS = `--cpu-moe`, every block). See ggprec.tensor_overrides.
     override_tensor: tuple[tuple[str, str], ...] = ()
     n_cpu_moe: int = 0  # ALL_LAYERS (-1) = --cpu-moe
+    # Devices (llama.cpp's --rpc, -ts, --device; see ggprec.rpc and ggprec.layer_split): RPC servers as
+    # HOST:PORT whose devices join the load; the share of offloaded layers per device (empty: by free
+    # memory); the devices to offload to, by name, in order (empty: every RPC device, then local GPUs;
+    # ("none",): no offload).
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
+    devices: tuple[str, ...] = ()
+    split_mode: str = "layer"  # llama.cpp's -sm: "layer" (split over the devices) or "none" (main_gpu only)
+    main_gpu: int = 0  # -mg: with split_mode "none", the index of the one device used (among the above)
 
     @property
     def flash_attn_effective(self) -> bool:
@@ -40,4 +51,6 @@ class RuntimeSettings:
         """JSON-shaped: override_tensor as a list of [pattern, device] pairs (what a stored copy reads back as)."""
         d = asdict(self)
         d["override_tensor"] = [list(pair) for pair in self.override_tensor]
+        for name in ("rpc_servers", "tensor_split", "devices"):  # tuples -> JSON lists
+            d[name] = list(d[name])
         return d

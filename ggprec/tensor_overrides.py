@@ -94,18 +94,29 @@ class Placer:
     first_gpu: int
     output_on_gpu: bool
     overrides: tuple[tuple[re.Pattern[str], str], ...]
+    # Several devices (ggprec.layer_split.layer_devices): the device of each layer 0..n_layer, the last
+    # entry the output layer; empty: the single-GPU rule of first_gpu / output_on_gpu.
+    layer_device: tuple[str, ...] = ()
 
     @classmethod
-    def for_model(cls, n_layer: int, settings: RuntimeSettings) -> Placer:
+    def for_model(cls, n_layer: int, settings: RuntimeSettings,
+                  layer_device: tuple[str, ...] | None = None) -> Placer:
         first_gpu, output_on_gpu = gpu_layers(settings.n_gpu_layers, n_layer)
         compiled = tuple((re.compile(check_pattern(p)), d) for p, d in override_list(settings))
-        return cls(first_gpu, output_on_gpu, compiled)
+        if layer_device:
+            first_gpu = next((i for i, d in enumerate(layer_device[:-1]) if d != CPU), n_layer)
+            output_on_gpu = layer_device[-1] != CPU
+        return cls(first_gpu, output_on_gpu, compiled, tuple(layer_device or ()))
 
     def default_device(self, name: str, layer: int | None, output_copy: bool = False) -> str:
         if layer is not None:
+            if self.layer_device:
+                return self.layer_device[min(layer, len(self.layer_device) - 2)]
             return GPU if layer >= self.first_gpu else CPU
         if name == "token_embd.weight" and not output_copy:
             return CPU  # a row lookup: llama.cpp keeps the input layer in host memory
+        if self.layer_device:
+            return self.layer_device[-1]
         return GPU if self.output_on_gpu else CPU
 
     def override(self, name: str) -> str | None:

@@ -64,11 +64,11 @@ def test_pp_larger_than_the_batch_is_decoded_in_batch_sized_pieces(tiny_model: P
 
 
 def test_ngl_beyond_the_layer_count_is_clamped_with_a_notice(tiny_model: Path) -> None:
-    import llama_cpp
+    from ggprec.llama_backend import local_gpu_available
 
     r = run_benchmark(tiny_model, SMALL.with_overrides(n_gpu_layers=99), pp=0, tg=2, reps=1)
     assert "-ngl 99 is more than the model's 2 layers + output; clamped to 3" in r.notices
-    assert r.settings.n_gpu_layers == (3 if llama_cpp.llama_supports_gpu_offload() else 0)
+    assert r.settings.n_gpu_layers == (3 if local_gpu_available() else 0)
 
 
 def test_tests_that_do_not_fit_the_context_are_an_error(tiny_model: Path) -> None:
@@ -89,7 +89,9 @@ RUN_DOC = {
 }
 SETTINGS_DOC = {"n_gpu_layers": int, "n_ctx": int, "n_batch": int, "n_ubatch": int,
                 "flash_attn": (bool, type(None)), "flash_attn_effective": bool, "n_threads": int,
-                "cache_type_k": str, "cache_type_v": str, "override_tensor": list, "n_cpu_moe": int}
+                "cache_type_k": str, "cache_type_v": str, "override_tensor": list, "n_cpu_moe": int,
+                "rpc_servers": list, "tensor_split": list, "devices": list,
+                "split_mode": str, "main_gpu": int}
 ALLOCATION_DOC = {"buffers": dict, "total": int, "no_alloc": bool, "notes": list}
 HARDWARE_DOC = {"cpu": str, "cores": int, "ram_bytes": (int, type(None)), "gpus": list, "gpu_offload": bool,
                 "os": str, "python": str, "llama_cpp_python": str, "system_info": str}

@@ -6,7 +6,7 @@ Heavy modules (llama_cpp, numpy, rich) are imported inside the commands that nee
 exit code 2.
 """
 
-from . import accuracy, advise, measure, models  # noqa: F401  (each registers its commands on `main`)
+from . import accuracy, advise, distributed, measure, models  # noqa: F401  (each registers its commands on `main`)
 from .shell import EXIT_BAD_INPUT, main
 
 __all__ = ["EXIT_BAD_INPUT", "main"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .distributed import device_options, device_overrides
 from .shell import console, db_option, main, model_argument, print_json
 
 # --- accuracy: eval, compare, demo (issue 5) ---------------------------------------------------
@@ -23,10 +24,15 @@ from .shell import console, db_option, main, model_argument, print_json
               help="Window size in tokens; the second half of each window is scored.")
 @click.option("--chunks", type=int, help="Number of windows (default: all the text gives).")
 @click.option("-t", "--threads", "n_threads", type=int, help="CPU threads (default: all logical CPUs).")
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int,
+              help="Layers of MODEL to offload (-1: all; default: all with --rpc/--device, else none).")
+@device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option
 def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chunks: int | None,
-             n_threads: int | None, as_json: bool, db: str | None) -> None:
+             n_threads: int | None, ngl: int | None, rpc_servers: tuple[str, ...], tensor_split: str | None,
+             device: str | None, split_mode: str | None, main_gpu: int | None, as_json: bool,
+             db: str | None) -> None:
     """KL divergence, top-1 agreement and perplexity of MODEL against --reference (llama-perplexity's method);
     keep the result."""
     from ..evaluate import evaluate, read_text
@@ -43,11 +49,15 @@ def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chun
         def progress(stage: str, done: int, total: int) -> None:
             click.echo(f"\rggprec: {stage} window {done}/{total}", err=True, nl=done == total)
     with Store(db) as store:  # opened first: a bad history path fails before the evaluation
-        result = evaluate(model, reference, text=text, n_ctx=n_ctx, chunks=chunks,
-                          settings=RuntimeSettings(n_threads=n_threads), progress=progress)
+        settings = RuntimeSettings(n_threads=n_threads).with_overrides(
+            **device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu, ngl))
+        result = evaluate(model, reference, text=text, n_ctx=n_ctx, chunks=chunks, settings=settings,
+                          progress=progress)
         record = EvalRecord.from_result(result)
+        devices = {k: v for k, v in settings.to_dict().items()
+                   if k in ("n_gpu_layers", "rpc_servers", "tensor_split", "devices") and v}
         record_id = store.record(record, model_path=model, model_sha256=model_sha256(model),
-                                 settings={"n_ctx": n_ctx, "chunks": chunks, "n_threads": n_threads},
+                                 settings={"n_ctx": n_ctx, "chunks": chunks, "n_threads": n_threads, **devices},
                                  hardware=fingerprint())
     if as_json:
         print_json(result.to_dict())
@@ -93,18 +103,23 @@ def _print_comparison(result: Any, as_json: bool) -> None:
 @click.option("--chunks", type=click.IntRange(1), default=4, show_default=True, help="Evaluation windows.")
 @click.option("--text", "text_file", type=click.Path(path_type=str), help="Evaluation text file (default: shipped).")
 @click.option("-t", "--threads", type=click.IntRange(1), help="CPU threads (default: all cores).")
+@click.option("-ngl", "--n-gpu-layers", "ngl", type=int,
+              help="Layers to offload (-1: all; default: all with --rpc/--device, else each profile's).")
+@device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, out_dir: str | None, pp: int,
                 tg: int, reps: int, n_ctx: int, chunks: int, text_file: str | None, threads: int | None,
-                as_json: bool) -> None:
+                ngl: int | None, rpc_servers: tuple[str, ...], tensor_split: str | None, device: str | None,
+                split_mode: str | None, main_gpu: int | None, as_json: bool) -> None:
     """Build, run and evaluate several profiles of SOURCE side by side."""
     from ..compare import compare
     from ..evaluate import read_text
     text = None if text_file is None else read_text(text_file)
+    devices = device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu, ngl)
     with _bar("compare", as_json) as progress:
         result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
                          pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads, text=text,
-                         progress=progress)
+                         progress=progress, devices=devices)
     _print_comparison(result, as_json)
 
 

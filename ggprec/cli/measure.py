@@ -7,33 +7,17 @@ from typing import Any
 
 import click
 
-from ..errors import GgprecError
 from ..records import KINDS  # stdlib only: keeps `ggprec --help` fast
-from .shell import console, db_option, main, model_argument, print_json
+from .distributed import device_options, device_overrides
+from .shell import console, db_option, main, model_argument, print_json, runtime_options, runtime_overrides
 
 # --- measuring: run, history (issue 4) ---------------------------------------------------------
-
-_FA = {"on": True, "off": False, "auto": None}
-
 
 @main.command()
 @model_argument
 @click.option("--profile", "profile_name", help="A shipped profile name or a profile YAML file.")
-@click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="Layers to offload to the GPU (-1: all).")
-@click.option("-c", "--ctx-size", "n_ctx", type=int, help="Context size in tokens.")
-@click.option("-b", "--batch-size", "n_batch", type=int, help="Logical batch size.")
-@click.option("-ub", "--ubatch-size", "n_ubatch", type=int, help="Physical batch size.")
-@click.option("-t", "--threads", "n_threads", type=int, help="CPU threads.")
-@click.option("-ctk", "--cache-type-k", "cache_type_k", help="K-cache type (f16, q8_0, q4_0, ...).")
-@click.option("-ctv", "--cache-type-v", "cache_type_v", help="V-cache type (a quantized one needs flash attention).")
-@click.option("-fa", "--flash-attn", "flash_attn", type=click.Choice(["on", "off", "auto"]),
-              help="Flash attention (auto: on exactly when the V cache is quantized).")
-@click.option("-ot", "--override-tensor", "override_tensor", multiple=True, metavar="PATTERN=DEVICE",
-              help="Put tensors whose name matches the regex on DEVICE (CPU, CUDA0, ...); repeatable and "
-                   "comma-separated like llama.cpp's -ot; replaces the profile's list.")
-@click.option("-cmoe", "--cpu-moe", "cpu_moe", is_flag=True, help="Keep every routed expert tensor on the CPU.")
-@click.option("-ncmoe", "--n-cpu-moe", "n_cpu_moe", type=click.IntRange(min=0),
-              help="Keep the routed expert tensors of the first N blocks on the CPU.")
+@runtime_options
+@device_options
 @click.option("--pp", type=int, default=512, show_default=True, help="Prompt-processing tokens (one batch).")
 @click.option("--tg", type=int, default=128, show_default=True, help="Generated tokens (single-token decodes).")
 @click.option("--reps", type=int, default=3, show_default=True, help="Repetitions of each test.")
@@ -44,10 +28,9 @@ _FA = {"on": True, "off": False, "auto": None}
               help="Tokens to generate with --prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option
-def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None, n_batch: int | None,
-        n_ubatch: int | None, n_threads: int | None, cache_type_k: str | None, cache_type_v: str | None,
-        flash_attn: str | None, override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None, pp: int,
-        tg: int, reps: int, depth: int, prompt: str | None, n_predict: int, as_json: bool, db: str | None) -> None:
+def run(model: str, profile_name: str | None, rpc_servers: tuple[str, ...], tensor_split: str | None,
+        device: str | None, split_mode: str | None, main_gpu: int | None, pp: int, tg: int, reps: int, depth: int,
+        prompt: str | None, n_predict: int, as_json: bool, db: str | None, **options: Any) -> None:
     """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
     from ..hardware import fingerprint
     from ..printers import render_run, run_document
@@ -55,16 +38,13 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
     from ..store import Store
 
     store = Store(db)  # opened first: a bad history path fails before minutes of measuring
-    overrides: dict[str, Any] = dict(n_gpu_layers=ngl, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
-                                     n_threads=n_threads, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
-    if flash_attn is not None:
-        overrides["flash_attn"] = _FA[flash_attn]
-    overrides.update(_placement_overrides(override_tensor, cpu_moe, n_cpu_moe))
+    overrides = runtime_overrides(options)
+    overrides.update(device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu, options.get("ngl")))
     progress = (lambda msg: click.echo(f"ggprec: {msg}", err=True)) if sys.stderr.isatty() else None
     from ..calibrate import speed_model_for
     from ..llama_backend import default_threads
 
-    speed = speed_model_for(store=store, n_threads=n_threads or default_threads())
+    speed = speed_model_for(store=store, n_threads=options.get("n_threads") or default_threads())
     done = run_with_profile(model, profile_name, overrides, pp=pp, tg=tg, reps=reps, prompt=prompt,
                             progress=progress, n_predict=n_predict, speed_model=speed, depth=depth)
     for notice in done.result.notices:
@@ -76,21 +56,6 @@ def run(model: str, profile_name: str | None, ngl: int | None, n_ctx: int | None
         print_json(run_document(done, record_id, hardware))
     else:
         render_run(done, console(), record_id)
-
-
-def _placement_overrides(override_tensor: tuple[str, ...], cpu_moe: bool, n_cpu_moe: int | None) -> dict[str, Any]:
-    """RuntimeSettings changes from -ot / --cpu-moe / --n-cpu-moe (nothing for flags not given)."""
-    from ..settings import ALL_LAYERS
-    from ..tensor_overrides import parse_overrides
-
-    if cpu_moe and n_cpu_moe is not None:
-        raise GgprecError("--cpu-moe and --n-cpu-moe are alternatives: give one")
-    out: dict[str, Any] = {}
-    if override_tensor:
-        out["override_tensor"] = parse_overrides(override_tensor)
-    if cpu_moe or n_cpu_moe is not None:
-        out["n_cpu_moe"] = ALL_LAYERS if cpu_moe else n_cpu_moe
-    return out
 
 
 @main.command()

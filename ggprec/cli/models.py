@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
+from ..errors import GgprecError
 from ..synth import PRESETS  # a table of shapes, no heavy imports
+from .distributed import device_options, device_overrides
 from .shell import (
     console,
     db_option,
@@ -114,6 +116,11 @@ def profiles_cmd(as_json: bool) -> None:
 @profile_option
 @click.option("--tensors", is_flag=True, help="List every tensor with its planned type and rule.")
 @runtime_options
+@device_options
+@click.option("--fit", is_flag=True, help="With devices: choose -ngl and -ts so that every device fits its budget.")
+@click.option("--budget", "budgets", multiple=True, metavar="DEVICE=GIB,...",
+              help="With --fit: memory for a device (RPC0, CUDA0, HOST:PORT of a server, host = this machine's "
+                   "RAM); default: what the device reports free (a CPU server: its whole RAM) less 0.5 GiB.")
 @click.option("-d", "--depth", type=click.IntRange(min=0), default=0, show_default=True,
               help="Expect tg with this many tokens already in the KV cache (llama-bench's -d).")
 @click.option("--tg", type=click.IntRange(min=1), default=128, show_default=True,
@@ -121,26 +128,55 @@ def profiles_cmd(as_json: bool) -> None:
 @machine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and its forecast as JSON.")
 @db_option
-def plan_cmd(model: str, profile_name: str, tensors: bool, depth: int, tg: int, as_json: bool, db: str | None,
-             **options: Any) -> None:
+def plan_cmd(model: str, profile_name: str, tensors: bool, rpc_servers: tuple[str, ...], tensor_split: str | None,
+             device: str | None, split_mode: str | None, main_gpu: int | None, fit: bool, budgets: tuple[str, ...],
+             depth: int, tg: int, as_json: bool, db: str | None, **options: Any) -> None:
     """The type each tensor of MODEL gets under a profile, llama.cpp's fallbacks and the file size; then,
     for the target machine (this one unless the machine options say otherwise), the buffers llama.cpp will
-    allocate per device and the expected tok/s, without loading anything."""
+    allocate per device and the expected tok/s, without loading anything; with --rpc/--device, what each
+    device must hold (each server probed, nothing loaded) and the commands."""
     from ..forecast import forecast
     from ..forecast import render as render_forecast
     from ..gguf_info import read_gguf
     from ..plan import render, resolve_plan
     from ..profile import load_profile
 
-    plan = resolve_plan(read_gguf(model), load_profile(profile_name))
-    settings = plan.runtime.with_overrides(**runtime_overrides(options))
-    speed_model, host = target_machine(options, db)
-    fc = forecast(plan, settings, speed_model, host, depth=depth, tg=tg)
+    info = read_gguf(model)
+    plan = resolve_plan(info, load_profile(profile_name))
+    split = device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu, options.get("ngl"))
+    if (fit or budgets) and not (rpc_servers or device):
+        raise GgprecError("--fit and --budget need devices: give --rpc or --device")
+    settings = plan.runtime.with_overrides(**(runtime_overrides(options) | split))
+    devices, budget_bytes, fc = None, None, None
+    if rpc_servers or device:
+        from ..device_plan import plan_devices
+        from ..llama_backend import local_gpus
+
+        if fit:
+            from .. import recommend_devices as rd
+            from ..rpc import planned_devices
+
+            found = planned_devices(settings.rpc_servers, settings.devices, local_gpus(),
+                                    split_mode=settings.split_mode, main_gpu=settings.main_gpu)
+            budget_bytes = rd.resolve_budgets(found, rd.parse_budgets(budgets), rd.host_ram())
+            devices = rd.fit_split(info, settings, found, budget_bytes, plan.tensor_types()).plan
+        else:
+            devices = plan_devices(info, settings, plan.tensor_types(), local_gpus=local_gpus())
+    else:  # one machine: buffers per device and expected speed on the target the machine options describe
+        speed_model, host = target_machine(options, db)
+        fc = forecast(plan, settings, speed_model, host, depth=depth, tg=tg)
     if as_json:
-        print_json(plan.to_dict() | {"forecast": fc.to_dict()}, schema=1)
-    else:
-        render(plan, console(), tensors=tensors)
+        print_json(plan.to_dict() | ({"devices": devices.to_dict()} if devices else {})
+                   | ({"forecast": fc.to_dict()} if fc else {}), schema=1)
+        return
+    render(plan, console(), tensors=tensors)
+    if fc is not None:
         render_forecast(fc, console())
+    if devices:
+        from ..device_plan import render as render_devices
+
+        click.echo(f"quantize: ggprec quantize {model} -p {profile_name} -o OUT.gguf")
+        render_devices(devices, console(), "OUT.gguf", budget_bytes)
 
 
 def _quantize_progress(tensor: str, done: int, total: int) -> None:

@@ -93,7 +93,8 @@ profile_option = click.option("--profile", "-p", "profile_name", required=True,
 
 _FA = {"on": True, "off": False, "auto": None}
 _RUNTIME_OPTIONS = (
-    click.option("-ngl", "--n-gpu-layers", "ngl", type=int, help="Layers to offload to the GPU (-1: all)."),
+    click.option("-ngl", "--n-gpu-layers", "ngl", type=int,
+                 help="Layers to offload (-1: all; default: all with --rpc/--device, else the profile's)."),
     click.option("-c", "--ctx-size", "n_ctx", type=int, help="Context size in tokens."),
     click.option("-b", "--batch-size", "n_batch", type=int, help="Logical batch size."),
     click.option("-ub", "--ubatch-size", "n_ubatch", type=int, help="Physical batch size."),
