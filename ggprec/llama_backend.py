@@ -15,7 +15,7 @@ import ctypes
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,10 +200,27 @@ class LoadedModel:
 
     def decode_logits(self, tokens: Sequence[int], outputs: range) -> np.ndarray:
         """Decode `tokens` as one sequence from position 0 on an empty KV cache and return the logits
-        (float32, one row of n_vocab per position) of the positions in `outputs` only: the batch asks
-        llama.cpp for exactly those rows, so the output layer runs for no other position. The tokens go
-        in llama_decode calls of n_batch tokens (each well under a second on a small model); a signal
-        under interrupts.guard() is raised between them."""
+        (float32, one row of n_vocab per position) of the positions in `outputs` only (a copy; see
+        decode_rows for the same without copying)."""
+        import numpy as np
+
+        rows = np.empty((len(outputs), self.n_vocab), dtype=np.float32)
+
+        def keep(first: int, logits: np.ndarray) -> None:
+            rows[first:first + len(logits)] = logits
+
+        self.decode_rows(tokens, outputs, keep)
+        return rows
+
+    def decode_rows(self, tokens: Sequence[int], outputs: range,
+                    consume: Callable[[int, np.ndarray], None]) -> None:
+        """Decode `tokens` as one sequence from position 0 on an empty KV cache, and hand the logits of the
+        positions in `outputs` to `consume(first, rows)` as they come: `rows` (float32, n_vocab columns) are
+        the logits of positions outputs.start + first ..., a view of llama.cpp's own buffer, valid only
+        during the call (no copy of the 50 MB a window of a 49k vocabulary gives). The batch asks llama.cpp
+        for exactly those rows, so the output layer runs for no other position. The tokens go in llama_decode
+        calls of n_batch tokens (each well under a second on a small model); a signal under
+        interrupts.guard() is raised between them."""
         import numpy as np
 
         llama_cpp = _llama()
@@ -213,28 +230,27 @@ class LoadedModel:
         if self._batch is None:
             self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        rows = np.empty((len(outputs), self.n_vocab), dtype=np.float32)
         batch = self._batch
         for start in range(0, len(tokens), n_batch):
             chunk = tokens[start:start + n_batch]
-            wanted = [outputs.start <= start + i < outputs.stop for i in range(len(chunk))]
-            batch.n_tokens = len(chunk)
+            n = len(chunk)
+            batch.n_tokens = n
+            # Outputs are the positions lo .. hi-1 of this chunk (a contiguous range clipped to it).
+            lo = min(max(outputs.start - start, 0), n)
+            hi = max(min(outputs.stop - start, n), lo)
             for i, tok in enumerate(chunk):
                 batch.token[i] = tok
                 batch.pos[i] = start + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = wanted[i]
+                batch.logits[i] = lo <= i < hi
             rc = llama_cpp.llama_decode(self.ctx, batch)
             if rc != 0:
-                raise GgprecError(f"{self.path}: llama.cpp could not decode {len(chunk)} tokens (code {rc})")
-            n_out = sum(wanted)
-            if n_out:
-                first = start + wanted.index(True) - outputs.start
-                out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(n_out * self.n_vocab,))
-                rows[first:first + n_out] = out.reshape(n_out, self.n_vocab)
+                raise GgprecError(f"{self.path}: llama.cpp could not decode {n} tokens (code {rc})")
+            if hi > lo:
+                out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=((hi - lo) * self.n_vocab,))
+                consume(start + lo - outputs.start, out.reshape(hi - lo, self.n_vocab))
             interrupts.check()
-        return rows
 
 
 def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool, vocab_only: bool = False) -> Any:
