@@ -42,6 +42,8 @@ LOGP_LEVELS = 65535  # uint16 codes per position's log-probability range
 CACHE_FORMAT = 2  # bump when the cache layout or the way log-probs are computed changes
 EVAL_SCHEMA = 1  # version of the `eval --json` document
 MIN_CTX = 16  # below this a window scores too few tokens for a standard error
+EVAL_BATCH = 2048  # tokens per llama_decode call, llama-perplexity's default n_batch: 4 windows of 512 at once
+LOGITS_BUDGET = 512 * 2**20  # bytes of logits one call may return (4 x 255 rows x 49152 x 4 = 196 MiB)
 
 # progress(stage, done, total) while evaluating: stage is "reference" or "candidate", counted in windows.
 
@@ -360,14 +362,24 @@ def make_windows(tokens: list[int], n_ctx: int, chunks: int | None, bos: int | N
 # --- llama.cpp ---------------------------------------------------------------------------------------
 
 
-def _load(path: Path, settings: RuntimeSettings, n_ctx: int) -> LoadedModel:
-    """The model loaded for windows of n_ctx tokens, through the one loader (llama_backend.load_model).
-    Threads default to every logical CPU: evaluation is all prompt-style batches, which scale with cores
-    (llama-cpp-python's default for batches too)."""
+def sequences_per_decode(n_ctx: int, n_chunks: int, n_vocab: int) -> int:
+    """Windows decoded side by side in one llama_decode call: as llama-perplexity, EVAL_BATCH // n_ctx
+    (4 windows of 512), no more than there are windows, and no more than LOGITS_BUDGET of logits."""
+    rows = n_ctx - 1 - n_ctx // 2
+    return max(1, min(EVAL_BATCH // n_ctx, n_chunks, LOGITS_BUDGET // max(rows * n_vocab * 4, 1)))
+
+
+def _load(path: Path, settings: RuntimeSettings, n_ctx: int, n_seq: int = 1) -> LoadedModel:
+    """The model loaded for n_seq windows of n_ctx tokens at a time, through the one loader
+    (llama_backend.load_model). Threads default to every logical CPU: evaluation is all prompt-style
+    batches, which scale with cores (llama-cpp-python's default for batches too). A signal stops a decode
+    in flight (abortable), so a batch of several windows does not delay Ctrl-C."""
     from .llama_backend import load_model
 
-    return load_model(path, settings.with_overrides(n_ctx=n_ctx, n_batch=min(settings.n_batch, n_ctx),
-                                                    n_threads=settings.n_threads or os.cpu_count() or 1))
+    n_batch = min(settings.n_batch, n_ctx) * n_seq
+    return load_model(path, settings.with_overrides(n_ctx=n_ctx * n_seq, n_batch=n_batch,
+                                                    n_threads=settings.n_threads or os.cpu_count() or 1),
+                      n_seq=n_seq, abortable=True)
 
 
 def _window_logp(lm: LoadedModel, windows: Windows, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -383,22 +395,25 @@ def _window_logp(lm: LoadedModel, windows: Windows, i: int) -> tuple[np.ndarray,
 
 def _score_windows(lm: LoadedModel, windows: Windows, score: Callable[[slice, np.ndarray, np.ndarray], None],
                    stage: str, progress: Progress | None) -> None:
-    """Decode every window and call score(rows, logits, next_ids) on the scored positions' logits as
-    llama.cpp returns them: `rows` places them among all windows' scored positions (window order), the
-    logits are a view of llama.cpp's buffer (no copy), next_ids the actual next tokens."""
+    """Decode every window (lm.n_seq at a time) and call score(rows, logits, next_ids) on the scored
+    positions' logits as llama.cpp returns them: `rows` places them among all windows' scored positions
+    (window order), the logits are a view of llama.cpp's buffer (no copy), next_ids the actual next tokens."""
     import numpy as np
 
     first, n, per = windows.first, windows.n_ctx, windows.scored_per_window
-    for i in range(windows.n_chunks):
-        w = windows.window(i)
-        nxt = np.asarray(w[first + 1:n], dtype=np.int64)
+    for group in range(0, windows.n_chunks, lm.n_seq):
+        index = range(group, min(group + lm.n_seq, windows.n_chunks))
+        ws = [windows.window(i) for i in index]
+        nxt = [np.asarray(w[first + 1:n], dtype=np.int64) for w in ws]
 
-        def consume(row: int, logits: np.ndarray, i: int = i, nxt: np.ndarray = nxt) -> None:
-            score(slice(i * per + row, i * per + row + len(logits)), logits, nxt[row:row + len(logits)])
+        def consume(seq: int, row: int, logits: np.ndarray, index: range = index,
+                    nxt: list[np.ndarray] = nxt) -> None:
+            at = index[seq] * per + row
+            score(slice(at, at + len(logits)), logits, nxt[seq][row:row + len(logits)])
 
-        lm.decode_rows(w, range(first, n - 1), consume)
+        lm.decode_sequences(ws, range(first, n - 1), consume)
         if progress:
-            progress(stage, i + 1, windows.n_chunks)
+            progress(stage, index[-1] + 1, windows.n_chunks)
 
 
 # --- reference cache ---------------------------------------------------------------------------------
@@ -450,7 +465,7 @@ def _model_sha256(path: Path) -> str:
 
 
 def reference_cache_path(reference: Path, text: str, n_ctx: int, chunks: int | None,
-                         settings: RuntimeSettings) -> Path:
+                         settings: RuntimeSettings, n_seq: int = 1) -> Path:
     """Cache file for one reference, text and set of settings that change its logits (chunks None: all the
     windows the text gives, which the text hash and n_ctx determine)."""
     key = {
@@ -459,7 +474,7 @@ def reference_cache_path(reference: Path, text: str, n_ctx: int, chunks: int | N
         "first": n_ctx // 2, "n_batch": min(settings.n_batch, n_ctx),
         "n_ubatch": min(settings.n_ubatch, settings.n_batch, n_ctx), "n_gpu_layers": settings.n_gpu_layers,
         "cache_type_k": settings.cache_type_k, "cache_type_v": settings.cache_type_v,
-        "flash_attn": settings.flash_attn_effective,
+        "flash_attn": settings.flash_attn_effective, "n_seq": n_seq,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return reference_cache_dir() / f"{digest}.npz"
@@ -470,7 +485,7 @@ reference_runs = 0
 
 
 def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None, settings: RuntimeSettings,
-                      progress: Progress | None = None) -> ReferenceLogits:
+                      progress: Progress | None = None, n_seq: int = 1) -> ReferenceLogits:
     """Run the reference over the text's windows and keep what the KLD, top-1 and PPL need."""
     import numpy as np
 
@@ -478,7 +493,7 @@ def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None
 
     global reference_runs
     scratch = _Scratch()
-    with _load(reference, settings, n_ctx) as lm:
+    with _load(reference, settings, n_ctx, n_seq) as lm:
         tokens = tokenize(lm.model, text)
         windows = make_windows(tokens, n_ctx, chunks, bos_token(lm.model))
         reference_runs += 1
@@ -496,23 +511,23 @@ def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None
 
 
 def reference_logits(reference: Path, text: str, n_ctx: int, chunks: int | None, settings: RuntimeSettings,
-                     progress: Progress | None = None) -> tuple[ReferenceLogits, bool]:
-    """The reference's log-probs from the disk cache, computing and storing them on a miss.
-    Returns (logits, came_from_cache)."""
-    path = reference_cache_path(reference, text, n_ctx, chunks, settings)
+                     progress: Progress | None = None, n_seq: int = 1) -> tuple[ReferenceLogits, bool]:
+    """The reference's log-probs from the disk cache, computing and storing them on a miss (n_seq windows
+    decoded at a time). Returns (logits, came_from_cache)."""
+    path = reference_cache_path(reference, text, n_ctx, chunks, settings, n_seq)
     cached = ReferenceLogits.load(path) if path.is_file() else None
     if cached is not None:
         return cached, True
-    ref = compute_reference(reference, text, n_ctx, chunks, settings, progress)
+    ref = compute_reference(reference, text, n_ctx, chunks, settings, progress, n_seq)
     ref.save(path)
     return ref, False
 
 
 def _reference_settings(settings: RuntimeSettings) -> RuntimeSettings:
     """The reference runs with llama.cpp's default (f16) KV cache, so a KV-cache variant of the same
-    weights is measured against the unquantized cache."""
+    weights is measured against the unquantized cache; flash attention as the candidate."""
     return RuntimeSettings(n_gpu_layers=settings.n_gpu_layers, n_batch=settings.n_batch,
-                           n_ubatch=settings.n_ubatch, n_threads=settings.n_threads)
+                           n_ubatch=settings.n_ubatch, n_threads=settings.n_threads, flash_attn=settings.flash_attn)
 
 
 # (path, size, mtime, text sha256) -> (tokens, bos): repeated evaluations (compare, sensitivity) skip the
@@ -546,6 +561,11 @@ def check_text(model: Path, text: str, n_ctx: int, chunks: int | None) -> Window
 def check_pair(candidate: Path, reference: Path, text: str, n_ctx: int, chunks: int | None) -> Windows:
     """Refuse, before any inference, a pair that cannot be compared on this text: missing or bad files,
     different vocabularies or tokenizers, a text too short for the windows asked. Returns the windows."""
+    return _check_pair(candidate, reference, text, n_ctx, chunks)[0]
+
+
+def _check_pair(candidate: Path, reference: Path, text: str, n_ctx: int, chunks: int | None) -> tuple[Windows, int]:
+    """check_pair, and the vocabulary size."""
     from .gguf_info import read_gguf
 
     cand, ref = read_gguf(candidate), read_gguf(reference)  # one-line errors for missing / bad files
@@ -557,7 +577,7 @@ def check_pair(candidate: Path, reference: Path, text: str, n_ctx: int, chunks: 
     cand_tokens, cand_bos = _vocab_tokens(candidate, text) if candidate != reference else (ref_tokens, bos)
     if cand_tokens != ref_tokens or cand_bos != bos:
         raise GgprecError(f"different tokenizers: {candidate} and {reference} tokenize the text differently")
-    return windows
+    return windows, ref.hparams.n_vocab
 
 
 # --- evaluate ----------------------------------------------------------------------------------------
@@ -570,7 +590,8 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
     shipped text), in windows of n_ctx tokens; `chunks` windows (default: as many as the text gives).
 
     `settings` apply to the candidate (KV-cache types, threads, GPU layers); the reference runs with the
-    same threads/batch/GPU layers but the default f16 KV cache. Candidate and reference may be the same
+    same threads/batch/GPU layers/flash attention (default: on, as llama-perplexity) but the default f16 KV
+    cache; windows are decoded sequences_per_decode() at a time. Candidate and reference may be the same
     file. The reference's log-probs are cached on disk, so only the first call per reference runs it."""
     import numpy as np
 
@@ -580,8 +601,11 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
     text = default_text() if text is None else text
     settings = (settings or RuntimeSettings()).with_overrides(n_ctx=n_ctx)
     check_settings(settings)  # e.g. 0 threads: refused before any file is read
-    windows = check_pair(candidate, reference, text, n_ctx, chunks)
-    ref, cached = reference_logits(reference, text, n_ctx, chunks, _reference_settings(settings), progress)
+    if settings.flash_attn is None:  # llama-perplexity's default (auto: on where supported); 20-30% faster here
+        settings = settings.with_overrides(flash_attn=True)
+    windows, n_vocab = _check_pair(candidate, reference, text, n_ctx, chunks)
+    n_seq = sequences_per_decode(n_ctx, windows.n_chunks, n_vocab)
+    ref, cached = reference_logits(reference, text, n_ctx, chunks, _reference_settings(settings), progress, n_seq)
     if not np.array_equal(np.asarray(windows.tokens, dtype=np.int32), ref.tokens):
         raise GgprecError(f"{reference}: the cached reference tokens differ from its tokenizer's; "
                           f"delete {reference_cache_dir()}")
@@ -594,7 +618,7 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
         kld[rows], argmax, nll[rows] = candidate_rows(logits, next_ids, ref.codes[rows], ref.lo[rows], scratch)
         agree[rows] = argmax == ref.argmax[rows]
 
-    with _load(candidate, settings, n_ctx) as lm:
+    with _load(candidate, settings, n_ctx, n_seq) as lm:
         _score_windows(lm, windows, score, "candidate", progress)
     result = summarize(kld, agree, nll, ref.nll, windows.n_chunks)
     from dataclasses import replace

@@ -177,7 +177,8 @@ class LoadedModel:
     notices: list[str]
     info: ModelInfo  # the header read before loading, kept so nothing reads it again
     no_alloc: bool = False
-    _batch: Any = None  # a llama_batch of n_batch tokens, made on the first decode_logits
+    n_seq: int = 1  # sequences the context holds at once (decode_sequences)
+    _batch: Any = None  # a llama_batch of n_batch tokens, made on the first decode
 
     def close(self) -> None:
         import llama_cpp
@@ -215,42 +216,71 @@ class LoadedModel:
     def decode_rows(self, tokens: Sequence[int], outputs: range,
                     consume: Callable[[int, np.ndarray], None]) -> None:
         """Decode `tokens` as one sequence from position 0 on an empty KV cache, and hand the logits of the
-        positions in `outputs` to `consume(first, rows)` as they come: `rows` (float32, n_vocab columns) are
-        the logits of positions outputs.start + first ..., a view of llama.cpp's own buffer, valid only
-        during the call (no copy of the 50 MB a window of a 49k vocabulary gives). The batch asks llama.cpp
-        for exactly those rows, so the output layer runs for no other position. The tokens go in llama_decode
-        calls of n_batch tokens (each well under a second on a small model); a signal under
-        interrupts.guard() is raised between them."""
+        positions in `outputs` to `consume(first, rows)` as they come (see decode_sequences)."""
+        self.decode_sequences([tokens], outputs, lambda _seq, first, rows: consume(first, rows))
+
+    def decode_sequences(self, seqs: Sequence[Sequence[int]], outputs: range,
+                         consume: Callable[[int, int, np.ndarray], None]) -> None:
+        """Decode each of `seqs` as its own sequence from position 0 on an empty KV cache, all in the same
+        llama_decode calls (at most n_seq of them; llama-perplexity's way: one call of 4 x 512 tokens
+        costs less than four calls of 512), and hand the logits of the positions in `outputs` of sequence
+        s to `consume(s, first, rows)` as they come: `rows` (float32, n_vocab columns) are the logits of
+        positions outputs.start + first ..., a view of llama.cpp's own buffer, valid only during the call
+        (no copy of the 50 MB a window of a 49k vocabulary gives). The batch asks llama.cpp for exactly
+        those rows, so the output layer runs for no other position. Each call takes n_batch / len(seqs)
+        positions of every sequence; a signal under interrupts.guard() is raised between calls (and stops
+        a call in flight on a context loaded with abortable=True)."""
         import numpy as np
 
         llama_cpp = _llama()
-        if outputs.step != 1 or (len(outputs) and (outputs.start < 0 or outputs.stop > len(tokens))):
-            raise ValueError(f"outputs {outputs} must be a contiguous range inside the {len(tokens)} tokens")
+        if not 1 <= len(seqs) <= self.n_seq:
+            raise ValueError(f"{len(seqs)} sequences for a context of {self.n_seq}")
+        longest = max(len(t) for t in seqs)
+        if outputs.step != 1 or (len(outputs) and (outputs.start < 0 or outputs.stop > min(len(t) for t in seqs))):
+            raise ValueError(f"outputs {outputs} must be a contiguous range inside the tokens of every sequence")
         n_batch = self.settings.n_batch
         if self._batch is None:
             self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         batch = self._batch
-        for start in range(0, len(tokens), n_batch):
-            chunk = tokens[start:start + n_batch]
-            n = len(chunk)
-            batch.n_tokens = n
-            # Outputs are the positions lo .. hi-1 of this chunk (a contiguous range clipped to it).
-            lo = min(max(outputs.start - start, 0), n)
-            hi = max(min(outputs.stop - start, n), lo)
-            for i, tok in enumerate(chunk):
-                batch.token[i] = tok
-                batch.pos[i] = start + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = lo <= i < hi
+        per = n_batch // len(seqs)
+        for start in range(0, longest, per):
+            k, wanted = 0, []
+            for seq, tokens in enumerate(seqs):
+                chunk = tokens[start:start + per]
+                # Outputs are the positions lo .. hi-1 of this chunk (a contiguous range clipped to it).
+                lo = min(max(outputs.start - start, 0), len(chunk))
+                hi = max(min(outputs.stop - start, len(chunk)), lo)
+                wanted.append((seq, start + lo - outputs.start, hi - lo))
+                for i, tok in enumerate(chunk):
+                    batch.token[k] = tok
+                    batch.pos[k] = start + i
+                    batch.n_seq_id[k] = 1
+                    batch.seq_id[k][0] = seq
+                    batch.logits[k] = lo <= i < hi
+                    k += 1
+            batch.n_tokens = k
             rc = llama_cpp.llama_decode(self.ctx, batch)
+            interrupts.check()  # an abort (rc 2) is a signal: raised here
             if rc != 0:
-                raise GgprecError(f"{self.path}: llama.cpp could not decode {n} tokens (code {rc})")
-            if hi > lo:
-                out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=((hi - lo) * self.n_vocab,))
-                consume(start + lo - outputs.start, out.reshape(hi - lo, self.n_vocab))
-            interrupts.check()
+                raise GgprecError(f"{self.path}: llama.cpp could not decode {k} tokens (code {rc})")
+            n_out = sum(n for _, _, n in wanted)
+            if n_out:
+                out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(n_out, self.n_vocab))
+                row = 0
+                for seq, first, n in wanted:
+                    if n:
+                        consume(seq, first, out[row:row + n])
+                    row += n
+
+
+@interrupts.callback
+def _abort_requested(data: ctypes.c_void_p) -> bool:
+    """llama.cpp's abort callback (asked between graph nodes): stop a decode when a signal arrived."""
+    return interrupts.requested()
+
+
+_ABORT: Any = None  # the ctypes function object, made on first use and kept referenced
 
 
 def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool, vocab_only: bool = False) -> Any:
@@ -281,9 +311,12 @@ def _keep_loading(progress: float, user: ctypes.c_void_p) -> bool:
 _LOAD_PROGRESS: Any = None  # made on first use (needs llama_cpp), kept referenced while loads use it
 
 
-def context_params(settings: RuntimeSettings) -> Any:
+def context_params(settings: RuntimeSettings, n_seq: int = 1, abortable: bool = False) -> Any:
     """llama_context_params for the settings (threads must already be resolved). The one mapping of
-    RuntimeSettings to llama.cpp's context parameters: run, alloc and evaluate all load through it."""
+    RuntimeSettings to llama.cpp's context parameters: run, alloc and evaluate all load through it.
+    n_seq: sequences decoded side by side, each in its own n_ctx / n_seq cells. abortable: llama.cpp
+    asks _abort_requested between graph nodes (a Python call per node: for long batches, not for timed
+    token generation)."""
     llama_cpp = _llama()
 
     cp = llama_cpp.llama_context_default_params()
@@ -296,15 +329,23 @@ def context_params(settings: RuntimeSettings) -> Any:
     cp.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn_effective
                           else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     cp.no_perf = True
+    cp.n_seq_max = n_seq
+    if abortable:
+        global _ABORT
+        if _ABORT is None:
+            _ABORT = llama_cpp.ggml_abort_callback(_abort_requested)
+        cp.abort_callback = _ABORT
     return cp
 
 
 def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc: bool = False,
-               log: LogCapture | None = None, extra_buffers: bool | None = None) -> LoadedModel:
+               log: LogCapture | None = None, extra_buffers: bool | None = None, n_seq: int = 1,
+               abortable: bool = False) -> LoadedModel:
     """Load `path` and create a context with `settings`; llama.cpp's log lines go to `log` (a new
     capture when None). A model or context llama.cpp refuses is a GgprecError with its reason; a signal
     under interrupts.guard() stops the load (llama.cpp's progress callback) and raises Interrupted.
-    extra_buffers: llama.cpp's AMX/repacked weight buffers (None: on unless they crash here, see cpu_buffers)."""
+    extra_buffers: llama.cpp's AMX/repacked weight buffers (None: on unless they crash here, see cpu_buffers).
+    n_seq, abortable: see context_params (settings.n_ctx is then the cells of all n_seq sequences)."""
     import time
 
     llama_cpp = _llama()
@@ -329,13 +370,13 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
         if not model:
             interrupts.check()  # the load stopped because of a signal
             raise GgprecError(f"{p}: llama.cpp cannot load it: {_reason(log)}")
-        ctx = llama_cpp.llama_init_from_model(model, context_params(settings))
+        ctx = llama_cpp.llama_init_from_model(model, context_params(settings, n_seq, abortable))
         if not ctx:
             llama_cpp.llama_model_free(model)
             raise GgprecError(f"{p}: llama.cpp cannot create a context: {_reason(log)}")
         load_s = time.perf_counter() - t0
     loaded = LoadedModel(p, settings, model, ctx, llama_cpp.llama_model_n_layer(model), vocab_size(model), load_s,
-                         log, notices, info, no_alloc)
+                         log, notices, info, no_alloc, n_seq)
     try:
         interrupts.check()
     except BaseException:
