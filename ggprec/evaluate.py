@@ -485,8 +485,10 @@ reference_runs = 0
 
 
 def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None, settings: RuntimeSettings,
-                      progress: Progress | None = None, n_seq: int = 1) -> ReferenceLogits:
-    """Run the reference over the text's windows and keep what the KLD, top-1 and PPL need."""
+                      progress: Progress | None = None, n_seq: int = 1,
+                      before: Callable[[Windows], None] | None = None) -> ReferenceLogits:
+    """Run the reference over the text's windows and keep what the KLD, top-1 and PPL need. `before` is
+    called with the windows once the text is tokenized, before any decoding (a check that may refuse)."""
     import numpy as np
 
     from .llama_backend import bos_token, tokenize
@@ -496,6 +498,8 @@ def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None
     with _load(reference, settings, n_ctx, n_seq) as lm:
         tokens = tokenize(lm.model, text)
         windows = make_windows(tokens, n_ctx, chunks, bos_token(lm.model))
+        if before is not None:
+            before(windows)
         reference_runs += 1
         n = windows.n_chunks * windows.scored_per_window
         ref = ReferenceLogits(tokens=np.asarray(tokens, dtype=np.int32),
@@ -511,14 +515,15 @@ def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None
 
 
 def reference_logits(reference: Path, text: str, n_ctx: int, chunks: int | None, settings: RuntimeSettings,
-                     progress: Progress | None = None, n_seq: int = 1) -> tuple[ReferenceLogits, bool]:
+                     progress: Progress | None = None, n_seq: int = 1,
+                     before: Callable[[Windows], None] | None = None) -> tuple[ReferenceLogits, bool]:
     """The reference's log-probs from the disk cache, computing and storing them on a miss (n_seq windows
-    decoded at a time). Returns (logits, came_from_cache)."""
+    decoded at a time; `before` as in compute_reference, on a miss only). Returns (logits, came_from_cache)."""
     path = reference_cache_path(reference, text, n_ctx, chunks, settings, n_seq)
     cached = ReferenceLogits.load(path) if path.is_file() else None
     if cached is not None:
         return cached, True
-    ref = compute_reference(reference, text, n_ctx, chunks, settings, progress, n_seq)
+    ref = compute_reference(reference, text, n_ctx, chunks, settings, progress, n_seq, before)
     ref.save(path)
     return ref, False
 
@@ -561,23 +566,35 @@ def check_text(model: Path, text: str, n_ctx: int, chunks: int | None) -> Window
 def check_pair(candidate: Path, reference: Path, text: str, n_ctx: int, chunks: int | None) -> Windows:
     """Refuse, before any inference, a pair that cannot be compared on this text: missing or bad files,
     different vocabularies or tokenizers, a text too short for the windows asked. Returns the windows."""
-    return _check_pair(candidate, reference, text, n_ctx, chunks)[0]
+    _check_vocabularies(candidate, reference)
+    tokens, bos = _vocab_tokens(reference, text)
+    windows = make_windows(tokens, n_ctx, chunks, bos)
+    _check_tokens(candidate, reference, windows, *_vocab_tokens(candidate, text))
+    return windows
 
 
-def _check_pair(candidate: Path, reference: Path, text: str, n_ctx: int, chunks: int | None) -> tuple[Windows, int]:
-    """check_pair, and the vocabulary size."""
+def _check_vocabularies(candidate: Path, reference: Path) -> int:
+    """Refuse missing or bad files and different vocabulary sizes; returns the vocabulary size."""
     from .gguf_info import read_gguf
 
     cand, ref = read_gguf(candidate), read_gguf(reference)  # one-line errors for missing / bad files
     if cand.hparams.n_vocab != ref.hparams.n_vocab:
         raise GgprecError(f"different vocabularies: {candidate} has {cand.hparams.n_vocab} tokens, "
                           f"{reference} has {ref.hparams.n_vocab}")
-    ref_tokens, bos = _vocab_tokens(reference, text)
-    windows = make_windows(ref_tokens, n_ctx, chunks, bos)
-    cand_tokens, cand_bos = _vocab_tokens(candidate, text) if candidate != reference else (ref_tokens, bos)
-    if cand_tokens != ref_tokens or cand_bos != bos:
+    return ref.hparams.n_vocab
+
+
+def _check_tokens(candidate: Path, reference: Path, windows: Windows, tokens: list[int], bos: int | None) -> None:
+    """Refuse a candidate whose tokenizer gives other tokens (or another BOS) than the reference's."""
+    if tokens != windows.tokens or bos != windows.bos:
         raise GgprecError(f"different tokenizers: {candidate} and {reference} tokenize the text differently")
-    return windows, ref.hparams.n_vocab
+
+
+def _model_tokens(lm: LoadedModel, text: str) -> tuple[list[int], int | None]:
+    """The text's tokens and BOS under a loaded model's tokenizer."""
+    from .llama_backend import bos_token, tokenize
+
+    return tokenize(lm.model, text), bos_token(lm.model)
 
 
 # --- evaluate ----------------------------------------------------------------------------------------
@@ -603,13 +620,15 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
     check_settings(settings)  # e.g. 0 threads: refused before any file is read
     if settings.flash_attn is None:  # llama-perplexity's default (auto: on where supported); 20-30% faster here
         settings = settings.with_overrides(flash_attn=True)
-    windows, n_vocab = _check_pair(candidate, reference, text, n_ctx, chunks)
-    n_seq = sequences_per_decode(n_ctx, windows.n_chunks, n_vocab)
-    ref, cached = reference_logits(reference, text, n_ctx, chunks, _reference_settings(settings), progress, n_seq)
-    if not np.array_equal(np.asarray(windows.tokens, dtype=np.int32), ref.tokens):
-        raise GgprecError(f"{reference}: the cached reference tokens differ from its tokenizer's; "
-                          f"delete {reference_cache_dir()}")
+    n_vocab = _check_vocabularies(candidate, reference)
+    n_seq = sequences_per_decode(n_ctx, chunks or EVAL_BATCH, n_vocab)  # chunks None: not capped by the text
 
+    def check_candidate(windows: Windows) -> None:  # a cold run: before the reference runs
+        _check_tokens(candidate, reference, windows, *_vocab_tokens(candidate, text))
+
+    ref, cached = reference_logits(reference, text, n_ctx, chunks, _reference_settings(settings), progress, n_seq,
+                                   check_candidate)
+    windows = make_windows(ref.tokens.tolist(), n_ctx, chunks, None if ref.bos < 0 else ref.bos)
     n = windows.n_chunks * windows.scored_per_window
     kld, agree, nll = np.empty(n, np.float64), np.empty(n, bool), np.empty(n, np.float64)
     scratch = _Scratch()
@@ -619,6 +638,8 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
         agree[rows] = argmax == ref.argmax[rows]
 
     with _load(candidate, settings, n_ctx, n_seq) as lm:
+        if cached:  # the candidate's own tokenizer, now loaded, must give the reference's tokens
+            _check_tokens(candidate, reference, windows, *_model_tokens(lm, text))
         _score_windows(lm, windows, score, "candidate", progress)
     result = summarize(kld, agree, nll, ref.nll, windows.n_chunks)
     from dataclasses import replace
