@@ -32,7 +32,7 @@ from .progress import Progress
 from .settings import RuntimeSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     import numpy as np
 
@@ -71,26 +71,59 @@ def kl_divergence(ref_logp: np.ndarray, cand_logp: np.ndarray) -> np.ndarray:
 
 
 # The hot path: the reference's and the candidate's rows, scored in blocks of BLOCK_ROWS rows, in float32,
-# every step written into three scratch buffers (16 x 49152 float32 = 3 MiB each, so a block's dozen passes
-# stay in cache and no 50 MB temporary is allocated per step). One window of SmolLM2 (255 x 49152) takes
-# ~0.05 s this way against ~1 s for the float64 array maths it replaced (scripts/bench_eval.py).
+# every step written into three scratch buffers (8 x 49152 float32 = 1.5 MiB each, so a block's dozen
+# passes stay in cache and no 50 MB temporary is allocated per step), the blocks shared among the threads
+# llama.cpp decodes with (numpy releases the GIL inside each pass, and llama.cpp's threads are idle while a
+# window is scored; llama-perplexity scores on every core too). One window of SmolLM2 (255 x 49152) takes
+# a few hundredths of a second this way against ~1 s for the float64 array maths it replaced.
 
-BLOCK_ROWS = 16
+BLOCK_ROWS = 8
 _EXPM1_CAP = 30.0  # expm1 argument cap in the KLD sum; larger arguments are summed exactly apart (rare)
 
 
-class _Scratch:
-    """Three float32 buffers of BLOCK_ROWS rows, reused across blocks and windows."""
+class Scorer:
+    """Runs work(block) over the row blocks of a window on `threads` threads, each thread with its own three
+    float32 scratch buffers of BLOCK_ROWS rows (reused across blocks and windows). Close it (or use it as a
+    context manager) to stop its threads."""
 
-    def __init__(self) -> None:
-        self._bufs: list[np.ndarray] = []
+    def __init__(self, threads: int = 1) -> None:
+        import threading
 
-    def get(self, rows: int, n_vocab: int) -> list[np.ndarray]:
+        self.threads = max(1, threads)
+        self._local = threading.local()
+        self._pool: Any = None
+
+    def scratch(self, rows: int, n_vocab: int) -> list[np.ndarray]:
         import numpy as np
 
-        if not self._bufs or self._bufs[0].shape[1] != n_vocab:
-            self._bufs = [np.empty((BLOCK_ROWS, n_vocab), np.float32) for _ in range(3)]
-        return [b[:rows] for b in self._bufs]
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None or bufs[0].shape[1] != n_vocab:
+            bufs = self._local.bufs = [np.empty((BLOCK_ROWS, n_vocab), np.float32) for _ in range(3)]
+        return [b[:rows] for b in bufs]
+
+    def run(self, n: int, work: Callable[[slice], None]) -> None:
+        blocks = [slice(start, min(start + BLOCK_ROWS, n)) for start in range(0, n, BLOCK_ROWS)]
+        if self.threads == 1 or len(blocks) == 1:
+            for b in blocks:
+                work(b)
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ggprec-score")
+        for future in [self._pool.submit(work, b) for b in blocks]:
+            future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _log_sum_exp(logits: np.ndarray, buf: np.ndarray) -> np.ndarray:
@@ -109,44 +142,44 @@ def _grid_codes(logits: np.ndarray, lse: np.ndarray, lo: np.ndarray, out: np.nda
     these operations, so the same logits give the same codes."""
     import numpy as np
 
-    step = np.maximum(-lo, np.float32(1e-30)) / np.float32(LOGP_LEVELS)  # a one-token vocabulary: lo = 0
+    span = np.maximum(-lo, np.float32(1e-30))  # a one-token vocabulary: lo = 0
     np.subtract(logits, (lse + lo)[:, None], out=out)
-    np.divide(out, step[:, None], out=out)
+    np.multiply(out, (np.float32(LOGP_LEVELS) / span)[:, None], out=out)
     np.rint(out, out=out)
-    np.clip(out, 0, LOGP_LEVELS, out=out)
-    return step
+    np.maximum(out, 0, out=out)
+    np.minimum(out, LOGP_LEVELS, out=out)
+    return span / np.float32(LOGP_LEVELS)
 
 
-def _blocks(n: int) -> Iterator[slice]:
-    for start in range(0, n, BLOCK_ROWS):
-        yield slice(start, min(start + BLOCK_ROWS, n))
-
-
-def reference_rows(logits: np.ndarray, next_ids: np.ndarray, scratch: _Scratch | None = None
+def reference_rows(logits: np.ndarray, next_ids: np.ndarray, scorer: Scorer | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What the cache keeps of the reference's rows of logits: uint16 codes of the log-probabilities on each
     row's grid from its minimum to 0, the grid's lower end (float32), the argmax (int32) and the NLL of the
     actual next token (float64)."""
     import numpy as np
 
-    scratch = scratch or _Scratch()
+    scorer = scorer or Scorer()
     logits = np.asarray(logits, dtype=np.float32)
     n, n_vocab = logits.shape
     codes, lo = np.empty((n, n_vocab), np.uint16), np.empty(n, np.float32)
-    nll = np.empty(n, np.float64)
-    for b in _blocks(n):
-        buf = scratch.get(b.stop - b.start, n_vocab)[0]
+    nll, argmax = np.empty(n, np.float64), np.empty(n, np.int32)
+
+    def work(b: slice) -> None:
+        buf = scorer.scratch(b.stop - b.start, n_vocab)[0]
         x = logits[b]
+        argmax[b] = x.argmax(axis=1)
         lse = _log_sum_exp(x, buf)
         lo[b] = x.min(axis=1) - lse
         _grid_codes(x, lse, lo[b], buf)
         codes[b] = buf
         nll[b] = lse.astype(np.float64) - x[np.arange(len(x)), next_ids[b]]
-    return codes, lo, np.argmax(logits, axis=1).astype(np.int32), nll
+
+    scorer.run(n, work)
+    return codes, lo, argmax, nll
 
 
 def candidate_rows(logits: np.ndarray, next_ids: np.ndarray, ref_codes: np.ndarray, ref_lo: np.ndarray,
-                   scratch: _Scratch | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   scorer: Scorer | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """KL(ref || cand) per row with the candidate's log-probabilities put on the reference's grid first and
     both renormalized (a model against itself gives exactly 0), the candidate's argmax and the NLL of the
     actual next token.
@@ -157,13 +190,15 @@ def candidate_rows(logits: np.ndarray, next_ids: np.ndarray, ref_codes: np.ndarr
     term bounded (arguments above _EXPM1_CAP, where e^g may underflow float32, are added apart in float64)."""
     import numpy as np
 
-    scratch = scratch or _Scratch()
+    scorer = scorer or Scorer()
     logits = np.asarray(logits, dtype=np.float32)
     n, n_vocab = logits.shape
-    kld, nll = np.empty(n, np.float64), np.empty(n, np.float64)
-    for b in _blocks(n):
-        x_buf, p_buf, terms = scratch.get(b.stop - b.start, n_vocab)
+    kld, nll, argmax = np.empty(n, np.float64), np.empty(n, np.float64), np.empty(n, np.int64)
+
+    def work(b: slice) -> None:
+        x_buf, p_buf, terms = scorer.scratch(b.stop - b.start, n_vocab)
         x, codes, lo = logits[b], ref_codes[b], ref_lo[b]
+        argmax[b] = x.argmax(axis=1)
         lse = _log_sum_exp(x, x_buf)
         nll[b] = lse.astype(np.float64) - x[np.arange(len(x)), next_ids[b]]
         step = _grid_codes(x, lse, lo, x_buf)
@@ -186,7 +221,9 @@ def candidate_rows(logits: np.ndarray, next_ids: np.ndarray, ref_codes: np.ndarr
             u = x_buf[r, c].astype(np.float64)
             np.add.at(s, r, np.exp(g + u) - np.exp(g) - p_buf[r, c] * math.expm1(_EXPM1_CAP))
         kld[b] = np.log1p(s / total)
-    return kld, np.argmax(logits, axis=1), nll
+
+    scorer.run(n, work)
+    return kld, argmax, nll
 
 
 def quantize_logp(logp: np.ndarray, lo: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -199,11 +236,8 @@ def quantize_logp(logp: np.ndarray, lo: np.ndarray | None = None) -> tuple[np.nd
         return reference_rows(x, np.zeros(len(x), np.int64))[:2]
     lo = np.asarray(lo, dtype=np.float32)
     buf = np.empty_like(x)
-    codes = np.empty(x.shape, np.uint16)
-    for b in _blocks(len(x)):
-        _grid_codes(x[b], _log_sum_exp(x[b], buf[b]), lo[b], buf[b])
-        codes[b] = buf[b]
-    return codes, lo
+    _grid_codes(x, _log_sum_exp(x, buf), lo, buf)
+    return buf.astype(np.uint16), lo
 
 
 def dequantize_logp(codes: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -494,8 +528,7 @@ def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None
     from .llama_backend import bos_token, tokenize
 
     global reference_runs
-    scratch = _Scratch()
-    with _load(reference, settings, n_ctx, n_seq) as lm:
+    with _load(reference, settings, n_ctx, n_seq) as lm, Scorer(lm.settings.n_threads or 1) as scorer:
         tokens = tokenize(lm.model, text)
         windows = make_windows(tokens, n_ctx, chunks, bos_token(lm.model))
         if before is not None:
@@ -508,7 +541,7 @@ def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None
                               bos=-1 if windows.bos is None else windows.bos)
 
         def score(rows: slice, logits: np.ndarray, next_ids: np.ndarray) -> None:
-            ref.codes[rows], ref.lo[rows], ref.argmax[rows], ref.nll[rows] = reference_rows(logits, next_ids, scratch)
+            ref.codes[rows], ref.lo[rows], ref.argmax[rows], ref.nll[rows] = reference_rows(logits, next_ids, scorer)
 
         _score_windows(lm, windows, score, "reference", progress)
     return ref
@@ -631,13 +664,12 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
     windows = make_windows(ref.tokens.tolist(), n_ctx, chunks, None if ref.bos < 0 else ref.bos)
     n = windows.n_chunks * windows.scored_per_window
     kld, agree, nll = np.empty(n, np.float64), np.empty(n, bool), np.empty(n, np.float64)
-    scratch = _Scratch()
 
-    def score(rows: slice, logits: np.ndarray, next_ids: np.ndarray) -> None:
-        kld[rows], argmax, nll[rows] = candidate_rows(logits, next_ids, ref.codes[rows], ref.lo[rows], scratch)
-        agree[rows] = argmax == ref.argmax[rows]
+    with _load(candidate, settings, n_ctx, n_seq) as lm, Scorer(lm.settings.n_threads or 1) as scorer:
+        def score(rows: slice, logits: np.ndarray, next_ids: np.ndarray) -> None:
+            kld[rows], argmax, nll[rows] = candidate_rows(logits, next_ids, ref.codes[rows], ref.lo[rows], scorer)
+            agree[rows] = argmax == ref.argmax[rows]
 
-    with _load(candidate, settings, n_ctx, n_seq) as lm:
         if cached:  # the candidate's own tokenizer, now loaded, must give the reference's tokens
             _check_tokens(candidate, reference, windows, *_model_tokens(lm, text))
         _score_windows(lm, windows, score, "candidate", progress)
