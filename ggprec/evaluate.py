@@ -470,20 +470,27 @@ class ReferenceLogits:
         from .fileio import atomic_output
 
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The arrays as .npy records one after another (_FIELDS order): read back with plain reads, where an
+        # .npz (a zip) checks a CRC over the 200 MB of codes of 8 windows on every load.
         with atomic_output(path, force=True) as tmp, open(tmp, "wb") as f:
-            np.savez(f, tokens=self.tokens, codes=self.codes, lo=self.lo, argmax=self.argmax, nll=self.nll,
-                     bos=np.int64(self.bos))
+            for name in _FIELDS:
+                np.save(f, np.int64(self.bos) if name == "bos" else getattr(self, name), allow_pickle=False)
 
     @classmethod
     def load(cls, path: Path) -> ReferenceLogits | None:
         import numpy as np
 
         try:
-            with np.load(path) as z:
-                return cls(tokens=z["tokens"], codes=z["codes"], lo=z["lo"], argmax=z["argmax"], nll=z["nll"],
-                           bos=int(z["bos"]))
-        except (OSError, KeyError, ValueError):
+            with open(path, "rb") as f:
+                arrays = {name: np.load(f, allow_pickle=False) for name in _FIELDS}
+                if f.read(1):
+                    return None
+        except (OSError, ValueError, EOFError):
             return None  # missing or damaged: recompute
+        return cls(**{**arrays, "bos": int(arrays["bos"])})
+
+
+_FIELDS = ("tokens", "codes", "lo", "argmax", "nll", "bos")  # ReferenceLogits' records in its cache file
 
 
 def reference_cache_dir() -> Path:
@@ -511,7 +518,7 @@ def reference_cache_path(reference: Path, text: str, n_ctx: int, chunks: int | N
         "flash_attn": settings.flash_attn_effective, "n_seq": n_seq,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return reference_cache_dir() / f"{digest}.npz"
+    return reference_cache_dir() / f"{digest}.npy"
 
 
 # Counts runs of a reference model (not cache hits): tests use it to check the cache is used.

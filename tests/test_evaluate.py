@@ -126,7 +126,7 @@ def test_second_eval_reuses_the_cached_reference_with_identical_figures(tiny_mod
     runs = ev.reference_runs
     first = _eval_tiny(tiny_model, tiny_model_f32)
     assert ev.reference_runs == runs + 1 and not first.reference_cached
-    assert len(list(reference_cache.glob("*.npz"))) == 1
+    assert len(list(reference_cache.glob("*.npy"))) == 1
     second = _eval_tiny(tiny_model, tiny_model_f32)
     assert ev.reference_runs == runs + 1 and second.reference_cached
     assert {**first.to_dict(), "reference_cached": True} == second.to_dict()  # reproducible to the last bit
@@ -136,7 +136,7 @@ def test_second_eval_reuses_the_cached_reference_with_identical_figures(tiny_mod
 def test_other_settings_get_their_own_reference_cache_entry(tiny_model: Path, reference_cache: Path):
     _eval_tiny(tiny_model, tiny_model, chunks=2)
     _eval_tiny(tiny_model, tiny_model, chunks=3)
-    assert len(list(reference_cache.glob("*.npz"))) == 2
+    assert len(list(reference_cache.glob("*.npy"))) == 2
 
 
 def test_different_vocabularies_are_refused(tiny_model: Path, tmp_path: Path):
