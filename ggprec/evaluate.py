@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
+    from .gguf_info import ModelInfo
     from .llama_backend import LoadedModel
 
 LOGP_LEVELS = 65535  # uint16 codes per position's log-probability range
@@ -403,7 +404,8 @@ def sequences_per_decode(n_ctx: int, n_chunks: int, n_vocab: int) -> int:
     return max(1, min(EVAL_BATCH // n_ctx, n_chunks, LOGITS_BUDGET // max(rows * n_vocab * 4, 1)))
 
 
-def _load(path: Path, settings: RuntimeSettings, n_ctx: int, n_seq: int = 1) -> LoadedModel:
+def _load(path: Path, settings: RuntimeSettings, n_ctx: int, n_seq: int = 1, info: ModelInfo | None = None
+          ) -> LoadedModel:
     """The model loaded for n_seq windows of n_ctx tokens at a time, through the one loader
     (llama_backend.load_model). Threads default to every logical CPU: evaluation is all prompt-style
     batches, which scale with cores (llama-cpp-python's default for batches too). A signal stops a decode
@@ -413,7 +415,7 @@ def _load(path: Path, settings: RuntimeSettings, n_ctx: int, n_seq: int = 1) -> 
     n_batch = min(settings.n_batch, n_ctx) * n_seq
     return load_model(path, settings.with_overrides(n_ctx=n_ctx * n_seq, n_batch=n_batch,
                                                     n_threads=settings.n_threads or os.cpu_count() or 1),
-                      n_seq=n_seq, abortable=True)
+                      n_seq=n_seq, abortable=True, info=info)
 
 
 def _window_logp(lm: LoadedModel, windows: Windows, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -527,7 +529,8 @@ reference_runs = 0
 
 def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None, settings: RuntimeSettings,
                       progress: Progress | None = None, n_seq: int = 1,
-                      before: Callable[[Windows], None] | None = None) -> ReferenceLogits:
+                      before: Callable[[Windows], None] | None = None, info: ModelInfo | None = None
+                      ) -> ReferenceLogits:
     """Run the reference over the text's windows and keep what the KLD, top-1 and PPL need. `before` is
     called with the windows once the text is tokenized, before any decoding (a check that may refuse)."""
     import numpy as np
@@ -535,7 +538,7 @@ def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None
     from .llama_backend import bos_token, tokenize
 
     global reference_runs
-    with _load(reference, settings, n_ctx, n_seq) as lm, Scorer(lm.settings.n_threads or 1) as scorer:
+    with _load(reference, settings, n_ctx, n_seq, info) as lm, Scorer(lm.settings.n_threads or 1) as scorer:
         tokens = tokenize(lm.model, text)
         windows = make_windows(tokens, n_ctx, chunks, bos_token(lm.model))
         if before is not None:
@@ -556,14 +559,15 @@ def compute_reference(reference: Path, text: str, n_ctx: int, chunks: int | None
 
 def reference_logits(reference: Path, text: str, n_ctx: int, chunks: int | None, settings: RuntimeSettings,
                      progress: Progress | None = None, n_seq: int = 1,
-                     before: Callable[[Windows], None] | None = None) -> tuple[ReferenceLogits, bool]:
+                     before: Callable[[Windows], None] | None = None, info: ModelInfo | None = None
+                     ) -> tuple[ReferenceLogits, bool]:
     """The reference's log-probs from the disk cache, computing and storing them on a miss (n_seq windows
     decoded at a time; `before` as in compute_reference, on a miss only). Returns (logits, came_from_cache)."""
     path = reference_cache_path(reference, text, n_ctx, chunks, settings, n_seq)
     cached = ReferenceLogits.load(path) if path.is_file() else None
     if cached is not None:
         return cached, True
-    ref = compute_reference(reference, text, n_ctx, chunks, settings, progress, n_seq, before)
+    ref = compute_reference(reference, text, n_ctx, chunks, settings, progress, n_seq, before, info)
     ref.save(path)
     return ref, False
 
@@ -613,15 +617,15 @@ def check_pair(candidate: Path, reference: Path, text: str, n_ctx: int, chunks: 
     return windows
 
 
-def _check_vocabularies(candidate: Path, reference: Path) -> int:
-    """Refuse missing or bad files and different vocabulary sizes; returns the vocabulary size."""
+def _check_vocabularies(candidate: Path, reference: Path) -> tuple[ModelInfo, ModelInfo]:
+    """Refuse missing or bad files and different vocabulary sizes; returns both headers."""
     from .gguf_info import read_gguf
 
     cand, ref = read_gguf(candidate), read_gguf(reference)  # one-line errors for missing / bad files
     if cand.hparams.n_vocab != ref.hparams.n_vocab:
         raise GgprecError(f"different vocabularies: {candidate} has {cand.hparams.n_vocab} tokens, "
                           f"{reference} has {ref.hparams.n_vocab}")
-    return ref.hparams.n_vocab
+    return cand, ref
 
 
 def _check_tokens(candidate: Path, reference: Path, windows: Windows, tokens: list[int], bos: int | None) -> None:
@@ -660,19 +664,20 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
     check_settings(settings)  # e.g. 0 threads: refused before any file is read
     if settings.flash_attn is None:  # llama-perplexity's default (auto: on where supported); 20-30% faster here
         settings = settings.with_overrides(flash_attn=True)
-    n_vocab = _check_vocabularies(candidate, reference)
-    n_seq = sequences_per_decode(n_ctx, chunks or EVAL_BATCH, n_vocab)  # chunks None: not capped by the text
+    cand_info, ref_info = _check_vocabularies(candidate, reference)
+    # chunks None (all the text's windows): not capped by their number, so the cache key needs no tokenizing
+    n_seq = sequences_per_decode(n_ctx, chunks or EVAL_BATCH, ref_info.hparams.n_vocab)
 
     def check_candidate(windows: Windows) -> None:  # a cold run: before the reference runs
         _check_tokens(candidate, reference, windows, *_vocab_tokens(candidate, text))
 
     ref, cached = reference_logits(reference, text, n_ctx, chunks, _reference_settings(settings), progress, n_seq,
-                                   check_candidate)
+                                   check_candidate, ref_info)
     windows = make_windows(ref.tokens.tolist(), n_ctx, chunks, None if ref.bos < 0 else ref.bos)
     n = windows.n_chunks * windows.scored_per_window
     kld, agree, nll = np.empty(n, np.float64), np.empty(n, bool), np.empty(n, np.float64)
 
-    with _load(candidate, settings, n_ctx, n_seq) as lm, Scorer(lm.settings.n_threads or 1) as scorer:
+    with _load(candidate, settings, n_ctx, n_seq, cand_info) as lm, Scorer(lm.settings.n_threads or 1) as scorer:
         def score(rows: slice, logits: np.ndarray, next_ids: np.ndarray) -> None:
             kld[rows], argmax, nll[rows] = candidate_rows(logits, next_ids, ref.codes[rows], ref.lo[rows], scorer)
             agree[rows] = argmax == ref.argmax[rows]

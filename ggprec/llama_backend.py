@@ -340,12 +340,13 @@ def context_params(settings: RuntimeSettings, n_seq: int = 1, abortable: bool = 
 
 def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc: bool = False,
                log: LogCapture | None = None, extra_buffers: bool | None = None, n_seq: int = 1,
-               abortable: bool = False) -> LoadedModel:
+               abortable: bool = False, info: ModelInfo | None = None) -> LoadedModel:
     """Load `path` and create a context with `settings`; llama.cpp's log lines go to `log` (a new
     capture when None). A model or context llama.cpp refuses is a GgprecError with its reason; a signal
     under interrupts.guard() stops the load (llama.cpp's progress callback) and raises Interrupted.
     extra_buffers: llama.cpp's AMX/repacked weight buffers (None: on unless they crash here, see cpu_buffers).
-    n_seq, abortable: see context_params (settings.n_ctx is then the cells of all n_seq sequences)."""
+    n_seq, abortable: see context_params (settings.n_ctx is then the cells of all n_seq sequences).
+    info: the header of `path` when the caller has read it already (read here otherwise)."""
     import time
 
     llama_cpp = _llama()
@@ -353,7 +354,8 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
     if not p.is_file():
         raise GgprecError(f"{p}: no such file")
     check_settings(settings)
-    info = read_gguf(p)  # also rejects non-GGUF files with a clear message
+    if info is None or Path(info.path) != p:
+        info = read_gguf(p)  # also rejects non-GGUF files with a clear message
     settings, notices = clamp_gpu_layers(settings, info.hparams.n_layer)
     settings = settings.with_overrides(n_threads=settings.n_threads or default_threads())
     if extra_buffers is None:
