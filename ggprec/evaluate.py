@@ -574,9 +574,9 @@ def reference_logits(reference: Path, text: str, n_ctx: int, chunks: int | None,
 
 def _reference_settings(settings: RuntimeSettings) -> RuntimeSettings:
     """The reference runs with llama.cpp's default (f16) KV cache, so a KV-cache variant of the same
-    weights is measured against the unquantized cache; flash attention as the candidate."""
+    weights is measured against the unquantized cache (flash attention: see evaluate)."""
     return RuntimeSettings(n_gpu_layers=settings.n_gpu_layers, n_batch=settings.n_batch,
-                           n_ubatch=settings.n_ubatch, n_threads=settings.n_threads, flash_attn=settings.flash_attn)
+                           n_ubatch=settings.n_ubatch, n_threads=settings.n_threads)
 
 
 # (path, size, mtime, text sha256) -> (tokens, bos): repeated evaluations (compare, sensitivity) skip the
@@ -651,9 +651,10 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
     shipped text), in windows of n_ctx tokens; `chunks` windows (default: as many as the text gives).
 
     `settings` apply to the candidate (KV-cache types, threads, GPU layers); the reference runs with the
-    same threads/batch/GPU layers/flash attention (default: on, as llama-perplexity) but the default f16 KV
-    cache; windows are decoded sequences_per_decode() at a time. Candidate and reference may be the same
-    file. The reference's log-probs are cached on disk, so only the first call per reference runs it."""
+    same threads/batch/GPU layers but the default f16 KV cache; flash attention, unless the settings say,
+    is on for both (as llama-perplexity); windows are decoded sequences_per_decode() at a time. Candidate and
+    reference may be the same file. The reference's log-probs are cached on disk, so only the first call per
+    reference runs it."""
     import numpy as np
 
     from .llama_backend import check_settings
@@ -662,8 +663,13 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
     text = default_text() if text is None else text
     settings = (settings or RuntimeSettings()).with_overrides(n_ctx=n_ctx)
     check_settings(settings)  # e.g. 0 threads: refused before any file is read
-    if settings.flash_attn is None:  # llama-perplexity's default (auto: on where supported); 20-30% faster here
+    ref_settings = _reference_settings(settings)
+    if settings.flash_attn is None:
+        # Flash attention left to ggprec: on for both (llama-perplexity's default, auto, is on for a CPU; 20-30%
+        # faster windows here). Set by the caller: the reference keeps the f16 cache's default, off, as the
+        # KV-loss measurement of ggprec.priors expects (it subtracts flash attention's own share).
         settings = settings.with_overrides(flash_attn=True)
+        ref_settings = ref_settings.with_overrides(flash_attn=True)
     cand_info, ref_info = _check_vocabularies(candidate, reference)
     # chunks None (all the text's windows): not capped by their number, so the cache key needs no tokenizing
     n_seq = sequences_per_decode(n_ctx, chunks or EVAL_BATCH, ref_info.hparams.n_vocab)
@@ -671,7 +677,7 @@ def evaluate(candidate: str | Path, reference: str | Path, text: str | None = No
     def check_candidate(windows: Windows) -> None:  # a cold run: before the reference runs
         _check_tokens(candidate, reference, windows, *_vocab_tokens(candidate, text))
 
-    ref, cached = reference_logits(reference, text, n_ctx, chunks, _reference_settings(settings), progress, n_seq,
+    ref, cached = reference_logits(reference, text, n_ctx, chunks, ref_settings, progress, n_seq,
                                    check_candidate, ref_info)
     windows = make_windows(ref.tokens.tolist(), n_ctx, chunks, None if ref.bos < 0 else ref.bos)
     n = windows.n_chunks * windows.scored_per_window
