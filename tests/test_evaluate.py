@@ -226,3 +226,10 @@ def test_ggprec_uses_no_private_llama_cpp_python_api():
     for path in (Path(__file__).parents[1] / "ggprec").rglob("*.py"):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             assert not private.search(line), f"{path.name}:{n}: {line.strip()}"
+
+
+def test_windows_per_decode_follow_llama_perplexity_and_cap_the_logits():
+    assert ev.sequences_per_decode(512, 8, 49152) == 4  # n_batch 2048 / n_ctx, as llama-perplexity
+    assert ev.sequences_per_decode(512, 2, 49152) == 2  # no more than there are windows
+    assert ev.sequences_per_decode(4096, 8, 49152) == 1
+    assert ev.sequences_per_decode(512, 8, 262144) == 2  # 255 rows x 262144 x 4 bytes: two fit in 512 MiB
