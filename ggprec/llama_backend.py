@@ -15,7 +15,7 @@ import ctypes
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,7 +259,8 @@ class LoadedModel:
     # layer_split.OffloadDevice in llama.cpp's order when the load named its devices (RPC, --device, -ts,
     # -sm), else None (llama.cpp's default choice: the single-GPU rule of memory.predict applies)
     devices: list[Any] | None = None
-    _batch: Any = None  # a llama_batch of n_batch tokens, made on the first decode_logits
+    n_seq: int = 1  # sequences the context holds at once (decode_sequences)
+    _batch: Any = None  # a llama_batch of n_batch tokens, made on the first decode
 
     def close(self) -> None:
         import llama_cpp
@@ -282,41 +283,86 @@ class LoadedModel:
 
     def decode_logits(self, tokens: Sequence[int], outputs: range) -> np.ndarray:
         """Decode `tokens` as one sequence from position 0 on an empty KV cache and return the logits
-        (float32, one row of n_vocab per position) of the positions in `outputs` only: the batch asks
-        llama.cpp for exactly those rows, so the output layer runs for no other position. The tokens go
-        in llama_decode calls of n_batch tokens (each well under a second on a small model); a signal
-        under interrupts.guard() is raised between them."""
+        (float32, one row of n_vocab per position) of the positions in `outputs` only (a copy; see
+        decode_rows for the same without copying)."""
+        import numpy as np
+
+        rows = np.empty((len(outputs), self.n_vocab), dtype=np.float32)
+
+        def keep(first: int, logits: np.ndarray) -> None:
+            rows[first:first + len(logits)] = logits
+
+        self.decode_rows(tokens, outputs, keep)
+        return rows
+
+    def decode_rows(self, tokens: Sequence[int], outputs: range,
+                    consume: Callable[[int, np.ndarray], None]) -> None:
+        """Decode `tokens` as one sequence from position 0 on an empty KV cache, and hand the logits of the
+        positions in `outputs` to `consume(first, rows)` as they come (see decode_sequences)."""
+        self.decode_sequences([tokens], outputs, lambda _seq, first, rows: consume(first, rows))
+
+    def decode_sequences(self, seqs: Sequence[Sequence[int]], outputs: range,
+                         consume: Callable[[int, int, np.ndarray], None]) -> None:
+        """Decode each of `seqs` as its own sequence from position 0 on an empty KV cache, all in the same
+        llama_decode calls (at most n_seq of them; llama-perplexity's way: one call of 4 x 512 tokens
+        costs less than four calls of 512), and hand the logits of the positions in `outputs` of sequence
+        s to `consume(s, first, rows)` as they come: `rows` (float32, n_vocab columns) are the logits of
+        positions outputs.start + first ..., a view of llama.cpp's own buffer, valid only during the call
+        (no copy of the 50 MB a window of a 49k vocabulary gives). The batch asks llama.cpp for exactly
+        those rows, so the output layer runs for no other position. Each call takes n_batch / len(seqs)
+        positions of every sequence; a signal under interrupts.guard() is raised between calls (and stops
+        a call in flight on a context loaded with abortable=True)."""
         import numpy as np
 
         llama_cpp = _llama()
-        if outputs.step != 1 or (len(outputs) and (outputs.start < 0 or outputs.stop > len(tokens))):
-            raise ValueError(f"outputs {outputs} must be a contiguous range inside the {len(tokens)} tokens")
+        if not 1 <= len(seqs) <= self.n_seq:
+            raise ValueError(f"{len(seqs)} sequences for a context of {self.n_seq}")
+        longest = max(len(t) for t in seqs)
+        if outputs.step != 1 or (len(outputs) and (outputs.start < 0 or outputs.stop > min(len(t) for t in seqs))):
+            raise ValueError(f"outputs {outputs} must be a contiguous range inside the tokens of every sequence")
         n_batch = self.settings.n_batch
         if self._batch is None:
             self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        rows = np.empty((len(outputs), self.n_vocab), dtype=np.float32)
         batch = self._batch
-        for start in range(0, len(tokens), n_batch):
-            chunk = tokens[start:start + n_batch]
-            wanted = [outputs.start <= start + i < outputs.stop for i in range(len(chunk))]
-            batch.n_tokens = len(chunk)
-            for i, tok in enumerate(chunk):
-                batch.token[i] = tok
-                batch.pos[i] = start + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = wanted[i]
+        per = n_batch // len(seqs)
+        for start in range(0, longest, per):
+            k, wanted = 0, []
+            for seq, tokens in enumerate(seqs):
+                chunk = tokens[start:start + per]
+                # Outputs are the positions lo .. hi-1 of this chunk (a contiguous range clipped to it).
+                lo = min(max(outputs.start - start, 0), len(chunk))
+                hi = max(min(outputs.stop - start, len(chunk)), lo)
+                wanted.append((seq, start + lo - outputs.start, hi - lo))
+                for i, tok in enumerate(chunk):
+                    batch.token[k] = tok
+                    batch.pos[k] = start + i
+                    batch.n_seq_id[k] = 1
+                    batch.seq_id[k][0] = seq
+                    batch.logits[k] = lo <= i < hi
+                    k += 1
+            batch.n_tokens = k
             rc = llama_cpp.llama_decode(self.ctx, batch)
+            interrupts.check()  # an abort (rc 2) is a signal: raised here
             if rc != 0:
-                raise GgprecError(f"{self.path}: llama.cpp could not decode {len(chunk)} tokens (code {rc})")
-            n_out = sum(wanted)
+                raise GgprecError(f"{self.path}: llama.cpp could not decode {k} tokens (code {rc})")
+            n_out = sum(n for _, _, n in wanted)
             if n_out:
-                first = start + wanted.index(True) - outputs.start
-                out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(n_out * self.n_vocab,))
-                rows[first:first + n_out] = out.reshape(n_out, self.n_vocab)
-            interrupts.check()
-        return rows
+                out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(n_out, self.n_vocab))
+                row = 0
+                for seq, first, n in wanted:
+                    if n:
+                        consume(seq, first, out[row:row + n])
+                    row += n
+
+
+@interrupts.callback
+def _abort_requested(data: ctypes.c_void_p) -> bool:
+    """llama.cpp's abort callback (asked between graph nodes): stop a decode when a signal arrived."""
+    return interrupts.requested()
+
+
+_ABORT: Any = None  # the ctypes function object, made on first use and kept referenced
 
     def decode_all(self, tokens: Sequence[int]) -> None:
         """Decode `tokens` as one sequence from position 0 on an empty KV cache, asking llama.cpp for the
@@ -389,11 +435,13 @@ def _keep_loading(progress: float, user: ctypes.c_void_p) -> bool:
 _LOAD_PROGRESS: Any = None  # made on first use (needs llama_cpp), kept referenced while loads use it
 
 
-def context_params(settings: RuntimeSettings, cb_eval: Any = None) -> Any:
+def context_params(settings: RuntimeSettings, n_seq: int = 1, abortable: bool = False, cb_eval: Any = None) -> Any:
     """llama_context_params for the settings (threads must already be resolved). The one mapping of
     RuntimeSettings to llama.cpp's context parameters: run, alloc and evaluate all load through it.
-    cb_eval: a `ggml_backend_sched_eval_callback` ctypes function (the importance-matrix collector); the
-    caller keeps it referenced while the context lives."""
+    n_seq: sequences decoded side by side, each in its own n_ctx / n_seq cells. abortable: llama.cpp
+    asks _abort_requested between graph nodes (a Python call per node: for long batches, not for timed
+    token generation). cb_eval: a `ggml_backend_sched_eval_callback` ctypes function (the importance-matrix
+    collector); the caller keeps it referenced while the context lives."""
     llama_cpp = _llama()
 
     cp = llama_cpp.llama_context_default_params()
@@ -409,16 +457,24 @@ def context_params(settings: RuntimeSettings, cb_eval: Any = None) -> Any:
     if cb_eval is not None:
         cp.cb_eval = cb_eval
         cp.cb_eval_user_data = None
+    cp.n_seq_max = n_seq
+    if abortable:
+        global _ABORT
+        if _ABORT is None:
+            _ABORT = llama_cpp.ggml_abort_callback(_abort_requested)
+        cp.abort_callback = _ABORT
     return cp
 
 
 def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc: bool = False,
-               log: LogCapture | None = None, extra_buffers: bool | None = None,
-               cb_eval: Any = None) -> LoadedModel:
+               log: LogCapture | None = None, extra_buffers: bool | None = None, n_seq: int = 1,
+               abortable: bool = False, info: ModelInfo | None = None, cb_eval: Any = None) -> LoadedModel:
     """Load `path` and create a context with `settings`; llama.cpp's log lines go to `log` (a new
     capture when None). A model or context llama.cpp refuses is a GgprecError with its reason; a signal
     under interrupts.guard() stops the load (llama.cpp's progress callback) and raises Interrupted.
     extra_buffers: llama.cpp's AMX/repacked weight buffers (None: on unless they crash here, see cpu_buffers).
+    n_seq, abortable: see context_params (settings.n_ctx is then the cells of all n_seq sequences).
+    info: the header of `path` when the caller has read it already (read here otherwise).
     cb_eval: the context's graph-evaluation callback (see context_params)."""
     import time
 
@@ -427,7 +483,8 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
     if not p.is_file():
         raise GgprecError(f"{p}: no such file")
     check_settings(settings)
-    info = read_gguf(p)  # also rejects non-GGUF files with a clear message
+    if info is None or Path(info.path) != p:
+        info = read_gguf(p)  # also rejects non-GGUF files with a clear message
     explicit = _explicit_devices(settings)
     devices, pointers = offload_devices(settings) if explicit else ([], None)
     if settings.tensor_split and explicit:
@@ -453,13 +510,13 @@ def load_model(path: str | os.PathLike[str], settings: RuntimeSettings, no_alloc
         if not model:
             interrupts.check()  # the load stopped because of a signal
             raise GgprecError(f"{p}: llama.cpp cannot load it: {_reason(log)}")
-        ctx = llama_cpp.llama_init_from_model(model, context_params(settings, cb_eval))
+        ctx = llama_cpp.llama_init_from_model(model, context_params(settings, n_seq, abortable, cb_eval))
         if not ctx:
             llama_cpp.llama_model_free(model)
             raise GgprecError(f"{p}: llama.cpp cannot create a context: {_reason(log)}")
         load_s = time.perf_counter() - t0
     loaded = LoadedModel(p, settings, model, ctx, llama_cpp.llama_model_n_layer(model), vocab_size(model), load_s,
-                         log, notices, info, no_alloc, devices if explicit else None)
+                         log, notices, info, no_alloc, devices if explicit else None, n_seq)
     try:
         interrupts.check()
     except BaseException:

@@ -167,7 +167,11 @@ class QuantizeCall:
             p.token_embedding_type = types[TOKEN_EMBD].type_id
         if OUTPUT in types and quantizable(OUTPUT, self._shape(plan, OUTPUT)):
             p.output_tensor_type = types[OUTPUT].type_id
-        named = [t for t in plan.tensors if quantizable(t.name, t.shape) and t.name not in (TOKEN_EMBD, OUTPUT)]
+        # A tensor of the base type needs no pattern: llama.cpp gives it that type (the plan already holds
+        # any fallback). Fewer patterns, fewer regex searches: none at all for a one-type plan.
+        base = ggml_types.BY_FTYPE[p.ftype].type_id
+        named = [t for t in plan.tensors if quantizable(t.name, t.shape) and t.name not in (TOKEN_EMBD, OUTPUT)
+                 and t.type.type_id != base]
         self.patterns = [anchored(t.name).encode() for t in named]
         arr = (llama_cpp.llama_model_tensor_override * (len(named) + 1))()
         for i, (t, pat) in enumerate(zip(named, self.patterns, strict=True)):

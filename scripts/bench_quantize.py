@@ -1,37 +1,27 @@
-"""Overhead of `ggprec quantize` over the bare llama.cpp call on the same plan, as whole processes.
+"""`ggprec quantize` against llama.cpp's own `llama-quantize` binary, as whole processes, same job.
 
-Both sides are timed from the parent, from spawning the process to its exit, with the peak RSS of that
-process alone (os.wait4):
-  bare:   `python THIS --child-bare SPEC`: Python start, `import llama_cpp`, build
-          llama_model_quantize_params with the plan's ftype, token-embedding/output types and one
-          tt_overrides entry per tensor (read from SPEC, a JSON file the parent wrote before timing),
-          call llama_model_quantize. Nothing else: no header read, no plan, no check, no rename.
-          llama-cpp-python's default log callback prints llama.cpp's log (to a file here).
-  ggprec: `ggprec quantize SOURCE --profile P -o OUT --force -t N`, the CLI as a user runs it: Python start,
-          imports, header read, plan resolution, the same llama_model_quantize call, the re-read of OUT's
-          tensor infos checking every type against the plan, rename into place. Its log goes to an
-          in-memory capture; with stderr not a terminal no progress is drawn.
-The two sides alternate rep by rep (which goes first alternates too); the report gives the median of
-each side, and the median of the per-rep ratios (ggprec / bare of the same rep, the pair run back to
-back), which is what to hold against the target (<= 1.05). The load average is printed: the machine
-may be shared.
+The job (issue 19): a synthetic llama-3.2-1b-shaped f16 model (`ggprec synth --preset llama-3.2-1b`, real
+data, not sparse; written once into --workdir) quantized under a one-type profile (default q8_0) with
+--threads threads:
+  llama-quantize: llama-quantize --pure SOURCE OUT TYPE THREADS
+  ggprec:         ggprec quantize SOURCE --profile P -o OUT -t THREADS [--force]
+in two cases: into a new file (OUT absent) and over an existing one (OUT left by the previous run; ggprec
+needs --force, llama-quantize overwrites). Both write the same bytes (checked: same size, same tensor types).
+Each rep runs the four back to back, llama-quantize first in even reps and ggprec first in odd ones; before
+each run the page cache's dirty pages are written back (os.sync, untimed) so no run pays for the previous
+one's writeback. The report gives each side's median wall time, its CPU time (user, system) and the median
+of the per-rep ratios ggprec / llama-quantize (target <= 1.05). The load average is printed: the machine
+may be shared, so compare ratios from one run only.
 
-    python scripts/bench_quantize.py [--source F32.gguf] [--profile mixed] [--threads 2] [--reps 7] [--stages]
+The llama.cpp binary comes from scripts/build_llama_tools.sh (built once, a yardstick only).
 
---stages also times ggprec's steps inside one process (imports, header and plan, parameters, the
-quantize call, the verification), to show where the difference goes.
-
-Without --source it uses SmolLM2-135M dequantized to f32 (built once by build_variant). For a profile
-that splits the output head the bare side quantizes ggprec's intermediate file (llama.cpp alone cannot
-add the tensor), so that comparison leaves out the copy.
+    python scripts/bench_quantize.py [--source F16.gguf] [--profile q8_0] [--threads 2] [--reps 5] [--tools DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,196 +29,112 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def bare_child(spec_path: str) -> None:
-    """The bare side: only llama-cpp-python, the parameters, the call."""
-    import ctypes
-
-    import llama_cpp
-
-    spec = json.loads(Path(spec_path).read_text())
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.nthread = spec["threads"]
-    p.ftype = spec["ftype"]
-    p.allow_requantize = spec["allow_requantize"]
-    p.pure = True
-    p.token_embedding_type = spec["token_embedding_type"]
-    p.output_tensor_type = spec["output_tensor_type"]
-    pats = [pat.encode() for pat, _ in spec["overrides"]]
-    arr = (llama_cpp.llama_model_tensor_override * (len(pats) + 1))()
-    for i, (pat, (_, type_id)) in enumerate(zip(pats, spec["overrides"], strict=True)):
-        arr[i].pattern = pat
-        arr[i].type = type_id
-    arr[len(pats)].pattern = None
-    p.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
-    rc = llama_cpp.llama_model_quantize(spec["source"].encode(), spec["out"].encode(), ctypes.byref(p))
-    sys.exit(rc)
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def stages_child(source: str, profile: str, out: str, threads: int) -> None:
-    """ggprec's own work in the order `ggprec quantize` does it, each step timed (ms), as JSON."""
-    t = [time.perf_counter()]
-    import ggprec.cli  # noqa: F401  (click and the command table: the CLI's start)
-
-    t.append(time.perf_counter())
-    from ggprec.gguf_info import read_gguf
-    from ggprec.plan import resolve_plan
-    from ggprec.profile import load_profile
-    from ggprec.quantize import QuantizeCall, verify
-
-    t.append(time.perf_counter())
-    import llama_cpp  # noqa: F401  (the bare side pays this too)
-
-    t.append(time.perf_counter())
-    plan = resolve_plan(read_gguf(source), load_profile(profile))
-    t.append(time.perf_counter())
-    call = QuantizeCall(plan, threads)
-    t.append(time.perf_counter())
-    call.run(Path(source), Path(out), None)
-    t.append(time.perf_counter())
-    verify(Path(out), plan)
-    t.append(time.perf_counter())
-    names = ["cli_import", "ggprec_modules", "llama_cpp_import", "header_and_plan", "params", "quantize_call",
-             "verify"]
-    print(json.dumps({n: (b - a) * 1000 for n, a, b in zip(names, t[:-1], t[1:], strict=True)}))
-
-
-def run_stages(args: argparse.Namespace, out: str) -> list[dict[str, float]]:
-    runs = []
-    for _ in range(args.reps):
-        Path(out).unlink(missing_ok=True)
-        done = subprocess.run([sys.executable, __file__, "--child-stages", "--source", args.source, "--profile",
-                               args.profile, "--threads", str(args.threads), "--out", out],
-                              capture_output=True, text=True, check=True, env=ENV)
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return runs
-
-
-def print_stages(runs: list[dict[str, float]]) -> None:
-    print("ggprec's steps in one process (median ms over the reps; llama_cpp import and the quantize call are "
-          "the bare side's work too):")
-    for name in runs[0]:
-        print(f"  {name:18} {statistics.median(r[name] for r in runs):8.1f}")
-
-
-def write_spec(source: str, profile: str, out: str, threads: int, workdir: Path) -> Path:
-    """The bare side's parameters: exactly those ggprec passes to llama_model_quantize for this plan."""
-    from ggprec.gguf_info import read_gguf
-    from ggprec.plan import resolve_plan
-    from ggprec.profile import load_profile
-    from ggprec.quantize import QuantizeCall, write_split_head
-
-    plan = resolve_plan(read_gguf(source), load_profile(profile))
-    call = QuantizeCall(plan, threads)
-    p = call.params
-    if plan.split_output:
-        source = str(write_split_head(read_gguf(plan.source), workdir / "split-head.gguf"))
-    n = len(call.patterns)
-    spec = {
-        "source": source, "out": out, "threads": threads, "ftype": p.ftype,
-        "allow_requantize": bool(p.allow_requantize),
-        "token_embedding_type": p.token_embedding_type, "output_tensor_type": p.output_tensor_type,
-        "overrides": [[call.overrides[i].pattern.decode(), call.overrides[i].type] for i in range(n)],
-    }
-    path = workdir / "bare-spec.json"
-    path.write_text(json.dumps(spec))
-    return path
+def tools_dir(arg: str | None) -> Path:
+    """The folder of the llama.cpp binaries: --tools, else what build_llama_tools.sh prints (it builds them
+    the first time)."""
+    if arg:
+        return Path(arg)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_tools.sh")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable})
+    if done.returncode != 0:
+        raise SystemExit(f"scripts/build_llama_tools.sh failed:\n{done.stderr[-2000:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def child_env(workdir: Path) -> dict[str, str]:
-    """Both sides' environment: bytecode cached in a private folder (warmed by the untimed first runs), as
-    an installed package has its .pyc files; PYTHONDONTWRITEBYTECODE would make every process compile
-    ggprec's modules from source (the bare side's llama_cpp has .pyc from pip either way)."""
+    """Bytecode cached in a private folder (warmed by the untimed first runs), as an installed package has
+    its .pyc files; PYTHONDONTWRITEBYTECODE would make every process compile ggprec's modules from source."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's ggprec
     return env
 
 
-ENV: dict[str, str] | None = None
-
-
-def timed(cmd: list[str], out: str) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS MiB, CPU seconds user + system) of one process run to completion."""
-    Path(out).unlink(missing_ok=True)  # neither side pays for deleting the previous output
-    # stderr to a file, not a pipe: the bare side prints llama.cpp's log (~56 KB), a pipe could fill up
-    with tempfile.TemporaryFile() as err:
+def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float, float]:
+    """(wall seconds, user seconds, system seconds) of one process run to completion; output to log."""
+    os.sync()  # untimed: no run pays for writing back the previous run's output
+    with open(log, "wb") as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=ENV)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise SystemExit(f"{cmd[:3]} failed ({proc.returncode}): {err.read().decode(errors='replace')[-500:]}")
-    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+        wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} ... failed:\n{log.read_text(errors='replace')[-2000:]}")
+    return wall, usage.ru_utime, usage.ru_stime
+
+
+def same_output(a: Path, b: Path) -> None:
+    from ggprec.gguf_info import read_gguf
+
+    ta = {t.name: (t.type.name, t.n_bytes) for t in read_gguf(a).tensors}
+    tb = {t.name: (t.type.name, t.n_bytes) for t in read_gguf(b).tensors}
+    if ta != tb or a.stat().st_size != b.stat().st_size:
+        raise SystemExit(f"the two sides wrote different models ({a.stat().st_size} vs {b.stat().st_size} bytes): "
+                         "use a one-type profile")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source")
-    ap.add_argument("--profile", default="mixed")
+    ap.add_argument("--source", help="An f16/f32 GGUF (default: a synthetic llama-3.2-1b f16 in --workdir).")
+    ap.add_argument("--profile", default="q8_0", help="A one-type profile (its default type is llama-quantize's).")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--stages", action="store_true", help="Also time ggprec's steps inside one process.")
-    ap.add_argument("--child-bare", help=argparse.SUPPRESS)
-    ap.add_argument("--child-stages", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child_bare:
-        bare_child(args.child_bare)
-        return
-    if args.child_stages:
-        stages_child(args.source, args.profile, args.out, args.threads)
-        return
-    if args.source is None:
-        from ggprec.demo_model import demo_model_path
-        from ggprec.profile import load_profile
-        from ggprec.quantize import build_variant
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--workdir", default=tempfile.gettempdir(), help="Where the source and outputs go.")
+    ap.add_argument("--tools", help="Folder of llama-quantize (default: scripts/build_llama_tools.sh's).")
+    a = ap.parse_args()
+    from ggprec.profile import load_profile
 
-        args.source = str(build_variant(demo_model_path(quiet=True), load_profile("f32"), threads=args.threads))
-    ggprec_exe = shutil.which("ggprec", path=str(Path(sys.executable).parent)) or shutil.which("ggprec")
-    if ggprec_exe is None:
-        raise SystemExit("the `ggprec` command is not installed (pip install -e .)")
-    with tempfile.TemporaryDirectory(prefix="ggprec-bench-", dir=Path(args.source).parent) as d:
-        out = str(Path(d) / "out.gguf")
-        spec = write_spec(args.source, args.profile, out, args.threads, Path(d))
+    qtype = load_profile(a.profile).default
+    work = Path(a.workdir)
+    source = Path(a.source) if a.source else work / "ggprec-bench-llama-3.2-1b-f16.gguf"
+    if not source.is_file():
+        subprocess.run([sys.executable, "-m", "ggprec", "synth", str(source), "--preset", "llama-3.2-1b",
+                        "--type", "f16"], check=True, env=child_env(work), cwd=ROOT)
+    binary = tools_dir(a.tools) / "llama-quantize"
+    with tempfile.TemporaryDirectory(prefix="ggprec-bench-quantize-", dir=work) as tmp:
+        d = Path(tmp)
+        env = child_env(d)
+        out = {"llama-quantize": d / "lq.gguf", "ggprec": d / "gg.gguf"}
         cmds = {
-            "bare": [sys.executable, __file__, "--child-bare", str(spec)],
-            "ggprec": [ggprec_exe, "quantize", args.source, "--profile", args.profile, "-o", out, "--force",
-                       "-t", str(args.threads)],
+            "llama-quantize": [str(binary), "--pure", str(source), str(out["llama-quantize"]), qtype,
+                               str(a.threads)],
+            "ggprec": [sys.executable, "-m", "ggprec", "quantize", str(source), "--profile", a.profile, "-o",
+                       str(out["ggprec"]), "-t", str(a.threads)],
         }
-        global ENV
-        ENV = child_env(Path(d))
-        for _ in range(2):  # warm the page cache and write the .pyc files
-            timed(cmds["bare"], out)
-            timed(cmds["ggprec"], out)
-        results: dict[str, list[tuple[float, float, float]]] = {"bare": [], "ggprec": []}
+
+        def run(side: str, case: str) -> tuple[float, float, float]:
+            if case == "new":
+                out[side].unlink(missing_ok=True)
+            cmd = cmds[side] + (["--force"] if side == "ggprec" and case == "over" else [])
+            return timed(cmd, env, d / f"{side}.log")
+
+        for side in cmds:  # untimed: page cache, bytecode
+            run(side, "new")
+        same_output(out["llama-quantize"], out["ggprec"])
+        times: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
         load = [os.getloadavg()[0]]
-        for i in range(args.reps):
-            order = ("ggprec", "bare") if i % 2 == 0 else ("bare", "ggprec")
-            for mode in order:
-                results[mode].append(timed(cmds[mode], out))
+        for i in range(a.reps):
+            sides = ("llama-quantize", "ggprec") if i % 2 == 0 else ("ggprec", "llama-quantize")
+            for case in ("new", "over"):
+                for side in sides:
+                    times.setdefault((side, case), []).append(run(side, case))
             load.append(os.getloadavg()[0])
-        stages = run_stages(args, out) if args.stages else None
-    secs = {m: [r[0] for r in rs] for m, rs in results.items()}
-    rss = {m: [r[1] for r in rs] for m, rs in results.items()}
-    cpu = {m: [r[2] for r in rs] for m, rs in results.items()}
-    ratios = [g / b for g, b in zip(secs["ggprec"], secs["bare"], strict=True)]
-    print(f"source {args.source}\nprofile {args.profile}, threads {args.threads}, {args.reps} alternating pairs, "
+    print(f"{source.name} ({source.stat().st_size / 2**30:.2f} GiB) -> {qtype}, {a.threads} threads, {a.reps} reps, "
           f"whole processes; 1-min load average {min(load):.2f}-{max(load):.2f} on {os.cpu_count()} CPUs")
-    print(f"{'':8} {'median s':>9} {'min-max s':>13} {'peak RSS MiB':>13} {'CPU s':>7}")
-    for m in ("bare", "ggprec"):
-        print(f"{m:8} {statistics.median(secs[m]):9.3f} {min(secs[m]):6.2f}-{max(secs[m]):<6.2f} "
-              f"{statistics.median(rss[m]):13.1f} {statistics.median(cpu[m]):7.3f}")
-    print(f"paired median time ratio ggprec/bare {statistics.median(ratios):.3f} "
-          f"(pairs {min(ratios):.3f}-{max(ratios):.3f}; target <= 1.05)")
-    extra = statistics.median(g - b for g, b in zip(secs["ggprec"], secs["bare"], strict=True))
-    cpu_ratio = statistics.median(g / b for g, b in zip(cpu["ggprec"], cpu["bare"], strict=True))
-    print(f"paired median extra time {extra * 1000:.0f} ms; "
-          f"peak RSS ratio {statistics.median(rss['ggprec']) / statistics.median(rss['bare']):.3f}; "
-          f"paired median CPU-time ratio {cpu_ratio:.3f}")
-    if stages:
-        print_stages(stages)
+    print(f"{'case':5} {'side':15} {'median s':>9} {'min-max s':>13} {'user s':>7} {'sys s':>6}")
+    for case in ("new", "over"):
+        for side in cmds:
+            t = times[(side, case)]
+            wall = [x[0] for x in t]
+            print(f"{case:5} {side:15} {statistics.median(wall):9.3f} {min(wall):6.2f}-{max(wall):<6.2f} "
+                  f"{statistics.median(x[1] for x in t):7.2f} {statistics.median(x[2] for x in t):6.2f}")
+    for case in ("new", "over"):
+        ratios = [g[0] / q[0] for g, q in zip(times[("ggprec", case)], times[("llama-quantize", case)], strict=True)]
+        print(f"{case}: ggprec / llama-quantize paired median {statistics.median(ratios):.3f} "
+              f"(reps {min(ratios):.3f}-{max(ratios):.3f}; target <= 1.05)")
 
 
 if __name__ == "__main__":

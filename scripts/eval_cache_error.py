@@ -25,7 +25,8 @@ def main() -> None:
     a = ap.parse_args()
     settings = RuntimeSettings(n_ctx=a.ctx, n_threads=a.threads)
     ref_llm, cand_llm = ev._load(a.reference, settings, a.ctx), ev._load(a.candidate, settings, a.ctx)
-    windows = ev.make_windows(ev._tokenize(ref_llm, ev.default_text()), a.ctx, a.chunks, ev._bos(ref_llm))
+    tokens, bos = ev._model_tokens(ref_llm, ev.default_text())
+    windows = ev.make_windows(tokens, a.ctx, a.chunks, bos)
     exact, cached = [], []
     for i in range(windows.n_chunks):
         p, _ = ev._window_logp(ref_llm, windows, i)
@@ -34,7 +35,7 @@ def main() -> None:
         codes, lo = ev.quantize_logp(p)
         cached.append(ev.kl_divergence_quantized(codes, lo, q))
     exact_kld, cached_kld = np.concatenate(exact), np.concatenate(cached)
-    n, n_vocab = exact_kld.size, ref_llm.n_vocab()
+    n, n_vocab = exact_kld.size, ref_llm.n_vocab
     err = np.abs(cached_kld - exact_kld)
     print(f"{n} scored positions ({windows.n_chunks} x {windows.scored_per_window}), n_vocab {n_vocab}")
     for name, kld in (("float64 exact", exact_kld), ("uint16 cache", cached_kld)):

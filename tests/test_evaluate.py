@@ -126,7 +126,7 @@ def test_second_eval_reuses_the_cached_reference_with_identical_figures(tiny_mod
     runs = ev.reference_runs
     first = _eval_tiny(tiny_model, tiny_model_f32)
     assert ev.reference_runs == runs + 1 and not first.reference_cached
-    assert len(list(reference_cache.glob("*.npz"))) == 1
+    assert len(list(reference_cache.glob("*.npy"))) == 1
     second = _eval_tiny(tiny_model, tiny_model_f32)
     assert ev.reference_runs == runs + 1 and second.reference_cached
     assert {**first.to_dict(), "reference_cached": True} == second.to_dict()  # reproducible to the last bit
@@ -136,7 +136,7 @@ def test_second_eval_reuses_the_cached_reference_with_identical_figures(tiny_mod
 def test_other_settings_get_their_own_reference_cache_entry(tiny_model: Path, reference_cache: Path):
     _eval_tiny(tiny_model, tiny_model, chunks=2)
     _eval_tiny(tiny_model, tiny_model, chunks=3)
-    assert len(list(reference_cache.glob("*.npz"))) == 2
+    assert len(list(reference_cache.glob("*.npy"))) == 2
 
 
 def test_different_vocabularies_are_refused(tiny_model: Path, tmp_path: Path):
@@ -226,3 +226,10 @@ def test_ggprec_uses_no_private_llama_cpp_python_api():
     for path in (Path(__file__).parents[1] / "ggprec").rglob("*.py"):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             assert not private.search(line), f"{path.name}:{n}: {line.strip()}"
+
+
+def test_windows_per_decode_follow_llama_perplexity_and_cap_the_logits():
+    assert ev.sequences_per_decode(512, 8, 49152) == 4  # n_batch 2048 / n_ctx, as llama-perplexity
+    assert ev.sequences_per_decode(512, 2, 49152) == 2  # no more than there are windows
+    assert ev.sequences_per_decode(4096, 8, 49152) == 1
+    assert ev.sequences_per_decode(512, 8, 262144) == 2  # 255 rows x 262144 x 4 bytes: two fit in 512 MiB

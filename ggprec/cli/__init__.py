@@ -6,7 +6,14 @@ Heavy modules (llama_cpp, numpy, rich) are imported inside the commands that nee
 exit code 2.
 """
 
-from . import accuracy, advise, distributed, measure, models  # noqa: F401  (each registers its commands on `main`)
-from .shell import EXIT_BAD_INPUT, main
+import os
+
+# numpy's OpenBLAS starts a worker thread per core that spins for ~0.1 s after the import and after each
+# BLAS call (~60 ms of CPU on 2 cores). ggprec's numpy work is element-wise with tiny matrices, while
+# llama.cpp's threads (quantize, eval, run) want every core: one BLAS thread for the CLI's processes.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from . import accuracy, advise, distributed, measure, models  # noqa: E402, F401  (each registers its commands on `main`)
+from .shell import EXIT_BAD_INPUT, main  # noqa: E402
 
 __all__ = ["EXIT_BAD_INPUT", "main"]
