@@ -356,14 +356,6 @@ class LoadedModel:
                     row += n
 
 
-@interrupts.callback
-def _abort_requested(data: ctypes.c_void_p) -> bool:
-    """llama.cpp's abort callback (asked between graph nodes): stop a decode when a signal arrived."""
-    return interrupts.requested()
-
-
-_ABORT: Any = None  # the ctypes function object, made on first use and kept referenced
-
     def decode_all(self, tokens: Sequence[int]) -> None:
         """Decode `tokens` as one sequence from position 0 on an empty KV cache, asking llama.cpp for the
         output of every position (so it never trims the last layer to the output rows, as it does when
@@ -388,6 +380,14 @@ _ABORT: Any = None  # the ctypes function object, made on first use and kept ref
                 raise GgprecError(f"{self.path}: llama.cpp could not decode {len(chunk)} tokens (code {rc})")
             interrupts.check()
 
+
+@interrupts.callback
+def _abort_requested(data: ctypes.c_void_p) -> bool:
+    """llama.cpp's abort callback (asked between graph nodes): stop a decode when a signal arrived."""
+    return interrupts.requested()
+
+
+_ABORT: Any = None  # the ctypes function object, made on first use and kept referenced
 
 def _model_params(settings: RuntimeSettings, no_alloc: bool, extra_buffers: bool, vocab_only: bool = False,
                   devices: list[Any] | None = None) -> Any:
