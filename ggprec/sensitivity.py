@@ -156,7 +156,7 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
     info = read_gguf(model)
     if any(t.type.quantized for t in info.tensors if quantizable(t)):
         raise GgprecError(f"{model}: holds quantized weights; measure sensitivity on an f32/f16/bf16 model "
-                          "(e.g. `ggprec quantize MODEL --profile f32`)")
+                          "(e.g. `ggprec quantize MODEL --profile f32 -o MODEL-f32.gguf`)")
     from .evaluate import check_text, default_text
 
     check_text(ref, default_text() if text is None else text, n_ctx, chunks)  # before any pass

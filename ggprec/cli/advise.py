@@ -45,12 +45,12 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     """The quality/speed front of plans (weight types per group, KV cache, GPU layers) that fit VRAM/RAM, and
     the one the goal picks, with the llama.cpp commands that make and run it."""
     from .. import recommend as rec_mod
+    from .. import recommend_verify
     from ..fileio import atomic_write_text, check_output
     from ..gguf_info import read_gguf
     from ..kv_loss import measure_kv_loss
     from ..profile import profile_to_yaml
     from ..recommend.commands import llama_commands, tensor_type_file_for
-    from ..recommend_verify import record_recommendation, verify
 
     rec_mod.validate(vram, ram, ctx, margin, bands, min_tps, max_kld, gpu_bandwidth, host_bandwidth)
     if output:
@@ -68,7 +68,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
                             max_kld=max_kld, kv_measured=kv_measured, imatrix=imatrix,
                             speed_model=speed_model(host_bandwidth, gpu_bandwidth, db))
     commands = llama_commands(rec, info, tensor_type_file_for(output) if output else None)
-    verified = verify(rec, model, reference, chunks=chunks) if verify else None
+    verified = recommend_verify.verify(rec, model, reference, chunks=chunks) if verify else None
     if output:
         atomic_write_text(output, profile_to_yaml(rec_mod.to_profile(rec)), force=True)
         atomic_write_text(commands.tensor_type_file, commands.tensor_type_text(), force=True)
@@ -76,7 +76,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
         from ..store import Store
 
         with Store(db) as store:
-            record_recommendation(rec, store, verified, output)
+            recommend_verify.record_recommendation(rec, store, verified, output)
     if as_json:
         print_json({**rec.to_dict(), "llama_cpp": commands.to_dict(), "verified": verified, "profile": output})
     else:
