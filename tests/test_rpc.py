@@ -237,18 +237,6 @@ def test_a_non_loopback_host_gets_the_security_warning(monkeypatch: pytest.Monke
 
 # --- llama.cpp: the double load, the server, the client ------------------------------------------
 
-@pytest.mark.llama
-def test_ggml_lib_uses_the_libggml_libllama_maps_and_no_second_copy() -> None:
-    from ggprec import ggml_lib, tensor_overrides
-
-    tensor_overrides.buffer_types()  # goes through ggml_lib.ggml()
-    ggml_lib.base()
-    mapped = {Path(line.rsplit(" ", 1)[-1]) for line in Path("/proc/self/maps").read_text().splitlines()
-              if "/libggml.so" in line}
-    files = {(os.stat(p).st_dev, os.stat(p).st_ino) for p in mapped}
-    assert len(files) == 1, mapped
-    path = ggml_lib.library_path("libggml.so")
-    assert (os.stat(path).st_dev, os.stat(path).st_ino) in files
 
 
 @pytest.mark.llama
