@@ -61,7 +61,6 @@ BASE: dict[str, tuple[list[Any], Any]] = {
     "ggml_nrows": ([c_void_p], c_int64),
     "ggml_backend_tensor_get": ([c_void_p, c_void_p, c_size_t, c_size_t], None),
     "ggml_backend_buffer_is_host": ([c_void_p], c_bool),
-    "ggml_backend_buft_name": ([c_void_p], c_char_p),
 }
 
 # libggml: the backend/device registry.
@@ -166,6 +165,20 @@ def devices() -> list[tuple[str, str, int]]:
         out.append((lib.ggml_backend_dev_name(dev).decode(),
                     DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else str(kind), dev))
     return out
+
+
+def buffer_name(dev: int) -> str:
+    """The name of a device's default buffer type: what llama.cpp names its buffers by (CPU, CUDA0,
+    RPC0[127.0.0.1:50052]) and `-ot` accepts."""
+    lib = ggml()
+    return lib.ggml_backend_buft_name(lib.ggml_backend_dev_buffer_type(dev)).decode()
+
+
+def free_memory(dev: int) -> int:
+    """Bytes the device reports free (a CPU device, RPC CPU servers included: its host's whole RAM)."""
+    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    ggml().ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+    return free.value
 
 
 def buffer_types() -> dict[str, int]:

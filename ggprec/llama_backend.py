@@ -178,15 +178,9 @@ def local_gpus() -> list[tuple[str, int]]:
     from . import ggml_lib
 
     _llama()
-    lib = ggml_lib.ggml()
     registry = [(n, t, d) for n, t, d in ggml_lib.devices() if not n.startswith("RPC")]
     picked = [d for _, t, d in registry if t == "GPU"] or [d for _, t, d in registry if t == "IGPU"]
-    out = []
-    for dev in picked:
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        out.append((lib.ggml_backend_buft_name(lib.ggml_backend_dev_buffer_type(dev)).decode(), free.value))
-    return out
+    return [(ggml_lib.buffer_name(dev), ggml_lib.free_memory(dev)) for dev in picked]
 
 
 def _explicit_devices(settings: RuntimeSettings) -> bool:
@@ -215,8 +209,7 @@ def offload_devices(settings: RuntimeSettings) -> tuple[list[Any], list[Any]]:
         if settings.devices == ("none",):
             return [], []
         by_name = {n: d for n, _, d in registry}
-        by_buffer = {lib.ggml_backend_buft_name(lib.ggml_backend_dev_buffer_type(d)).decode(): d
-                     for n, t, d in registry if t != "CPU"}
+        by_buffer = {ggml_lib.buffer_name(d): d for n, t, d in registry if t != "CPU"}
         picked = []
         for name in settings.devices:
             dev = by_name.get(name) or by_buffer.get(name)
@@ -230,12 +223,8 @@ def offload_devices(settings: RuntimeSettings) -> tuple[list[Any], list[Any]]:
         gpus = [d for n, t, d in registry if t == "GPU" and not n.startswith("RPC")]
         igpus = [d for n, t, d in registry if t == "IGPU"]
         picked = rpc_devs + (gpus or igpus)
-    out = []
-    for dev in picked:
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        buffer = lib.ggml_backend_buft_name(lib.ggml_backend_dev_buffer_type(dev)).decode()
-        out.append(OffloadDevice(lib.ggml_backend_dev_name(dev).decode(), buffer, free.value))
+    out = [OffloadDevice(lib.ggml_backend_dev_name(dev).decode(), ggml_lib.buffer_name(dev), ggml_lib.free_memory(dev))
+           for dev in picked]
     # -sm none: llama.cpp keeps the main GPU only; the reduced list, split by layer, is the same load.
     kept = select_main(out, settings.split_mode, settings.main_gpu)
     return kept, [picked[out.index(d)] for d in kept]

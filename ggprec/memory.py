@@ -92,7 +92,7 @@ def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[st
     first_gpu, output_on_gpu = placer.first_gpu, placer.output_on_gpu
     _weights(pred, info, tensor_types, placer, mmap, host_buffers() if host is None else host)
     n_kv = -(-settings.n_ctx // KV_PAD) * KV_PAD
-    _kv(pred, info, settings, n_kv, first_gpu)
+    _kv(pred, info, settings, n_kv, [GPU if il >= first_gpu else CPU for il in range(hp.n_layer)])
     _compute(pred, info, settings, n_kv, first_gpu, output_on_gpu)
     out_dev = GPU_HOST if first_gpu < hp.n_layer or output_on_gpu else "CPU"
     pred._add(f"output:{out_dev}", hp.n_vocab * F32, f"logits of one sequence: n_vocab {hp.n_vocab} x f32")
@@ -163,7 +163,9 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
                   "output head, -ot overrides)")
 
 
-def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int) -> None:
+def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
+        layers: Sequence[str]) -> None:
+    """The KV rows of each layer on that layer's device `layers[il]` (llama.cpp's default offload_kqv)."""
     hp = info.hparams
     tk = ggml_types.kv_cache_type(settings.cache_type_k)
     tv = ggml_types.kv_cache_type(settings.cache_type_v)
@@ -174,11 +176,11 @@ def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv
     for il in range(hp.n_layer):
         heads = hp.n_head_kv[il]
         row = tk.row_bytes(heads * hp.head_dim_k) + (0 if mla else tv.row_bytes(heads * hp.head_dim_v))
-        acc = per_dev.setdefault(GPU if il >= first_gpu else "CPU", [0, 0])
+        acc = per_dev.setdefault(layers[il], [0, 0])
         acc[0] += row * n_kv
         acc[1] += 1
-    for dev, (n, layers) in per_dev.items():
-        pred._add(f"kv:{dev}", n, f"{n_kv} cells x {layers} layers x K {tk.name}"
+    for dev, (n, count) in per_dev.items():
+        pred._add(f"kv:{dev}", n, f"{n_kv} cells x {count} layers x K {tk.name}"
                   + (" (MLA latent, no V)" if mla else f" + V {tv.name}"))
 
 
@@ -264,7 +266,7 @@ def predict_split(info: ModelInfo, settings: RuntimeSettings, devices: Sequence[
     pred = MemoryPrediction()
     _weights(pred, info, tensor_types, placer, mmap, host_buffers() if host is None else host)
     n_kv = -(-settings.n_ctx // KV_PAD) * KV_PAD
-    _kv_split(pred, info, settings, n_kv, layers)
+    _kv(pred, info, settings, n_kv, layers)
     # Which parts of the repeating layers each device computes: the attention core (KQ, softmax) runs
     # where the layer's KV cache is (its device), the projections and the FFN where their weights are,
     # so -ot can give a device a part without the rest ("proj": attention projections only).
@@ -293,24 +295,6 @@ def _pipeline_parallel(info: ModelInfo, settings: RuntimeSettings, devices: Sequ
 
     ngl = settings.n_gpu_layers
     return len(devices) > 1 and (ngl == ALL_LAYERS or ngl > info.hparams.n_layer) and not override_list(settings)
-
-
-def _kv_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
-              layers: Sequence[str]) -> None:
-    """The KV rows of each layer on that layer's device (llama.cpp's default offload_kqv)."""
-    hp = info.hparams
-    tk = ggml_types.kv_cache_type(settings.cache_type_k)
-    tv = ggml_types.kv_cache_type(settings.cache_type_v)
-    mla = hp.head_dim_k_mla > 0 and hp.head_dim_v_mla > 0
-    per_dev: dict[str, list[int]] = {}
-    for il in range(hp.n_layer):
-        heads = hp.n_head_kv[il]
-        row = tk.row_bytes(heads * hp.head_dim_k) + (0 if mla else tv.row_bytes(heads * hp.head_dim_v))
-        acc = per_dev.setdefault(layers[il], [0, 0])
-        acc[0] += row * n_kv
-        acc[1] += 1
-    for dev, (n, count) in per_dev.items():
-        pred._add(f"kv:{dev}", n, f"{n_kv} cells x {count} layers on {dev}")
 
 
 def _compute_split(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,

@@ -265,8 +265,11 @@ def write_synth(
     force: bool = False,
     name: str = "ggprec-synth",
     progress: Callable[[int, int], None] | None = None,
+    type_of: Callable[[str], str] | None = None,
 ) -> Path:
-    """Write a synthetic GGUF of `shape`; returns the path. Weights ~ N(0, 0.02), norms 1."""
+    """Write a synthetic GGUF of `shape`; returns the path. Weights ~ N(0, 0.02), norms 1. type_of (sparse
+    files only): the ggml type each weight is stored as, by name (what a model hub's quantized file declares;
+    nothing is quantized: the data is a hole)."""
     import gguf
     import numpy as np
 
@@ -277,6 +280,8 @@ def write_synth(
     gtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
              "bf16": gguf.GGMLQuantizationType.BF16}[dtype]
     elem_bytes = {"f32": 4, "f16": 2, "bf16": 2}[dtype]
+    if type_of is not None and not sparse:
+        raise GgprecError("stored types other than f32/f16/bf16 need a sparse file: nothing is quantized here")
 
     from .fileio import atomic_output  # here, not at the top: the CLI imports PRESETS for its --preset choices
 
@@ -306,19 +311,29 @@ def write_synth(
         w.add_add_bos_token(False)
 
         tensors = tensor_shapes(shape)
+        sizes = []
         for tname, tshape in tensors:
             n = int(np.prod(tshape))
             if _stored_as_f32(tname, tshape):
                 w.add_tensor_info(tname, tshape, np.dtype(np.float32), n * 4)
+                sizes.append(n * 4)
+            elif type_of is not None:
+                from .ggml_types import lookup
+
+                t = lookup(type_of(tname))
+                n_bytes = t.tensor_bytes(tuple(reversed(tshape)))  # ggml order: the row first
+                w.add_tensor_info(tname, tshape, np.dtype(np.float32), n_bytes,
+                                  raw_dtype=gguf.GGMLQuantizationType(t.type_id))
+                sizes.append(n_bytes)
             else:
                 w.add_tensor_info(tname, tshape, np.dtype(np.float16 if dtype == "f16" else np.float32),
                                   n * elem_bytes, raw_dtype=gtype)
+                sizes.append(n * elem_bytes)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         if sparse:
-            _leave_data_as_hole(w, [int(np.prod(s)) * (4 if _stored_as_f32(t, s) else elem_bytes)
-                                    for t, s in tensors])
+            _leave_data_as_hole(w, sizes)
         else:
             for i, (tname, tshape) in enumerate(tensors):
                 w.write_tensor_data(_weights(tshape, "f32" if _stored_as_f32(tname, tshape) else dtype, seed, i))

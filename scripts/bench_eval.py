@@ -33,24 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from llama_tools import ROOT, tools_dir  # scripts/: the yardsticks' folder
+
 from ggprec import evaluate as ev
 from ggprec.demo_model import cache_dir, demo_model_path
 from ggprec.profile import load_profile
 from ggprec.quantize import build_variant
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def tools_dir(arg: str | None) -> Path:
-    """The folder of the llama.cpp binaries: --tools, else what build_llama_tools.sh prints (it builds them
-    the first time)."""
-    if arg:
-        return Path(arg)
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_tools.sh")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable})
-    if done.returncode != 0:
-        raise SystemExit(f"scripts/build_llama_tools.sh failed:\n{done.stderr[-2000:]}")
-    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def child_env(workdir: Path) -> dict[str, str]:

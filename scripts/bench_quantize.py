@@ -29,19 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def tools_dir(arg: str | None) -> Path:
-    """The folder of the llama.cpp binaries: --tools, else what build_llama_tools.sh prints (it builds them
-    the first time)."""
-    if arg:
-        return Path(arg)
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_tools.sh")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable})
-    if done.returncode != 0:
-        raise SystemExit(f"scripts/build_llama_tools.sh failed:\n{done.stderr[-2000:]}")
-    return Path(done.stdout.strip().splitlines()[-1])
+from llama_tools import ROOT, tools_dir  # scripts/: the yardsticks' folder
 
 
 def child_env(workdir: Path) -> dict[str, str]:

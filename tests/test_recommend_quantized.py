@@ -27,7 +27,7 @@ from ggprec.recommend import (
 from ggprec.recommend.api import Recommendation
 from ggprec.recommend.commands import llama_commands
 from ggprec.recommend.loss import needs_imatrix
-from ggprec.synth import PRESETS, SynthShape
+from ggprec.synth import PRESETS, SynthShape, write_synth
 
 HOST_GBPS = 60.0
 
@@ -46,49 +46,7 @@ def q4_k_m_like(name: str) -> str:
 def write_quantized(path: Path, shape: SynthShape, type_of: Callable[[str], str]) -> Path:
     """synth's model with every 2-D weight stored as type_of(name), written sparsely (header + hole): what
     recommend reads of a model hub's quantized file."""
-    import gguf
-    import numpy as np
-
-    from ggprec import synth
-
-    w = gguf.GGUFWriter(path, shape.arch)
-    w.add_name("quantized-synth")
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
-    w.add_block_count(shape.n_layer)
-    w.add_context_length(shape.n_ctx)
-    w.add_embedding_length(shape.n_embd)
-    w.add_feed_forward_length(shape.n_ff)
-    w.add_head_count(shape.n_head)
-    w.add_head_count_kv(shape.n_head_kv)
-    w.add_rope_dimension_count(shape.head_dim)
-    w.add_rope_freq_base(shape.rope_base)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(shape.n_vocab)
-    synth._add_arch_metadata(w, shape)
-    tokens, types, merges = synth.tokenizer(shape)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    sizes = []
-    for name, tshape in synth.tensor_shapes(shape):
-        t = lookup("f32" if len(tshape) == 1 else type_of(name))
-        n_bytes = t.tensor_bytes(tuple(reversed(tshape)))  # ggml order: the row first
-        w.add_tensor_info(name, tshape, np.dtype(np.float32), n_bytes, raw_dtype=gguf.GGMLQuantizationType(t.type_id))
-        sizes.append(n_bytes)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    fout = w.fout[0]
-    pos = fout.tell()
-    pos += -pos % w.data_alignment
-    for n in sizes:
-        pos += n + (-n % w.data_alignment)
-    fout.truncate(pos)
-    w.tensors[0].clear()
-    w.close()
-    return path
+    return write_synth(path, shape, sparse=True, name="quantized-synth", type_of=type_of)
 
 
 @pytest.fixture(scope="module")

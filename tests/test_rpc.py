@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,44 +96,46 @@ def own_server() -> Iterator[Server]:
         server.stop()
 
 
-@pytest.fixture()
-def silent_listener() -> Iterator[str]:
-    """A plain TCP port that accepts and never answers (not an RPC server)."""
+def loopback_listener(serve: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A plain TCP port on loopback whose connections `serve(sock, stop)` handles in a thread, until stopped."""
     sock = socket.socket()
     sock.bind((LOOPBACK, 0))
     sock.listen(4)
     stop = threading.Event()
-    accepted: list[socket.socket] = []
+    thread = threading.Thread(target=serve, args=(sock, stop), daemon=True)
+    thread.start()
+    try:
+        yield f"{LOOPBACK}:{sock.getsockname()[1]}"
+    finally:
+        stop.set()
+        sock.close()
+        thread.join(timeout=12)
 
-    def accept() -> None:
+
+@pytest.fixture()
+def silent_listener() -> Iterator[str]:
+    """A plain TCP port that accepts and never answers (not an RPC server)."""
+
+    def accept(sock: socket.socket, stop: threading.Event) -> None:
+        accepted: list[socket.socket] = []
         sock.settimeout(0.2)
         while not stop.is_set():
             try:
                 accepted.append(sock.accept()[0])
             except OSError:
                 continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"{LOOPBACK}:{sock.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(timeout=5)
         for conn in accepted:
             conn.close()
-        sock.close()
+
+    yield from loopback_listener(accept)
 
 
 @pytest.fixture()
 def http_listener() -> Iterator[str]:
     """A plain TCP port that answers anything with an HTTP error, like a web server would."""
-    sock = socket.socket()
-    sock.bind((LOOPBACK, 0))
-    sock.listen(4)
-    sock.settimeout(10)
 
-    def serve() -> None:
+    def serve(sock: socket.socket, stop: threading.Event) -> None:
+        sock.settimeout(10)
         try:
             conn, _ = sock.accept()
         except OSError:
@@ -142,13 +144,7 @@ def http_listener() -> Iterator[str]:
             conn.recv(64)
             conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"{LOOPBACK}:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
-        thread.join(timeout=12)
+    yield from loopback_listener(serve)
 
 
 # --- pure: endpoints, splits, the layer rule ------------------------------------------------------

@@ -187,3 +187,12 @@ def test_existing_output_is_kept_without_force(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr == f"ggprec: error: {out}: already exists (use --force to replace it)\n"
     assert out.read_bytes() == b"precious"
+
+
+def test_a_sparse_file_may_declare_quantized_weights_and_a_full_one_may_not(tmp_path: Path) -> None:
+    path = write_synth(tmp_path / "q.gguf", PRESETS["tiny"], sparse=True, type_of=lambda name: "q4_k")
+    info = read_gguf(path)
+    assert {t.type.name for t in info.tensors if len(t.shape) > 1} == {"q4_k"}
+    assert info.file_size == path.stat().st_size
+    with pytest.raises(GgprecError, match="need a sparse file"):
+        write_synth(tmp_path / "full.gguf", PRESETS["tiny"], type_of=lambda name: "q4_k")
