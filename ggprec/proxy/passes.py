@@ -1,0 +1,134 @@
+"""The real evaluation passes a fit takes, and fits kept in the history (measure stack)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..gguf_info import ModelInfo
+from ..progress import Progress
+from .fit import FitPass, ProxyFit
+from .table import ErrorTable, candidate_type, written_type
+
+FIT_TYPES = ("q4_0", "q8_0")  # a coarse and a fine type per role: the scale, and the activation floor
+
+
+def run_fit_passes(model: str | os.PathLike[str], info: ModelInfo, types: Sequence[str] = FIT_TYPES,
+                   grouping: str = "role", n_bands: int = 4, text: str | None = None, n_ctx: int = 512,
+                   chunks: int | None = 4, threads: int = 2, progress: Progress | None = None) -> list[FitPass]:
+    """The passes a fit takes: each group of `grouping` ("role": one per role and the tied head, 8 on
+    SmolLM2) alone at each of `types` (default q4_0 and q8_0: 16 passes on SmolLM2), written by llama.cpp's
+    quantizer and evaluated against the model itself (so the KLD is relative to the file, like the proxy).
+    A group already at a type is skipped for it."""
+    import tempfile
+    import warnings
+
+    from ..evaluate import check_text, default_text
+    from ..quantize import RequantizeWarning
+    from ..sensitivity import probe_pass, sensitivity_groups
+
+    path = Path(model)
+    check_text(path, default_text() if text is None else text, n_ctx, chunks)  # before any pass
+    todo = [(g, c.name) for c in dict.fromkeys(candidate_type(x) for x in types)
+            for g in sensitivity_groups(info, grouping, n_bands)
+            if any(written_type(t, c) != t.type for t in g.tensors)]
+    passes = []
+    parent = path.parent if os.access(path.parent, os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="ggprec-proxyfit-", dir=parent) as tmp:
+        for i, (g, c) in enumerate(todo):
+            if progress:
+                progress(f"fit pass {g.key} at {c}", i, len(todo))
+            with warnings.catch_warnings():  # requantizing a quantized source is what is measured here
+                warnings.simplefilter("ignore", RequantizeWarning)
+                _, _, r = probe_pass(path, info, g, c, Path(tmp) / f"fit-{i}.gguf", text, n_ctx, chunks, threads)
+            passes.append(FitPass(f"{g.key} at {c}", {t.name: c for t in g.tensors}, r.kld_mean))
+    if progress:
+        progress("done", len(todo), len(todo))
+    return passes
+
+
+def stored_passes(model: str | os.PathLike[str], db: str | os.PathLike[str] | None = None) -> list[FitPass]:
+    """Passes `ggprec sensitivity` stored for this very file (sha256) against itself: every group at every
+    type it measured (baseline 0, so each KLD is relative to the file, like the proxy)."""
+    from ..hashing import model_sha256
+    from ..store import Store
+
+    path = Path(model)
+    out: list[FitPass] = []
+    with Store(db) as s:
+        rows = s.query(kind="sensitivity", model=str(path.resolve()))
+        if not rows:
+            return out
+        sha = model_sha256(path)
+        seen: set[tuple[frozenset[str], str]] = set()
+        for row in rows:  # newest first: an identical older pass is skipped
+            res = row.results
+            ref = row.settings.get("reference") or res.get("reference") or ""
+            if row.model_sha256 != sha or res.get("baseline_kld") != 0.0 or Path(ref).resolve() != path.resolve():
+                continue
+            for item in [*res.get("groups", []), *(res.get("also_groups") or [])]:
+                for t, k in (item.get("kld_at") or {}).items():
+                    key = (frozenset(item["tensors"]), t)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    out.append(FitPass(f"{item['key']} at {t} (history #{row.id})",
+                                       {n: t for n in item["tensors"]}, float(k)))
+    return out
+
+
+def store_fit(fit: ProxyFit, model: str | os.PathLike[str], probe_type: str, max_rows: int | None,
+              imatrix_path: str | os.PathLike[str] | None = None, db: str | os.PathLike[str] | None = None) -> int:
+    """Keep a fit in the history (kind proxy-fit, keyed by the model's sha256); returns the row id."""
+    from ..hardware import fingerprint
+    from ..hashing import model_sha256
+    from ..records import ProxyFitRecord
+    from ..store import Store
+
+    imx_sha = None if imatrix_path is None else model_sha256(imatrix_path)
+    doc = fit.to_dict()
+    rec = ProxyFitRecord(scale=doc["scale"], default_scale=doc["default_scale"], n_passes=doc["n_passes"],
+                         weighting=doc["weighting"], imatrix=None if imatrix_path is None else str(imatrix_path),
+                         imatrix_sha256=imx_sha, probe_type=probe_type, residual=doc["residual"],
+                         passes=doc["passes"], prior_source=doc["prior_source"], source=doc["source"],
+                         max_rows=max_rows, floor=doc["floor"])
+    with Store(db) as s:
+        return s.record(rec, model_path=model, model_sha256=model_sha256(model),
+                        settings={"weighting": fit.weighting, "imatrix_sha256": imx_sha, "probe_type": probe_type},
+                        hardware=fingerprint())
+
+
+def find_fit(model: str | os.PathLike[str], weighting: str = "uniform",
+             imatrix_path: str | os.PathLike[str] | None = None,
+             db: str | os.PathLike[str] | None = None) -> tuple[ProxyFit, int] | None:
+    """The newest stored fit of this model file (sha256) for this weighting (and importance matrix), with its
+    history id; None when there is none."""
+    from ..hashing import model_sha256
+    from ..store import Store
+
+    path = Path(model)
+    with Store(db) as s:
+        rows = s.query(kind="proxy-fit", model=str(path.resolve()))
+        if not rows:
+            return None
+        sha = model_sha256(path)
+        imx_sha = None if imatrix_path is None else model_sha256(imatrix_path)
+        for row in rows:
+            rec = row.results
+            if row.model_sha256 == sha and rec["weighting"] == weighting and rec["imatrix_sha256"] == imx_sha:
+                return ProxyFit.from_dict(rec), row.id
+    return None
+
+
+def model_fit(model: str | os.PathLike[str], info: ModelInfo, table: ErrorTable, probe_type: str = "q4_0",
+              imatrix_path: str | os.PathLike[str] | None = None, db: str | os.PathLike[str] | None = None,
+              use_stored: bool = True) -> tuple[ProxyFit, int | None]:
+    """The fit to use for this model and table: the newest stored one of the same weighting (with its
+    history id), else the prior at `probe_type` spread by the proxy (id None). What recommend calls."""
+    found = find_fit(model, table.weighting, imatrix_path, db) if use_stored else None
+    if found is not None:
+        return found
+    return ProxyFit.from_prior(table, info, probe_type), None
+
+
