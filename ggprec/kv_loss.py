@@ -23,7 +23,7 @@ KV_WINDOWS = 2
 KV_CACHE_FORMAT = 2
 
 
-def _runnable(path: Path) -> bool:
+def runnable_here(path: Path) -> bool:
     """Whether the file can be evaluated here at all: a GGUF with its tensor data on disk (a sparse file,
     such as ggprec synth --sparse writes for memory work, holds no weights worth evaluating)."""
     from .gguf_info import read_gguf
@@ -62,7 +62,7 @@ def measure_kv_loss(model_path: str | os.PathLike[str], kv_types: tuple[str, ...
 
     path = Path(model_path)
     kv_types = tuple(lookup(k).name for k in kv_types)
-    if not _runnable(path):
+    if not runnable_here(path):
         return None
     cache = kv_cache_path(model_sha256(path), kv_types, chunks, n_ctx)
     doc = None

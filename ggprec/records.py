@@ -442,6 +442,8 @@ class ProxyFitRecord(ResultRecord):
     source: str = col(default="")
     max_rows: int | None = col(help="rows measured per tensor (None: all)")
     floor: dict[str, float] = col(help="role -> KLD of quantizing the activations of all its matmuls", factory=dict)
+    change_floor: float = col("change floor", ".4f", "KLD", "the KLD of changing any tensor at all, paid once",
+                              default=0.0)
 
     def summary(self) -> dict[str, Any]:
         return {"detail": f"{self.source}, {self.weighting} weights, scale {self.default_scale:.3g}"}

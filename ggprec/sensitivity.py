@@ -264,9 +264,10 @@ def _planned(info: ModelInfo, g: Group, ptype: str) -> tuple[set[str], int]:
 
 
 def _probe_pass(model: Path, ref: Path, info: ModelInfo, g: Group, ptype: str, out: Path, text: str | None,
-                n_ctx: int, chunks: int | None, settings: RuntimeSettings, threads: int) -> tuple[set[str], int, Any]:
-    """One group at one type: llama.cpp writes the copy, it is evaluated and deleted. Returns the types
-    written for the group, the bytes it saves and the evaluation."""
+                n_ctx: int, chunks: int | None, settings: RuntimeSettings, threads: int,
+                imatrix_path: str | Path | None = None) -> tuple[set[str], int, Any]:
+    """One group at one type: llama.cpp writes the copy (with the importance matrix where one is given), it is
+    evaluated and deleted. Returns the types written for the group, the bytes it saves and the evaluation."""
     from .evaluate import evaluate
     from .plan import resolve_plan
     from .quantize import quantize
@@ -275,7 +276,12 @@ def _probe_pass(model: Path, ref: Path, info: ModelInfo, g: Group, ptype: str, o
     written = {tp.name: tp for tp in plan.tensors}
     types = {written[t.name].type.name for t in g.tensors}
     saved = sum(t.n_bytes - written[t.name].n_bytes for t in g.tensors)
-    quantize(model, plan, out, threads=threads, force=True)
+    imatrix = None
+    if imatrix_path is not None:
+        from .imatrix_file import read_imatrix
+
+        imatrix = read_imatrix(imatrix_path)
+    quantize(model, plan, out, threads=threads, force=True, imatrix=imatrix, imatrix_path=imatrix_path)
     try:
         r = evaluate(out, ref, text=text, n_ctx=n_ctx, chunks=chunks, settings=settings)
     finally:
@@ -284,12 +290,13 @@ def _probe_pass(model: Path, ref: Path, info: ModelInfo, g: Group, ptype: str, o
 
 
 def probe_pass(model: Path, info: ModelInfo, group: Group, probe: str, out: Path, text: str | None = None,
-               n_ctx: int = 512, chunks: int | None = 4, threads: int = 2) -> tuple[set[str], int, Any]:
+               n_ctx: int = 512, chunks: int | None = 4, threads: int = 2,
+               imatrix_path: str | Path | None = None) -> tuple[set[str], int, Any]:
     """One group alone at one type against the model itself (what ggprec.proxy fits on): llama.cpp writes
     the copy to `out` (any source type: a quantized model is requantized), it is evaluated and deleted.
     Returns the types written for the group, the bytes it saves and the evaluation."""
     settings = RuntimeSettings(n_threads=threads)
-    return _probe_pass(model, model, info, group, probe, out, text, n_ctx, chunks, settings, threads)
+    return _probe_pass(model, model, info, group, probe, out, text, n_ctx, chunks, settings, threads, imatrix_path)
 
 
 def _writable(d: Path) -> bool:

@@ -24,7 +24,11 @@ from .shell import console, db_option, main, model_argument, print_json, speed_m
               help="GPU memory bandwidth in GB/s (plan for another machine; default: calibration or an assumption).")
 @click.option("--host-bandwidth", type=float, help="Host memory bandwidth in GB/s (default: calibration or measured).")
 @click.option("--priors", is_flag=True,
-              help="Use the priors only: no stored sensitivity, no measured KV-cache loss.")
+              help="Use the priors only: no stored sensitivity, no measured KV-cache loss, no error proxy.")
+@click.option("--loss", "loss_mode", type=click.Choice(["auto", "proxy", "prior"]), default="auto", show_default=True,
+              help="What prices the weights no sensitivity run measured. auto: the error proxy fitted on this model "
+                   "when it runs here (the fit, ~16 quantize+eval passes, is made once and kept), else the priors; "
+                   "proxy: the proxy or an error; prior: the priors.")
 @click.option("--imatrix", type=click.Path(path_type=str),
               help="Importance-matrix file to quantize with: its i-quant types join the candidates, the "
                    "llama-quantize line and --verify use it.")
@@ -39,7 +43,8 @@ from .shell import console, db_option, main, model_argument, print_json, speed_m
 @db_option
 def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, min_tps: float | None,
               max_kld: float | None, margin: float, bands: int, gpu_bandwidth: float | None,
-              host_bandwidth: float | None, priors: bool, imatrix: str | None, output: str | None, force: bool,
+              host_bandwidth: float | None, priors: bool, loss_mode: str, imatrix: str | None, output: str | None,
+              force: bool,
               verify: bool,
               reference: str | None, chunks: int, as_json: bool, no_store: bool, db: str | None) -> None:
     """The quality/speed front of plans (weight types per group, KV cache, GPU layers) that fit VRAM/RAM, and
@@ -63,10 +68,11 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     # The KV cache's loss on this very model: one evaluation per KV type when the file runs here (cached by
     # sha256; None at once for a sparse file), else the prior.
     kv_measured = None if priors else measure_kv_loss(model, notice=lambda m: click.echo(f"ggprec: {m}", err=True))
+    proxy = _fitted_proxy(model, info, imatrix, "prior" if priors else loss_mode, db)
     rec = rec_mod.recommend(info, vram, ram, ctx=ctx, goal=goal, margin_mb=margin, n_bands=bands,
                             sensitivity=sens, gpu_gbps=gpu_bandwidth, host_gbps=host_bandwidth, min_tps=min_tps,
                             max_kld=max_kld, kv_measured=kv_measured, imatrix=imatrix,
-                            speed_model=speed_model(host_bandwidth, gpu_bandwidth, db))
+                            speed_model=speed_model(host_bandwidth, gpu_bandwidth, db), proxy=proxy)
     commands = llama_commands(rec, info, tensor_type_file_for(output) if output else None)
     verified = recommend_verify.verify(rec, model, reference, chunks=chunks) if verify else None
     if output:
@@ -85,6 +91,15 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
         render(rec, console(), info.hparams.n_layer, commands, verified, written=bool(output))
         if output:
             click.echo(f"wrote {output} and {commands.tensor_type_file}")
+
+
+def _fitted_proxy(model: str, info: object, imatrix: str | None, mode: str, db: str | None) -> object:
+    """The error proxy fitted to this model (ggprec.proxy.recommend_proxy), or None for the priors."""
+    from ..proxy import recommend_proxy
+    from ..recommend.loss import candidate_names
+
+    return recommend_proxy(model, info, candidate_names(imatrix is not None), imatrix, mode, db,
+                           notice=lambda m: click.echo(f"ggprec: {m}", err=True))
 
 
 # --- sensitivity (issue 7) ---------------------------------------------------------------------

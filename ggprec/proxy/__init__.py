@@ -59,8 +59,20 @@ Public API (stable; recommend's loss model consumes it):
   expected KLD from one streaming pass, with its source.
 """
 
-from .fit import FitPass, ProxyFit, fit_role, quantizes_activations, role_counts
-from .passes import FIT_TYPES, find_fit, model_fit, run_fit_passes, store_fit, stored_passes
+from .estimate import LOSS_MODES, FittedProxy, cached_error_table, recommend_proxy
+from .fit import FitPass, ProxyFit, changes, fit_role, quantizes_activations, role_counts
+from .passes import (
+    FIT_TYPES,
+    FIT_WINDOWS,
+    WHOLE_TYPES,
+    describe_fit_passes,
+    find_fit,
+    fit_pass_plan,
+    model_fit,
+    run_fit_passes,
+    store_fit,
+    stored_passes,
+)
 from .ranking import ProxyGroup, ProxySensitivity, proxy_sensitivity, render
 from .table import (
     CHUNK_ELEMENTS,
@@ -81,9 +93,10 @@ from .table import (
 )
 
 __all__ = [
-    "CHUNK_ELEMENTS", "FIT_TYPES", "MAX_ROWS", "QUANTIZABLE_TO", "ColumnWeights", "ErrorTable", "FitPass",
-    "ProxyFit", "ProxyGroup", "ProxySensitivity", "TensorError", "candidate_type", "error_table", "find_fit",
-    "fit_role", "load_imatrix", "model_fit", "proxy_sensitivity", "proxy_tensors", "quantize_rows",
-    "quantizes_activations", "render", "requires_imatrix", "role_counts", "run_fit_passes", "sample_rows",
-    "store_fit", "stored_passes", "tensor_error", "written_type",
+    "CHUNK_ELEMENTS", "ColumnWeights", "ErrorTable", "FIT_TYPES", "FIT_WINDOWS", "FitPass", "FittedProxy",
+    "LOSS_MODES", "MAX_ROWS", "ProxyFit", "ProxyGroup", "ProxySensitivity", "QUANTIZABLE_TO", "TensorError",
+    "WHOLE_TYPES", "cached_error_table", "candidate_type", "changes", "describe_fit_passes", "error_table",
+    "find_fit", "fit_pass_plan", "fit_role", "load_imatrix", "model_fit", "proxy_sensitivity", "proxy_tensors",
+    "quantize_rows", "quantizes_activations", "recommend_proxy", "render", "requires_imatrix", "role_counts",
+    "run_fit_passes", "sample_rows", "store_fit", "stored_passes", "tensor_error", "written_type",
 ]

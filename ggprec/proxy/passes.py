@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..gguf_info import ModelInfo
 from ..progress import Progress
@@ -12,27 +13,56 @@ from .fit import FitPass, ProxyFit
 from .table import ErrorTable, candidate_type, written_type
 
 FIT_TYPES = ("q4_0", "q8_0")  # a coarse and a fine type per role: the scale, and the activation floor
+# The whole model at these types: the one pass that changes every role at once, which separates the cost of
+# changing anything at all (ProxyFit.change_floor, paid once) from each role's own cost.
+WHOLE_TYPES = ("q8_0",)
+FIT_WINDOWS = 2  # evaluation windows of 512 tokens per pass (kv_loss measures with as many)
+
+
+def fit_pass_plan(info: ModelInfo, types: Sequence[str] = FIT_TYPES, grouping: str = "role", n_bands: int = 4,
+                  whole: Sequence[str] = WHOLE_TYPES) -> list[tuple[Any, str]]:
+    """The (group, type) passes a fit takes, in order: each group of `grouping` ("role": one per role and the
+    tied head) alone at each of `types`, then every quantizable tensor together at each of `whole`; a pass
+    that would change nothing (the group already is that type) is left out. 16 on SmolLM2 Q4_1, 17 on
+    Gemma 3 270M Q4_K_M."""
+    from ..recommend.groups import Group
+    from ..sensitivity import sensitivity_groups
+
+    groups = sensitivity_groups(info, grouping, n_bands)
+    everything = Group("all", "all", (), tuple(t for g in groups for t in g.tensors))
+    todo = [(g, c.name) for c in dict.fromkeys(candidate_type(x) for x in types) for g in groups]
+    todo += [(everything, candidate_type(c).name) for c in whole]
+    return [(g, c) for g, c in todo if any(written_type(t, candidate_type(c)) != t.type for t in g.tensors)]
+
+
+def describe_fit_passes(todo: Sequence[tuple[Any, str]], chunks: int | None = FIT_WINDOWS) -> str:
+    """One line: how many passes and which (said before they run: minutes of work)."""
+    by_type: dict[str, list[str]] = {}
+    for g, c in todo:
+        by_type.setdefault(c, []).append("the whole model" if g.key == "all" else g.key.split("@")[0])
+    which = "; ".join(f"{c}: {', '.join(keys)}" for c, keys in by_type.items())
+    return (f"{len(todo)} passes, each quantized by llama.cpp and evaluated against the model on "
+            f"{chunks} windows of 512 tokens ({which})")
 
 
 def run_fit_passes(model: str | os.PathLike[str], info: ModelInfo, types: Sequence[str] = FIT_TYPES,
                    grouping: str = "role", n_bands: int = 4, text: str | None = None, n_ctx: int = 512,
-                   chunks: int | None = 4, threads: int = 2, progress: Progress | None = None) -> list[FitPass]:
-    """The passes a fit takes: each group of `grouping` ("role": one per role and the tied head, 8 on
-    SmolLM2) alone at each of `types` (default q4_0 and q8_0: 16 passes on SmolLM2), written by llama.cpp's
-    quantizer and evaluated against the model itself (so the KLD is relative to the file, like the proxy).
-    A group already at a type is skipped for it."""
+                   chunks: int | None = FIT_WINDOWS, threads: int = 2, progress: Progress | None = None,
+                   whole: Sequence[str] = WHOLE_TYPES,
+                   imatrix_path: str | os.PathLike[str] | None = None) -> list[FitPass]:
+    """The passes of fit_pass_plan, each written by llama.cpp's quantizer (with the importance matrix where
+    one is given, as the plans it predicts will be) and evaluated against the model itself (so the KLD is
+    relative to the file, like the proxy)."""
     import tempfile
     import warnings
 
     from ..evaluate import check_text, default_text
     from ..quantize import RequantizeWarning
-    from ..sensitivity import probe_pass, sensitivity_groups
+    from ..sensitivity import probe_pass
 
     path = Path(model)
     check_text(path, default_text() if text is None else text, n_ctx, chunks)  # before any pass
-    todo = [(g, c.name) for c in dict.fromkeys(candidate_type(x) for x in types)
-            for g in sensitivity_groups(info, grouping, n_bands)
-            if any(written_type(t, c) != t.type for t in g.tensors)]
+    todo = fit_pass_plan(info, types, grouping, n_bands, whole)
     passes = []
     parent = path.parent if os.access(path.parent, os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="ggprec-proxyfit-", dir=parent) as tmp:
@@ -41,7 +71,8 @@ def run_fit_passes(model: str | os.PathLike[str], info: ModelInfo, types: Sequen
                 progress(f"fit pass {g.key} at {c}", i, len(todo))
             with warnings.catch_warnings():  # requantizing a quantized source is what is measured here
                 warnings.simplefilter("ignore", RequantizeWarning)
-                _, _, r = probe_pass(path, info, g, c, Path(tmp) / f"fit-{i}.gguf", text, n_ctx, chunks, threads)
+                _, _, r = probe_pass(path, info, g, c, Path(tmp) / f"fit-{i}.gguf", text, n_ctx, chunks, threads,
+                                    imatrix_path)
             passes.append(FitPass(f"{g.key} at {c}", {t.name: c for t in g.tensors}, r.kld_mean))
     if progress:
         progress("done", len(todo), len(todo))
@@ -92,7 +123,7 @@ def store_fit(fit: ProxyFit, model: str | os.PathLike[str], probe_type: str, max
                          weighting=doc["weighting"], imatrix=None if imatrix_path is None else str(imatrix_path),
                          imatrix_sha256=imx_sha, probe_type=probe_type, residual=doc["residual"],
                          passes=doc["passes"], prior_source=doc["prior_source"], source=doc["source"],
-                         max_rows=max_rows, floor=doc["floor"])
+                         max_rows=max_rows, floor=doc["floor"], change_floor=doc["change_floor"])
     with Store(db) as s:
         return s.record(rec, model_path=model, model_sha256=model_sha256(model),
                         settings={"weighting": fit.weighting, "imatrix_sha256": imx_sha, "probe_type": probe_type},

@@ -33,6 +33,7 @@ from .loss import (
     UNCHANGED,
     LossModel,
     PriorTensorLoss,
+    ProxyEstimate,
     ProxyTensorLoss,
     TensorLoss,
     prior_loss_model,
@@ -44,7 +45,7 @@ from .loss import (
 __all__ = [
     "AS_IS_MIN_SPEEDUP", "BALANCED_MIN_TPS", "CANDIDATE_TYPES", "GIB", "GOALS", "IMATRIX_TYPES", "KLD_FLOOR",
     "KV_TYPES", "MIB", "PRIOR_IMPORTANCE", "REQUANT_SOURCE_WEIGHT", "UNCHANGED",
-    "FrontRow", "Group", "LossModel", "NoFitError", "Option", "PriorTensorLoss", "ProxyTensorLoss",
+    "FrontRow", "Group", "LossModel", "NoFitError", "Option", "PriorTensorLoss", "ProxyEstimate", "ProxyTensorLoss",
     "Recommendation", "SizedPlan", "Solution", "TensorLoss", "as_is_row", "check_imatrix_file",
     "layer_bands", "make_groups", "options_for", "prior_loss_model", "proxy_tensor_loss", "quantizable", "recommend",
     "recommend_for_size", "sensitivity_loss_model", "solve", "stored_sensitivity",

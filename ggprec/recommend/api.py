@@ -18,7 +18,7 @@ from ..units import GIB, MIB, size_text
 from .frontier import GOALS, FrontRow, as_is_row, choose, pareto, shown_rows, trade_text
 from .groups import make_groups
 from .knapsack import options_for, solve
-from .loss import UNCHANGED, LossModel, prior_loss_model, sensitivity_loss_model
+from .loss import UNCHANGED, LossModel, ProxyEstimate, prior_loss_model, proxy_tensor_loss, sensitivity_loss_model
 from .search import (
     Predictor,
     SecondsPerByte,
@@ -135,13 +135,15 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
               sensitivity: dict[str, Any] | None = None, gpu_gbps: float | None = None,
               host_gbps: float | None = None, predictor: Predictor | None = None, min_tps: float | None = None,
               max_kld: float | None = None, speed_model: Any = None, kv_measured: dict[str, Any] | None = None,
-              imatrix: str | os.PathLike[str] | None = None, estimator: Any = None) -> Recommendation:
+              imatrix: str | os.PathLike[str] | None = None, estimator: Any = None,
+              proxy: ProxyEstimate | None = None) -> Recommendation:
     """The front of plans that fit vram_gb (GiB) of GPU memory and ram_gb (GiB; default this machine's RAM)
     with margin_mb (MiB) to spare on each, and the row the goal (or min_tps / max_kld) picks. Raises
     NoFitError when nothing fits. kv_measured: kv_loss.measure_kv_loss of the model (wins over the KV prior).
     imatrix: an importance-matrix file the plan will be quantized with (its types join the candidates).
-    estimator: a loss.TensorLoss pricing the unmeasured tensors instead of the priors (the error proxy:
-    loss.proxy_tensor_loss(error_table(...), fit, fallback))."""
+    estimator: a loss.TensorLoss pricing the unmeasured tensors instead of the priors. proxy: the error proxy
+    fitted to this model (ggprec.proxy.recommend_proxy, measured by the caller): it prices the unmeasured
+    tensors (the priors where it has no figure), and its change floor is paid once by every changed plan."""
     if goal not in GOALS:
         raise GgprecError(f"goal must be one of {', '.join(GOALS)}, not '{goal}'")
     validate(vram_gb, ram_gb, ctx, margin_mb, n_bands, min_tps, max_kld, gpu_gbps, host_gbps)
@@ -161,7 +163,9 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
     losses = (sensitivity_loss_model(info, base_groups, sensitivity, kv_measured) if sensitivity
               else prior_loss_model(info, base_groups, kv_measured))
     losses.imatrix = imatrix is not None
-    if estimator is not None:
+    if proxy is not None:
+        losses.with_estimator(proxy_tensor_loss(proxy, losses.priors), proxy.change_floor)
+    elif estimator is not None:
         losses.with_estimator(estimator)
     quantized_source = any(x.type.quantized for g in base_groups for x in g.tensors)
 
@@ -173,7 +177,7 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
             walks.append(w)
     if not walks:
         raise NoFitError(_no_fit_message(smallest, vram, ram, margin))
-    front, searched = _front(info, walks, speed, vram, ram, margin, predict, spb)
+    front, searched = _front(info, walks, speed, vram, ram, margin, predict, spb, losses.change_floor)
     if not front:
         raise NoFitError(_no_fit_message(smallest, vram, ram, margin))
     speed_max = sum(losses.type_loss(g, lookup("q4_k") if g.accepts(lookup("q4_k")) else lookup("q4_0"))
@@ -208,13 +212,14 @@ def _as_is_reason(rec: Recommendation) -> str:
 
 
 def _front(info: ModelInfo, walks: list[Walk], speed: Any, vram: int, ram: int, margin: int, predict: Predictor,
-           spb: SecondsPerByte) -> tuple[list[FrontRow], int]:
+           spb: SecondsPerByte, change_floor: float = 0.0) -> tuple[list[FrontRow], int]:
     """The Pareto front of every walk's plans, fastest first, after checking with memory.predict each walk
-    that has a plan on it (a walk changed by its check can change the front: repeat until none does)."""
+    that has a plan on it (a walk changed by its check can change the front: repeat until none does). A plan
+    that changes any weight pays change_floor once."""
     checked: set[int] = set()
     while True:
-        points = [(secs, loss, wi, n) for wi, w in enumerate(walks) if w.points
-                  for n, (loss, secs, _, _) in enumerate(w.points)]
+        points = [(secs, loss + (change_floor if _changes(w, n) else 0.0), wi, n) for wi, w in enumerate(walks)
+                  if w.points for n, (loss, secs, _, _) in enumerate(w.points)]
         best = pareto(points)
         todo = {wi for _, _, wi, _ in best} - checked
         if not todo:
@@ -224,7 +229,8 @@ def _front(info: ModelInfo, walks: list[Walk], speed: Any, vram: int, ram: int, 
             if not check_walk(walks[wi], info, vram, ram, margin, predict, spb):
                 walks[wi].points.clear()
                 walks[wi].steps.clear()
-    rows = sorted((_row(info, walks, wi, n, speed) for _, _, wi, n in best), key=lambda r: (-r.tg_tps, r.expected_kld))
+    rows = sorted((_row(info, walks, wi, n, speed, change_floor) for _, _, wi, n in best),
+                  key=lambda r: (-r.tg_tps, r.expected_kld))
     front: list[FrontRow] = []
     for r in rows:  # the speed model's own figures: drop a row a faster one now beats (rounding of the reads)
         if not front or r.expected_kld < front[-1].expected_kld:
@@ -241,13 +247,18 @@ def _add_pp(info: ModelInfo, walks: list[Walk], front: list[FrontRow], shown: li
         front[i].pp_tps = speed.pp_tps(matmul_elements(info, w.settings, w.types(w.choice(front[i].steps))), w.layers)
 
 
-def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any) -> FrontRow:
+def _changes(w: Walk, n: int) -> bool:
+    """Whether plan n of walk w changes any weight of the source."""
+    return not all(opts[k].kept for opts, k in zip(w.options, w.choice(n), strict=True))
+
+
+def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any, change_floor: float = 0.0) -> FrontRow:
     """Plan n of walk wi as a row, with the speed model's figure for its reads."""
     w = walks[wi]
     choice = w.choice(n)
     chosen = [opts[k] for opts, k in zip(w.options, choice, strict=True)]
-    loss = sum(o.loss for o in chosen) + w.kv_loss
     as_is = all(o.kept for o in chosen)
+    loss = sum(o.loss for o in chosen) + w.kv_loss + (0.0 if as_is else change_floor)
     sources = sorted({o.source for o in chosen if not o.kept})
     loss_source = "; ".join(sources) if sources else UNCHANGED
     n_params = w.n_params

@@ -133,6 +133,13 @@ def fit_exponent(points: dict[float, float]) -> float | None:
 
 
 
+def candidate_names(imatrix: bool) -> tuple[str, ...]:
+    """The weight types recommend offers, best first: CANDIDATE_TYPES, plus IMATRIX_TYPES with an importance
+    matrix; never a type llama.cpp refuses without one when there is none (what the proxy measures)."""
+    names = CANDIDATE_TYPES + (IMATRIX_TYPES if imatrix else ())
+    return tuple(n for n in names if lookup(n).weight and (imatrix or not needs_imatrix(lookup(n))))
+
+
 def needs_imatrix(t: GgmlType) -> bool:
     """Whether llama.cpp refuses t without an importance matrix (ggml_types.needs_imatrix where this build
     has it; the imatrix branch adds it)."""
@@ -183,26 +190,47 @@ class PriorTensorLoss:
         return total, self.source + (" + requantize penalty" if requantized else "")
 
 
+class ProxyEstimate(Protocol):
+    """The per-tensor error proxy fitted to this model, as values (ggprec.proxy.FittedProxy is one): the
+    measure stack computes the error table and the fit and passes them down; recommend never measures.
+    tensor_kld: the expected KLD of writing `tensor` as `candidate` (None where the table lacks the pair);
+    change_floor: the KLD any change to the file costs once (ProxyFit.change_floor); source: `proxy:
+    fitted on N passes` (or `prior: ...` for a fit scaled to the priors)."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def change_floor(self) -> float: ...
+
+    def tensor_kld(self, tensor: str, candidate: str) -> float | None: ...
+
+
 @dataclass
 class ProxyTensorLoss:
-    """Expected KLD from the per-tensor error proxy (ggprec.proxy, built on another branch): error_of(tensor,
-    type) is the imatrix-weighted relative squared error of requantizing the file's own rows (None where the
-    table lacks the pair: the fallback prices it), kld_of(tensor, error) the fitted map to expected KLD."""
+    """Expected KLD from the error proxy; the tensors it has no figure for are priced by `fallback` (the
+    priors), and the group's source then names both."""
 
-    error_of: Any  # Callable[[str, str], float | None]
-    kld_of: Any  # Callable[[TensorInfo, float], float]
-    source: str  # "proxy: fitted on N passes"
+    proxy: ProxyEstimate
     fallback: TensorLoss | None = None
+
+    @property
+    def source(self) -> str:
+        return self.proxy.source
+
+    @property
+    def change_floor(self) -> float:
+        return self.proxy.change_floor
 
     def estimate(self, group_tensors: Sequence[TensorInfo], candidate: GgmlType) -> tuple[float, str]:
         total = 0.0
         missing = []
         for x in group_tensors:
-            err = self.error_of(x.name, candidate.name)
-            if err is None:
+            kld = self.proxy.tensor_kld(x.name, candidate.name)
+            if kld is None:
                 missing.append(x)
             else:
-                total += self.kld_of(x, float(err))
+                total += kld
         if not missing:
             return total, self.source
         if self.fallback is None:
@@ -211,28 +239,9 @@ class ProxyTensorLoss:
         return total + rest, source if len(missing) == len(group_tensors) else f"{self.source}; {source}"
 
 
-def proxy_tensor_loss(table: Any, fit: Any, fallback: TensorLoss | None = None) -> ProxyTensorLoss:
-    """The proxy's ErrorTable (tensor -> type -> error: a mapping, or an object with `.errors` or `.error(t,
-    c)`) and ProxyFit (error -> KLD: `.kld(error, tensor)`, `.predict(...)` or a callable; `.source`) as a
-    TensorLoss (duck-typed: ggprec.proxy lives on another branch until the merge)."""
-    if hasattr(table, "error"):
-        def error_of(name: str, type_name: str) -> float | None:
-            return table.error(name, type_name)
-    else:
-        rows = getattr(table, "errors", table)
-
-        def error_of(name: str, type_name: str) -> float | None:
-            return rows.get(name, {}).get(type_name)
-
-    mapper = getattr(fit, "kld", None) or getattr(fit, "predict", None) or fit
-
-    def kld_of(x: TensorInfo, error: float) -> float:
-        try:
-            return float(mapper(error, x))
-        except TypeError:  # a fit that takes the error alone
-            return float(mapper(error))
-
-    return ProxyTensorLoss(error_of, kld_of, str(getattr(fit, "source", "proxy")), fallback)
+def proxy_tensor_loss(proxy: ProxyEstimate, fallback: TensorLoss | None = None) -> ProxyTensorLoss:
+    """The fitted proxy as recommend's TensorLoss (fallback: what prices the tensors it lacks)."""
+    return ProxyTensorLoss(proxy, fallback)
 
 
 @dataclass
@@ -258,6 +267,9 @@ class LossModel:
     kv_source: dict[str, str] = field(default_factory=dict)
     # The unmeasured tensors' estimator (TensorLoss): None is the priors. with_estimator sets it.
     estimator: Any = None
+    # Expected KLD of changing anything at all, paid once by every plan that is not the model as it is (the
+    # proxy's change floor; 0 with the priors, whose requantize penalty is per tensor).
+    change_floor: float = 0.0
     imatrix: bool = False  # an importance matrix is given: IMATRIX_TYPES join the candidates
     options_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     _priors: PriorTensorLoss | None = field(default=None, repr=False)
@@ -269,10 +281,11 @@ class LossModel:
             self._priors = PriorTensorLoss(self.share, self.n_params, self.prior_source)
         return self._priors
 
-    def with_estimator(self, estimator: TensorLoss) -> LossModel:
-        """This model with `estimator` pricing the unmeasured tensors (e.g. proxy_tensor_loss(table, fit,
-        model.priors)); its source names it."""
+    def with_estimator(self, estimator: TensorLoss, change_floor: float = 0.0) -> LossModel:
+        """This model with `estimator` pricing the unmeasured tensors (e.g. proxy_tensor_loss(proxy,
+        model.priors)) and `change_floor` paid once by any changed plan; its source names it."""
         self.estimator = estimator
+        self.change_floor = change_floor
         self.options_cache.clear()
         self._tensor_costs.clear()
         if not self.density:
@@ -284,10 +297,8 @@ class LossModel:
         return self.priors.prior_kld(type_name)
 
     def candidate_types(self) -> tuple[str, ...]:
-        """The weight types offered, best first: CANDIDATE_TYPES, plus IMATRIX_TYPES with an imatrix; never
-        a type llama.cpp refuses without one when there is none."""
-        names = CANDIDATE_TYPES + (IMATRIX_TYPES if self.imatrix else ())
-        return tuple(n for n in names if lookup(n).weight and (self.imatrix or not needs_imatrix(lookup(n))))
+        """The weight types offered, best first (candidate_names)."""
+        return candidate_names(self.imatrix)
 
     def group_source(self, g: Group) -> str:
         return "measured" if all(t.name in self.density for t in g.tensors) else self.source_of_estimates()
