@@ -224,6 +224,25 @@ def test_passes_at_two_types_separate_the_error_scale_from_the_activation_floor(
     assert fit.residual == pytest.approx(0.0, abs=1e-9)
 
 
+def test_a_whole_model_pass_separates_the_change_floor_paid_once_from_each_roles_cost(tiny_model: Path) -> None:
+    # KLD = 0.004 once for changing anything + 2 x attn_q's error + 5 x attn_v's: each role alone and both.
+    from ggprec.proxy import FitPass, ProxyFit
+
+    info = read_gguf(tiny_model)
+    q = {f"blk.{i}.attn_q.weight": 0.01 for i in range(2)}
+    v = {f"blk.{i}.attn_v.weight": 0.03 for i in range(2)}
+    table = _table_with({**q, **v})
+    passes = [FitPass("q", dict.fromkeys(q, "q4_0"), 0.004 + 2.0 * 0.02),
+              FitPass("v", dict.fromkeys(v, "q4_0"), 0.004 + 5.0 * 0.06),
+              FitPass("all", dict.fromkeys([*q, *v], "q4_0"), 0.004 + 2.0 * 0.02 + 5.0 * 0.06)]
+    fit = ProxyFit.fit(table, info, passes)
+    assert fit.change_floor == pytest.approx(0.004)
+    assert fit.scale == pytest.approx({"attn_q": 2.0, "attn_v": 5.0})
+    assert fit.tensor_kld(table, info, "blk.0.attn_v.weight", "q4_0") == pytest.approx(0.15)  # no floor in it
+    assert fit.predict(table, info, dict.fromkeys([*q, *v], "q4_0")) == pytest.approx(0.344)  # paid once
+    assert ProxyFit.from_dict(fit.to_dict()) == fit
+
+
 def test_a_fit_without_passes_is_refused_in_one_line(tiny_model: Path) -> None:
     from ggprec.proxy import ProxyFit
 
@@ -261,7 +280,7 @@ def test_cli_proxy_fits_once_then_uses_the_stored_fit(tiny_model: Path, tmp_path
     fitted = _cli(*base, "--fit", "--ctx", "128", "--chunks", "2")
     assert fitted.exit_code == 0, fitted.output
     doc = json.loads(fitted.stdout)
-    assert doc["source"] == "proxy: fitted on 16 passes" and doc["fit_id"] is not None
+    assert doc["source"] == "proxy: fitted on 17 passes" and doc["fit_id"] is not None
     again = json.loads(_cli(*base).stdout)
     assert again["fit_id"] == doc["fit_id"] and again["source"] == doc["source"]
     for g in again["groups"]:
@@ -319,3 +338,30 @@ def test_cli_proxy_reads_an_importance_matrix_file(tiny_model: Path, tmp_path: P
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["weighting"] == "imatrix" and all(g["kld"] > 0 for g in doc["groups"])
+
+
+def test_recommend_proxy_fits_once_says_so_first_then_reads_the_stored_fit(tiny_model: Path, tmp_path: Path) -> None:
+    from ggprec.proxy import fit_pass_plan, recommend_proxy
+
+    info = read_gguf(tiny_model)
+    db = tmp_path / "h.db"
+    told: list[str] = []
+    first = recommend_proxy(tiny_model, info, ["q8_0", "q4_0"], db=db, notice=told.append)
+    assert first is not None and first.fitted_now and first.fit_id is not None
+    n = len(fit_pass_plan(info))
+    assert n == 17 and len(told) == 1 and f"{n} passes" in told[0] and "the whole model" in told[0]
+    assert first.source == f"proxy: fitted on {n} passes"
+    again = recommend_proxy(tiny_model, info, ["q8_0", "q4_0"], db=db, notice=told.append)
+    assert again is not None and not again.fitted_now and again.fit_id == first.fit_id and len(told) == 1
+    assert again.tensor_kld(TENSOR, "q4_0") == first.tensor_kld(TENSOR, "q4_0")  # the cached error table
+    assert recommend_proxy(tiny_model, info, ["q4_0"], mode="prior", db=db) is None
+
+
+def test_a_sparse_file_gets_the_priors_under_auto_and_one_line_under_proxy(tmp_path: Path) -> None:
+    from ggprec.proxy import recommend_proxy
+
+    path = write_synth(tmp_path / "sparse.gguf", PRESETS["tiny"], sparse=True)
+    info = read_gguf(path)
+    assert recommend_proxy(path, info, ["q4_0"], db=tmp_path / "h.db") is None
+    with pytest.raises(GgprecError, match="needs the model's weights on disk"):
+        recommend_proxy(path, info, ["q4_0"], mode="proxy", db=tmp_path / "h.db")

@@ -149,22 +149,39 @@ def test_imatrix_types_join_the_candidates_only_with_an_imatrix(q4km: Path) -> N
     assert "iq4_xs" in losses.candidate_types()
 
 
-def test_a_proxy_estimator_prices_the_requantize_in_place_of_the_priors(q4km: Path) -> None:
+def _fitted(info, scale: float, change_floor: float):
+    """ggprec.proxy's FittedProxy over a hand-made table: every tensor at every candidate type with an error
+    of 0.01 x 4^(4.5 - bits per weight), mapped to KLD by one scale, with a change floor (no ggml: the table
+    and the fit are plain values)."""
+    from ggprec.proxy import ErrorTable, FittedProxy, ProxyFit, TensorError
+    from ggprec.recommend.loss import candidate_names
+
+    errs = {c: 0.01 * 4.0 ** (4.5 - lookup(c).bits_per_weight) for c in candidate_names(False)}
+    names = [t.name for g in make_groups(info) for t in g.tensors]
+    table = ErrorTable(str(info.path), list(errs), {n: {c: TensorError(e, c, 1, 1, False) for c, e in errs.items()}
+                                                    for n in names}, "uniform", None)
+    return FittedProxy(table, info, ProxyFit({}, scale, 3, "uniform", change_floor=change_floor))
+
+
+def test_the_fitted_proxy_prices_a_tensor_and_the_priors_what_its_table_lacks(q4km: Path) -> None:
     info = read_gguf(q4km)
-    groups = make_groups(info)
-
-    class Fit:  # ggprec.proxy.ProxyFit's shape: error -> expected KLD, and its source
-        source = "proxy: fitted on 3 passes"
-
-        def __call__(self, error: float) -> float:
-            return 2.0 * error
-
-    table = {t.name: {"q4_k": 0.01} for g in groups for t in g.tensors}  # tensor -> type -> error
-    losses = prior_loss_model(info, groups)
-    losses.with_estimator(proxy_tensor_loss(table, Fit(), losses.priors))
+    losses = prior_loss_model(info, make_groups(info))
+    fitted = _fitted(info, 2.0, 0.0)
+    losses.with_estimator(proxy_tensor_loss(fitted, losses.priors))
     x = info.tensor("blk.0.ffn_down.weight")
-    assert losses.tensor_cost(x, lookup("q4_k"))[1:] == (pytest.approx(0.02), "proxy: fitted on 3 passes")  # type: ignore[arg-type]
-    assert losses.tensor_cost(x, lookup("q3_k"))[2].startswith("prior: ")  # not in the table: the fallback
+    assert losses.tensor_cost(x, lookup("q4_0"))[1:] == (pytest.approx(0.02), "proxy: fitted on 3 passes")  # type: ignore[arg-type]
+    fitted.table.errors[x.name].pop("q3_k")  # type: ignore[union-attr]
+    assert losses.tensor_cost(x, lookup("q3_k"))[2].startswith("prior: ")  # type: ignore[arg-type]
+
+
+def test_the_change_floor_is_paid_once_by_every_changed_plan_and_never_by_the_model_as_it_is(q4km: Path) -> None:
+    rec = _rec(q4km, 16, goal="speed", proxy=_fitted(read_gguf(q4km), 2.0, 0.25))
+    assert not rec.as_is
+    row = rec.row
+    assert row.expected_kld == pytest.approx(sum(g["expected_kld"] for g in rec.group_types) + rec.kv_kld + 0.25)
+    assert {g["source"] for g in rec.group_types if not g["kept"]} == {"proxy: fitted on 3 passes"}
+    kept = as_is_row(rec.front)
+    assert kept is not None and rec.front[kept].expected_kld == 0.0
 
 
 def test_verify_passes_the_imatrix_to_the_quantizer_only_when_one_is_given(rec_fits: Recommendation, q4km: Path,
@@ -198,6 +215,17 @@ def test_cli_refuses_a_missing_imatrix_file_in_one_line(q4km: Path) -> None:
     r = CliRunner().invoke(main, ["recommend", str(q4km), "--vram", "0", "--ram", "16", "--imatrix", "missing.imatrix",
                                   "--priors", "--no-store", "--host-bandwidth", "60"])
     assert r.exit_code == 2 and r.output.startswith("ggprec: error: ") and r.output.count("\n") == 1
+
+
+def test_cli_loss_proxy_on_a_file_without_weights_is_one_line(q4km: Path) -> None:
+    from click.testing import CliRunner
+
+    from ggprec.cli import main
+
+    r = CliRunner().invoke(main, ["recommend", str(q4km), "--vram", "0", "--ram", "16", "--loss", "proxy",
+                                  "--no-store", "--host-bandwidth", "60"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert r.output.startswith("ggprec: error: ") and "needs the model's weights on disk" in r.output
 
 
 def test_a_repacked_tensor_counts_once_so_smaller_types_fit_under_the_source(tmp_path: Path,
