@@ -171,6 +171,17 @@ def add_baseline_ratios(records: list[CompareRecord], baseline: str) -> None:
         r.baseline = r.profile == baseline
 
 
+def with_imatrix(profile: Any, source: Path, imatrix: str | os.PathLike[str]) -> Any:
+    """The profile quantized with this importance matrix (read and checked against the source: one line)."""
+    from dataclasses import replace
+
+    from .gguf_info import read_gguf
+    from .imatrix_file import check_imatrix, read_imatrix
+
+    check_imatrix(read_imatrix(imatrix), read_gguf(source))
+    return replace(profile, imatrix=str(Path(imatrix).resolve()))
+
+
 def _profile_list(profiles: Sequence[str], baseline: str) -> list[str]:
     names = [p.strip() for p in profiles if p.strip()]
     if not names:
@@ -187,13 +198,15 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
             pp: int = DEFAULT_PP, tg: int = DEFAULT_TG, reps: int = DEFAULT_REPS, n_ctx: int = DEFAULT_CTX,
             chunks: int | None = DEFAULT_CHUNKS, text: str | None = None, threads: int | None = None,
             progress: Progress | None = None, record: bool = True, reuse_accuracy: bool = True,
-            devices: Mapping[str, Any] | None = None) -> Comparison:
+            devices: Mapping[str, Any] | None = None, imatrix: str | os.PathLike[str] | None = None) -> Comparison:
     """Build, run and evaluate every profile on `source`; accuracy is measured against the variant that
     the `reference` profile builds (e.g. f32: lossless from any source). Writes JSON/CSV/Markdown/PNG
     into out_dir when given, and one history row per profile (kind 'compare'). Builds, reference logits
     and (unless reuse_accuracy is False) accuracy figures of unchanged inputs are reused; speed and
     memory are measured every time. devices: RuntimeSettings fields (n_gpu_layers, rpc_servers,
-    tensor_split, devices) every profile runs with; RPC servers are probed before anything is built."""
+    tensor_split, devices) every profile runs with; RPC servers are probed before anything is built.
+    imatrix: an importance-matrix file every compared profile is quantized with (in place of the profile's
+    own `imatrix` field; the reference is built as its profile says), checked against the model first."""
     from .calibrate import speed_model_for
     from .profile import load_profile
     from .quantize import build_variant
@@ -205,6 +218,8 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
     names = _profile_list(profiles, baseline)
     # Every profile is loaded before anything long starts, so a typo fails in a second, not minutes later.
     loaded = {name: load_profile(name) for name in names}
+    if imatrix is not None:
+        loaded = {name: with_imatrix(p, src, imatrix) for name, p in loaded.items()}
     ref_profile = load_profile(reference)
     # So is a text that gives no evaluation windows (the variants share the source's tokenizer).
     from .evaluate import check_text, default_text

@@ -137,14 +137,17 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
                         chunks: int | None = 4, n_bands: int = 4, threads: int = 2, store: bool = True,
                         heatmap: str | Path | None = None, progress: Progress | None = None,
                         db: str | Path | None = None, also: tuple[str, ...] | list[str] = (),
-                        also_grouping: str | None = None, reuse: bool = False) -> SensitivityResult:
+                        also_grouping: str | None = None, reuse: bool = False,
+                        imatrix_path: str | Path | None = None) -> SensitivityResult:
     """Measure every group's damage at probe_type, and at each type in `also` (one more quantizer pass and
     evaluation per group and type) on the `also_grouping` groups (default: the same groups; "role" measures
     the further types per role only, which is enough to fit each role's loss-vs-bits slope: on SmolLM2 the
     slopes of one role's layer bands agree to within about 0.2 bits^-1). See the module doc. db: the
     history (default: Store's). reuse: take the KLD of passes already stored for this model, reference,
     text, context and windows instead of repeating them (llama.cpp's quantizer and evaluation are
-    deterministic at fixed threads: repeated passes give every KLD equal to the last digit)."""
+    deterministic at fixed threads: repeated passes give every KLD equal to the last digit). imatrix_path:
+    every pass is quantized with this importance matrix (checked against the model first; passes stored
+    with another importance matrix, or none, are not reused)."""
     import time
 
     from .evaluate import evaluate
@@ -160,6 +163,10 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
     from .evaluate import check_text, default_text
 
     check_text(ref, default_text() if text is None else text, n_ctx, chunks)  # before any pass
+    if imatrix_path is not None:
+        from .imatrix_file import check_imatrix, read_imatrix
+
+        check_imatrix(read_imatrix(imatrix_path), info)
     groups = sensitivity_groups(info, grouping, n_bands)
     also_grouping = None if also_grouping in (None, grouping) else also_grouping
     coarse = sensitivity_groups(info, also_grouping, n_bands) if also_grouping else groups
@@ -176,7 +183,7 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
     # write its fallback type, and the point would be filed under the wrong type.
     passes = [(g, probe) for g in groups] + [(g, t) for t in extra for g in coarse if g.accepts(weight_type(t))]
     measured: dict[tuple[str, str], Any] = {}
-    known = _stored_passes(model, ref, text, n_ctx, chunks, db) if reuse else {}
+    known = _stored_passes(model, ref, text, n_ctx, chunks, db, imatrix_path) if reuse else {}
     with tempfile.TemporaryDirectory(prefix="ggprec-sens-", dir=model.parent if _writable(model.parent)
                                      else None) as tmp:
         for i, (g, ptype) in enumerate(passes):
@@ -187,7 +194,7 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
             if progress:
                 progress(f"{g.key} at {ptype}", i, len(passes))
             measured[g.key, ptype] = _probe_pass(model, ref, info, g, ptype, Path(tmp) / f"probe-{i}.gguf", text,
-                                                 n_ctx, chunks, settings, threads)
+                                                 n_ctx, chunks, settings, threads, imatrix_path)
     for g in groups:
         types, saved, r = measured[g.key, probe]
         if types != {probe}:
@@ -198,6 +205,8 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
                                    base_top1 - r.top1, kld_at))
     if progress:
         progress("done", len(passes), len(passes))
+    if imatrix_path is not None:
+        notes.append(f"every pass quantized with the importance matrix {imatrix_path}")
     also_results = []
     if also_grouping:
         for g in coarse:
@@ -215,12 +224,13 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
     if heatmap is not None:
         res.heatmap = str(write_heatmap(res, info, heatmap))
     if store:
-        res.record_id = _store(res, model, text, db)
+        res.record_id = _store(res, model, text, db, imatrix_path)
     return res
 
 
 def _stored_passes(model: Path, ref: Path, text: str | None, n_ctx: int, chunks: int | None,
-                   db: str | Path | None) -> dict[tuple[frozenset[str], str], Any]:
+                   db: str | Path | None, imatrix_path: str | Path | None = None
+                   ) -> dict[tuple[frozenset[str], str], Any]:
     """Passes stored by earlier runs on the same model file (sha256), reference, text, context and windows:
     (tensor names, type) -> the evaluation's KLD, its standard error and top-1 (NaN where a run stored the
     KLD only: the further types after the first on coarse groups)."""
@@ -231,6 +241,7 @@ def _stored_passes(model: Path, ref: Path, text: str | None, n_ctx: int, chunks:
     from .store import Store
 
     text_sha = hashlib.sha256(text.encode()).hexdigest() if text else "default"
+    imx_sha = _imatrix_sha(imatrix_path)
     nan = float("nan")
     out: dict[tuple[frozenset[str], str], Any] = {}
     with Store(db) as s:
@@ -242,7 +253,7 @@ def _stored_passes(model: Path, ref: Path, text: str | None, n_ctx: int, chunks:
             st, res = row.settings, row.results
             if (row.model_sha256 != sha or st.get("text_sha256") != text_sha or st.get("n_ctx") != n_ctx
                     or st.get("chunks") != chunks or Path(st.get("reference", "")).resolve() != ref.resolve()
-                    or res.get("baseline_kld") != 0.0):
+                    or res.get("baseline_kld") != 0.0 or st.get("imatrix_sha256") != imx_sha):
                 continue
             for item in [*res.get("groups", []), *(res.get("also_groups") or [])]:
                 names = frozenset(item["tensors"])
@@ -305,7 +316,14 @@ def _writable(d: Path) -> bool:
     return os.access(d, os.W_OK)
 
 
-def _store(res: SensitivityResult, model: Path, text: str | None, db: str | Path | None) -> int:
+def _imatrix_sha(imatrix_path: str | Path | None) -> str | None:
+    from .hashing import model_sha256
+
+    return None if imatrix_path is None else model_sha256(imatrix_path)
+
+
+def _store(res: SensitivityResult, model: Path, text: str | None, db: str | Path | None,
+           imatrix_path: str | Path | None = None) -> int:
     import hashlib
 
     from .hardware import fingerprint
@@ -318,7 +336,8 @@ def _store(res: SensitivityResult, model: Path, text: str | None, db: str | Path
         settings = {"probe_type": res.probe_type, "also": res.also, "also_grouping": res.also_grouping,
                     "grouping": res.grouping, "n_ctx": res.n_ctx,
                     "chunks": res.chunks, "reference": res.reference,
-                    "text_sha256": hashlib.sha256(text.encode()).hexdigest() if text else "default"}
+                    "text_sha256": hashlib.sha256(text.encode()).hexdigest() if text else "default",
+                    "imatrix_sha256": _imatrix_sha(imatrix_path)}
         return s.record(SensitivityRecord.from_dict(res.to_dict()), model_path=model, model_sha256=sha,
                         settings=settings, hardware=fingerprint())
 

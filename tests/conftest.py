@@ -131,6 +131,25 @@ def tiny_model_f32(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_imatrix(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An importance matrix of every block weight of the tiny model (tiny_model_f32 has the same names and
+    shapes) in llama.cpp's GGUF format, with uneven column sums (pure numpy: no llama.cpp)."""
+    import numpy as np
+
+    from ggprec.gguf_info import read_gguf
+    from ggprec.imatrix_file import Imatrix, ImatrixEntry, write_imatrix
+
+    rng = np.random.default_rng(3)
+    entries = {}
+    for t in read_gguf(tiny_model).tensors:
+        if t.name.startswith("blk.") and len(t.shape) >= 2 and "norm" not in t.name:
+            n_mat = t.shape[2] if len(t.shape) > 2 else 1
+            entries[t.name] = ImatrixEntry((rng.gamma(0.5, 2.0, (n_mat, t.shape[0])) * 16).astype(np.float32),
+                                           np.full(n_mat, 16, np.float32))
+    return write_imatrix(Imatrix(entries, ["test"], 1, 16), tmp_path_factory.mktemp("imx") / "tiny.imatrix.gguf")
+
+
+@pytest.fixture(scope="session")
 def tiny_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few-MB mixture of experts (qwen3moe, 4 experts, 2 used, f16) that llama.cpp runs on a CPU."""
     return write_synth(tmp_path_factory.mktemp("tinymoe") / "tiny-moe-f16.gguf", PRESETS["tiny-moe"], dtype="f16")

@@ -293,30 +293,16 @@ def test_cli_bad_imatrix_is_one_line_exit_2(tiny_model: Path, tmp_path: Path) ->
     assert res.exit_code == 2 and res.stderr.count("\n") == 1 and res.stderr.startswith("ggprec: error: ")
 
 
-def _real_imatrix(info, tmp_path: Path) -> Path:
-    """An importance matrix of every block weight of `info` in llama.cpp's GGUF format (ggprec.imatrix_file:
-    the `imatrix` branch; these tests skip without it), with uneven column sums."""
-    imatrix_file = pytest.importorskip("ggprec.imatrix_file")
-    rng = np.random.default_rng(3)
-    entries = {}
-    for t in info.tensors:
-        if t.name.startswith("blk.") and len(t.shape) >= 2 and "norm" not in t.name:
-            n_mat = t.shape[2] if len(t.shape) > 2 else 1
-            entries[t.name] = imatrix_file.ImatrixEntry(
-                (rng.gamma(0.5, 2.0, (n_mat, t.shape[0])) * 16).astype(np.float32), np.full(n_mat, 16, np.float32))
-    return imatrix_file.write_imatrix(imatrix_file.Imatrix(entries, ["test"], 1, 16), tmp_path / "imx.gguf")
-
-
-def test_bytes_with_an_importance_matrix_are_those_llama_model_quantize_wrote(tiny_model: Path,
+def test_bytes_with_an_importance_matrix_are_those_llama_model_quantize_wrote(tiny_model: Path, tiny_imatrix: Path,
                                                                                tmp_path: Path) -> None:
-    imatrix_file = pytest.importorskip("ggprec.imatrix_file")
+    from ggprec import imatrix_file
     from ggprec.plan import resolve_plan
     from ggprec.profile import Profile
     from ggprec.proxy import load_imatrix, quantize_rows
     from ggprec.quantize import quantize
 
     info = read_gguf(tiny_model)
-    imx_path = _real_imatrix(info, tmp_path)
+    imx_path = tiny_imatrix
     imx = load_imatrix(imx_path, info)
     out = quantize(tiny_model, resolve_plan(info, Profile("q4k", default="q4_k")), tmp_path / "q4k-imx.gguf",
                    threads=2, imatrix_path=imx_path, imatrix=imatrix_file.read_imatrix(imx_path))
@@ -330,10 +316,10 @@ def test_bytes_with_an_importance_matrix_are_those_llama_model_quantize_wrote(ti
     assert quantize_rows("q4_k", rows) != data  # the importance matrix did change the bytes
 
 
-def test_cli_proxy_reads_an_importance_matrix_file(tiny_model: Path, tmp_path: Path) -> None:
+def test_cli_proxy_reads_an_importance_matrix_file(tiny_model: Path, tiny_imatrix: Path, tmp_path: Path) -> None:
     import json
 
-    imx_path = _real_imatrix(read_gguf(tiny_model), tmp_path)
+    imx_path = tiny_imatrix
     res = _cli(str(tiny_model), "--proxy", "--imatrix", str(imx_path), "--json", "--db", str(tmp_path / "h.db"))
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)

@@ -106,11 +106,13 @@ def _print_comparison(result: Any, as_json: bool) -> None:
 @click.option("-ngl", "--n-gpu-layers", "ngl", type=int,
               help="Layers to offload (-1: all; default: all with --rpc/--device, else each profile's).")
 @device_options
+@click.option("--imatrix", type=click.Path(path_type=str),
+              help="Importance-matrix file every compared profile is quantized with (replaces a profile's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, out_dir: str | None, pp: int,
                 tg: int, reps: int, n_ctx: int, chunks: int, text_file: str | None, threads: int | None,
                 ngl: int | None, rpc_servers: tuple[str, ...], tensor_split: str | None, device: str | None,
-                split_mode: str | None, main_gpu: int | None, as_json: bool) -> None:
+                split_mode: str | None, main_gpu: int | None, imatrix: str | None, as_json: bool) -> None:
     """Build, run and evaluate several profiles of SOURCE side by side."""
     from ..compare import compare
     from ..evaluate import read_text
@@ -119,7 +121,7 @@ def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, o
     with _bar("compare", as_json) as progress:
         result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
                          pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads, text=text,
-                         progress=progress, devices=devices)
+                         progress=progress, devices=devices, imatrix=imatrix)
     _print_comparison(result, as_json)
 
 

@@ -130,7 +130,7 @@ def _fitted_proxy(model: str, info: object, imatrix: str | None, mode: str, db: 
               help="Every group from the error proxy (the file's weights requantized by ggml, no inference) in one "
                    "streaming pass; expected KLD from a stored fit, --fit, or the priors.")
 @click.option("--imatrix", "imatrix_path", type=click.Path(path_type=str),
-              help="With --proxy: weigh each input column by this importance matrix (and quantize with it).")
+              help="Quantize every pass with this importance matrix; with --proxy, also weigh each input column by it.")
 @click.option("--fit", is_flag=True, help="With --proxy: fit the proxy to KLD now (each role alone at the probe type "
               "and at q8_0, quantized and evaluated: 16 passes on SmolLM2) and keep the fit in the history.")
 @click.option("--max-rows", type=click.IntRange(0), default=512, show_default=True,
@@ -150,10 +150,10 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
         _proxy_sensitivity(model, probe_type, also, grouping, bands, imatrix_path, fit, threads, max_rows, text, ctx,
                            chunks, as_json, db)
         return
-    if imatrix_path or fit:
+    if fit:
         from ..errors import GgprecError
 
-        raise GgprecError("--imatrix and --fit go with --proxy")
+        raise GgprecError("--fit goes with --proxy")
     from ..sensitivity import measure_sensitivity, render
 
     def progress(key: str, done: int, total: int) -> None:
@@ -163,7 +163,7 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
     res = measure_sensitivity(model, reference, probe_type=probe_type, grouping=grouping, text=text, n_ctx=ctx,
                               chunks=chunks, n_bands=bands, threads=threads, store=not no_store,
                               heatmap=heatmap, progress=progress, also=also,
-                              also_grouping=also_grouping, reuse=reuse, db=db)
+                              also_grouping=also_grouping, reuse=reuse, db=db, imatrix_path=imatrix_path)
     if as_json:
         print_json(res.to_dict())
     else:

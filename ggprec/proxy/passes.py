@@ -23,8 +23,8 @@ def fit_pass_plan(info: ModelInfo, types: Sequence[str] = FIT_TYPES, grouping: s
                   whole: Sequence[str] = WHOLE_TYPES) -> list[tuple[Any, str]]:
     """The (group, type) passes a fit takes, in order: each group of `grouping` ("role": one per role and the
     tied head) alone at each of `types`, then every quantizable tensor together at each of `whole`; a pass
-    that would change nothing (the group already is that type) is left out. 16 on SmolLM2 Q4_1, 17 on
-    Gemma 3 270M Q4_K_M."""
+    that would change nothing (the group already is that type) is left out. 16 on SmolLM2 Q4_1 and on Gemma 3
+    270M Q4_K_M (their tied heads are q8_0 already), 17 on an f16 model."""
     from ..recommend.groups import Group
     from ..sensitivity import sensitivity_groups
 
@@ -79,9 +79,11 @@ def run_fit_passes(model: str | os.PathLike[str], info: ModelInfo, types: Sequen
     return passes
 
 
-def stored_passes(model: str | os.PathLike[str], db: str | os.PathLike[str] | None = None) -> list[FitPass]:
+def stored_passes(model: str | os.PathLike[str], db: str | os.PathLike[str] | None = None,
+                  imatrix_path: str | os.PathLike[str] | None = None) -> list[FitPass]:
     """Passes `ggprec sensitivity` stored for this very file (sha256) against itself: every group at every
-    type it measured (baseline 0, so each KLD is relative to the file, like the proxy)."""
+    type it measured (baseline 0, so each KLD is relative to the file, like the proxy), quantized with the same
+    importance matrix (or none)."""
     from ..hashing import model_sha256
     from ..store import Store
 
@@ -92,11 +94,13 @@ def stored_passes(model: str | os.PathLike[str], db: str | os.PathLike[str] | No
         if not rows:
             return out
         sha = model_sha256(path)
+        imx_sha = None if imatrix_path is None else model_sha256(imatrix_path)
         seen: set[tuple[frozenset[str], str]] = set()
         for row in rows:  # newest first: an identical older pass is skipped
             res = row.results
             ref = row.settings.get("reference") or res.get("reference") or ""
-            if row.model_sha256 != sha or res.get("baseline_kld") != 0.0 or Path(ref).resolve() != path.resolve():
+            if (row.model_sha256 != sha or res.get("baseline_kld") != 0.0 or Path(ref).resolve() != path.resolve()
+                    or row.settings.get("imatrix_sha256") != imx_sha):  # quantized as the fit's passes are
                 continue
             for item in [*res.get("groups", []), *(res.get("also_groups") or [])]:
                 for t, k in (item.get("kld_at") or {}).items():

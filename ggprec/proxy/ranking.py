@@ -83,9 +83,10 @@ def proxy_sensitivity(model: str | os.PathLike[str], probe_type: str = "q4_0", a
     fit_id = None
     if fit:
         types = list(dict.fromkeys([probe, *FIT_TYPES[1:]]))
-        passes = run_fit_passes(path, info, types, "role", n_bands, text, n_ctx, chunks, threads or 2, progress)
+        passes = run_fit_passes(path, info, types, "role", n_bands, text, n_ctx, chunks, threads or 2, progress,
+                                imatrix_path=imatrix_path)
         if use_stored:
-            passes += stored_passes(path, db)
+            passes += stored_passes(path, db, imatrix_path)
         the_fit = ProxyFit.fit(table, info, passes)
         fit_id = store_fit(the_fit, path, probe, max_rows, imatrix_path, db)
     else:
