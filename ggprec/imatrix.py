@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -280,15 +281,54 @@ def cache_dir() -> Path:
     return root() / "imatrix"
 
 
-def cached_imatrix(model_path: str | os.PathLike[str], text: str | None = None, n_ctx: int = 512,
-                   chunks: int | None = None, threads: int | None = None, progress: Progress | None = None) -> Path:
-    """The importance matrix of `model_path` over `text` as a GGUF file in `cache_dir()`, collected once
-    per model sha256 + text + n_ctx + chunks and reused after (a file that no longer reads is redone)."""
+def cached_imatrix_path(model_path: str | os.PathLike[str], text: str | None = None, n_ctx: int = 512,
+                        chunks: int | None = None) -> Path:
+    """Where cached_imatrix keeps (or will keep) this model's importance matrix for these inputs."""
     from .hashing import model_sha256
 
     body = calibration_text() if text is None else text
     key_text = hashlib.sha256(f"{n_ctx}\0{chunks}\0".encode() + body.encode()).hexdigest()[:16]
-    path = cache_dir() / f"{model_sha256(model_path)[:16]}-{key_text}.imatrix.gguf"
+    return cache_dir() / f"{model_sha256(model_path)[:16]}-{key_text}.imatrix.gguf"
+
+
+def recommend_imatrix(model_path: str | os.PathLike[str], choice: str | None,
+                      notice: Callable[[str], None] | None = None, threads: int | None = None,
+                      progress: Progress | None = None) -> str | None:
+    """The importance matrix recommend plans with (`recommend --imatrix`): a file as given; `auto`: the
+    cached one, collected now (calibration text, all its chunks) when there is none; `none`: none; not given:
+    the cached one when an earlier `auto` left one, else none, and `notice` says how to get one.
+    Why not collect by default: with an importance matrix the error proxy is measured and fitted again
+    (weighted columns, passes quantized with it), so the first plan of a model costs the collection (about
+    40 s on the 135M-270M models here, minutes at 8B) plus a second fit; a stated `auto` pays it once."""
+    from .kv_loss import runnable_here
+
+    if choice is not None and choice not in ("auto", "none"):
+        return choice
+    if choice == "none" or not runnable_here(Path(model_path)):
+        if choice == "auto":
+            raise GgprecError(f"{model_path}: collecting an importance matrix needs the model's weights on disk")
+        return None
+    path = cached_imatrix_path(model_path)
+    if choice is None:
+        if path.is_file():
+            if notice:
+                notice(f"using this model's cached importance matrix {path} (`--imatrix none`: without it)")
+            return str(path)
+        if notice:
+            notice("no importance matrix for this model: the i-quant types are not offered; `--imatrix auto` "
+                   "collects one here once (cached, and used by later runs) or give `--imatrix FILE`")
+        return None
+    if notice and not path.is_file():
+        notice("collecting this model's importance matrix once (calibration text; cached for later runs)")
+    return str(cached_imatrix(model_path, threads=threads, progress=progress))
+
+
+def cached_imatrix(model_path: str | os.PathLike[str], text: str | None = None, n_ctx: int = 512,
+                   chunks: int | None = None, threads: int | None = None, progress: Progress | None = None) -> Path:
+    """The importance matrix of `model_path` over `text` as a GGUF file in `cache_dir()`, collected once
+    per model sha256 + text + n_ctx + chunks and reused after (a file that no longer reads is redone)."""
+
+    path = cached_imatrix_path(model_path, text, n_ctx, chunks)
     if path.is_file():
         try:
             read_imatrix(path)

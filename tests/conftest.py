@@ -131,7 +131,7 @@ def tiny_model_f32(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_imatrix(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_imatrix_file(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An importance matrix of every block weight of the tiny model (tiny_model_f32 has the same names and
     shapes) in llama.cpp's GGUF format, with uneven column sums (pure numpy: no llama.cpp)."""
     import numpy as np

@@ -140,18 +140,18 @@ def test_text_too_short_for_one_window_is_a_one_line_error(isolated: Path, tiny_
     assert result.output.startswith("ggprec: error: text too short") and result.output.count("\n") == 1
 
 
-def test_imatrix_reaches_the_quantizer_of_every_compared_profile(isolated: Path, tiny_model: Path, tiny_imatrix: Path,
+def test_imatrix_reaches_the_quantizer_of_every_compared_profile(isolated: Path, tiny_model: Path, tiny_imatrix_file: Path,
                                                                  comparison: Comparison) -> None:
     from ggprec.imatrix_file import read_imatrix
 
-    res = compare(tiny_model, ["q4_0"], baseline="q4_0", reference="f32", imatrix=tiny_imatrix, **FAST)
+    res = compare(tiny_model, ["q4_0"], baseline="q4_0", reference="f32", imatrix=tiny_imatrix_file, **FAST)
     with_imx = read_gguf(res.records[0].path).metadata
-    assert with_imx["quantize.imatrix.entries_count"] == len(read_imatrix(tiny_imatrix).entries)
+    assert with_imx["quantize.imatrix.entries_count"] == len(read_imatrix(tiny_imatrix_file).entries)
     without = read_gguf(comparison.records[0].path).metadata  # the same profile without --imatrix
     assert "quantize.imatrix.entries_count" not in without and res.records[0].path != comparison.records[0].path
 
 
 def test_an_imatrix_of_another_model_is_one_line_before_any_build(isolated: Path, tiny_moe: Path,
-                                                                  tiny_imatrix: Path) -> None:
+                                                                  tiny_imatrix_file: Path) -> None:
     with pytest.raises(GgprecError, match="importance matrix|imatrix"):
-        compare(tiny_moe, ["q4_0"], baseline="q4_0", reference="f32", imatrix=tiny_imatrix, **FAST)
+        compare(tiny_moe, ["q4_0"], baseline="q4_0", reference="f32", imatrix=tiny_imatrix_file, **FAST)

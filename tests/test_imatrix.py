@@ -320,3 +320,28 @@ def test_metadata_strings_are_cut_to_llama_quantize_s_127_bytes() -> None:
     md = imatrix_metadata(imx, "d/" * 100)
     assert md == {"quantize.imatrix.file": "d/" * 63 + "d", "quantize.imatrix.dataset": "é" * 63,
                   "quantize.imatrix.entries_count": 2, "quantize.imatrix.chunks_count": 7}
+
+
+@pytest.mark.llama
+def test_recommend_uses_a_cached_imatrix_only_after_auto_collected_one(tiny_model: Path) -> None:
+    from ggprec.imatrix import recommend_imatrix
+
+    told: list[str] = []
+    assert recommend_imatrix(tiny_model, None, told.append) is None
+    assert "`--imatrix auto` collects one" in told[-1]
+    collected = recommend_imatrix(tiny_model, "auto", told.append, threads=2)
+    assert collected is not None and read_imatrix(collected).entries
+    assert recommend_imatrix(tiny_model, None, told.append) == collected  # later runs: the cached one, said
+    assert told[-1].startswith(f"using this model's cached importance matrix {collected}")
+    assert recommend_imatrix(tiny_model, "none", told.append) is None
+    assert recommend_imatrix(tiny_model, "my.imatrix", told.append) == "my.imatrix"  # a file: as given
+
+
+def test_auto_imatrix_of_a_sparse_file_is_one_line(tmp_path: Path) -> None:
+    from ggprec.imatrix import recommend_imatrix
+    from ggprec.synth import PRESETS, write_synth
+
+    path = write_synth(tmp_path / "sparse.gguf", PRESETS["tiny"], sparse=True)
+    assert recommend_imatrix(path, None) is None
+    with pytest.raises(GgprecError, match="needs the model's weights on disk"):
+        recommend_imatrix(path, "auto")

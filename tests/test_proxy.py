@@ -293,7 +293,7 @@ def test_cli_bad_imatrix_is_one_line_exit_2(tiny_model: Path, tmp_path: Path) ->
     assert res.exit_code == 2 and res.stderr.count("\n") == 1 and res.stderr.startswith("ggprec: error: ")
 
 
-def test_bytes_with_an_importance_matrix_are_those_llama_model_quantize_wrote(tiny_model: Path, tiny_imatrix: Path,
+def test_bytes_with_an_importance_matrix_are_those_llama_model_quantize_wrote(tiny_model: Path, tiny_imatrix_file: Path,
                                                                                tmp_path: Path) -> None:
     from ggprec import imatrix_file
     from ggprec.plan import resolve_plan
@@ -302,7 +302,7 @@ def test_bytes_with_an_importance_matrix_are_those_llama_model_quantize_wrote(ti
     from ggprec.quantize import quantize
 
     info = read_gguf(tiny_model)
-    imx_path = tiny_imatrix
+    imx_path = tiny_imatrix_file
     imx = load_imatrix(imx_path, info)
     out = quantize(tiny_model, resolve_plan(info, Profile("q4k", default="q4_k")), tmp_path / "q4k-imx.gguf",
                    threads=2, imatrix_path=imx_path, imatrix=imatrix_file.read_imatrix(imx_path))
@@ -316,10 +316,10 @@ def test_bytes_with_an_importance_matrix_are_those_llama_model_quantize_wrote(ti
     assert quantize_rows("q4_k", rows) != data  # the importance matrix did change the bytes
 
 
-def test_cli_proxy_reads_an_importance_matrix_file(tiny_model: Path, tiny_imatrix: Path, tmp_path: Path) -> None:
+def test_cli_proxy_reads_an_importance_matrix_file(tiny_model: Path, tiny_imatrix_file: Path, tmp_path: Path) -> None:
     import json
 
-    imx_path = tiny_imatrix
+    imx_path = tiny_imatrix_file
     res = _cli(str(tiny_model), "--proxy", "--imatrix", str(imx_path), "--json", "--db", str(tmp_path / "h.db"))
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -351,3 +351,14 @@ def test_a_sparse_file_gets_the_priors_under_auto_and_one_line_under_proxy(tmp_p
     assert recommend_proxy(path, info, ["q4_0"], db=tmp_path / "h.db") is None
     with pytest.raises(GgprecError, match="needs the model's weights on disk"):
         recommend_proxy(path, info, ["q4_0"], mode="proxy", db=tmp_path / "h.db")
+
+
+def test_auto_leaves_a_large_model_unfitted_and_says_how_to_fit_it(tiny_model: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ggprec.proxy import estimate, recommend_proxy
+
+    monkeypatch.setattr(estimate, "AUTO_FIT_BYTES", 0)  # the tiny model stands in for one above the limit
+    told: list[str] = []
+    got = recommend_proxy(tiny_model, read_gguf(tiny_model), ["q4_0"], db=tmp_path / "h.db", notice=told.append)
+    assert got is not None and got.fit.n_passes == 0 and got.source.startswith("prior: ")
+    assert len(told) == 1 and "`--loss proxy` fits it once (17 passes" in told[0]

@@ -128,14 +128,14 @@ def test_verify_quantizes_the_recommended_plan_and_measures_its_kld(tiny_sensiti
     assert v["file_bytes"] < read_gguf(tiny_model_f32).file_size
 
 
-def test_imatrix_quantizes_every_pass_and_is_kept_with_the_run(tiny_model_f32: Path, tiny_imatrix: Path,
+def test_imatrix_quantizes_every_pass_and_is_kept_with_the_run(tiny_model_f32: Path, tiny_imatrix_file: Path,
                                                                tiny_sensitivity: SensitivityResult, sens_db: Path) -> None:
     from ggprec.store import Store
 
-    res = measure_sensitivity(tiny_model_f32, db=sens_db, imatrix_path=tiny_imatrix, reuse=True, **FAST)
+    res = measure_sensitivity(tiny_model_f32, db=sens_db, imatrix_path=tiny_imatrix_file, reuse=True, **FAST)
     plain = {g.key: g.kld for g in tiny_sensitivity.groups}
     assert any(g.kld != plain[g.key] for g in res.groups if g.key != "token_embd")  # measured anew, with it
-    assert res.notes[-1] == f"every pass quantized with the importance matrix {tiny_imatrix}"
+    assert res.notes[-1] == f"every pass quantized with the importance matrix {tiny_imatrix_file}"
     with Store(sens_db) as s:
         row = next(r for r in s.query(kind="sensitivity") if r.id == res.record_id)
     assert row.settings["imatrix_sha256"] is not None

@@ -31,7 +31,8 @@ from .shell import console, db_option, main, model_argument, print_json, speed_m
                    "proxy: the proxy or an error; prior: the priors.")
 @click.option("--imatrix", type=click.Path(path_type=str),
               help="Importance-matrix file to quantize with: its i-quant types join the candidates, the "
-                   "llama-quantize line and --verify use it.")
+                   "llama-quantize line and --verify use it. auto: this model's cached one, collected now if "
+                   "there is none; none: without. Default: the cached one when an earlier auto left one.")
 @click.option("-o", "--output", type=click.Path(path_type=str),
               help="Write the plan as a profile YAML, and llama-quantize's tensor-type file next to it.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
@@ -53,6 +54,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     from .. import recommend_verify
     from ..fileio import atomic_write_text, check_output
     from ..gguf_info import read_gguf
+    from ..imatrix import recommend_imatrix
     from ..kv_loss import measure_kv_loss
     from ..profile import profile_to_yaml
     from ..recommend.commands import llama_commands, tensor_type_file_for
@@ -62,6 +64,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
         check_output(output, force=force, source=model)
         check_output(tensor_type_file_for(output), force=force, source=model)
     info = read_gguf(model)
+    imatrix = recommend_imatrix(model, imatrix, notice=lambda m: click.echo(f"ggprec: {m}", err=True))
     if imatrix is not None:
         rec_mod.check_imatrix_file(imatrix, info)
     sens = None if priors else rec_mod.stored_sensitivity(model)
