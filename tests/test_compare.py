@@ -140,7 +140,8 @@ def test_text_too_short_for_one_window_is_a_one_line_error(isolated: Path, tiny_
     assert result.output.startswith("ggprec: error: text too short") and result.output.count("\n") == 1
 
 
-def test_imatrix_reaches_the_quantizer_of_every_compared_profile(isolated: Path, tiny_model: Path, tiny_imatrix_file: Path,
+def test_imatrix_reaches_the_quantizer_of_every_compared_profile(isolated: Path, tiny_model: Path,
+                                                                 tiny_imatrix_file: Path,
                                                                  comparison: Comparison) -> None:
     from ggprec.imatrix_file import read_imatrix
 

@@ -129,7 +129,8 @@ def test_verify_quantizes_the_recommended_plan_and_measures_its_kld(tiny_sensiti
 
 
 def test_imatrix_quantizes_every_pass_and_is_kept_with_the_run(tiny_model_f32: Path, tiny_imatrix_file: Path,
-                                                               tiny_sensitivity: SensitivityResult, sens_db: Path) -> None:
+                                                               tiny_sensitivity: SensitivityResult,
+                                                               sens_db: Path) -> None:
     from ggprec.store import Store
 
     res = measure_sensitivity(tiny_model_f32, db=sens_db, imatrix_path=tiny_imatrix_file, reuse=True, **FAST)
