@@ -29,34 +29,42 @@ Public API (stable; recommend's loss model consumes it):
   one row per expert slice (n_mat = 1 for a 2-D weight); None or KeyError for a weight it has no entry
   for (then that tensor is measured and quantized without one, as llama.cpp does). `load_imatrix(path,
   info)` reads a file through ggprec.imatrix_file (one line when that module is absent).
-- `tensor_error(path, info, tensor, candidate, imatrix=None, max_rows=MAX_ROWS) -> float`: the error
-  of asking llama.cpp for `candidate` on `tensor` (a TensorInfo or its name). A candidate whose block
-  does not divide the rows is measured at the type llama.cpp falls back to (`plan.fallback`); a tensor
-  llama.cpp never quantizes costs 0.0 (it keeps its type).
+- Module `table` (measure stack: ggml): `tensor_error(path, info, tensor, candidate, imatrix=None,
+  max_rows=MAX_ROWS) -> float`: the error of asking llama.cpp for `candidate` on `tensor` (a TensorInfo or
+  its name). A candidate whose block does not divide the rows is measured at the type llama.cpp falls back
+  to (`plan.fallback`); a tensor llama.cpp never quantizes costs 0.0 (it keeps its type).
 - `error_table(path, info, candidates, imatrix=None, threads=None, progress=None, max_rows=MAX_ROWS,
   tensors=None) -> ErrorTable`: every quantizable tensor (or `tensors`) x every candidate in one
   streaming pass (each chunk of rows is read and dequantized once for all candidates).
   `ErrorTable.errors[tensor][candidate] -> TensorError(error, written, rows, total_rows, weighted)`;
   `.error(tensor, candidate) -> float | None` (None: not measured, e.g. an IQ type without an imatrix);
   `.group_error(tensors, candidate)`; `.to_dict()`, `ErrorTable.from_dict(d)`.
-- `ProxyFit`: the proxy mapped to expected KLD, `KLD(assignment) = sum over tensors of c[role] x
-  error(tensor, type) + floor[role] / n_role` (the floor: where a float tensor becomes a quantized type,
-  llama.cpp also quantizes that matmul's activations to 8 bits, which no weight error shows), with
-  constants per role (the tied head is a role of its own) and a global scale for roles without a pass
-  of their own, fitted by least squares on the log scale on N real
+- `ProxyFit` (module `fit`: arithmetic only): the proxy mapped to expected KLD, `KLD(assignment) =
+  change_floor (once, if any tensor changes) + sum over tensors of c[role] x error(tensor, type) +
+  floor[role] / n_role` (floor: where a float tensor becomes a quantized type, llama.cpp also quantizes that
+  matmul's activations to 8 bits; change_floor: on a quantized source any change costs a fixed amount once,
+  see ProxyFit), constants per role (the tied head is a role of its own) and a global scale for roles
+  without a pass of their own, fitted by non-negative least squares on relative residuals on N real
   evaluation passes (`ProxyFit.fit(table, info, passes: list[FitPass])`), or scaled to the priors when
   the model cannot run here (`ProxyFit.from_prior(table, info, type)`). `.source`: `proxy: fitted on N
-  passes` or `prior: <source>`; `.tensor_kld(table, info, tensor, type)`, `.group_kld(table, info,
-  tensors, type)`, `.predict(table, info, {tensor: type})`; `.to_dict()`/`from_dict`; stored in the
-  history as kind `proxy-fit` (`store_fit(fit, model, probe_type, max_rows, imatrix_path, db)`,
-  `find_fit(model, weighting, imatrix_path, db)`).
-- `model_fit(model, info, table, probe_type, imatrix_path=None, db=None) -> (ProxyFit, history id | None)`:
-  the newest stored fit of this model and weighting, else the prior spread by the proxy.
-- `run_fit_passes(model, info, types=("q4_0", "q8_0"), ...) -> list[FitPass]`: the evaluation passes a fit
-  needs (each role alone at each type: llama.cpp quantizes, ggprec.evaluate measures KLD against the model);
-  `stored_passes(model, db)`: passes `ggprec sensitivity` already stored for this model (against itself).
-- `proxy_sensitivity(model, ...) -> ProxySensitivity`: `ggprec sensitivity --proxy`, every group's
-  expected KLD from one streaming pass, with its source.
+  passes` or `prior: <source>`; `.tensor_kld(table, info, tensor, type)` (the floor paid once is not in
+  it), `.group_kld(table, info, tensors, type)`, `.predict(table, info, {tensor: type})`;
+  `.to_dict()`/`from_dict`.
+- Module `passes` (measure stack): `fit_pass_plan(info)` (each role alone at q4_0 and q8_0, then the whole
+  model at q8_0: 16 passes on the real models here, 17 on an f16 model), `describe_fit_passes(todo)`,
+  `run_fit_passes(model, info, ..., imatrix_path=None) -> list[FitPass]` (llama.cpp quantizes, with the
+  importance matrix when one is given; ggprec.evaluate measures KLD against the model, FIT_WINDOWS
+  windows); `stored_passes(model, db, imatrix_path)`: passes `ggprec sensitivity` already stored for this
+  model (against itself); the history kind `proxy-fit`: `store_fit(fit, model, probe_type, max_rows,
+  imatrix_path, db)`, `find_fit(model, weighting, imatrix_path, db)`, `model_fit(...)` (stored fit, else
+  the prior spread by the proxy).
+- Module `estimate` (what recommend uses): `recommend_proxy(model, info, candidates, imatrix_path, mode,
+  db, notice) -> FittedProxy | None` (mode auto/proxy/prior: the cached error table of the candidates
+  (`cached_error_table`), the stored fit or one fitted now and stored, said through `notice` before the
+  passes run; None for the priors); `FittedProxy(table, info, fit)` is `recommend.loss.ProxyEstimate`
+  (`source`, `change_floor`, `tensor_kld(tensor, type)`): values handed down to the predict stack.
+- Module `ranking`: `proxy_sensitivity(model, ...) -> ProxySensitivity`: `ggprec sensitivity --proxy`, every
+  group's expected KLD from one streaming pass, with its source; `render`.
 """
 
 from .estimate import LOSS_MODES, FittedProxy, cached_error_table, recommend_proxy
