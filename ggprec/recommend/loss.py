@@ -6,8 +6,11 @@ curve in bits. Elsewhere a per-tensor estimator (`TensorLoss`): by default the p
 (`PriorTensorLoss`): `priors.weight_prior(type, n_params)` is the expected whole-model KLD if every
 quantizable weight were that type (at the model's size); a group's share of it is its parameters weighted by
 how much its role matters (PRIOR_IMPORTANCE, stated below) and by how often a token reads it (a routed
-expert: expert_used/expert_count of the time). With the per-tensor error proxy (`ggprec.proxy`, fitted on
-real eval passes), `proxy_tensor_loss` gives the estimator that replaces the priors.
+expert: expert_used/expert_count of the time). Where the model runs here, `recommend --loss auto` (the
+default) prices with the per-tensor error proxy fitted on this model instead: the measure stack
+(`ggprec.proxy.recommend_proxy`) measures and fits, and hands the result down as a `ProxyEstimate`
+(`proxy_tensor_loss` wraps it, the priors pricing what its table lacks); its change floor (what any change
+to a quantized file costs once) is added to every changed plan by recommend.api.
 
 A tensor the source already quantized (issue 17):
 - Its own type costs exactly 0 (nothing changes: `measured: unchanged`); the model as it is is always an
