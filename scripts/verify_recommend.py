@@ -1,7 +1,8 @@
 """`ggprec recommend --verify` on the two real models ggprec reaches, CPU only (issue 17): predicted beside
 measured KLD and their ratio, for a budget that keeps the model as it is and two that force smaller types.
 
-    python scripts/verify_recommend.py [--models smollm2-135m,gemma3-270m] [--chunks 4] [-o runs.json]
+    python scripts/verify_recommend.py [--models smollm2-135m,gemma3-270m] [--chunks 4] [--flags "..."]
+                                       [-o runs.json]
 
 Each run is exactly the command a user types (printed above the table), with --json --no-store added:
 `ggprec recommend MODEL --vram 0 --ctx 2048 --verify --ram R [FLAGS]`: the model as it is (--ram 2), a RAM
@@ -39,9 +40,9 @@ def model_path(name: str) -> Path:
     return demo_model.real_model_path(name, quiet=True)
 
 
-def run(model: Path, ram: float, extra: list[str], chunks: int) -> tuple[str, dict[str, Any]]:
+def run(model: Path, ram: float, extra: list[str], chunks: int, flags: list[str]) -> tuple[str, dict[str, Any]]:
     cmd = [sys.executable, "-m", "ggprec", "recommend", str(model), "--vram", "0", "--ram", f"{ram:g}", "--ctx",
-           "2048", *extra, "--verify", "--chunks", str(chunks)]
+           "2048", *extra, *flags, "--verify", "--chunks", str(chunks)]
     shown = shlex.join(["ggprec", *cmd[3:]])
     out = subprocess.run([*cmd, "--json", "--no-store"], capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -62,19 +63,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(RUNS), help="comma-separated: " + ", ".join(RUNS))
     ap.add_argument("--chunks", type=int, default=4, help="evaluation windows per --verify (recommend's default)")
+    ap.add_argument("--flags", default="", help='added to every run, e.g. "--imatrix auto"')
     ap.add_argument("-o", "--output", type=Path, help="also write the rows and the full documents as JSON")
     args = ap.parse_args()
     rows, docs = [], []
     for name in args.models.split(","):
         path = model_path(name)
         for ram, extra in RUNS[name]:
-            shown, doc = run(path, ram, extra, args.chunks)
+            shown, doc = run(path, ram, extra, args.chunks, shlex.split(args.flags))
             print(shown, file=sys.stderr, flush=True)
             rows.append(row(name, ram, extra, doc))
             forcing = (ram, extra) in RUNS[name][1:1 + FORCING]
             if forcing and doc["as_is"]:
                 raise SystemExit(f"{shown}: kept the model as it is; this budget no longer forces smaller types")
-            rows[-1]["goal"] = " ".join(extra) or doc["goal"]
+            rows[-1]["goal"] = " ".join([*extra, args.flags]).strip() or doc["goal"]
             docs.append(doc)
     print("| model | RAM GiB | goal/flags | plan | bits/weight | KV | predicted KLD | measured KLD | "
           "measured/predicted | loss source |")
