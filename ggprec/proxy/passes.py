@@ -16,6 +16,9 @@ FIT_TYPES = ("q4_0", "q8_0")  # a coarse and a fine type per role: the scale, an
 # The whole model at these types: the one pass that changes every role at once, which separates the cost of
 # changing anything at all (ProxyFit.change_floor, paid once) from each role's own cost.
 WHOLE_TYPES = ("q8_0",)
+# The fit's form: 2 since the change floor (fits stored before it priced every quantized role's change per
+# role, 7x too high for a whole-model change: not reused).
+FIT_FORM = 2
 FIT_WINDOWS = 2  # evaluation windows of 512 tokens per pass (kv_loss measures with as many)
 
 
@@ -130,7 +133,8 @@ def store_fit(fit: ProxyFit, model: str | os.PathLike[str], probe_type: str, max
                          max_rows=max_rows, floor=doc["floor"], change_floor=doc["change_floor"])
     with Store(db) as s:
         return s.record(rec, model_path=model, model_sha256=model_sha256(model),
-                        settings={"weighting": fit.weighting, "imatrix_sha256": imx_sha, "probe_type": probe_type},
+                        settings={"weighting": fit.weighting, "imatrix_sha256": imx_sha, "probe_type": probe_type,
+                                  "form": FIT_FORM},
                         hardware=fingerprint())
 
 
@@ -151,7 +155,8 @@ def find_fit(model: str | os.PathLike[str], weighting: str = "uniform",
         imx_sha = None if imatrix_path is None else model_sha256(imatrix_path)
         for row in rows:
             rec = row.results
-            if row.model_sha256 == sha and rec["weighting"] == weighting and rec["imatrix_sha256"] == imx_sha:
+            if (row.model_sha256 == sha and rec["weighting"] == weighting and rec["imatrix_sha256"] == imx_sha
+                    and row.settings.get("form") == FIT_FORM):
                 return ProxyFit.from_dict(rec), row.id
     return None
 
