@@ -182,6 +182,7 @@ def test_the_change_floor_is_paid_once_by_every_changed_plan_and_never_by_the_mo
     assert {g["source"] for g in rec.group_types if not g["kept"]} == {"proxy: fitted on 3 passes"}
     kept = as_is_row(rec.front)
     assert kept is not None and rec.front[kept].expected_kld == 0.0
+    assert any(r.startswith("change floor +0.2500: what any change to this file costs once") for r in rec.reasons)
 
 
 def test_verify_passes_the_imatrix_to_the_quantizer_only_when_one_is_given(rec_fits: Recommendation, q4km: Path,

@@ -331,6 +331,9 @@ def _reasons(info: ModelInfo, rec: Recommendation, walks: list[Walk], losses: Lo
     out.append(f"{where}; expected KLD {rec.expected_kld:.4f} ({rec.loss_source}); expected tg "
                f"{rec.tg_tps:.1f} tok/s ({rec.speed_source})")
     out.extend(trade_text(rec.front, rec.shown, rec.chosen))
+    if losses.change_floor and not rec.as_is:  # in the total, in no group's figure
+        out.append(f"change floor +{losses.change_floor:.4f}: what any change to this file costs once, whatever "
+                   f"changes ({losses.source_of_estimates()}); in the expected KLD, not in the groups' figures")
     out.append(_kv_reason(rec, losses))
     worst = sorted(((g["expected_kld"], g["key"], g["type"]) for g in rec.group_types), reverse=True)
     if worst and worst[0][0] > 0:
