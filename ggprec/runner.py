@@ -383,15 +383,3 @@ def run_with_profile(model: str | os.PathLike[str], profile_name: str | None, ov
     result = run_benchmark(ran, settings, pp=pp, tg=tg, reps=reps, prompt=prompt, progress=progress,
                            n_predict=n_predict, speed_model=speed_model, depth=depth)
     return ProfileRun(str(model), str(ran), profile, result)
-
-
-def record_run(store: Any, run: ProfileRun, hardware: dict[str, Any]) -> int:
-    """Store one run in the history (ggprec.store.Store) as a RunRecord; returns the row id."""
-    from .hashing import model_sha256
-    from .records import RunRecord
-
-    p = run.profile
-    settings = run.result.to_dict()["settings"]  # as applied, with flash_attn_effective
-    return store.record(RunRecord.from_run(run), model_path=run.source, model_sha256=model_sha256(run.source),
-                        profile_name=p.name if p else None, profile_hash=p.content_hash() if p else None,
-                        settings=settings, hardware=hardware)

@@ -73,10 +73,11 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
         atomic_write_text(output, profile_to_yaml(rec_mod.to_profile(rec)), force=True)
         atomic_write_text(commands.tensor_type_file, commands.tensor_type_text(), force=True)
     if not no_store:
+        from ..history import save_recommendation
         from ..store import Store
 
         with Store(db) as store:
-            recommend_verify.record_recommendation(rec, store, verified, output)
+            save_recommendation(store, rec, verified, output)
     if as_json:
         print_json({**rec.to_dict(), "llama_cpp": commands.to_dict(), "verified": verified, "profile": output})
     else:
@@ -146,9 +147,15 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
             click.echo(f"[{done}/{total}] {key}", err=True)
 
     res = measure_sensitivity(model, reference, probe_type=probe_type, grouping=grouping, text=text, n_ctx=ctx,
-                              chunks=chunks, n_bands=bands, threads=threads, store=not no_store,
+                              chunks=chunks, n_bands=bands, threads=threads,
                               heatmap=heatmap, progress=progress, also=also,
                               also_grouping=also_grouping, reuse=reuse, db=db)
+    if not no_store:
+        from ..history import save_sensitivity
+        from ..store import Store
+
+        with Store(db) as store:
+            save_sensitivity(store, res, text)
     if as_json:
         print_json(res.to_dict())
     else:

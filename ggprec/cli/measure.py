@@ -33,8 +33,9 @@ def run(model: str, profile_name: str | None, rpc_servers: tuple[str, ...], tens
         prompt: str | None, n_predict: int, as_json: bool, db: str | None, **options: Any) -> None:
     """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
     from ..hardware import fingerprint
+    from ..history import save_run
     from ..printers import render_run, run_document
-    from ..runner import record_run, run_with_profile
+    from ..runner import run_with_profile
     from ..store import Store
 
     store = Store(db)  # opened first: a bad history path fails before minutes of measuring
@@ -51,7 +52,7 @@ def run(model: str, profile_name: str | None, rpc_servers: tuple[str, ...], tens
         click.echo(f"ggprec: notice: {notice}", err=True)
     hardware = fingerprint()
     with store:
-        record_id = record_run(store, done, hardware)
+        record_id = save_run(store, done, hardware)
     if as_json:
         print_json(run_document(done, record_id, hardware))
     else:
