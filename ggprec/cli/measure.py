@@ -7,11 +7,16 @@ from typing import Any
 
 import click
 
-from ..records import KINDS  # stdlib only: keeps `ggprec --help` fast
 from .distributed import device_options, device_overrides
-from .shell import console, db_option, main, model_argument, print_json, runtime_options, runtime_overrides
+from .shell import LazyChoice, console, db_option, main, model_argument, print_json, runtime_options, runtime_overrides
 
 # --- measuring: run, history (issue 4) ---------------------------------------------------------
+
+
+def _kinds() -> tuple[str, ...]:
+    from ..records import KINDS
+
+    return KINDS
 
 @main.command()
 @model_argument
@@ -89,7 +94,7 @@ def calibrate(types: str | None, quick: bool, threads: int | None, as_json: bool
 @main.command()
 @click.option("--model", help="Only rows of this model (path, file name or sha256 prefix).")
 @click.option("--profile", help="Only rows of this profile (name or content-hash prefix).")
-@click.option("--kind", type=click.Choice(KINDS), help="Only this kind.")
+@click.option("--kind", type=LazyChoice(_kinds), help="Only this kind.")
 @click.option("--limit", type=int, help="At most this many rows, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option
