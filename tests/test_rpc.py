@@ -585,7 +585,7 @@ def test_llama_cpp_assigns_the_layers_layer_split_predicts(demo_model: Path, ser
 @pytest.mark.llama
 def test_without_rpc_in_the_build_every_rpc_command_names_the_fix(monkeypatch: pytest.MonkeyPatch, demo_model: Path,
                                                                   tmp_path: Path) -> None:
-    monkeypatch.setattr(rpc, "supports_rpc", lambda: False)
+    monkeypatch.setattr(rpc.backend, "supports_rpc", lambda: False)  # require_rpc asks its own module
     for args in (["run", str(demo_model), "--rpc", f"{LOOPBACK}:1", "--db", str(tmp_path / "h.db")],
                  ["eval", str(demo_model), "--reference", str(demo_model), "--rpc", f"{LOOPBACK}:1",
                   "--db", str(tmp_path / "h.db")],
