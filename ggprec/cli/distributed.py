@@ -91,3 +91,28 @@ def parse_split(text: str) -> tuple[float, ...]:
     if not values or any(not math.isfinite(v) or v < 0 for v in values) or not any(values):
         raise GgprecError(f"--tensor-split {text!r}: expected proportions >= 0, not all 0, e.g. 3,1")
     return values
+
+
+def recommend_device_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`ggprec recommend`'s devices: RPC servers, each with the memory it may use, and their bandwidth."""
+    fn = click.option("--rpc-bandwidth", "rpc_bandwidth", multiple=True, metavar="[HOST:PORT=]GBPS",
+                      help="Memory bandwidth of an RPC server's device in GB/s (a bare figure: every server's); "
+                           "default: assumed the same as this host's.")(fn)
+    fn = click.option("--rpc", "rpc_servers", multiple=True, metavar="HOST:PORT[=GIB],...",
+                      help="Split the model over llama.cpp RPC servers (before the local GPU, as llama.cpp orders "
+                           "them), each with the memory it may use in GiB (default: what it reports free; a CPU "
+                           "server reports its whole RAM). A server that does not answer is planned from the "
+                           "declared GiB.")(fn)
+    return fn
+
+
+def recommend_devices_given(rpc_servers: tuple[str, ...], rpc_bandwidth: tuple[str, ...]) -> list[Any]:
+    """recommend_devices.DeviceBudgets of the servers given (each probed; declared where it does not answer)."""
+    from .. import recommend_devices as rd
+
+    if not rpc_servers:
+        if rpc_bandwidth:
+            raise GgprecError("--rpc-bandwidth goes with --rpc")
+        return []
+    specs = rd.parse_rpc_budgets(rpc_servers)
+    return rd.rpc_budgets(specs, rd.parse_bandwidths(rpc_bandwidth, [e for e, _ in specs]))
