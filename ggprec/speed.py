@@ -184,8 +184,10 @@ class SpeedModel:
 
     def describe_split(self, devices: Sequence[str]) -> str:
         """describe() of the device classes taking part, each RPC device's source and the hop cost's."""
-        keys = list(dict.fromkeys(self.speed_key(d) for d in devices))
-        parts = [f"{'host' if k == HOST else 'GPU' if k == GPU else k}: {self.speed_of(k).source}" for k in keys]
+        by_source: dict[str, list[str]] = {}  # devices sharing figures are named together
+        for k in dict.fromkeys(self.speed_key(d) for d in devices):
+            by_source.setdefault(self.speed_of(k).source, []).append("host" if k == HOST else "GPU" if k == GPU else k)
+        parts = [f"{', '.join(names)}: {source}" for source, names in by_source.items()]
         if any(is_rpc(d) for d in devices):
             hop = (f"{self.hop_s * 1000:.2f} ms given" if self.hop_s is not None
                    else f"{rpc_facts()['hop_ms']:.2f} ms measured on loopback (data/rpc_speed.json; a real network "
@@ -397,7 +399,7 @@ def as_this_host(host: DeviceSpeed) -> DeviceSpeed:
     per-token cost of its own (what a token costs to reach it is the hop's)."""
     from dataclasses import replace
 
-    return replace(host, token_s=0.0, source=f"assumed the same as this host ({host.source})")
+    return replace(host, token_s=0.0, source=f"assumed the same as this host's (host: {host.source})")
 
 
 @functools.lru_cache(maxsize=1)

@@ -368,7 +368,8 @@ def split_placements(info: ModelInfo, ctx: int, devices: Sequence[Any], budgets:
                      levels: Sequence[Mapping[str, GgmlType]], base: RuntimeSettings) -> list[RuntimeSettings]:
     """KV type x the most offloaded split (-ngl, -ts) that fits every device at each weight level (a
     uniform mix of tensor types; recommend_devices.fit_split, memory.predict buffer by buffer), each split
-    once. `base` carries the RPC servers and any other settings every placement shares."""
+    once, and no offload at all (this host alone may be faster than paying the hops). `base` carries the RPC
+    servers and any other settings every placement shares."""
     from ..errors import GgprecError
     from ..recommend_devices import fit_split
 
@@ -376,6 +377,7 @@ def split_placements(info: ModelInfo, ctx: int, devices: Sequence[Any], budgets:
     out: dict[tuple[Any, ...], RuntimeSettings] = {}
     for kv in KV_TYPES:
         settings = base.with_overrides(n_ctx=ctx, cache_type_k=kv, cache_type_v=kv)
+        out[(kv, 0, ())] = settings.with_overrides(n_gpu_layers=0, rpc_servers=())  # no server needed then
         for types in levels:
             try:
                 fit = fit_split(info, settings, devices, room, types)

@@ -55,6 +55,9 @@ def describe_split(rec: Any, info: Any, devices: Sequence[Any], offload: Sequenc
 def split_text(rec: Any) -> str:
     """Where the layers go, in words."""
     s = rec.settings
+    if not s.n_gpu_layers:
+        return (f"no offload: this host alone is expected faster than splitting over {len(rec.devices) - 1} "
+                "devices (each RPC hop costs; see the front for the splits)")
     ts = ",".join(f"{x:g}" for x in s.tensor_split) if s.tensor_split else "-"
     parts = [f"{d['name']} {d['layers']}" for d in rec.devices if d["layers"] != "-"]
     return f"split -ngl {s.n_gpu_layers} -ts {ts} over {len(rec.devices)} devices: " + "; ".join(parts)
