@@ -56,8 +56,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             rpc = ",".join(f"{e}={g}" for e, g in zip(endpoints, args.budgets.split(","), strict=True))
             profile = str(Path(tmp) / "plan.yaml")
+            db = args.db or str(Path(tmp) / "h.db")
             rec = ggprec("recommend", model, "--vram", "0", "--rpc", rpc, "--ram", args.ram, "--margin", "4",
-                         "--ctx", args.ctx, "--priors", "--no-store", "-o", profile)
+                         "--ctx", args.ctx, "--priors", "--no-store", "-o", profile, "--db", db)
             s = rec["settings"]
             split = ["--rpc", ",".join(s["rpc_servers"]), "-ngl", str(s["n_gpu_layers"])] if s["rpc_servers"] else []
             if s["tensor_split"]:
@@ -65,7 +66,7 @@ def main() -> None:
             kv = ["-ctk", s["cache_type_k"], "-ctv", s["cache_type_v"]]
             which = [] if rec["as_is"] else ["-p", profile]
             common = [*which, *kv, "-c", args.ctx, "--pp", "64", "--tg", args.tg, "--reps", "3", "-t", args.threads,
-                      "--db", args.db or str(Path(tmp) / "h.db")]
+                      "--db", db]
             run = ggprec("run", model, *split, *common)
             local = ggprec("run", model, "-ngl", "0", *common)  # the same plan on this host alone
     finally:

@@ -578,6 +578,14 @@ def test_device_options_offload_everything_unless_ngl_says_otherwise() -> None:
     assert device_overrides((), None, None) == {}
 
 
+def test_split_mode_row_is_refused_in_one_line_with_the_reason(demo_model: Path) -> None:
+    r = CliRunner().invoke(main, ["plan", str(demo_model), "-p", "q8_0", "--rpc", f"{LOOPBACK}:1", "-sm", "row"])
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines() == ["ggprec: error: -sm row: llama.cpp's RPC devices have no split buffer "
+                                             "type (llama.cpp refuses row split over RPC), and ggprec does not "
+                                             "predict row split across local GPUs; use -sm layer"]
+
+
 def test_plan_names_layer_ranges_and_prints_every_hosts_command() -> None:
     from ggprec.device_plan import DevicePlan, commands, layer_ranges
     from ggprec.settings import RuntimeSettings
