@@ -97,7 +97,19 @@ def _speed_fields(run: Any) -> dict[str, Any]:
             # ggprec.memory's prediction for the same load, beside what llama.cpp allocated
             "memory_predicted_mb": sum(run.predicted.values()) / MIB if run.predicted else None,
             "buffers": dict(run.allocation.buffers),
+            # per buffer and per device (a split: each RPC server's share), beside the allocated `buffers`
+            "predicted_buffers": dict(run.predicted or {}), "predicted_devices": _per_device(run.predicted),
             "peak_rss_bytes": run.peak_rss_bytes, "gpu_memory_bytes": run.gpu_memory_bytes}
+
+
+def _per_device(predicted: dict[str, int] | None) -> dict[str, int]:
+    """Predicted bytes per device with memory of its own, and `host` (host RAM)."""
+    from .devices import Buffers
+
+    if not predicted:
+        return {}
+    b = Buffers(dict(predicted))
+    return {"host": b.host_total} | b.device_totals()
 
 
 def _accuracy_fields(ev: Any) -> dict[str, Any]:

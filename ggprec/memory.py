@@ -395,16 +395,19 @@ def _layer_peaks(info: ModelInfo, attn: int, n_ub: int, embd: int, fa: bool) -> 
 
 
 def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
-                         tensor_types: Mapping[str, GgmlType] | None = None) -> dict[str, dict[str, int]]:
+                         tensor_types: Mapping[str, GgmlType] | None = None,
+                         devices: Sequence[OffloadDevice] | None = None) -> dict[str, dict[str, int]]:
     """Device -> weight type name -> weight bytes one generated token reads, on average.
 
     Dense tensors are read whole; routed expert tensors (roles.ROUTED_EXPERT_ROLES) n_expert_used /
     n_expert of their bytes (the router picks that share per token; shared experts are dense here);
     token_embd one row (a lookup), except that a tied output head reads all of it again as the head.
-    Devices are placement()'s, so -ot and n_cpu_moe move bytes between them. Norms and biases count
-    too (they are small). KV cache reads are not weights and are left to the caller."""
+    Devices are placement()'s, so -ot and n_cpu_moe move bytes between them; with `devices` (a split over
+    RPC servers or GPUs) each layer's own device. Norms and biases count too (they are small). KV cache
+    reads are not weights and are left to the caller."""
     hp = info.hparams
-    placer = Placer.for_model(hp.n_layer, settings)
+    split = tuple(layer_devices(hp.n_layer, settings.n_gpu_layers, devices, settings.tensor_split)) if devices else None
+    placer = Placer.for_model(hp.n_layer, settings, split)
     share = hp.expert_share
     out: dict[str, dict[str, int]] = {}
 

@@ -257,14 +257,12 @@ def _run_here(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp:
 
 def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None, depth: int = 0) -> Any:
     """ggprec.speed's expected tok/s for what `lm` is (its file, the settings as applied), with the KV
-    cells the timed decodes use on average; None for a model the speed model cannot describe."""
-    if lm.settings.rpc_servers:
-        lm.notices.append("no speed expectation: the speed model does not know RPC devices and their hops")
-        return None
+    cells the timed decodes use on average; None for a model the speed model cannot describe. Split over
+    several devices: each device's reads at its rate and each RPC hop (speed.expected_split)."""
     if speed_model is None:
         return None
     try:
-        return speed_model.expected(lm.info, lm.settings, kv_cells=decode_cells(depth, tg))
+        return speed_model.expected(lm.info, lm.settings, kv_cells=decode_cells(depth, tg), devices=lm.devices)
     except (GgprecError, ValueError, KeyError) as e:
         lm.notices.append(f"no speed expectation: {e}")
         return None

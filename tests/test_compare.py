@@ -50,6 +50,14 @@ def test_each_row_shows_the_predicted_memory_beside_the_allocated(comparison: Co
     assert abs(row.memory_predicted_mb - row.memory_mb) <= 0.02 * row.memory_mb
 
 
+def test_each_row_keeps_the_predicted_bytes_per_buffer_and_per_device(comparison: Comparison):
+    row = comparison.records[1]
+    assert set(row.predicted_buffers) >= set(row.buffers)
+    assert sum(row.predicted_devices.values()) == sum(row.predicted_buffers.values())
+    assert row.predicted_devices["host"] == sum(v for k, v in row.predicted_buffers.items()
+                                                if k.split(":", 1)[1].startswith("CPU"))
+
+
 def test_the_baseline_row_has_neutral_ratios(comparison: Comparison):
     base = comparison.records[1]
     assert base.baseline is True
