@@ -150,6 +150,14 @@ def test_recommend_llama_70b_over_a_24_gib_gpu_a_32_gib_rpc_host_and_64_gib_ram(
     assert rec.weights_bytes > 32 * GIB and rec.settings.tensor_split and all(rec.settings.tensor_split)
 
 
+def test_a_server_left_empty_at_an_assumed_speed_is_named_with_the_flag_that_sets_it(llama70b: ModelInfo) -> None:
+    """No --rpc-bandwidth: the server reads at this host's rate, here a slow 5 GB/s, so the GPU alone wins."""
+    rec = recommend(llama70b, 24, 64, ctx=8192, devices=[declared(0, "hostA:50052", 32)],
+                    speed_model=load_speed_model(host_gbps=5.0, gpu_gbps=900.0))
+    assert rec.settings.tensor_split == (0.0, 81.0)
+    assert "RPC0 left empty at an assumed speed (this host's): give --rpc-bandwidth hostA:50052=GB/s" in rec.reasons[1]
+
+
 def test_recommend_qwen3_30b_a3b_over_two_rpc_hosts(qwen30b: ModelInfo) -> None:
     devices = [declared(0, "hostA:50052", 12), declared(1, "hostB:50052", 12)]
     rec = recommend(qwen30b, 0, 16, ctx=8192, devices=devices, speed_model=load_speed_model(**SPEED))

@@ -53,11 +53,18 @@ def describe_split(rec: Any, info: Any, devices: Sequence[Any], offload: Sequenc
 
 
 def split_text(rec: Any) -> str:
-    """Where the layers go, in words."""
+    """Where the layers go, in words; an RPC server left empty at an assumed speed is named, with the flag
+    that tells recommend its real one (the assumption, this host's rate, decides the split)."""
     s = rec.settings
     if not s.n_gpu_layers:
-        return (f"no offload: this host alone is expected faster than splitting over {len(rec.devices) - 1} "
+        text = (f"no offload: this host alone is expected faster than splitting over {len(rec.devices) - 1} "
                 "devices (each RPC hop costs; see the front for the splits)")
-    ts = ",".join(f"{x:g}" for x in s.tensor_split) if s.tensor_split else "-"
-    parts = [f"{d['name']} {d['layers']}" for d in rec.devices if d["layers"] != "-"]
-    return f"split -ngl {s.n_gpu_layers} -ts {ts} over {len(rec.devices)} devices: " + "; ".join(parts)
+    else:
+        ts = ",".join(f"{x:g}" for x in s.tensor_split) if s.tensor_split else "-"
+        parts = [f"{d['name']} {d['layers']}" for d in rec.devices if d["layers"] != "-"]
+        text = f"split -ngl {s.n_gpu_layers} -ts {ts} over {len(rec.devices)} devices: " + "; ".join(parts)
+    idle = [d for d in rec.devices if d["layers"] == "-" and d.get("endpoint") and d.get("gbps") is None]
+    if idle:
+        text += (f"; {', '.join(d['name'] for d in idle)} left empty at an assumed speed (this host's): give "
+                 f"--rpc-bandwidth {idle[0]['endpoint']}=GB/s if it reads faster")
+    return text
