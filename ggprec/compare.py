@@ -3,8 +3,8 @@ llama.cpp allocates, pp/tg speed and accuracy against a reference, then put rati
 profile beside the raw numbers. `demo()` is the README's main job: that comparison on the demo model.
 
 This module only orchestrates: building is quantize's, speed and memory are runner's, accuracy is
-evaluate's, history is store's, printing is printers' and report's (files). Each profile's row is a
-ggprec.records.CompareRecord.
+evaluate's, history rows are history's (saved by the CLI), printing is printers' and report's (files).
+Each profile's row is a ggprec.records.CompareRecord.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class Comparison:
     settings: dict[str, Any]
     records: list[CompareRecord]
     files: list[Path] = field(default_factory=list)
-    history_ids: list[int] = field(default_factory=list)
+    profile_hashes: dict[str, str] = field(default_factory=dict)  # profile -> content hash (history rows)
+    history_ids: list[int] = field(default_factory=list)  # set by history.save_comparison
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "reference": self.reference, "baseline": self.baseline,
@@ -96,7 +97,19 @@ def _speed_fields(run: Any) -> dict[str, Any]:
             # ggprec.memory's prediction for the same load, beside what llama.cpp allocated
             "memory_predicted_mb": sum(run.predicted.values()) / MIB if run.predicted else None,
             "buffers": dict(run.allocation.buffers),
+            # per buffer and per device (a split: each RPC server's share), beside the allocated `buffers`
+            "predicted_buffers": dict(run.predicted or {}), "predicted_devices": _per_device(run.predicted),
             "peak_rss_bytes": run.peak_rss_bytes, "gpu_memory_bytes": run.gpu_memory_bytes}
+
+
+def _per_device(predicted: dict[str, int] | None) -> dict[str, int]:
+    """Predicted bytes per device with memory of its own, and `host` (host RAM)."""
+    from .devices import Buffers
+
+    if not predicted:
+        return {}
+    b = Buffers(dict(predicted))
+    return {"host": b.host_total} | b.device_totals()
 
 
 def _accuracy_fields(ev: Any) -> dict[str, Any]:
@@ -197,13 +210,13 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
             reference: str = DEMO_REFERENCE, out_dir: str | os.PathLike[str] | None = None, *,
             pp: int = DEFAULT_PP, tg: int = DEFAULT_TG, reps: int = DEFAULT_REPS, n_ctx: int = DEFAULT_CTX,
             chunks: int | None = DEFAULT_CHUNKS, text: str | None = None, threads: int | None = None,
-            progress: Progress | None = None, record: bool = True, reuse_accuracy: bool = True,
+            progress: Progress | None = None, reuse_accuracy: bool = True,
             devices: Mapping[str, Any] | None = None, imatrix: str | os.PathLike[str] | None = None) -> Comparison:
     """Build, run and evaluate every profile on `source`; accuracy is measured against the variant that
     the `reference` profile builds (e.g. f32: lossless from any source). Writes JSON/CSV/Markdown/PNG
-    into out_dir when given, and one history row per profile (kind 'compare'). Builds, reference logits
-    and (unless reuse_accuracy is False) accuracy figures of unchanged inputs are reused; speed and
-    memory are measured every time. devices: RuntimeSettings fields (n_gpu_layers, rpc_servers,
+    into out_dir when given (the CLI keeps one history row per profile: `history.save_comparison`).
+    Builds, reference logits and (unless reuse_accuracy is False) accuracy figures of unchanged inputs are
+    reused; speed and memory are measured every time. devices: RuntimeSettings fields (n_gpu_layers, rpc_servers,
     tensor_split, devices) every profile runs with; RPC servers are probed before anything is built.
     imatrix: an importance-matrix file every compared profile is quantized with (in place of the profile's
     own `imatrix` field; the reference is built as its profile says), checked against the model first."""
@@ -256,35 +269,12 @@ def compare(source: str | os.PathLike[str], profiles: Sequence[str], baseline: s
     add_baseline_ratios(records, baseline)
 
     result = Comparison(source=str(src), reference=reference, baseline=baseline, settings=settings,
-                        records=records)
-    if record:
-        from .interrupts import deferred
-
-        with deferred():  # all of the comparison's rows, or none: a signal waits until they are written
-            result.history_ids = _record_history(result.records, loaded, result)
+                        records=records, profile_hashes={n: p.content_hash() for n, p in loaded.items()})
     if out_dir is not None:
         from .report import write_all
 
         result.files = write_all(result.records, out_dir, subtitle=_subtitle(result), baseline=baseline)
     return result
-
-
-def _record_history(records: list[CompareRecord], loaded: dict[str, Any], result: Comparison) -> list[int]:
-    """One history row per profile (kind 'compare'), all sharing the comparison's settings."""
-    from .hardware import fingerprint
-    from .hashing import model_sha256
-    from .store import Store
-
-    hardware = fingerprint()
-    settings = {**result.settings, "source": result.source, "reference": result.reference,
-                "baseline": result.baseline}
-    with Store() as store:
-        # The row's model is the source, as for `run` (the variant that ran is the record's `path`).
-        source_sha = model_sha256(result.source)
-        return [store.record(r, model_path=result.source, model_sha256=source_sha, profile_name=r.profile,
-                             profile_hash=loaded[r.profile].content_hash(),
-                             settings={**settings, "runtime": r.runtime}, hardware=hardware)
-                for r in records]
 
 
 def _subtitle(result: Comparison) -> str:

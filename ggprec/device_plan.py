@@ -63,8 +63,8 @@ def plan_devices(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mappi
                  mmap: bool = True) -> DevicePlan:
     """Each device's share of `info` under `settings` (its rpc_servers are probed unless `devices` is
     given). local_gpus: (name, free bytes) of this host's GPUs, offloaded to after the RPC devices."""
-    from . import rpc
     from .memory import predict
+    from .rpc import wire as rpc
 
     if devices is None:
         devices = rpc.planned_devices(settings.rpc_servers, settings.devices, local_gpus,
@@ -106,14 +106,20 @@ def layer_ranges(layers: Sequence[int], n_layer: int) -> str:
     return ", ".join(parts) or "-"
 
 
-def commands(plan: DevicePlan, model: str) -> list[str]:
-    """One line per RPC host (its server) and the client's llama.cpp line for this split."""
-    s = plan.settings
+def server_lines(endpoints: Sequence[str]) -> list[str]:
+    """One line per RPC host: the server to start there."""
     lines = []
-    for endpoint in s.rpc_servers:
+    for endpoint in endpoints:
         host, port = endpoint.split(":")
         lines.append(f"on {host}: ggprec rpc-server --host {host} --port {port}   "
                      f"(or llama.cpp's: ggml-rpc-server -H {host} -p {port})")
+    return lines
+
+
+def commands(plan: DevicePlan, model: str) -> list[str]:
+    """One line per RPC host (its server) and the client's llama.cpp line for this split."""
+    s = plan.settings
+    lines = server_lines(s.rpc_servers)
     flags = [f"-m {model}", f"-ngl {s.n_gpu_layers}", f"-c {s.n_ctx}"]
     if s.rpc_servers:
         flags.append(f"--rpc {','.join(s.rpc_servers)}")
@@ -133,8 +139,10 @@ def commands(plan: DevicePlan, model: str) -> list[str]:
     return lines
 
 
-def render(plan: DevicePlan, console: Any, model: str, budgets: Mapping[str, int] | None = None) -> None:
-    """The table of device shares (with each device's budget when given) and the command lines."""
+def render(plan: DevicePlan, console: Any, model: str, budgets: Mapping[str, int] | None = None,
+           sources: Mapping[str, str] | None = None, with_commands: bool = True) -> None:
+    """The table of device shares (with each device's budget when given, and where it comes from: `sources`
+    by device) and the command lines."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -143,7 +151,7 @@ def render(plan: DevicePlan, console: Any, model: str, budgets: Mapping[str, int
                         + (f", -ts {','.join(f'{x:g}' for x in s.tensor_split)}" if s.tensor_split else "")
                         + f", context {s.n_ctx}")
     headers = ["device", "layers", "weights MiB", "KV MiB", "compute MiB", "total MiB", "reports free MiB"]
-    for header in headers + (["budget MiB"] if budgets else []):
+    for header in headers + (["budget MiB"] if budgets else []) + (["budget from"] if sources else []):
         table.add_column(header, justify="left" if header in ("device", "layers") else "right")
     for share in plan.shares:
         budget = budgets.get(share.device) if budgets else None
@@ -152,8 +160,11 @@ def render(plan: DevicePlan, console: Any, model: str, budgets: Mapping[str, int
                       layer_ranges(share.layers, plan.n_layer), f"{share.model / MIB:,.2f}", f"{share.kv / MIB:,.2f}",
                       f"{share.compute / MIB:,.2f}", f"{share.total / MIB:,.2f}",
                       "-" if share.free is None else f"{share.free / MIB:,.0f}",
-                      *([] if not budgets else ["-" if budget is None else f"{budget / MIB:,.0f}"]))
+                      *([] if not budgets else ["-" if budget is None else f"{budget / MIB:,.0f}"]),
+                      *([] if not sources else [escape(sources.get(share.device, ""))]))
     console.print(table)
     console.print("a CPU server reports its whole RAM as free: budget its host yourself", highlight=False)
+    if not with_commands:
+        return
     for line in commands(plan, model):
         console.print(escape(line), highlight=False, soft_wrap=True)

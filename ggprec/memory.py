@@ -17,7 +17,8 @@ beside what llama.cpp reports. The rules follow llama.cpp (vendored in llama-cpp
   the larger of two peaks, fitted on llama.cpp's reports (scripts/check_memory_model.py):
   attention (without flash attention: KQ scores f32 n_kv x n_ubatch x n_head + the f32 mask + 5
   activations of n_embd and 2 of n_embd_kv; with it: the f16 mask + 12 activations) and output (the
-  logits f32 n_vocab x n_ubatch + 2 activations, +1 with flash attention and a quantized KV cache).
+  logits f32 n_vocab x n_ubatch + 2 activations, +1 with flash attention and a rotated (quantized) KV cache
+  once the mask is one activation or more).
 - output: the logits of one sequence (n_vocab f32) in host memory.
 GPU buffers follow the same rules but could not be checked here (no GPU): see the README.
 """
@@ -184,6 +185,14 @@ def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv
                   + (" (MLA latent, no V)" if mla else f" + V {tv.name}"))
 
 
+def attn_rotation(info: ModelInfo, settings: RuntimeSettings) -> bool:
+    """Whether llama.cpp rotates attention by a Hadamard matrix for this KV cache: a quantized K (or V) type
+    with a head size that is a multiple of 64 (llama-kv-cache.cpp; LLAMA_ATTN_ROT_DISABLE turns it off)."""
+    hp = info.hparams
+    return any(ggml_types.lookup(t).quantized and dim % 64 == 0 and dim > 0
+               for t, dim in ((settings.cache_type_k, hp.head_dim_k), (settings.cache_type_v, hp.head_dim_v)))
+
+
 def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple[int, str, int, str, int]:
     """(attention peak, why, output peak, why, one activation of n_embd x n_ubatch f32): the two peaks
     of the reserved graph the compute buffers are predicted from."""
@@ -212,8 +221,13 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
         if moe > attn:
             attn, attn_why = moe, f"3 expert activations f32 {n_ff_exp}x{hp.n_expert_used}x{n_ub} + mask + " \
                                   f"{MOE_EMBD} activations"
-    quant_kv = any(ggml_types.lookup(t).quantized for t in (settings.cache_type_k, settings.cache_type_v))
-    out_n = OUT_EMBD + (1 if fa and quant_kv else 0)
+    # A quantized KV cache makes llama.cpp rotate Q/K/V (and the attention output) by a Hadamard matrix
+    # (llama-kv-cache.cpp's attn_rot_k/v), which adds small temporaries to every layer. Where they leave a
+    # hole that the output's activations cannot reuse, the output peak holds one more activation: measured
+    # once the f16 mask (n_kv x n_ubatch) is at least one activation (n_kv >= 2 n_embd) on the llama-3.2-1b,
+    # 8b and 70b shapes (one exception seen: 8b at n_kv 24576, where it is one less: on the safe side).
+    rot = attn_rotation(info, settings)
+    out_n = OUT_EMBD + (1 if fa and rot and n_kv >= 2 * hp.n_embd else 0)
     out = hp.n_vocab * n_ub * F32 + out_n * embd
     out_why = f"logits f32 {hp.n_vocab}x{n_ub} + {out_n} activations"
     if hp.kv_lora_rank:
@@ -381,16 +395,19 @@ def _layer_peaks(info: ModelInfo, attn: int, n_ub: int, embd: int, fa: bool) -> 
 
 
 def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
-                         tensor_types: Mapping[str, GgmlType] | None = None) -> dict[str, dict[str, int]]:
+                         tensor_types: Mapping[str, GgmlType] | None = None,
+                         devices: Sequence[OffloadDevice] | None = None) -> dict[str, dict[str, int]]:
     """Device -> weight type name -> weight bytes one generated token reads, on average.
 
     Dense tensors are read whole; routed expert tensors (roles.ROUTED_EXPERT_ROLES) n_expert_used /
     n_expert of their bytes (the router picks that share per token; shared experts are dense here);
     token_embd one row (a lookup), except that a tied output head reads all of it again as the head.
-    Devices are placement()'s, so -ot and n_cpu_moe move bytes between them. Norms and biases count
-    too (they are small). KV cache reads are not weights and are left to the caller."""
+    Devices are placement()'s, so -ot and n_cpu_moe move bytes between them; with `devices` (a split over
+    RPC servers or GPUs) each layer's own device. Norms and biases count too (they are small). KV cache
+    reads are not weights and are left to the caller."""
     hp = info.hparams
-    placer = Placer.for_model(hp.n_layer, settings)
+    split = tuple(layer_devices(hp.n_layer, settings.n_gpu_layers, devices, settings.tensor_split)) if devices else None
+    placer = Placer.for_model(hp.n_layer, settings, split)
     share = hp.expert_share
     out: dict[str, dict[str, int]] = {}
 

@@ -79,6 +79,118 @@ def resolve_budgets(devices: Sequence[OffloadDevice], given: Mapping[str, float]
     return out
 
 
+# --- recommend's devices: RPC servers with a budget each, probed or declared ----------------------------
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """One RPC server's device as recommend plans for it: the memory it may use, whether the server answered
+    a probe (a declared server need not exist yet: a plan for hosts still to be bought), and the bandwidth
+    given for it (GB/s; None: the speed model assumes this host's)."""
+
+    device: OffloadDevice
+    endpoint: str
+    budget: int  # bytes
+    probed: bool
+    source: str  # where the budget comes from, in words
+    gbps: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.device.name, "device": self.device.buffer, "endpoint": self.endpoint,
+                "budget_bytes": self.budget, "probed": self.probed, "source": self.source,
+                "reports_free_bytes": self.device.free if self.probed else None, "gbps": self.gbps}
+
+
+def parse_rpc_budgets(values: Sequence[str]) -> list[tuple[str, float | None]]:
+    """`--rpc HOST:PORT[=GIB],...` (recommend's form of llama.cpp's --rpc): each server once, in order, with
+    the memory the user gives it (GiB; None: what it reports, once probed)."""
+    from .rpc.wire import parse_servers
+
+    out: list[tuple[str, float | None]] = []
+    for value in values:
+        for item in value.split(","):
+            endpoint, sep, gib = item.strip().partition("=")
+            if not endpoint:
+                continue
+            amount = None
+            if sep:
+                amount = _gib(gib)
+                if amount is None:
+                    raise GgprecError(f"--rpc {item.strip()!r}: expected HOST:PORT=GIB with GIB > 0, "
+                                      "e.g. hostA:50052=32")
+            out.append((parse_servers([endpoint])[0], amount))
+    seen = [e for e, _ in out]
+    twice = next((e for e in seen if seen.count(e) > 1), None)
+    if twice:
+        raise GgprecError(f"RPC server {twice} given twice")
+    return out
+
+
+def parse_bandwidths(values: Sequence[str], endpoints: Sequence[str]) -> dict[str, float]:
+    """`--rpc-bandwidth [HOST:PORT=]GBPS` (several comma-separated): endpoint -> GB/s; a bare figure is
+    every server's that has none of its own."""
+    given: dict[str, float] = {}
+    default = None
+    for value in values:
+        for item in value.split(","):
+            endpoint, sep, figure = item.strip().rpartition("=")
+            gbps = _gib(figure)
+            if gbps is None or (sep and endpoint not in endpoints):
+                raise GgprecError(f"--rpc-bandwidth {item.strip()!r}: expected [HOST:PORT=]GB/s with GB/s > 0 and "
+                                  f"HOST:PORT one of --rpc ({', '.join(endpoints) or 'none given'})")
+            if sep:
+                given[endpoint] = gbps
+            else:
+                default = gbps
+    return {e: given.get(e, default) for e in endpoints if given.get(e, default) is not None}  # type: ignore[misc]
+
+
+def _gib(text: str) -> float | None:
+    try:
+        amount = float(text)
+    except ValueError:
+        return None
+    return amount if 0 < amount < float("inf") else None
+
+
+def rpc_budgets(specs: Sequence[tuple[str, float | None]], bandwidths: Mapping[str, float] | None = None,
+                probe: Callable[[str], object] | None = None) -> list[DeviceBudget]:
+    """Each server's devices with their budgets, numbered RPC0, RPC1... as llama.cpp numbers them. Every
+    server is probed (rpc.wire.probe: pure Python); one that answers plans with its devices, its budget the
+    declared one or what it reports free (a CPU server reports its host's whole RAM: declare it); one that
+    does not answer is planned as one device when its budget is declared, else its probe's one-line error."""
+    from .rpc.wire import buffer_name
+    from .rpc.wire import probe as wire_probe
+
+    probe = probe or wire_probe
+    out: list[DeviceBudget] = []
+    for endpoint, gib in specs:
+        gbps = (bandwidths or {}).get(endpoint)
+        try:
+            peer = probe(endpoint)
+        except GgprecError as e:
+            if gib is None:
+                raise GgprecError(f"{e}; to plan for it anyway, declare its memory: --rpc {endpoint}=GIB") from None
+            device = OffloadDevice(f"RPC{len(out)}", buffer_name(endpoint, 0), int(gib * GIB))
+            out.append(DeviceBudget(device, endpoint, int(gib * GIB), False,
+                                    f"declared {gib:g} GiB (not probed: {_reason(str(e), endpoint)})", gbps))
+            continue
+        for d in peer.devices:  # type: ignore[attr-defined]
+            device = OffloadDevice(f"RPC{len(out)}", buffer_name(endpoint, d.index), d.free)
+            if gib is not None:
+                budget, source = int(gib * GIB), f"declared {gib:g} GiB (probed: reports {d.free / GIB:.1f} GiB free)"
+            else:
+                budget = d.free
+                source = (f"probed: reports {d.free / GIB:.1f} GiB free (a CPU server reports its whole RAM: "
+                          f"declare --rpc {endpoint}=GIB)")
+            out.append(DeviceBudget(device, endpoint, budget, True, source, gbps))
+    return out
+
+
+def _reason(message: str, endpoint: str) -> str:
+    prefix = f"RPC server {endpoint}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
 def host_ram() -> int | None:
     """This machine's RAM in bytes (the client host's default budget)."""
     try:

@@ -1,5 +1,6 @@
 """Checking a recommendation with llama.cpp (measure stack): quantize the chosen plan, measure its KLD beside
-the predicted one, and keep the recommendation in the history. `ggprec.recommend` predicts; this measures."""
+the predicted one (the CLI keeps the recommendation in the history: `history.save_recommendation`).
+`ggprec.recommend` predicts; this measures."""
 
 from __future__ import annotations
 
@@ -34,21 +35,3 @@ def _build(rec: Recommendation, source: str, threads: int) -> Path:
     from .quantize import build_variant
 
     return build_variant(source, to_profile(rec, name="recommended"), threads=threads)
-
-
-def record_recommendation(rec: Recommendation, store: Any, verified: dict[str, Any] | None = None,
-                          profile: str | None = None) -> int:
-    """Store the chosen plan in the history (kind `recommend`). The model is kept by path only: hashing a
-    sparse 70B shape would take minutes for a command that otherwise takes a second."""
-    from .hardware import fingerprint
-    from .records import RecommendRecord
-
-    s = rec.settings
-    record = RecommendRecord(
-        goal=rec.goal, vram_bytes=rec.vram, ram_bytes=rec.ram, n_ctx=s.n_ctx, n_gpu_layers=s.n_gpu_layers,
-        cache_type_k=s.cache_type_k, cache_type_v=s.cache_type_v, weights_bytes=rec.weights_bytes,
-        gpu_bytes=rec.gpu_total, host_bytes=rec.host_total, expected_kld=rec.expected_kld,
-        measured_kld=None if verified is None else verified["measured_kld"], expected_tg_tps=rec.tg_tps,
-        loss_source=rec.loss_source, tensor_types=dict(rec.tensor_types), profile=profile)
-    return store.record(record, model_path=rec.model, settings={"margin_bytes": rec.margin, **s.to_dict()},
-                        hardware=fingerprint())

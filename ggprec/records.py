@@ -249,6 +249,10 @@ class CompareRecord(ResultRecord):
     eval_tokens: int | None = col(help="scored tokens")
     load_s: float | None = col(help="seconds to load")
     buffers: dict[str, int] = col(help="every buffer llama.cpp allocated, bytes", factory=dict)
+    predicted_buffers: dict[str, int] = col(help="every buffer ggprec.memory predicted for that load, bytes",
+                                            factory=dict)
+    predicted_devices: dict[str, int] = col(help="predicted bytes per device (RPC servers, GPUs; `host`: host RAM)",
+                                            factory=dict)
     peak_rss_bytes: int | None = col(help="peak resident memory")
     gpu_memory_bytes: int | None = col(help="GPU memory held (nvidia-smi)")
     reference_cached: bool | None = col(help="the reference's log-probs came from the cache")

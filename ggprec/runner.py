@@ -257,14 +257,12 @@ def _run_here(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp:
 
 def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None, depth: int = 0) -> Any:
     """ggprec.speed's expected tok/s for what `lm` is (its file, the settings as applied), with the KV
-    cells the timed decodes use on average; None for a model the speed model cannot describe."""
-    if lm.settings.rpc_servers:
-        lm.notices.append("no speed expectation: the speed model does not know RPC devices and their hops")
-        return None
+    cells the timed decodes use on average; None for a model the speed model cannot describe. Split over
+    several devices: each device's reads at its rate and each RPC hop (speed.expected_split)."""
     if speed_model is None:
         return None
     try:
-        return speed_model.expected(lm.info, lm.settings, kv_cells=decode_cells(depth, tg))
+        return speed_model.expected(lm.info, lm.settings, kv_cells=decode_cells(depth, tg), devices=lm.devices)
     except (GgprecError, ValueError, KeyError) as e:
         lm.notices.append(f"no speed expectation: {e}")
         return None
@@ -383,15 +381,3 @@ def run_with_profile(model: str | os.PathLike[str], profile_name: str | None, ov
     result = run_benchmark(ran, settings, pp=pp, tg=tg, reps=reps, prompt=prompt, progress=progress,
                            n_predict=n_predict, speed_model=speed_model, depth=depth)
     return ProfileRun(str(model), str(ran), profile, result)
-
-
-def record_run(store: Any, run: ProfileRun, hardware: dict[str, Any]) -> int:
-    """Store one run in the history (ggprec.store.Store) as a RunRecord; returns the row id."""
-    from .hashing import model_sha256
-    from .records import RunRecord
-
-    p = run.profile
-    settings = run.result.to_dict()["settings"]  # as applied, with flash_attn_effective
-    return store.record(RunRecord.from_run(run), model_path=run.source, model_sha256=model_sha256(run.source),
-                        profile_name=p.name if p else None, profile_hash=p.content_hash() if p else None,
-                        settings=settings, hardware=hardware)

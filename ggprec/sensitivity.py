@@ -13,9 +13,9 @@ instead of stretching the q4_0 probe to every type by one fixed law (which overr
 They can be measured on coarser groups (`also_grouping="role"`: 9 passes instead of 29 on SmolLM2), since
 the slope varies little between the layer bands of one role while the level varies a lot.
 
-The KLD increase per group, top-1 loss and KLD per MiB saved are ranked, drawn as a layer x role heatmap,
-and stored in the history (kind 'sensitivity', keyed by the model's sha256) where `ggprec recommend` finds
-them.
+The KLD increase per group, top-1 loss and KLD per MiB saved are ranked and drawn as a layer x role heatmap;
+the CLI keeps them in the history (`history.save_sensitivity`: kind 'sensitivity', keyed by the model's
+sha256) where `ggprec recommend` finds them.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def _probe_profile(info: ModelInfo, group: Group, probe: str, name: str) -> Any:
 
 def measure_sensitivity(model: str | Path, reference: str | Path | None = None, probe_type: str = "q4_0",
                         grouping: str = "role-layer", text: str | None = None, n_ctx: int = 512,
-                        chunks: int | None = 4, n_bands: int = 4, threads: int = 2, store: bool = True,
+                        chunks: int | None = 4, n_bands: int = 4, threads: int = 2,
                         heatmap: str | Path | None = None, progress: Progress | None = None,
                         db: str | Path | None = None, also: tuple[str, ...] | list[str] = (),
                         also_grouping: str | None = None, reuse: bool = False,
@@ -223,8 +223,6 @@ def measure_sensitivity(model: str | Path, reference: str | Path | None = None, 
                             also_grouping=also_grouping if extra else None, also_groups=also_results)
     if heatmap is not None:
         res.heatmap = str(write_heatmap(res, info, heatmap))
-    if store:
-        res.record_id = _store(res, model, text, db, imatrix_path)
     return res
 
 
@@ -234,14 +232,14 @@ def _stored_passes(model: Path, ref: Path, text: str | None, n_ctx: int, chunks:
     """Passes stored by earlier runs on the same model file (sha256), reference, text, context and windows:
     (tensor names, type) -> the evaluation's KLD, its standard error and top-1 (NaN where a run stored the
     KLD only: the further types after the first on coarse groups)."""
-    import hashlib
     from types import SimpleNamespace
 
     from .hashing import model_sha256
+    from .history import imatrix_key, text_key
     from .store import Store
 
-    text_sha = hashlib.sha256(text.encode()).hexdigest() if text else "default"
-    imx_sha = _imatrix_sha(imatrix_path)
+    text_sha = text_key(text)
+    imx_sha = imatrix_key(imatrix_path)
     nan = float("nan")
     out: dict[tuple[frozenset[str], str], Any] = {}
     with Store(db) as s:
@@ -314,32 +312,6 @@ def _writable(d: Path) -> bool:
     import os
 
     return os.access(d, os.W_OK)
-
-
-def _imatrix_sha(imatrix_path: str | Path | None) -> str | None:
-    from .hashing import model_sha256
-
-    return None if imatrix_path is None else model_sha256(imatrix_path)
-
-
-def _store(res: SensitivityResult, model: Path, text: str | None, db: str | Path | None,
-           imatrix_path: str | Path | None = None) -> int:
-    import hashlib
-
-    from .hardware import fingerprint
-    from .hashing import model_sha256
-    from .records import SensitivityRecord
-    from .store import Store
-
-    sha = model_sha256(model)
-    with Store(db) as s:
-        settings = {"probe_type": res.probe_type, "also": res.also, "also_grouping": res.also_grouping,
-                    "grouping": res.grouping, "n_ctx": res.n_ctx,
-                    "chunks": res.chunks, "reference": res.reference,
-                    "text_sha256": hashlib.sha256(text.encode()).hexdigest() if text else "default",
-                    "imatrix_sha256": _imatrix_sha(imatrix_path)}
-        return s.record(SensitivityRecord.from_dict(res.to_dict()), model_path=model, model_sha256=sha,
-                        settings=settings, hardware=fingerprint())
 
 
 def heat_matrix(res: SensitivityResult, n_layer: int) -> tuple[list[str], list[list[float | None]]]:

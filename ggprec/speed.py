@@ -82,6 +82,10 @@ class SpeedEstimate:
 class SpeedModel:
     devices: dict[str, DeviceSpeed]  # HOST and GPU
     n_threads: int | None = None  # threads the calibration ran with (None: not a calibration)
+    # Several devices (see the section at the end): figures of a device of its own, by buffer name (an RPC
+    # server's RPC0[host:port]); seconds per RPC hop per token (None: the measured data/rpc_speed.json).
+    per_device: dict[str, DeviceSpeed] = field(default_factory=dict)
+    hop_s: float | None = None
     # Filled lazily: (device class, type) -> GB/s, so tg_tps is dict lookups and arithmetic only.
     _bw_cache: dict[tuple[str, str], float] = field(default_factory=dict, repr=False, compare=False)
 
@@ -94,18 +98,18 @@ class SpeedModel:
         key = (dev, type_name)
         bw = self._bw_cache.get(key)
         if bw is None:
-            bw = self._bw_cache[key] = _type_bandwidth(self.devices[dev], type_name)
+            bw = self._bw_cache[key] = _type_bandwidth(self.speed_of(dev), type_name)
         return bw
 
-    def tg_tps(self, reads: Reads, layers: Mapping[str, int] | None = None) -> float:
+    def tg_tps(self, reads: Reads, layers: Mapping[str, int] | None = None, hops: int = 0) -> float:
         """Expected decode tok/s for `reads` (device -> type -> bytes per token); `layers` (device ->
-        blocks there) adds the per-layer fixed cost. Devices are named as in memory's buffers (CPU,
-        CPU_Mapped, CUDA0, ...) or by class (CPU, GPU)."""
-        seconds = 0.0
+        blocks there) adds the per-layer fixed cost, `hops` the RPC hops a token makes (rpc_hops). Devices
+        are named as in memory's buffers (CPU, CPU_Mapped, CUDA0, RPC0[host:port], ...) or by class."""
+        seconds = hops * self.hop_seconds()
         charged: set[str] = set()
         kv_types: dict[str, set[str]] = {}  # device class -> KV types read there
         for device, by_type in reads.items():
-            dev = device_class(device)
+            dev = self.speed_key(device)
             for type_name, n in by_type.items():
                 if n:
                     seconds += n / (self._bandwidth(dev, type_name) * 1e9)
@@ -113,11 +117,12 @@ class SpeedModel:
                         kv_types.setdefault(dev, set()).add(type_name[len(KV_PREFIX):])
             if dev not in charged:
                 charged.add(dev)
-                seconds += self.devices[dev].token_s
+                seconds += self.speed_of(dev).token_s
         for device, n_layers in (layers or {}).items():
-            spd = self.devices[device_class(device)]
+            dev = self.speed_key(device)
+            spd = self.speed_of(dev)
             seconds += n_layers * (spd.layer_s + max((spd.kv_layer_s.get(t, 0.0)
-                                                      for t in kv_types.get(device_class(device), ())), default=0.0))
+                                                      for t in kv_types.get(dev, ())), default=0.0))
         return 1.0 / seconds if seconds > 0 else float("inf")
 
     def pp_tps(self, elems: Mapping[str, Mapping[str, int]], layers: Mapping[str, int] | None = None) -> float | None:
@@ -137,9 +142,12 @@ class SpeedModel:
 
     def expected(self, info: ModelInfo, settings: RuntimeSettings,
                  tensor_types: Mapping[str, ggml_types.GgmlType] | None = None,
-                 kv_cells: int | None = None) -> SpeedEstimate:
+                 kv_cells: int | None = None, devices: Sequence[Any] | None = None) -> SpeedEstimate:
         """Expected tg (and pp) tok/s of `info` (with `tensor_types`, the types of the file that will run)
-        under `settings`; `kv_cells`: KV cells in use while decoding (None: the whole n_ctx)."""
+        under `settings`; `kv_cells`: KV cells in use while decoding (None: the whole n_ctx); `devices`:
+        the layer_split.OffloadDevices of a split (RPC servers, GPUs): see expected_split."""
+        if devices:
+            return expected_split(self, info, settings, devices, tensor_types, kv_cells)
         reads = bytes_read_per_token(info, settings, tensor_types, kv_cells)
         first_gpu = _first_gpu_layer(settings.n_gpu_layers, info.hparams.n_layer)
         layers = {HOST: first_gpu, GPU: info.hparams.n_layer - first_gpu}
@@ -149,6 +157,43 @@ class SpeedModel:
             source += f" (calibrated with {self.n_threads} threads, this runs {threads})"
         pp = self.pp_tps(matmul_elements(info, settings, tensor_types), {d: n for d, n in layers.items() if n})
         return SpeedEstimate(self.tg_tps(reads, layers), pp, source)
+
+    # -- several devices: each device's own figures and the RPC hops (module section at the end) --
+
+    def speed_key(self, device: str) -> str:
+        """Whose figures a device is charged at: its own (per_device, or an RPC device's, which are this
+        host's unless given), else its class's."""
+        return device if device in self.per_device or is_rpc(device) else device_class(device)
+
+    def speed_of(self, key: str) -> DeviceSpeed:
+        """The figures of a speed_key."""
+        if key in self.devices:
+            return self.devices[key]
+        spd = self.per_device.get(key)
+        if spd is None:
+            spd = self.per_device[key] = as_this_host(self.devices[HOST])  # cached: the dict is the model's own
+        return spd
+
+    def hop_seconds(self) -> float:
+        return rpc_facts()["hop_ms"] / 1000 if self.hop_s is None else self.hop_s
+
+    def with_devices(self, bandwidths: Mapping[str, float]) -> SpeedModel:
+        """This model with a flat bandwidth (GB/s) of their own for some devices (buffer names)."""
+        given = {d: flat(gbps, f"{gbps:g} GB/s given") for d, gbps in bandwidths.items()}
+        return SpeedModel(self.devices, self.n_threads, {**self.per_device, **given}, self.hop_s)
+
+    def describe_split(self, devices: Sequence[str]) -> str:
+        """describe() of the device classes taking part, each RPC device's source and the hop cost's."""
+        by_source: dict[str, list[str]] = {}  # devices sharing figures are named together
+        for k in dict.fromkeys(self.speed_key(d) for d in devices):
+            by_source.setdefault(self.speed_of(k).source, []).append("host" if k == HOST else "GPU" if k == GPU else k)
+        parts = [f"{', '.join(names)}: {source}" for source, names in by_source.items()]
+        if any(is_rpc(d) for d in devices):
+            hop = (f"{self.hop_s * 1000:.2f} ms given" if self.hop_s is not None
+                   else f"{rpc_facts()['hop_ms']:.2f} ms measured on loopback (data/rpc_speed.json; a real network "
+                        "adds its round trip)")
+            parts.append(f"each RPC hop {hop}")
+        return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"devices": {d: s.to_dict() for d, s in self.devices.items()}, "n_threads": self.n_threads,
@@ -335,3 +380,75 @@ def load_speed_model(host_gbps: float | None = None, gpu_gbps: float | None = No
             devices[dev] = flat(ASSUMED_GPU_GBPS, f"{ASSUMED_GPU_GBPS:g} GB/s assumed (give --gpu-bandwidth)")
     threads = calibration.n_threads if calibration is not None and host_gbps is None else None
     return SpeedModel(devices, n_threads=threads)
+
+
+# --- several devices: each device's own rate and the RPC hops (issue 18) ------------------------------
+# A split model decodes layer by layer across its devices: each device reads its own bytes at its own rate
+# (an RPC server's: given with --rpc-bandwidth, else assumed to be this host's), and every run of layers
+# on an RPC server costs a round trip per token (inputs sent, graph computed, outputs fetched): the hop,
+# measured on loopback by scripts/bench_rpc.py --write (ggprec/data/rpc_speed.json).
+
+
+def is_rpc(device: str) -> bool:
+    """An RPC server's device (buffer RPC0[host:port] or registry name RPC0)."""
+    return device.startswith("RPC")
+
+
+def as_this_host(host: DeviceSpeed) -> DeviceSpeed:
+    """An RPC server's figures where none are given: this host's rates and per-layer costs, labelled; no
+    per-token cost of its own (what a token costs to reach it is the hop's)."""
+    from dataclasses import replace
+
+    return replace(host, token_s=0.0, source=f"assumed the same as this host's (host: {host.source})")
+
+
+@functools.lru_cache(maxsize=1)
+def rpc_facts() -> dict[str, Any]:
+    import json
+    from importlib import resources
+
+    return json.loads(resources.files("ggprec").joinpath("data/rpc_speed.json").read_text())
+
+
+def rpc_hops(layer_devices: Sequence[str]) -> int:
+    """RPC hops one token makes: the runs of consecutive layers (the output layer last) on RPC devices."""
+    hops, previous = 0, None
+    for device in layer_devices:
+        if device != previous and is_rpc(device):
+            hops += 1
+        previous = device
+    return hops
+
+
+def split_reads(info: ModelInfo, settings: RuntimeSettings, devices: Sequence[Any],
+                tensor_types: Mapping[str, ggml_types.GgmlType] | None = None,
+                kv_cells: int | None = None) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """(device -> type -> bytes one token reads, the device of each layer 0..n_layer) of a split: the
+    weights where memory places them, each layer's K and V rows on that layer's device."""
+    from .layer_split import layer_devices
+    from .memory import bytes_read_per_token as weight_reads
+
+    hp = info.hparams
+    layers = layer_devices(hp.n_layer, settings.n_gpu_layers, devices, settings.tensor_split)
+    reads = weight_reads(info, settings, tensor_types, devices=devices)
+    cells = settings.n_ctx if kv_cells is None else kv_cells
+    tk, tv = ggml_types.kv_cache_type(settings.cache_type_k), ggml_types.kv_cache_type(settings.cache_type_v)
+    for il in range(hp.n_layer):
+        by_type = reads.setdefault(layers[il], {})
+        for t, n in ((tk, tk.row_bytes(hp.n_head_kv[il] * hp.head_dim_k) * cells),
+                     (tv, tv.row_bytes(hp.n_head_kv[il] * hp.head_dim_v) * cells)):
+            by_type[KV_PREFIX + t.name] = by_type.get(KV_PREFIX + t.name, 0) + n
+    return reads, layers
+
+
+def expected_split(model: SpeedModel, info: ModelInfo, settings: RuntimeSettings, devices: Sequence[Any],
+                   tensor_types: Mapping[str, ggml_types.GgmlType] | None = None,
+                   kv_cells: int | None = None) -> SpeedEstimate:
+    """Expected tg of a split: every device's reads at its rate, its layers' fixed costs, the hops. No pp
+    figure (prompt batches overlap across devices in llama.cpp's pipeline: not modelled)."""
+    reads, layers = split_reads(info, settings, devices, tensor_types, kv_cells)
+    blocks: dict[str, int] = {}
+    for device in layers[:-1]:
+        blocks[device] = blocks.get(device, 0) + 1
+    tg = model.tg_tps(reads, blocks, hops=rpc_hops(layers))
+    return SpeedEstimate(tg, None, model.describe_split([d for d, by in reads.items() if any(by.values())]))

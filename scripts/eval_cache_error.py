@@ -24,13 +24,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     settings = RuntimeSettings(n_ctx=a.ctx, n_threads=a.threads)
-    ref_llm, cand_llm = ev._load(a.reference, settings, a.ctx), ev._load(a.candidate, settings, a.ctx)
-    tokens, bos = ev._model_tokens(ref_llm, ev.default_text())
+    ref_llm = ev.load_for_windows(a.reference, settings, a.ctx)
+    cand_llm = ev.load_for_windows(a.candidate, settings, a.ctx)
+    tokens, bos = ev.model_tokens(ref_llm, ev.default_text())
     windows = ev.make_windows(tokens, a.ctx, a.chunks, bos)
     exact, cached = [], []
     for i in range(windows.n_chunks):
-        p, _ = ev._window_logp(ref_llm, windows, i)
-        q, _ = ev._window_logp(cand_llm, windows, i)
+        p, _ = ev.window_logp(ref_llm, windows, i)
+        q, _ = ev.window_logp(cand_llm, windows, i)
         exact.append(ev.kl_divergence(p, q))
         codes, lo = ev.quantize_logp(p)
         cached.append(ev.kl_divergence_quantized(codes, lo, q))

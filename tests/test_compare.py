@@ -30,7 +30,15 @@ def isolated(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def comparison(isolated: Path, tiny_model: Path) -> Comparison:
-    return compare(tiny_model, ["q4_0", "q8_0"], baseline="q8_0", reference="f32", out_dir=isolated / "out", **FAST)
+    """A comparison kept in the history as the CLI keeps it (history.save_comparison)."""
+    from ggprec.history import save_comparison
+    from ggprec.store import Store
+
+    result = compare(tiny_model, ["q4_0", "q8_0"], baseline="q8_0", reference="f32", out_dir=isolated / "out",
+                     **FAST)
+    with Store() as store:
+        save_comparison(store, result)
+    return result
 
 
 def test_one_record_per_profile_in_the_order_given(comparison: Comparison):
@@ -42,6 +50,14 @@ def test_each_row_shows_the_predicted_memory_beside_the_allocated(comparison: Co
     row = comparison.records[1]
     assert row.profile == "q8_0"
     assert abs(row.memory_predicted_mb - row.memory_mb) <= 0.02 * row.memory_mb
+
+
+def test_each_row_keeps_the_predicted_bytes_per_buffer_and_per_device(comparison: Comparison):
+    row = comparison.records[1]
+    assert set(row.predicted_buffers) >= set(row.buffers)
+    assert sum(row.predicted_devices.values()) == sum(row.predicted_buffers.values())
+    assert row.predicted_devices["host"] == sum(v for k, v in row.predicted_buffers.items()
+                                                if k.split(":", 1)[1].startswith("CPU"))
 
 
 def test_the_baseline_row_has_neutral_ratios(comparison: Comparison):
@@ -107,7 +123,7 @@ def test_history_shows_the_compare_rows_beside_a_run_row(comparison: Comparison,
 
 def test_a_second_compare_reuses_builds_and_reference_logits_and_gets_the_same_accuracy(
         comparison: Comparison, tiny_model: Path):
-    again = compare(tiny_model, ["q8_0"], baseline="q8_0", reference="f32", record=False, reuse_accuracy=False,
+    again = compare(tiny_model, ["q8_0"], baseline="q8_0", reference="f32", reuse_accuracy=False,
                     **FAST)
     first, second = comparison.records[1], again.records[0]
     assert second.path == first.path
@@ -116,9 +132,18 @@ def test_a_second_compare_reuses_builds_and_reference_logits_and_gets_the_same_a
         assert getattr(second, key) == getattr(first, key)
 
 
+def test_compare_itself_keeps_nothing_the_cli_saves_the_rows(comparison: Comparison, tiny_model: Path):
+    from ggprec.store import Store
+
+    with Store() as store:
+        before = len(store.query(kind="compare"))
+        compare(tiny_model, ["q8_0"], baseline="q8_0", reference="f32", **FAST)
+        assert len(store.query(kind="compare")) == before
+
+
 def test_a_second_compare_reuses_the_accuracy_of_unchanged_inputs_but_measures_speed_again(
         comparison: Comparison, tiny_model: Path):
-    again = compare(tiny_model, ["q8_0"], baseline="q8_0", reference="f32", record=False, **FAST)
+    again = compare(tiny_model, ["q8_0"], baseline="q8_0", reference="f32", **FAST)
     assert again.records[0].accuracy_cached is True
     assert again.records[0].kld_mean == comparison.records[1].kld_mean
     assert again.records[0].tg_tps > 0

@@ -29,7 +29,7 @@ TINY_CTX = 32  # tiny-model windows: 15 scored positions each
 def reference_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets an empty reference-logits cache of its own."""
     cache = tmp_path / "reference-logits"
-    monkeypatch.setattr(ev, "reference_cache_dir", lambda: cache)
+    monkeypatch.setattr(ev.reference, "reference_cache_dir", lambda: cache)
     return cache
 
 
@@ -123,12 +123,12 @@ def test_a_model_against_itself_gives_kld_zero_and_full_top1(tiny_model: Path):
 
 def test_second_eval_reuses_the_cached_reference_with_identical_figures(tiny_model: Path, tiny_model_f32: Path,
                                                                         reference_cache: Path):
-    runs = ev.reference_runs
+    runs = ev.reference.reference_runs
     first = _eval_tiny(tiny_model, tiny_model_f32)
-    assert ev.reference_runs == runs + 1 and not first.reference_cached
+    assert ev.reference.reference_runs == runs + 1 and not first.reference_cached
     assert len(list(reference_cache.glob("*.npy"))) == 1
     second = _eval_tiny(tiny_model, tiny_model_f32)
-    assert ev.reference_runs == runs + 1 and second.reference_cached
+    assert ev.reference.reference_runs == runs + 1 and second.reference_cached
     assert {**first.to_dict(), "reference_cached": True} == second.to_dict()  # reproducible to the last bit
     assert first.kld_mean > 0.0  # f16 weights against f32 do differ a little
 
@@ -149,10 +149,10 @@ def test_same_vocabulary_size_but_different_tokenizer_is_refused_before_any_infe
                                                                                        tmp_path: Path):
     # SmolLM2's shape and vocabulary size, but ggprec's synthetic byte-pair tokenizer; weights left as a hole.
     other = write_synth(tmp_path / "synth-smollm2.gguf", shape_for("smollm2-135m"), dtype="f16", sparse=True)
-    runs = ev.reference_runs
+    runs = ev.reference.reference_runs
     with pytest.raises(GgprecError, match="different tokenizers"):
         ev.evaluate(other, demo_model, settings=TWO_THREADS)
-    assert ev.reference_runs == runs
+    assert ev.reference.reference_runs == runs
 
 
 def test_text_too_short_for_one_window_is_refused(tiny_model: Path):

@@ -133,13 +133,15 @@ def test_every_schema_key_is_documented() -> None:
 # --- fast start ----------------------------------------------------------------------------------
 
 HEAVY = ("llama_cpp", "numpy", "rich", "gguf", "matplotlib")
+# ggprec modules only some commands need: the CLI's choices for --kind and --preset are read when used.
+OTHER_COMMANDS = ("ggprec.records", "ggprec.synth", "ggprec.store")
 
 
-def modules_imported_by(*args: str) -> list[str]:
+def modules_imported_by(*args: str, watch: tuple[str, ...] = HEAVY) -> list[str]:
     code = (
         "import sys\nfrom ggprec.cli import main\n"
         f"try:\n    main({list(args)!r})\nexcept SystemExit:\n    pass\n"
-        f"print('imported:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
+        f"print('imported:' + ','.join(m for m in {watch!r} if m in sys.modules), file=sys.stderr)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     last = done.stderr.strip().splitlines()[-1]
@@ -153,6 +155,15 @@ def test_help_imports_no_heavy_module() -> None:
 
 def test_inspect_json_imports_no_heavy_module(tiny_model: Path) -> None:
     assert modules_imported_by("inspect", "--json", str(tiny_model)) == []
+
+
+def test_inspect_imports_no_module_of_other_commands(tiny_model: Path) -> None:
+    assert modules_imported_by("inspect", "--json", str(tiny_model), watch=OTHER_COMMANDS) == []
+
+
+def test_a_lazily_read_choice_still_refuses_an_unknown_name_in_one_line() -> None:
+    r = CliRunner().invoke(main, ["history", "--kind", "bogus"])
+    assert r.exit_code == 2 and "'bogus' is not one of 'run'," in r.output
 
 
 # --- bad input: one line on stderr, exit code 2, no traceback ------------------------------------

@@ -338,7 +338,7 @@ def test_cli_prints_every_front_row_in_json_and_writes_profile_and_tensor_type_f
     assert doc["schema"] == 1
     assert set(doc["front"][0]) == {"bits_per_weight", "kv_type", "n_gpu_layers", "n_cpu_moe", "gpu_bytes",
                                     "ram_bytes", "expected_kld", "tg_tps", "pp_tps", "as_is", "loss_source", "chosen",
-                                    "shown"}
+                                    "shown", "tensor_split"}
     assert load_profile(str(out)).runtime.n_gpu_layers == 33
     ttf = tmp_path / "p.tensor-types.txt"
     assert doc["llama_cpp"]["tensor_type_file"] == str(ttf)

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import pytest
 
-from ggprec.device_plan import HOST, plan_devices
+from ggprec.device_plan import HOST, plan_devices, server_lines
 from ggprec.errors import GgprecError
 from ggprec.ggml_types import lookup
 from ggprec.gguf_info import ModelInfo, read_gguf
-from ggprec.layer_split import OffloadDevice, assign_layers
-from ggprec.recommend_devices import fit_split, parse_budgets, resolve_budgets
+from ggprec.layer_split import OffloadDevice, assign_layers, layer_devices
+from ggprec.memory import predict
+from ggprec.recommend import Recommendation, recommend
+from ggprec.recommend.commands import llama_commands
+from ggprec.recommend_devices import (
+    DeviceBudget,
+    fit_split,
+    parse_bandwidths,
+    parse_budgets,
+    parse_rpc_budgets,
+    resolve_budgets,
+    rpc_budgets,
+)
 from ggprec.settings import RuntimeSettings
+from ggprec.speed import load_speed_model
 from ggprec.synth import PRESETS, write_synth
 from ggprec.units import GIB
 
@@ -102,3 +114,99 @@ def test_a_budget_for_an_unknown_device_is_one_line() -> None:
     with pytest.raises(GgprecError, match="--budget 'CUDA7': no such device; devices: RPC0, host"):
         resolve_budgets([OffloadDevice("RPC0", "RPC0[a:1]", GIB)], {"CUDA7": 3}, None)
 
+
+
+# --- recommend across devices: split, types and KV chosen together, every device checked -----------------
+
+def declared(index: int, endpoint: str, gib: float, gbps: float | None = None) -> DeviceBudget:
+    """An RPC server planned from its declared memory (the hosts of these shapes do not exist here)."""
+    return DeviceBudget(OffloadDevice(f"RPC{index}", f"RPC0[{endpoint}]", int(gib * GIB)), endpoint, int(gib * GIB),
+                        False, f"declared {gib:g} GiB", gbps)
+
+
+def assert_every_device_fits(info: ModelInfo, rec: Recommendation, devices: list[DeviceBudget], vram: float,
+                             ram: float) -> None:
+    """memory.predict over the chosen split, recomputed here, within each device's budget less the margin."""
+    offload = [d.device for d in devices] + ([OffloadDevice("CUDA0", "CUDA0", int(vram * GIB))] if vram else [])
+    types = {n: lookup(t) for n, t in rec.tensor_types.items()}
+    pred = predict(info, rec.settings, types, devices=offload)
+    budgets = {d.device.buffer: d.budget for d in devices} | ({"CUDA0": int(vram * GIB)} if vram else {})
+    for buffer, budget in budgets.items():
+        assert pred.device_total(buffer) <= budget - rec.margin, buffer
+    assert pred.resident_host <= int(ram * GIB) - rec.margin
+    held = {d for d in layer_devices(info.hparams.n_layer, rec.settings.n_gpu_layers, offload,
+                                     rec.settings.tensor_split)}
+    assert {row["device"] for row in rec.devices if row["layers"] != "-"} - {HOST} == held - {"CPU"}
+
+
+SPEED = {"host_gbps": 60.0, "gpu_gbps": 900.0}
+
+
+def test_recommend_llama_70b_over_a_24_gib_gpu_a_32_gib_rpc_host_and_64_gib_ram(llama70b: ModelInfo) -> None:
+    devices = [declared(0, "hostA:50052", 32, gbps=900)]
+    rec = recommend(llama70b, 24, 64, ctx=8192, devices=devices, speed_model=load_speed_model(**SPEED))
+    assert_every_device_fits(llama70b, rec, devices, 24, 64)
+    # the chosen weights are more than either device holds: the plan needs the split
+    assert rec.weights_bytes > 32 * GIB and rec.settings.tensor_split and all(rec.settings.tensor_split)
+
+
+def test_a_server_left_empty_at_an_assumed_speed_is_named_with_the_flag_that_sets_it(llama70b: ModelInfo) -> None:
+    """No --rpc-bandwidth: the server reads at this host's rate, here a slow 5 GB/s, so the GPU alone wins."""
+    rec = recommend(llama70b, 24, 64, ctx=8192, devices=[declared(0, "hostA:50052", 32)],
+                    speed_model=load_speed_model(host_gbps=5.0, gpu_gbps=900.0))
+    assert rec.settings.tensor_split == (0.0, 81.0)
+    assert "RPC0 left empty at an assumed speed (this host's): give --rpc-bandwidth hostA:50052=GB/s" in rec.reasons[1]
+
+
+def test_recommend_qwen3_30b_a3b_over_two_rpc_hosts(qwen30b: ModelInfo) -> None:
+    devices = [declared(0, "hostA:50052", 12), declared(1, "hostB:50052", 12)]
+    rec = recommend(qwen30b, 0, 16, ctx=8192, devices=devices, speed_model=load_speed_model(**SPEED))
+    assert_every_device_fits(qwen30b, rec, devices, 0, 16)
+
+
+def test_the_commands_start_each_server_and_give_the_client_the_split(qwen30b: ModelInfo) -> None:
+    devices = [declared(0, "hostA:50052", 12), declared(1, "hostB:50052", 12)]
+    rec = recommend(qwen30b, 0, 16, ctx=8192, devices=devices, speed_model=load_speed_model(**SPEED))
+    cmds = llama_commands(rec, qwen30b)
+    assert cmds.hosts == tuple(server_lines(["hostA:50052", "hostB:50052"]))
+    ts = ",".join(f"{x:g}" for x in rec.settings.tensor_split)
+    assert f"-ngl {rec.settings.n_gpu_layers} " in cmds.server
+    assert cmds.server.endswith(f"--rpc hostA:50052,hostB:50052 -ts {ts}")
+    # -ts as layer counts: llama.cpp's rule gives each device exactly that many layers
+    layers = assign_layers(qwen30b.hparams.n_layer, rec.settings.n_gpu_layers, ["a", "b"],
+                           list(rec.settings.tensor_split))
+    assert [layers.count("a"), layers.count("b")] == [int(x) for x in rec.settings.tensor_split]
+
+
+def test_a_server_that_does_not_answer_is_planned_from_its_declared_budget() -> None:
+    endpoint = f"127.0.0.1:{closed_port()}"
+    [dev] = rpc_budgets(parse_rpc_budgets([f"{endpoint}=32"]))
+    assert (dev.device.buffer, dev.budget, dev.probed) == (f"RPC0[{endpoint}]", 32 * GIB, False)
+    assert dev.source.startswith("declared 32 GiB (not probed: connection refused")
+
+
+def test_a_server_that_does_not_answer_without_a_budget_is_one_line() -> None:
+    endpoint = f"127.0.0.1:{closed_port()}"
+    with pytest.raises(GgprecError, match=f"connection refused .*; to plan for it anyway, declare its memory: "
+                                          f"--rpc {endpoint}=GIB$"):
+        rpc_budgets(parse_rpc_budgets([endpoint]))
+
+
+@pytest.mark.parametrize("bad", ["hostA:50052=", "hostA:50052=0", "hostA:50052=x", "hostA=3"])
+def test_a_malformed_rpc_budget_is_one_line(bad: str) -> None:
+    with pytest.raises(GgprecError, match="expected HOST:PORT"):
+        parse_rpc_budgets([bad])
+
+
+def test_rpc_bandwidth_per_server_or_for_all() -> None:
+    assert parse_bandwidths(["a:1=900", "100"], ["a:1", "b:2"]) == {"a:1": 900.0, "b:2": 100.0}
+    with pytest.raises(GgprecError, match="one of --rpc"):
+        parse_bandwidths(["c:3=5"], ["a:1"])
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -465,6 +465,39 @@ def test_a_fitted_split_runs_within_every_budget(demo_model: Path, servers: tupl
         assert allocated <= budgets[d.buffer] * 1.02, d.buffer
 
 
+@pytest.mark.llama
+@pytest.mark.slow
+def test_recommends_plan_over_two_servers_and_this_host_runs_as_predicted(demo_model: Path,
+                                                                            servers: tuple[str, str]) -> None:
+    """recommend across devices, run for real: the RAM budget is below what the model needs alone, so the plan
+    splits; every RPC buffer llama.cpp allocates is recommend's prediction within 2%, and the run shows an
+    expected tg that charges the hops."""
+    from ggprec.gguf_info import read_gguf
+    from ggprec.quantize import build_variant
+    from ggprec.recommend import recommend, to_profile
+    from ggprec.recommend_devices import parse_rpc_budgets, rpc_budgets
+    from ggprec.runner import run_benchmark
+    from ggprec.speed import load_speed_model
+    from ggprec.units import GIB, MIB
+
+    info = read_gguf(demo_model)
+    devices = rpc_budgets(parse_rpc_budgets([f"{servers[0]}=0.1", f"{servers[1]}=0.16"]))
+    assert [d.probed for d in devices] == [True, True]
+    speed = load_speed_model(host_gbps=20.0)
+    rec = recommend(info, 0, 0.12, ctx=512, margin_mb=4, devices=devices, speed_model=speed)
+    assert rec.settings.rpc_servers == servers and all(rec.settings.tensor_split)
+    for d in rec.devices[:-1]:  # every server within its budget, by the prediction
+        assert d["predicted_bytes"] <= d["budget_bytes"] - 4 * MIB, d["device"]
+    assert rec.host_total <= 0.12 * GIB - 4 * MIB
+    model = demo_model if rec.as_is else build_variant(demo_model, to_profile(rec), threads=2)
+    r = run_benchmark(model, rec.settings.with_overrides(n_threads=1), pp=8, tg=8, reps=1, speed_model=speed)
+    rpc_keys = [k for k in r.allocation.buffers if "RPC" in k]
+    assert len(rpc_keys) == 6  # model, KV and compute on each server
+    for key in rpc_keys:
+        assert abs(rec.buffers[key] - r.allocation.buffers[key]) <= 0.02 * r.allocation.buffers[key], key
+    assert r.expected_tg_tps is not None and "each RPC hop" in (r.expected_tg_source or "")
+
+
 def _sleeps(seconds: float, report: object = None) -> str:
     time.sleep(seconds)
     return "done"
@@ -545,6 +578,14 @@ def test_device_options_offload_everything_unless_ngl_says_otherwise() -> None:
     assert device_overrides((), None, None) == {}
 
 
+def test_split_mode_row_is_refused_in_one_line_with_the_reason(demo_model: Path) -> None:
+    r = CliRunner().invoke(main, ["plan", str(demo_model), "-p", "q8_0", "--rpc", f"{LOOPBACK}:1", "-sm", "row"])
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines() == ["ggprec: error: -sm row: llama.cpp's RPC devices have no split buffer "
+                                             "type (llama.cpp refuses row split over RPC), and ggprec does not "
+                                             "predict row split across local GPUs; use -sm layer"]
+
+
 def test_plan_names_layer_ranges_and_prints_every_hosts_command() -> None:
     from ggprec.device_plan import DevicePlan, commands, layer_ranges
     from ggprec.settings import RuntimeSettings
@@ -585,7 +626,7 @@ def test_llama_cpp_assigns_the_layers_layer_split_predicts(demo_model: Path, ser
 @pytest.mark.llama
 def test_without_rpc_in_the_build_every_rpc_command_names_the_fix(monkeypatch: pytest.MonkeyPatch, demo_model: Path,
                                                                   tmp_path: Path) -> None:
-    monkeypatch.setattr(rpc, "supports_rpc", lambda: False)
+    monkeypatch.setattr(rpc.backend, "supports_rpc", lambda: False)  # require_rpc asks its own module
     for args in (["run", str(demo_model), "--rpc", f"{LOOPBACK}:1", "--db", str(tmp_path / "h.db")],
                  ["eval", str(demo_model), "--reference", str(demo_model), "--rpc", f"{LOOPBACK}:1",
                   "--db", str(tmp_path / "h.db")],

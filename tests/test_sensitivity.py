@@ -34,8 +34,14 @@ def sens_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sensitivity(tiny_model_f32: Path, sens_db: Path, tmp_path_factory: pytest.TempPathFactory
                      ) -> SensitivityResult:
+    """Measured and kept in the history as the CLI keeps it (history.save_sensitivity)."""
+    from ggprec.history import save_sensitivity
+
     heat = tmp_path_factory.mktemp("heat") / "sens.png"
-    return measure_sensitivity(tiny_model_f32, heatmap=heat, db=sens_db, also=("q8_0",), **FAST)
+    res = measure_sensitivity(tiny_model_f32, heatmap=heat, db=sens_db, also=("q8_0",), **FAST)
+    with Store(sens_db) as store:
+        save_sensitivity(store, res)
+    return res
 
 
 def test_role_grouping_is_one_group_per_role_plus_the_tied_head(tiny_model_f32: Path) -> None:
@@ -58,7 +64,7 @@ def test_every_group_is_measured_with_the_bytes_llama_cpp_saves(tiny_sensitivity
 
 def test_the_same_measurement_repeated_gives_the_same_ranking(tiny_sensitivity: SensitivityResult,
                                                                tiny_model_f32: Path) -> None:
-    again = measure_sensitivity(tiny_model_f32, store=False, **FAST)
+    again = measure_sensitivity(tiny_model_f32, **FAST)
     assert again.ranking() == tiny_sensitivity.ranking()
 
 
@@ -82,7 +88,7 @@ def test_a_further_probe_type_is_measured_for_every_group_and_costs_less_kld(
 def test_reuse_runs_only_the_passes_not_stored_and_takes_the_rest_from_the_history(
         tiny_sensitivity: SensitivityResult, tiny_model_f32: Path, sens_db: Path) -> None:
     run: list[str] = []
-    again = measure_sensitivity(tiny_model_f32, db=sens_db, store=False, also=("q8_0", "q5_0"), reuse=True,
+    again = measure_sensitivity(tiny_model_f32, db=sens_db, also=("q8_0", "q5_0"), reuse=True,
                                 progress=lambda key, i, n: run.append(key), **FAST)
     assert run == [f"{g.key} at q5_0" for g in again.groups] + ["done"]
     assert [(g.kld, g.kld_se, g.kld_at["q8_0"]) for g in again.groups] == \
@@ -98,7 +104,7 @@ def test_heatmap_is_a_png_with_a_row_per_role(tiny_sensitivity: SensitivityResul
 
 def test_a_quantized_model_is_refused_with_a_one_line_error(demo_model: Path) -> None:
     with pytest.raises(GgprecError, match="holds quantized weights"):
-        measure_sensitivity(demo_model, store=False)
+        measure_sensitivity(demo_model)
 
 
 def test_cli_rejects_an_unknown_probe_type_with_exit_2(tiny_model_f32: Path) -> None:
@@ -131,12 +137,13 @@ def test_verify_quantizes_the_recommended_plan_and_measures_its_kld(tiny_sensiti
 def test_imatrix_quantizes_every_pass_and_is_kept_with_the_run(tiny_model_f32: Path, tiny_imatrix_file: Path,
                                                                tiny_sensitivity: SensitivityResult,
                                                                sens_db: Path) -> None:
-    from ggprec.store import Store
+    from ggprec.history import save_sensitivity
 
     res = measure_sensitivity(tiny_model_f32, db=sens_db, imatrix_path=tiny_imatrix_file, reuse=True, **FAST)
     plain = {g.key: g.kld for g in tiny_sensitivity.groups}
     assert any(g.kld != plain[g.key] for g in res.groups if g.key != "token_embd")  # measured anew, with it
     assert res.notes[-1] == f"every pass quantized with the importance matrix {tiny_imatrix_file}"
     with Store(sens_db) as s:
-        row = next(r for r in s.query(kind="sensitivity") if r.id == res.record_id)
+        row_id = save_sensitivity(s, res, None, str(tiny_imatrix_file))
+        row = next(r for r in s.query(kind="sensitivity") if r.id == row_id)
     assert row.settings["imatrix_sha256"] is not None

@@ -36,8 +36,7 @@ def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chun
     """KL divergence, top-1 agreement and perplexity of MODEL against --reference (llama-perplexity's method);
     keep the result."""
     from ..evaluate import evaluate, read_text
-    from ..hardware import fingerprint
-    from ..hashing import model_sha256
+    from ..history import save_eval
     from ..printers import record_table
     from ..records import EvalRecord
     from ..settings import RuntimeSettings
@@ -53,17 +52,12 @@ def eval_cmd(model: str, reference: str, text_file: str | None, n_ctx: int, chun
             **device_overrides(rpc_servers, tensor_split, device, split_mode, main_gpu, ngl))
         result = evaluate(model, reference, text=text, n_ctx=n_ctx, chunks=chunks, settings=settings,
                           progress=progress)
-        record = EvalRecord.from_result(result)
-        devices = {k: v for k, v in settings.to_dict().items()
-                   if k in ("n_gpu_layers", "rpc_servers", "tensor_split", "devices") and v}
-        record_id = store.record(record, model_path=model, model_sha256=model_sha256(model),
-                                 settings={"n_ctx": n_ctx, "chunks": chunks, "n_threads": n_threads, **devices},
-                                 hardware=fingerprint())
+        record_id = save_eval(store, result, model, settings.to_dict(), chunks)
     if as_json:
         print_json(result.to_dict())
         return
     r = result
-    console().print(record_table(record, title=f"{model} vs {reference}",
+    console().print(record_table(EvalRecord.from_result(result), title=f"{model} vs {reference}",
                                   caption=f"{r.n_tokens} tokens scored in {r.n_chunks} windows of {r.n_ctx}"
                                           f"{'; reference from cache' if r.reference_cached else ''}; "
                                           f"history row {record_id}"))
@@ -76,7 +70,13 @@ def _bar(title: str, as_json: bool) -> Any:
     return terminal_bar(title) if sys.stderr.isatty() and not as_json else contextlib.nullcontext()
 
 
-def _print_comparison(result: Any, as_json: bool) -> None:
+def _keep_and_print(result: Any, as_json: bool) -> None:
+    """One history row per profile (all or none), then the table or the JSON document."""
+    from ..history import save_comparison
+    from ..store import Store
+
+    with Store() as store:
+        save_comparison(store, result)
     if as_json:
         print_json(result.to_dict(), schema=1)
         return
@@ -122,7 +122,7 @@ def compare_cmd(source: str, profile_list: str, baseline: str, reference: str, o
         result = compare(source, profile_list.split(","), baseline=baseline, reference=reference, out_dir=out_dir,
                          pp=pp, tg=tg, reps=reps, n_ctx=n_ctx, chunks=chunks, threads=threads, text=text,
                          progress=progress, devices=devices, imatrix=imatrix)
-    _print_comparison(result, as_json)
+    _keep_and_print(result, as_json)
 
 
 @main.command("demo")
@@ -135,4 +135,4 @@ def demo_cmd(out_dir: str | None, as_json: bool) -> None:
 
     with _bar("demo", as_json) as progress:
         result = demo(out_dir, progress=progress)
-    _print_comparison(result, as_json)
+    _keep_and_print(result, as_json)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .distributed import recommend_device_options, recommend_devices_given
 from .shell import console, db_option, main, model_argument, print_json, speed_model
 
 # --- memory: recommend (issue 6) ---------------------------------------------------------------
@@ -41,13 +42,15 @@ from .shell import console, db_option, main, model_argument, print_json, speed_m
 @click.option("--chunks", type=int, default=4, show_default=True, help="Evaluation windows for --verify.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (every row of the front).")
 @click.option("--no-store", is_flag=True, help="Do not record the chosen plan in the history.")
+@recommend_device_options
 @db_option
 def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, min_tps: float | None,
               max_kld: float | None, margin: float, bands: int, gpu_bandwidth: float | None,
               host_bandwidth: float | None, priors: bool, loss_mode: str, imatrix: str | None, output: str | None,
               force: bool,
               verify: bool,
-              reference: str | None, chunks: int, as_json: bool, no_store: bool, db: str | None) -> None:
+              reference: str | None, chunks: int, as_json: bool, no_store: bool, db: str | None,
+              rpc_servers: tuple[str, ...] = (), rpc_bandwidth: tuple[str, ...] = ()) -> None:
     """The quality/speed front of plans (weight types per group, KV cache, GPU layers) that fit VRAM/RAM, and
     the one the goal picks, with the llama.cpp commands that make and run it."""
     from .. import recommend as rec_mod
@@ -64,6 +67,7 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
         check_output(output, force=force, source=model)
         check_output(tensor_type_file_for(output), force=force, source=model)
     info = read_gguf(model)
+    devices = recommend_devices_given(rpc_servers, rpc_bandwidth)  # probed (or declared) before any long work
     imatrix = recommend_imatrix(model, imatrix, notice=lambda m: click.echo(f"ggprec: {m}", err=True))
     if imatrix is not None:
         rec_mod.check_imatrix_file(imatrix, info)
@@ -75,17 +79,19 @@ def recommend(model: str, vram: float, ram: float | None, ctx: int, goal: str, m
     rec = rec_mod.recommend(info, vram, ram, ctx=ctx, goal=goal, margin_mb=margin, n_bands=bands,
                             sensitivity=sens, gpu_gbps=gpu_bandwidth, host_gbps=host_bandwidth, min_tps=min_tps,
                             max_kld=max_kld, kv_measured=kv_measured, imatrix=imatrix,
-                            speed_model=speed_model(host_bandwidth, gpu_bandwidth, db), proxy=proxy)
+                            speed_model=speed_model(host_bandwidth, gpu_bandwidth, db), devices=devices,
+                            proxy=proxy)
     commands = llama_commands(rec, info, tensor_type_file_for(output) if output else None)
     verified = recommend_verify.verify(rec, model, reference, chunks=chunks) if verify else None
     if output:
         atomic_write_text(output, profile_to_yaml(rec_mod.to_profile(rec)), force=True)
         atomic_write_text(commands.tensor_type_file, commands.tensor_type_text(), force=True)
     if not no_store:
+        from ..history import save_recommendation
         from ..store import Store
 
         with Store(db) as store:
-            recommend_verify.record_recommendation(rec, store, verified, output)
+            save_recommendation(store, rec, verified, output)
     if as_json:
         print_json({**rec.to_dict(), "llama_cpp": commands.to_dict(), "verified": verified, "profile": output})
     else:
@@ -164,9 +170,15 @@ def sensitivity(model: str, reference: str | None, probe_type: str, also: tuple[
             click.echo(f"[{done}/{total}] {key}", err=True)
 
     res = measure_sensitivity(model, reference, probe_type=probe_type, grouping=grouping, text=text, n_ctx=ctx,
-                              chunks=chunks, n_bands=bands, threads=threads, store=not no_store,
+                              chunks=chunks, n_bands=bands, threads=threads,
                               heatmap=heatmap, progress=progress, also=also,
                               also_grouping=also_grouping, reuse=reuse, db=db, imatrix_path=imatrix_path)
+    if not no_store:
+        from ..history import save_sensitivity
+        from ..store import Store
+
+        with Store(db) as store:
+            save_sensitivity(store, res, text, imatrix_path)
     if as_json:
         print_json(res.to_dict())
     else:

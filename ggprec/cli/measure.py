@@ -7,11 +7,16 @@ from typing import Any
 
 import click
 
-from ..records import KINDS  # stdlib only: keeps `ggprec --help` fast
 from .distributed import device_options, device_overrides
-from .shell import console, db_option, main, model_argument, print_json, runtime_options, runtime_overrides
+from .shell import LazyChoice, console, db_option, main, model_argument, print_json, runtime_options, runtime_overrides
 
 # --- measuring: run, history (issue 4) ---------------------------------------------------------
+
+
+def _kinds() -> tuple[str, ...]:
+    from ..records import KINDS
+
+    return KINDS
 
 @main.command()
 @model_argument
@@ -33,8 +38,9 @@ def run(model: str, profile_name: str | None, rpc_servers: tuple[str, ...], tens
         prompt: str | None, n_predict: int, as_json: bool, db: str | None, **options: Any) -> None:
     """Measure prompt and generation speed (tok/s) and allocated memory, like llama-bench; keep the result."""
     from ..hardware import fingerprint
+    from ..history import save_run
     from ..printers import render_run, run_document
-    from ..runner import record_run, run_with_profile
+    from ..runner import run_with_profile
     from ..store import Store
 
     store = Store(db)  # opened first: a bad history path fails before minutes of measuring
@@ -51,7 +57,7 @@ def run(model: str, profile_name: str | None, rpc_servers: tuple[str, ...], tens
         click.echo(f"ggprec: notice: {notice}", err=True)
     hardware = fingerprint()
     with store:
-        record_id = record_run(store, done, hardware)
+        record_id = save_run(store, done, hardware)
     if as_json:
         print_json(run_document(done, record_id, hardware))
     else:
@@ -88,7 +94,7 @@ def calibrate(types: str | None, quick: bool, threads: int | None, as_json: bool
 @main.command()
 @click.option("--model", help="Only rows of this model (path, file name or sha256 prefix).")
 @click.option("--profile", help="Only rows of this profile (name or content-hash prefix).")
-@click.option("--kind", type=click.Choice(KINDS), help="Only this kind.")
+@click.option("--kind", type=LazyChoice(_kinds), help="Only this kind.")
 @click.option("--limit", type=int, help="At most this many rows, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema in docs/json.md).")
 @db_option

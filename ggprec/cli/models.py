@@ -8,9 +8,9 @@ from typing import Any
 import click
 
 from ..errors import GgprecError
-from ..synth import PRESETS  # a table of shapes, no heavy imports
 from .distributed import device_options, device_overrides
 from .shell import (
+    LazyChoice,
     console,
     db_option,
     machine_options,
@@ -24,6 +24,12 @@ from .shell import (
 )
 
 # --- models: inspect, synth, demo-model ------------------------------------------------------
+
+
+def _presets() -> list[str]:
+    from ..synth import PRESETS
+
+    return list(PRESETS)
 
 
 @main.command()
@@ -44,7 +50,7 @@ def inspect(model: str, tensors: bool, as_json: bool) -> None:
 
 @main.command()
 @click.argument("output", type=click.Path(path_type=str))
-@click.option("--preset", type=click.Choice(list(PRESETS)),
+@click.option("--preset", type=LazyChoice(_presets),
               default="tiny", show_default=True, help="A real model's shape (the last five: mixtures of experts).")
 @click.option("--type", "dtype", type=click.Choice(["f32", "f16", "bf16"]), default="f16", show_default=True)
 @click.option("--layers", type=int, help="Override the number of layers.")

@@ -16,6 +16,25 @@ from ..errors import GgprecError
 EXIT_BAD_INPUT = 2
 
 
+class LazyChoice(click.Choice):
+    """A Choice whose names are read from `load()` when first needed (a value to check, the help), so that
+    defining a command does not import the module that holds them (`ggprec inspect` starts faster)."""
+
+    def __init__(self, load: Any) -> None:
+        self._load, self._names = load, None
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self._names is None:
+            self._names = tuple(self._load())
+        return self._names
+
+    @choices.setter
+    def choices(self, _: Any) -> None:  # Choice.__init__ assigns them: the loader is the source
+        pass
+
+
 class Group(click.Group):
     """The command group: every command runs under interrupts.guard(), and every way it can fail on bad
     input or a signal ends in exactly one line on stderr: `ggprec: error: ...` with exit code 2 (a

@@ -3,6 +3,7 @@ plan as a Profile, verified with llama.cpp on request; the file-size variant use
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..devices import GPU
 from ..errors import GgprecError
 from ..ggml_types import lookup
 from ..gguf_info import ModelInfo
@@ -20,6 +22,8 @@ from .groups import make_groups
 from .knapsack import options_for, solve
 from .loss import UNCHANGED, LossModel, ProxyEstimate, prior_loss_model, proxy_tensor_loss, sensitivity_loss_model
 from .search import (
+    BUDGET_HOST,
+    Budgets,
     Predictor,
     SecondsPerByte,
     Walk,
@@ -27,15 +31,24 @@ from .search import (
     default_predict,
     is_gpu,
     placements,
+    split_placements,
     totals,
+    type_levels,
     walk_placement,
 )
+from .split import describe_split, split_devices, split_text
 
 METHOD = ("every placement (KV type x n_gpu_layers, x n_cpu_moe for MoE) swept from its smallest to its least-loss "
           "mix: a multiple-choice knapsack per device (groups x candidate types, bytes = cost, expected KLD = loss) "
           "whose upgrades are taken in order of loss saved per second of decode time; the Pareto front of all "
           "plans; memory checked with memory.predict")
 
+
+METHOD_SPLIT = ("every placement (KV type x the most offloaded split, -ngl and -ts, that fits every device at each of "
+                "6 weight levels) swept from its smallest to its least-loss mix: a multiple-choice knapsack per device "
+                "under that device's budget, upgrades taken in order of loss saved per second of decode time (each "
+                "device's bytes at its rate, each RPC hop charged); the Pareto front of all plans; every device "
+                "checked with memory.predict over the split")
 
 JSON_SCHEMA = 1  # `recommend --json` (docs/json.md)
 
@@ -73,6 +86,10 @@ class Recommendation:
     method: str = METHOD
     imatrix: str | None = None  # the importance matrix the plan is quantized with (`--imatrix`)
     quantized_source: bool = False  # some weight of the source is already quantized
+    # A split over several devices (RPC servers, the local GPU, this host): each device with its budget and
+    # where that came from, what memory.predict gives it under the chosen plan (device_plan.DevicePlan).
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    device_plan: Any = None
 
     @property
     def row(self) -> FrontRow:
@@ -98,7 +115,7 @@ class Recommendation:
             "rule": self.rule, "loss_source": self.loss_source, "method": self.method, "reasons": self.reasons,
             "plans_searched": self.searched, "imatrix": self.imatrix, "quantized_source": self.quantized_source,
             "as_is": self.as_is,
-        }
+        } | ({"devices": self.devices} if self.devices else {})  # a split only (docs/json.md)
 
 
 def system_ram_gib() -> float:
@@ -136,26 +153,32 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
               host_gbps: float | None = None, predictor: Predictor | None = None, min_tps: float | None = None,
               max_kld: float | None = None, speed_model: Any = None, kv_measured: dict[str, Any] | None = None,
               imatrix: str | os.PathLike[str] | None = None, estimator: Any = None,
-              proxy: ProxyEstimate | None = None) -> Recommendation:
+              devices: Sequence[Any] = (), proxy: ProxyEstimate | None = None) -> Recommendation:
     """The front of plans that fit vram_gb (GiB) of GPU memory and ram_gb (GiB; default this machine's RAM)
     with margin_mb (MiB) to spare on each, and the row the goal (or min_tps / max_kld) picks. Raises
     NoFitError when nothing fits. kv_measured: kv_loss.measure_kv_loss of the model (wins over the KV prior).
     imatrix: an importance-matrix file the plan will be quantized with (its types join the candidates).
     estimator: a loss.TensorLoss pricing the unmeasured tensors instead of the priors. proxy: the error proxy
     fitted to this model (ggprec.proxy.recommend_proxy, measured by the caller): it prices the unmeasured
-    tensors (the priors where it has no figure), and its change floor is paid once by every changed plan."""
+    tensors (the priors where it has no figure), and its change floor is paid once by every changed plan.
+    devices: recommend_devices.DeviceBudgets of RPC servers (probed or declared): the model is split over
+    them, then the local GPU (vram_gb, when > 0), then this host, as llama.cpp orders them; each has its
+    own budget, and the split (-ngl, -ts) is chosen with the types and the KV cache."""
     if goal not in GOALS:
         raise GgprecError(f"goal must be one of {', '.join(GOALS)}, not '{goal}'")
     validate(vram_gb, ram_gb, ctx, margin_mb, n_bands, min_tps, max_kld, gpu_gbps, host_gbps)
-    predict = predictor or default_predict
     vram = int(vram_gb * GIB)
     ram = int((ram_gb if ram_gb is not None else system_ram_gib()) * GIB)
     margin = int(margin_mb * MIB)
+    offload = split_devices(devices, vram)
+    budgets: Budgets = {BUDGET_HOST: ram} | ({GPU: vram} if vram else {}) | {d.device.buffer: d.budget
+                                                                             for d in devices}
+    predict = predictor or (functools.partial(default_predict, devices=offload) if offload else default_predict)
     if speed_model is None:
         from ..speed import load_speed_model
 
         speed_model = load_speed_model(host_gbps=host_gbps, gpu_gbps=gpu_gbps)
-    speed = speed_model
+    speed = speed_model.with_devices({d.device.buffer: d.gbps for d in devices if d.gbps}) if devices else speed_model
     spb = SecondsPerByte(speed)
     base_groups = make_groups(info, n_bands)
     if not base_groups:
@@ -171,15 +194,20 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
 
     walks: list[Walk] = []
     smallest: list[tuple[int, int]] = []  # (gpu, host) bytes of the smallest plan of each placement
-    for settings in placements(info, ctx, vram):
-        w = walk_placement(info, settings, base_groups, losses, vram, ram, margin, predict, spb, smallest)
+    if offload:
+        base = RuntimeSettings(rpc_servers=tuple(dict.fromkeys(d.endpoint for d in devices)))
+        candidates = split_placements(info, ctx, offload, budgets, margin, type_levels(base_groups, losses), base)
+    else:
+        candidates = placements(info, ctx, vram)
+    for settings in candidates:
+        w = walk_placement(info, settings, base_groups, losses, budgets, margin, predict, spb, smallest, offload)
         if w is not None:
             walks.append(w)
     if not walks:
-        raise NoFitError(_no_fit_message(smallest, vram, ram, margin))
-    front, searched = _front(info, walks, speed, vram, ram, margin, predict, spb, losses.change_floor)
+        raise NoFitError(_no_fit_message(smallest, vram, ram, margin, offload))
+    front, searched = _front(info, walks, speed, budgets, margin, predict, spb, losses.change_floor)
     if not front:
-        raise NoFitError(_no_fit_message(smallest, vram, ram, margin))
+        raise NoFitError(_no_fit_message(smallest, vram, ram, margin, offload))
     speed_max = sum(losses.type_loss(g, lookup("q4_k") if g.accepts(lookup("q4_k")) else lookup("q4_0"))
                     for g in base_groups)
     chosen, rule = choose(front, goal, min_tps, max_kld, speed_max, quantized_source)
@@ -190,6 +218,10 @@ def recommend(info: ModelInfo, vram_gb: float, ram_gb: float | None = None, ctx:
     _add_pp(info, walks, front, shown, speed)
     rec = _recommendation(info, walks, front, chosen, shown, rule, goal, vram, ram, margin, losses, speed,
                           predict, searched)
+    if offload:
+        describe_split(rec, info, devices, offload, budgets, speed, walks[front[chosen].walk])
+        rec.method = METHOD_SPLIT
+        rec.reasons = _reasons(info, rec, walks, losses)
     rec.imatrix = None if imatrix is None else str(imatrix)
     rec.quantized_source = quantized_source
     if quantized_source:
@@ -211,7 +243,7 @@ def _as_is_reason(rec: Recommendation) -> str:
             f"{c.tg_tps / r.tg_tps:.2f}x as fast for expected KLD {c.expected_kld:.4f} ({c.loss_source})")
 
 
-def _front(info: ModelInfo, walks: list[Walk], speed: Any, vram: int, ram: int, margin: int, predict: Predictor,
+def _front(info: ModelInfo, walks: list[Walk], speed: Any, budgets: Budgets, margin: int, predict: Predictor,
            spb: SecondsPerByte, change_floor: float = 0.0) -> tuple[list[FrontRow], int]:
     """The Pareto front of every walk's plans, fastest first, after checking with memory.predict each walk
     that has a plan on it (a walk changed by its check can change the front: repeat until none does). A plan
@@ -226,7 +258,7 @@ def _front(info: ModelInfo, walks: list[Walk], speed: Any, vram: int, ram: int, 
             break
         for wi in todo:
             checked.add(wi)
-            if not check_walk(walks[wi], info, vram, ram, margin, predict, spb):
+            if not check_walk(walks[wi], info, budgets, margin, predict, spb):
                 walks[wi].points.clear()
                 walks[wi].steps.clear()
     rows = sorted((_row(info, walks, wi, n, speed, change_floor) for _, _, wi, n in best),
@@ -267,11 +299,20 @@ def _row(info: ModelInfo, walks: list[Walk], wi: int, n: int, speed: Any, change
     return FrontRow(bits_per_weight=8 * weight_bytes / max(n_params, 1), kv_type=w.settings.cache_type_k,
                     n_gpu_layers=w.settings.n_gpu_layers, n_cpu_moe=w.settings.n_cpu_moe,
                     gpu_bytes=gpu, ram_bytes=ram, expected_kld=loss,
-                    tg_tps=speed.tg_tps(w.reads(choice, info), w.layers), walk=wi, steps=n, as_is=as_is,
-                    loss_source=loss_source)
+                    tg_tps=speed.tg_tps(w.reads(choice, info), w.layers, hops=w.hops), walk=wi, steps=n, as_is=as_is,
+                    loss_source=loss_source, tensor_split=tuple(w.settings.tensor_split or ()))
 
 
-def _no_fit_message(smallest: list[tuple[int, int]], vram: int, ram: int, margin: int) -> str:
+def _no_fit_message(smallest: list[tuple[int, int]], vram: int, ram: int, margin: int,
+                    offload: Sequence[Any] = ()) -> str:
+    if offload and not smallest:
+        return (f"no split over {', '.join(d.name for d in offload)} and {size_text(ram)} RAM fits even the "
+                f"smallest mix with a {margin / MIB:.0f} MiB margin on each device")
+    if offload:
+        need = min(smallest, key=lambda s: (max(s[1] + margin - ram, 0), s[0]))
+        return (f"nothing fits the devices ({', '.join(d.name for d in offload)}) and {size_text(ram)} RAM with a "
+                f"{margin / MIB:.0f} MiB margin; the smallest plan needs {size_text(need[0] + margin)} on the "
+                f"devices together and {size_text(need[1] + margin)} RAM")
     need = min(smallest, key=lambda s: (max(s[1] + margin - ram, 0), s[0]))
     return (f"nothing fits {size_text(vram)} VRAM + {size_text(ram)} RAM with a {margin / MIB:.0f} MiB "
             f"margin; the smallest plan needs {size_text(need[0] + margin)} VRAM and "
@@ -291,9 +332,10 @@ def _recommendation(info: ModelInfo, walks: list[Walk], front: list[FrontRow], c
     groups = []
     for g, dev, opts, k in zip(w.groups, w.devices, w.options, choice, strict=True):
         o = opts[k]
+        where = (dev if is_gpu(dev) else "host") if w.devices_of_split else "gpu" if is_gpu(dev) else "host"
         groups.append({"key": g.key, "role": g.role, "layers": list(g.layers), "type": o.label,
                        "bytes": o.bytes, "expected_kld": o.loss, "source": o.source, "kept": o.kept,
-                       "device": "gpu" if is_gpu(dev) else "host", "tensors": [t.name for t in g.tensors]})
+                       "device": where, "tensors": [t.name for t in g.tensors]})
     kv = w.settings.cache_type_k
     rec = Recommendation(
         model=str(info.path), goal=goal, vram=vram, ram=ram, margin=margin, settings=w.settings,
@@ -320,7 +362,9 @@ def _reasons(info: ModelInfo, rec: Recommendation, walks: list[Walk], losses: Lo
     s = rec.settings
     out = [rec.rule]
     n_cpu_moe = s.n_cpu_moe
-    if rec.vram == 0:
+    if rec.devices:
+        where = split_text(rec)
+    elif rec.vram == 0:
         where = "CPU only (no VRAM given)"
     elif s.n_gpu_layers > n_layer and n_cpu_moe:
         where = f"all layers on the GPU except the routed experts of the first {n_cpu_moe} layers (--n-cpu-moe)"

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..device_plan import server_lines
 from ..settings import ALL_LAYERS
 from ..tensor_overrides import anchored  # the exact pattern ggprec's own quantize passes to llama.cpp
 
@@ -34,6 +35,7 @@ class LlamaCommands:
     quantize: str  # "" where the plan keeps every weight as the source has it: nothing to quantize
     server: str
     cli: str
+    hosts: tuple[str, ...] = ()  # a split over RPC servers: the server to start on each host (device_plan)
 
     def tensor_type_text(self) -> str:
         return "\n".join(self.tensor_type_lines) + "\n"
@@ -75,10 +77,11 @@ def llama_commands(rec: Any, info: Any, tensor_type_file: str | Path | None = No
         requantize |= t.type.name not in ("f32", "f16", "bf16")
         changed |= chosen != t.type.name
         lines.append(f"{anchored(t.name)}={llama_type_name(chosen)}")
+    hosts = tuple(server_lines(rec.settings.rpc_servers))
     if not changed:  # the model as it is: run the source
         run = _run_flags(rec, source)
         return LlamaCommands(tuple(lines), ttf, "", shlex.join(["llama-server", *run]),
-                             shlex.join(["llama-cli", *run]))
+                             shlex.join(["llama-cli", *run]), hosts)
     counts: dict[str, int] = {}
     for v in rec.tensor_types.values():
         counts[v] = counts.get(v, 0) + 1
@@ -89,13 +92,17 @@ def llama_commands(rec: Any, info: Any, tensor_type_file: str | Path | None = No
          *(["--imatrix", str(imatrix)] if imatrix else []), "--tensor-type-file", ttf, source, out, ftype]
     run = _run_flags(rec, out)
     return LlamaCommands(tuple(lines), ttf, shlex.join(q), shlex.join(["llama-server", *run]),
-                         shlex.join(["llama-cli", *run]))
+                         shlex.join(["llama-cli", *run]), hosts)
 
 
 def _run_flags(rec: Any, model: str) -> list[str]:
     s = rec.settings
     flags = ["-m", model, "-c", str(s.n_ctx), "-ngl", str(s.n_gpu_layers), "-ctk", s.cache_type_k,
              "-ctv", s.cache_type_v, "-fa", "on" if s.flash_attn_effective else "off"]
+    if s.rpc_servers:  # a split: llama.cpp offloads to the servers' devices, then the local GPU (-ts in that order)
+        flags += ["--rpc", ",".join(s.rpc_servers)]
+        if s.tensor_split:
+            flags += ["-ts", ",".join(f"{x:g}" for x in s.tensor_split)]
     if s.override_tensor:
         flags += ["-ot", ",".join(f"{pattern}={device}" for pattern, device in s.override_tensor)]
     if s.n_cpu_moe == ALL_LAYERS:

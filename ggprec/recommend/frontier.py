@@ -59,6 +59,7 @@ class FrontRow:
     pp_tps: float | None = None  # expected prompt tok/s, where the speed model has pp figures (shown rows)
     as_is: bool = False  # every weight kept as the source has it (no requantize)
     loss_source: str = ""  # where the expected KLD comes from: measured / proxy: ... / prior: ...
+    tensor_split: tuple[float, ...] = ()  # a split over several devices: -ts (layers per device, in order)
     walk: int = 0  # which placement (index into the search's walks)
     steps: int = 0  # how many upgrades of that placement's walk
 

@@ -32,6 +32,8 @@ def front_rows(rec: Recommendation, n_layer: int) -> list[dict[str, Any]]:
     for i in rec.shown:
         r = rec.front[i]
         layers = f"all {n_layer}" if r.n_gpu_layers > n_layer else f"{r.n_gpu_layers}/{n_layer}"
+        if r.tensor_split:
+            layers = f"-ngl {r.n_gpu_layers} -ts {','.join(f'{x:g}' for x in r.tensor_split)}"
         if r.n_cpu_moe:
             layers += f", experts of {r.n_cpu_moe} in RAM"
         mark = " ".join(m for m in ("->" if i == rec.chosen else "", "as is" if r.as_is else "") if m)
@@ -53,7 +55,8 @@ def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaComma
     from rich.table import Table
 
     s = rec.settings
-    console.print(f"[bold]{rec.model}[/]: goal {rec.goal}, budget {rec.vram / GIB:g} GiB VRAM + "
+    rpc = "".join(f" + {d['name']} {d['budget_bytes'] / GIB:g} GiB" for d in rec.devices if d["endpoint"])
+    console.print(f"[bold]{rec.model}[/]: goal {rec.goal}, budget {rec.vram / GIB:g} GiB VRAM{rpc} + "
                   f"{rec.ram / GIB:.1f} GiB RAM, margin {rec.margin / MIB:g} MiB, ctx {s.n_ctx}")
     rows = front_rows(rec, n_layer)
     front = to_table(rows, front_columns(rows), highlight=lambda r: bool(r["mark"]),
@@ -61,7 +64,9 @@ def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaComma
     console.print(front)
     for r in rec.reasons:
         console.print(f"- {r}")
-    console.print(f"chosen: n_gpu_layers {s.n_gpu_layers}, KV cache {s.cache_type_k}/{s.cache_type_v}"
+    split = (f", -ts {','.join(f'{x:g}' for x in s.tensor_split)} (--rpc {','.join(s.rpc_servers)})"
+             if s.rpc_servers else "")
+    console.print(f"chosen: n_gpu_layers {s.n_gpu_layers}{split}, KV cache {s.cache_type_k}/{s.cache_type_v}"
                   f"{', flash attention' if s.flash_attn_effective else ''}"
                   f"{f', n_cpu_moe {s.n_cpu_moe}' if s.n_cpu_moe else ''}")
     sources = {g["source"] for g in rec.group_types}
@@ -75,6 +80,8 @@ def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaComma
     console.print(t)
     if one_source:
         console.print(f"expected KLD of every group: {next(iter(sources))}")
+    if rec.device_plan is not None:
+        split_table(rec, console)
     b = Table(title="predicted memory (memory.predict)")
     b.add_column("buffer")
     b.add_column("MiB", justify="right")
@@ -93,13 +100,28 @@ def render(rec: Recommendation, console: Any, n_layer: int, commands: LlamaComma
             console.print(f"  {commands.quantize}", soft_wrap=True, markup=False)
         else:
             console.print("  (no llama-quantize: the plan keeps every weight as the model has it)", markup=False)
-        console.print(f"  {commands.server}", soft_wrap=True, markup=False)
+        for line in commands.hosts:
+            console.print(f"  {line}", soft_wrap=True, markup=False)
+        console.print(f"  {'client: ' if commands.hosts else ''}{commands.server}", soft_wrap=True, markup=False)
         where = "" if written else " (-o writes it next to the profile)"
         if commands.quantize:
             console.print(f"  ({len(commands.tensor_type_lines)} anchored name=type lines in "
                           f"{commands.tensor_type_file}{where}; llama-cli takes the same flags)", markup=False)
     if verified:
         console.print(verified_text(verified), markup=False)
+
+
+def split_table(rec: Recommendation, console: Any) -> None:
+    """Each device of a split: its layers and buffers under the chosen plan (memory.predict over the devices),
+    its budget and where that comes from (probed or declared)."""
+    from ..device_plan import HOST
+    from ..device_plan import render as render_devices
+
+    budgets = {(d["device"]): d["budget_bytes"] for d in rec.devices if d["budget_bytes"] is not None}
+    sources = {d["device"]: d["source"] for d in rec.devices}
+    render_devices(rec.device_plan, console, "", budgets, sources, with_commands=False)
+    console.print(f"{HOST}: RAM counts what stays resident ({rec.host_total / MIB:,.1f} MiB; mapped pages of "
+                  "offloaded tensors are dropped after the load)", highlight=False)
 
 
 def verified_text(verified: dict[str, Any]) -> str:
