@@ -199,18 +199,18 @@ def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
     the K and V rows of `kv_cells` cells (None: n_ctx) on each layer's device, keyed "kv:<type>"."""
     from .devices import GPU as GPU_DEVICE
     from .memory import bytes_read_per_token as weight_reads
+    from .memory import kv_row_bytes
 
     reads = weight_reads(info, settings, tensor_types)
-    hp = info.hparams
     cells = settings.n_ctx if kv_cells is None else kv_cells
-    tk, tv = ggml_types.kv_cache_type(settings.cache_type_k), ggml_types.kv_cache_type(settings.cache_type_v)
-    first_gpu = _first_gpu_layer(settings.n_gpu_layers, hp.n_layer)
-    for il in range(hp.n_layer):
+    tk, tv, rows = kv_row_bytes(info, settings)
+    first_gpu = _first_gpu_layer(settings.n_gpu_layers, info.hparams.n_layer)
+    for il, (k, v) in enumerate(rows):
         by_type = reads.setdefault(GPU_DEVICE if il >= first_gpu else HOST, {})
-        for t, n in ((tk, tk.row_bytes(hp.n_head_kv[il] * hp.head_dim_k) * cells),
-                     (tv, tv.row_bytes(hp.n_head_kv[il] * hp.head_dim_v) * cells)):
-            key = KV_PREFIX + t.name
-            by_type[key] = by_type.get(key, 0) + n
+        for t, n in ((tk, k * cells), (tv, v * cells)):
+            if n:
+                key = KV_PREFIX + t.name
+                by_type[key] = by_type.get(key, 0) + n
     return reads
 
 
