@@ -1,20 +1,26 @@
 """`ggprec calibrate`: this machine's decode and prompt speed per weight type, measured with llama.cpp.
 
-Two families of synthetic llama models (ggprec.synth), written once as f16 in a temporary directory:
+Three families of synthetic llama models (ggprec.synth), written once as f16 in a temporary directory:
 - wide: llama-3.2-1b's width (n_embd 2048, n_ff 8192, 32/8 heads), a few layers, a small vocabulary;
   quantized by llama.cpp's quantizer to each type and run (ggprec.runner.run_benchmark). Its bytes per
   token dominate its time, so it gives the effective bandwidth of each type.
+- mid: n_embd 512 (rows a quarter as long), enough layers that its weights do not fit a CPU cache, f16.
+  Its rows are short, so it separates a cost per row (a dot product's setup and final reduction, which
+  narrow models such as SmolLM2 pay on few bytes) from the bytes.
 - narrow: n_embd 64 at two depths, f16. Its bytes are small, so its time is mostly the fixed costs.
-The seconds per token of every run are fitted to
+Every figure is the best repetition (the highest tok/s): on a shared machine other processes only ever
+slow a run down (with 2 threads on 2 busy cores, by up to 10x), so the fastest run is the one closest to
+the machine's own speed. The seconds per generated token of every f16 run are fitted together, by least
+squares on relative residuals, to
 
-    seconds = token_s + n_layer * layer_s + bytes / (gbps[type] * 1e9)
+    seconds = token_s + n_layer * layer_s + rows * row_s + bytes / (gbps[f16] * 1e9)
 
-(token_s and layer_s from the two narrow runs, whose few MB stay in the CPU caches so their bytes cost
-next to nothing; then gbps of each type from its wide run less those fixed costs). Prompt speed is
-compute-bound: seconds per prompt token = weight elements multiplied per token (the output head runs for
-the last token only) / that type's elements per second + n_layer * pp_layer_s (the narrow pair again).
-The result is stored in the history (kind `calibration`) with the hardware fingerprint;
-`find_calibration` returns the newest one whose machine and llama.cpp build match this one.
+then gbps of each other type from its wide run less the fixed costs. Prompt speed is compute-bound:
+seconds per prompt token = weight elements multiplied per token (the output head runs for the last token
+only) / that type's elements per second + n_layer * pp_layer_s + rows * pp_row_s + the weights' bytes read
+once per ubatch (at the type's gbps) / tokens per ubatch (the f16 runs again, then each type's wide run).
+The result is stored in the history (kind `calibration`) with the hardware fingerprint and the thread
+count; `find_calibration` returns the newest one whose machine and llama.cpp build match this one.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 
 from .errors import GgprecError
 from .progress import Progress
-from .speed import GPU, HOST, DeviceSpeed, bytes_read_per_token, matmul_elements
+from .speed import GPU, HOST, DeviceSpeed, bytes_read_per_token, matmul_work
 from .synth import SynthShape
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k", "q4_k", "q5_0", "q4_0", "q3_k", "q2_k")
@@ -40,6 +46,9 @@ WIDE = SynthShape(n_layer=2, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_v
 # Narrow enough (~0.1 MB a layer) that its weights stay in the CPU caches: its time is the fixed costs.
 NARROW = SynthShape(n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=512, n_ctx=1024)
 NARROW_DEPTHS = (2, 24)
+# Rows of 512 (1 KiB in f16, 4x shorter than the wide model's): ~6 MB a layer, so 16 layers (96 MB) stream
+# from memory like a real model rather than sitting in a CPU cache.
+MID = SynthShape(n_layer=16, n_embd=512, n_head=8, n_head_kv=2, n_ff=1536, n_vocab=2048, n_ctx=1024)
 N_CTX = 256  # context of every calibration run: the pp batch and the tg prefix + tokens fit
 
 
@@ -51,10 +60,11 @@ class Effort:
     pp: int
     tg: int
     reps: int
+    mid_layers: int = 16
 
 
-FULL = Effort(wide_layers=2, pp=64, tg=32, reps=3)
-QUICK = Effort(wide_layers=1, pp=32, tg=16, reps=2)
+FULL = Effort(wide_layers=2, pp=128, tg=32, reps=5, mid_layers=16)
+QUICK = Effort(wide_layers=1, pp=32, tg=16, reps=2, mid_layers=4)
 
 
 @dataclass
@@ -62,15 +72,21 @@ class Point:
     """One benchmark run: what ran and what it measured (median tok/s over the repetitions)."""
 
     device: str  # HOST or GPU
-    model: str  # "wide" or "narrow"
+    model: str  # "wide", "mid" or "narrow"
     type: str
     n_layer: int
     n_embd: int
     bytes_per_token: int  # weights (token_embd: one row) + KV cells in use
     elems_per_token: int  # weight elements multiplied per prompt token
-    tg_tps: float
+    tg_tps: float  # the best repetition (see the module doc)
     tg_spread: float  # max - min over the repetitions
-    pp_tps: float | None
+    pp_tps: float | None  # the best repetition
+    rows_per_token: float = 0.0  # weight rows a generated token multiplies (the head included)
+    pp_rows_per_token: float = 0.0  # weight rows a prompt token multiplies (no head)
+    pp_stream_bytes: int = 0  # weight bytes each prompt ubatch reads once
+    pp_tokens: int = 0  # tokens of the timed prompt (one ubatch)
+    tg_median: float | None = None
+    pp_median: float | None = None
 
     @property
     def tg_seconds(self) -> float:
@@ -138,50 +154,87 @@ def _measure(path: Path, device: str, model: str, effort: Effort, threads: int) 
     # The KV cells in use during the timed decodes: the prefix and, on average, half the generated tokens.
     reads = bytes_read_per_token(info, settings, kv_cells=TG_PREFIX + effort.tg // 2)
     types = {t.type.name for t in info.tensors if len(t.shape) > 1}
-    elems = matmul_elements(info, settings)
+    prompt, token = matmul_work(info, settings, head=False), matmul_work(info, settings, head=True)
     assert run.tg_tps is not None
     return Point(device, model, types.pop() if len(types) == 1 else "mixed", info.hparams.n_layer,
                  info.hparams.n_embd, sum(n for by_type in reads.values() for n in by_type.values()),
-                 sum(n for by_type in elems.values() for n in by_type.values()), run.tg_tps.median,
-                 run.tg_tps.max - run.tg_tps.min, None if run.pp_tps is None else run.pp_tps.median)
+                 sum(n for by_type in prompt.elements.values() for n in by_type.values()), run.tg_tps.max,
+                 run.tg_tps.max - run.tg_tps.min, None if run.pp_tps is None else run.pp_tps.max,
+                 sum(token.rows.values()), sum(prompt.rows.values()),
+                 sum(n for by_type in prompt.bytes.values() for n in by_type.values()), effort.pp,
+                 run.tg_tps.median, None if run.pp_tps is None else run.pp_tps.median)
+
+
+def _relative_lstsq(rows: list[list[float]], seconds: list[float]) -> list[float] | None:
+    """x minimising the relative residuals of rows . x = seconds (each equation divided by its seconds,
+    so a 40 us narrow run counts as much as a 5 ms wide one); None when the system is underdetermined."""
+    import numpy as np
+
+    a = np.array(rows, dtype=float) / np.array(seconds)[:, None]
+    if len(rows) < a.shape[1] or np.linalg.matrix_rank(a) < a.shape[1]:
+        return None
+    return [float(v) for v in np.linalg.lstsq(a, np.ones(len(rows)), rcond=None)[0]]
+
+
+def _fit_decode(f16: list[Point], notes: list[str]) -> tuple[float, float, float]:
+    """(token_s, layer_s, row_s) from the f16 runs of every width; f16's own bandwidth follows."""
+    x = _relative_lstsq([[1.0, p.n_layer, p.rows_per_token, p.bytes_per_token] for p in f16],
+                        [p.tg_seconds for p in f16])
+    if x is not None and min(x) >= 0:
+        return x[0], x[1], x[2]
+    # Noise made a cost negative (or a width is missing): no per-row term, the narrow pair alone.
+    x = _relative_lstsq([[1.0, p.n_layer, p.bytes_per_token] for p in f16], [p.tg_seconds for p in f16])
+    notes.append("decode: no cost per row could be fitted (a width is missing or noise made it negative)")
+    if x is None:
+        return 0.0, 0.0, 0.0
+    return max(x[0], 0.0), max(x[1], 0.0), 0.0
+
+
+def _fit_prompt(f16: list[Point], gbps: float, notes: list[str]) -> tuple[float, float]:
+    """(pp_layer_s, pp_row_s) from the f16 runs of every width, after the weights' streaming."""
+    pts = [p for p in f16 if p.pp_tps and p.pp_tokens]
+    x = _relative_lstsq([[p.n_layer, p.pp_rows_per_token, p.elems_per_token] for p in pts],
+                        [1 / p.pp_tps - _stream_s(p, gbps) for p in pts])
+    if x is not None and min(x) >= 0:
+        return x[0], x[1]
+    x = _relative_lstsq([[p.n_layer, p.elems_per_token] for p in pts], [1 / p.pp_tps - _stream_s(p, gbps) for p in pts])
+    notes.append("prompt: no cost per row could be fitted (a width is missing or noise made it negative)")
+    return (max(x[0], 0.0), 0.0) if x is not None else (0.0, 0.0)
+
+
+def _stream_s(p: Point, gbps: float) -> float:
+    """Seconds per prompt token of reading the weights once per ubatch (one ubatch: the timed prompt)."""
+    return p.pp_stream_bytes / (gbps * 1e9) / p.pp_tokens if gbps and p.pp_tokens else 0.0
 
 
 def fit(points: Sequence[Point], device: str) -> tuple[DeviceSpeed, list[str]]:
-    """The device's figures from its points: the fixed costs from the narrow pair (its few MB stay in
-    the CPU caches, so its time is the fixed costs: a line through two depths), then each type's
-    bandwidth from its wide run less those costs; pp rates from the wide runs."""
-    narrow = sorted((p for p in points if p.model == "narrow" and p.device == device), key=lambda p: p.n_layer)
-    wide = {p.type: p for p in points if p.model == "wide" and p.device == device}
+    """The device's figures from its points: the fixed costs (per token, per layer, per row) from the
+    f16 runs at three widths, then each type's bandwidth from its wide run less those costs; pp likewise."""
+    mine = [p for p in points if p.device == device]
+    wide = {p.type: p for p in mine if p.model == "wide"}
+    f16 = [p for p in mine if p.model in ("narrow", "mid")] + ([wide["f16"]] if "f16" in wide else [])
     notes: list[str] = []
-    token_s = layer_s = pp_layer_s = 0.0
-    if len(narrow) >= 2 and narrow[-1].n_layer > narrow[0].n_layer:
-        a, b = narrow[0], narrow[-1]
-        layer_s = (b.tg_seconds - a.tg_seconds) / (b.n_layer - a.n_layer)
-        token_s = a.tg_seconds - a.n_layer * layer_s
-        if token_s < 0 or layer_s < 0:
-            notes.append(f"fixed costs fitted negative (token {token_s * 1e3:.3f} ms, layer {layer_s * 1e3:.4f} ms: "
-                         "noise); clamped to 0")
-            token_s, layer_s = max(token_s, 0.0), max(layer_s, 0.0)
-        if a.pp_tps and b.pp_tps:
-            pp_layer_s = max((1 / b.pp_tps - 1 / a.pp_tps) / (b.n_layer - a.n_layer), 0.0)
-            notes.append(f"prompt: {pp_layer_s * 1e6:.2f} us per layer per token beside the matmuls")
-        notes.append(f"fixed costs: {token_s * 1e3:.3f} ms per token + {layer_s * 1e3:.4f} ms per layer "
-                     f"(narrow model: {a.n_layer} layers {a.tg_tps:.0f} tok/s, "
-                     f"{b.n_layer} layers {b.tg_tps:.0f} tok/s)")
-    else:
-        notes.append("no narrow pair: fixed costs not fitted (0)")
-    gbps, pp_rates = {}, {}
+    token_s, layer_s, row_s = _fit_decode(f16, notes)
+    notes.append(f"decode fixed costs: {token_s * 1e3:.3f} ms per token + {layer_s * 1e3:.4f} ms per layer + "
+                 f"{row_s * 1e9:.2f} ns per weight row")
+    gbps = {}
     for type_name, p in wide.items():
-        transfer = p.tg_seconds - token_s - p.n_layer * layer_s
+        transfer = p.tg_seconds - token_s - p.n_layer * layer_s - p.rows_per_token * row_s
         if transfer <= 0:
             notes.append(f"{type_name}: the fixed costs exceed the measured time; bandwidth from the raw time")
             transfer = p.tg_seconds
         gbps[type_name] = p.bytes_per_token / transfer / 1e9
+    pp_layer_s, pp_row_s = _fit_prompt(f16, gbps.get("f16", 0.0), notes)
+    notes.append(f"prompt fixed costs: {pp_layer_s * 1e6:.2f} us per layer + {pp_row_s * 1e9:.3f} ns per weight row "
+                 "per token, beside the matmuls and the weights read once per ubatch")
+    pp_rates = {}
+    for type_name, p in wide.items():
         if p.pp_tps:
-            matmul_s = 1 / p.pp_tps - p.n_layer * pp_layer_s
+            matmul_s = (1 / p.pp_tps - p.n_layer * pp_layer_s - p.pp_rows_per_token * pp_row_s
+                        - _stream_s(p, gbps[type_name]))
             pp_rates[type_name] = p.elems_per_token / (matmul_s if matmul_s > 0 else 1 / p.pp_tps)
     default = sorted(gbps.values())[len(gbps) // 2] if gbps else 0.0
-    return DeviceSpeed(gbps, default, token_s, layer_s, pp_rates, pp_layer_s), notes
+    return DeviceSpeed(gbps, default, token_s, layer_s, pp_rates, pp_layer_s, row_s=row_s, pp_row_s=pp_row_s), notes
 
 
 def gpu_available() -> bool:
@@ -194,10 +247,10 @@ def gpu_available() -> bool:
 def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads: int | None = None,
               gpu: bool | None = None, progress: Progress | None = None,
               work_dir: str | os.PathLike[str] | None = None, wide: SynthShape = WIDE,
-              narrow: SynthShape = NARROW) -> Calibration:
+              narrow: SynthShape = NARROW, mid: SynthShape = MID) -> Calibration:
     """Measure every type on the host (and the GPU when the build has one: `gpu` None), fit, return.
-    Temporary models are written under `work_dir` (default: the system temp dir) and deleted. `wide`
-    and `narrow` are the two model shapes (their n_layer is set by the effort and NARROW_DEPTHS)."""
+    Temporary models are written under `work_dir` (default: the system temp dir) and deleted. `wide`,
+    `mid` and `narrow` are the three model shapes (their n_layer is set by the effort and NARROW_DEPTHS)."""
     from . import ggml_types
     from .synth import write_synth
 
@@ -215,7 +268,7 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
     if threads < 1:
         raise GgprecError(f"threads must be at least 1 (got {threads})")
     devices = [HOST] + ([GPU] if (gpu_available() if gpu is None else gpu) else [])
-    total = 1 + len(NARROW_DEPTHS) * (1 + len(devices)) + len(names) * (1 + len(devices))
+    total = 2 + (len(NARROW_DEPTHS) + 1) * len(devices) + len(NARROW_DEPTHS) + len(names) * (1 + len(devices))
     step = 0
 
     def say(stage: str) -> None:  # progress(stage, steps done, steps in all)
@@ -232,12 +285,17 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
         for depth in NARROW_DEPTHS:
             say(f"writing a narrow model ({depth} layers)")
             narrow_files.append(write_synth(tmp / f"narrow-{depth}.gguf", _shape(narrow, depth), "f16"))
+        say(f"writing a mid model ({effort.mid_layers} layers of n_embd {mid.n_embd})")
+        mid_file = write_synth(tmp / "mid.gguf", _shape(mid, effort.mid_layers), "f16")
         say(f"writing a wide model ({effort.wide_layers} layers of n_embd {wide.n_embd})")
         wide_src = write_synth(tmp / "wide.gguf", _shape(wide, effort.wide_layers), "f16")
         for dev in devices:
             for path in narrow_files:
                 say(f"{dev}: narrow f16, {path.stem}")
                 points.append(_measure(path, dev, "narrow", effort, threads))
+            say(f"{dev}: mid f16")
+            points.append(_measure(mid_file, dev, "mid", effort, threads))
+        mid_file.unlink()
         for type_name in names:
             say(f"quantizing to {type_name}")
             path = _variant(wide_src, type_name, tmp, threads)

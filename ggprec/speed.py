@@ -4,12 +4,19 @@ Decoding one token reads every weight once (token_embd: one row) plus the KV cac
 is close to a fixed cost plus bytes / bandwidth, summed over devices (layers run one after another):
 
     seconds per token = sum over devices d with reads of
-        token_s[d] + layers[d] * layer_s[d] + sum over types t of bytes[d][t] / (gbps[d][t] * 1e9)
+        token_s[d] + layers[d] * layer_s[d] + rows[d] * row_s[d]
+        + sum over types t of bytes[d][t] / (gbps[d][t] * 1e9)
 
 The effective bandwidth depends on the type (dequantizing a K-quant costs more than reading q8_0), so it
-is per (device, type); token_s / layer_s are the fixed costs (graph, thread barriers per op) that make
+is per (device, type); token_s / layer_s are the fixed costs (graph, thread barriers per op) and row_s a
+fixed cost per weight row multiplied (a dot product's setup and final reduction), which together make
 narrow models slower than their bytes say. Prompt processing is compute-bound: seconds per prompt token
-~ sum over types of weight elements / (elements per second of that type's matmul).
+
+    sum over types of weight elements / pp_elems_per_s[type] + layers * pp_layer_s + rows * pp_row_s
+    + (weight bytes / gbps[type]) / tokens per ubatch
+
+the last term because each ubatch streams the weights from memory once, so short prompts pay more per
+token than long ones (llama-bench's pp512 is one ubatch of 512; `ggprec run` times its --pp the same way).
 
 Where the figures come from, per device, in this order (`load_speed_model`):
 1. a bandwidth given explicitly (`--host-bandwidth`, `--gpu-bandwidth`: a plan for another machine); a
@@ -39,6 +46,14 @@ ASSUMED_GPU_GBPS = 500.0
 Reads = Mapping[str, Mapping[str, int]]  # device -> type name -> bytes read per generated token
 KV_PREFIX = "kv:"  # reads of the KV cache are keyed "kv:<type>" beside the weights' "<type>"
 TG_PREFIX = 8  # tokens `ggprec run` decodes before its timed single-token decodes (llama-bench: a short prompt)
+PP_TOKENS = 512  # the prompt length pp is expected at unless told (`ggprec run`'s and llama-bench's default)
+
+
+def ubatch_tokens(pp_tokens: int, settings: RuntimeSettings) -> float:
+    """Tokens per ubatch, on average, when a prompt of `pp_tokens` is decoded: llama.cpp splits the batch
+    (at most n_batch) into ubatches of n_ubatch, and each ubatch reads the weights once."""
+    size = max(min(settings.n_ubatch, settings.n_batch), 1)
+    return pp_tokens / max(-(-pp_tokens // size), 1) if pp_tokens > 0 else 1.0
 
 
 def decode_cells(depth: int, tg: int) -> int:
@@ -58,6 +73,8 @@ class DeviceSpeed:
     pp_elems_per_s: dict[str, float] = field(default_factory=dict)  # type -> weight elements/s in pp
     pp_layer_s: float = 0.0  # fixed seconds per layer per prompt token (attention, norms, ...)
     source: str = ""
+    row_s: float = 0.0  # fixed seconds per weight row a generated token multiplies (narrow rows pay it on few bytes)
+    pp_row_s: float = 0.0  # the same per prompt token
     # KV type -> fixed seconds per layer per token that a cache of that type adds (a quantized cache's
     # attention kernel on a GPU: measured, see gpu_from_spec); KV bytes are charged at gbps["kv:<type>"].
     kv_layer_s: dict[str, float] = field(default_factory=dict)
@@ -65,7 +82,8 @@ class DeviceSpeed:
     def to_dict(self) -> dict[str, Any]:
         return {"gbps": dict(self.gbps), "default_gbps": self.default_gbps, "token_s": self.token_s,
                 "layer_s": self.layer_s, "pp_elems_per_s": dict(self.pp_elems_per_s),
-                "pp_layer_s": self.pp_layer_s, "source": self.source, "kv_layer_s": dict(self.kv_layer_s)}
+                "pp_layer_s": self.pp_layer_s, "source": self.source, "kv_layer_s": dict(self.kv_layer_s),
+                "row_s": self.row_s, "pp_row_s": self.pp_row_s}
 
 
 @dataclass(frozen=True)
@@ -97,11 +115,13 @@ class SpeedModel:
             bw = self._bw_cache[key] = _type_bandwidth(self.devices[dev], type_name)
         return bw
 
-    def tg_tps(self, reads: Reads, layers: Mapping[str, int] | None = None) -> float:
+    def tg_tps(self, reads: Reads, layers: Mapping[str, int] | None = None,
+               rows: Mapping[str, float] | None = None) -> float:
         """Expected decode tok/s for `reads` (device -> type -> bytes per token); `layers` (device ->
-        blocks there) adds the per-layer fixed cost. Devices are named as in memory's buffers (CPU,
-        CPU_Mapped, CUDA0, ...) or by class (CPU, GPU)."""
-        seconds = 0.0
+        blocks there) adds the per-layer fixed cost, `rows` (device -> weight rows multiplied per token,
+        matmul_rows) the per-row one. Devices are named as in memory's buffers (CPU, CPU_Mapped, CUDA0,
+        ...) or by class (CPU, GPU)."""
+        seconds = sum(n * self.devices[device_class(d)].row_s for d, n in (rows or {}).items())
         charged: set[str] = set()
         kv_types: dict[str, set[str]] = {}  # device class -> KV types read there
         for device, by_type in reads.items():
@@ -120,12 +140,17 @@ class SpeedModel:
                                                       for t in kv_types.get(device_class(device), ())), default=0.0))
         return 1.0 / seconds if seconds > 0 else float("inf")
 
-    def pp_tps(self, elems: Mapping[str, Mapping[str, int]], layers: Mapping[str, int] | None = None) -> float | None:
-        """Expected prompt tok/s for `elems` (device -> type -> weight elements multiplied per token) and
-        `layers` (device -> blocks there), or None when a device taking part has no pp figures."""
+    def pp_tps(self, elems: Mapping[str, Mapping[str, int]], layers: Mapping[str, int] | None = None,
+               rows: Mapping[str, float] | None = None, stream: Reads | None = None,
+               ubatch_tokens: float = 1.0) -> float | None:
+        """Expected prompt tok/s for `elems` (device -> type -> weight elements multiplied per token),
+        `layers` (device -> blocks there), `rows` (device -> weight rows multiplied per token) and `stream`
+        (device -> type -> weight bytes each ubatch reads once) over ubatches of `ubatch_tokens` tokens on
+        average; None when a device taking part has no pp figures."""
         seconds = 0.0
         for device, by_type in elems.items():
-            spd = self.devices[device_class(device)]
+            dev = device_class(device)
+            spd = self.devices[dev]
             if not spd.pp_elems_per_s:
                 return None
             for type_name, n in by_type.items():
@@ -133,13 +158,19 @@ class SpeedModel:
                 seconds += n / rate
         for device, n_layers in (layers or {}).items():
             seconds += n_layers * self.devices[device_class(device)].pp_layer_s
+        for device, n_rows in (rows or {}).items():
+            seconds += n_rows * self.devices[device_class(device)].pp_row_s
+        for device, by_type in (stream or {}).items():
+            dev = device_class(device)
+            seconds += sum(n / (self._bandwidth(dev, t) * 1e9) for t, n in by_type.items() if n) / ubatch_tokens
         return 1.0 / seconds if seconds > 0 else None
 
     def expected(self, info: ModelInfo, settings: RuntimeSettings,
                  tensor_types: Mapping[str, ggml_types.GgmlType] | None = None,
-                 kv_cells: int | None = None) -> SpeedEstimate:
+                 kv_cells: int | None = None, pp_tokens: int = PP_TOKENS) -> SpeedEstimate:
         """Expected tg (and pp) tok/s of `info` (with `tensor_types`, the types of the file that will run)
-        under `settings`; `kv_cells`: KV cells in use while decoding (None: the whole n_ctx)."""
+        under `settings`; `kv_cells`: KV cells in use while decoding (None: the whole n_ctx); `pp_tokens`:
+        the prompt's length (decoded in ubatches of settings.n_ubatch)."""
         reads = bytes_read_per_token(info, settings, tensor_types, kv_cells)
         first_gpu = _first_gpu_layer(settings.n_gpu_layers, info.hparams.n_layer)
         layers = {HOST: first_gpu, GPU: info.hparams.n_layer - first_gpu}
@@ -147,8 +178,11 @@ class SpeedModel:
         threads = settings.n_threads
         if self.n_threads is not None and threads is not None and threads != self.n_threads:
             source += f" (calibrated with {self.n_threads} threads, this runs {threads})"
-        pp = self.pp_tps(matmul_elements(info, settings, tensor_types), {d: n for d, n in layers.items() if n})
-        return SpeedEstimate(self.tg_tps(reads, layers), pp, source)
+        prompt = matmul_work(info, settings, tensor_types, head=False)
+        pp = self.pp_tps(prompt.elements, {d: n for d, n in layers.items() if n}, prompt.rows, prompt.bytes,
+                         ubatch_tokens(pp_tokens, settings))
+        tg = self.tg_tps(reads, layers, matmul_work(info, settings, tensor_types, head=True).rows)
+        return SpeedEstimate(tg, pp, source)
 
     def to_dict(self) -> dict[str, Any]:
         return {"devices": {d: s.to_dict() for d, s in self.devices.items()}, "n_threads": self.n_threads,
@@ -214,26 +248,60 @@ def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
     return reads
 
 
-def matmul_elements(info: ModelInfo, settings: RuntimeSettings,
-                    tensor_types: Mapping[str, ggml_types.GgmlType] | None = None) -> dict[str, dict[str, int]]:
-    """Device -> type -> weight elements multiplied per prompt token: matrices only (token_embd is a lookup,
-    norms are element-wise), routed experts their used share, and no output head (it runs for the last
-    prompt token only)."""
+@dataclass
+class MatmulWork:
+    """What the weight matrices cost one token, per device: elements multiplied (by type), rows (each a
+    dot product per token) and the matrices' bytes (by type)."""
+
+    elements: dict[str, dict[str, int]] = field(default_factory=dict)
+    rows: dict[str, float] = field(default_factory=dict)
+    bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, device: str, gtype: ggml_types.GgmlType, shape: Sequence[int], share: float = 1.0) -> None:
+        n = 1
+        for d in shape:
+            n *= d
+        elems = self.elements.setdefault(device, {})
+        elems[gtype.name] = elems.get(gtype.name, 0) + round(n * share)
+        self.rows[device] = self.rows.get(device, 0.0) + n // shape[0] * share  # ggml shape: row length first
+        by_type = self.bytes.setdefault(device, {})
+        by_type[gtype.name] = by_type.get(gtype.name, 0) + gtype.tensor_bytes(shape)
+
+
+def matmul_work(info: ModelInfo, settings: RuntimeSettings,
+                tensor_types: Mapping[str, ggml_types.GgmlType] | None = None, head: bool = True) -> MatmulWork:
+    """The weight matrices one token multiplies, on the devices placement puts them: every matrix but
+    token_embd (a row lookup), routed experts their used share (elements and rows; bytes whole: a prompt's
+    ubatch touches them all), and with `head` the output head (a tied head: token_embd's matrix again; a
+    split head the quantizer writes). A prompt computes the head for its last token only: head=False."""
     from .roles import is_routed_expert
     from .tensor_overrides import Placer
 
     hp = info.hparams
     placer = Placer.for_model(hp.n_layer, settings)
-    share = hp.expert_share
-    elems: dict[str, dict[str, int]] = {}
+    work = MatmulWork()
     for t in info.tensors:
-        if t.name in ("token_embd.weight", "output.weight") or len(t.shape) < 2:
+        if t.name == "token_embd.weight" or len(t.shape) < 2 or (t.name == "output.weight" and not head):
             continue
         gtype = tensor_types.get(t.name, t.type) if tensor_types else t.type
-        by_type = elems.setdefault(placer.device(t.name, t.layer), {})
-        by_type[gtype.name] = by_type.get(gtype.name, 0) + round(t.n_elements * (share if is_routed_expert(t.role)
-                                                                                else 1.0))
-    return elems
+        work.add(placer.device(t.name, t.layer), gtype, t.shape, hp.expert_share if is_routed_expert(t.role) else 1.0)
+    embd = info.tensor("token_embd.weight")
+    if head and embd is not None and info.tensor("output.weight") is None:
+        split = tensor_types.get("output.weight") if tensor_types else None
+        if split is not None:
+            work.add(placer.device("output.weight", None), split, embd.shape)
+        elif info.tied_output:
+            gtype = tensor_types.get(embd.name, embd.type) if tensor_types else embd.type
+            work.add(placer.device(embd.name, None, output_copy=True), gtype, embd.shape)
+    return work
+
+
+def matmul_elements(info: ModelInfo, settings: RuntimeSettings,
+                    tensor_types: Mapping[str, ggml_types.GgmlType] | None = None) -> dict[str, dict[str, int]]:
+    """Device -> type -> weight elements multiplied per prompt token: matrices only (token_embd is a lookup,
+    norms are element-wise), routed experts their used share, and no output head (it runs for the last
+    prompt token only)."""
+    return matmul_work(info, settings, tensor_types, head=False).elements
 
 
 # --- building a model: flags > this machine's calibration > assumptions ------------------------------
