@@ -6,7 +6,8 @@ Three families of synthetic llama models (ggprec.synth), written once as f16 in 
   token dominate its time, so it gives the effective bandwidth of each type.
 - mid: n_embd 512 (rows a quarter as long), enough layers that its weights do not fit a CPU cache, f16.
   Its rows are short, so it separates a cost per row (a dot product's setup and final reduction, which
-  narrow models such as SmolLM2 pay on few bytes) from the bytes.
+  narrow models such as SmolLM2 pay on few bytes) from the bytes. It runs again with each quantized KV
+  cache (KV_TYPES, flash attention on as llama.cpp requires): the extra prompt time per attention element.
 - narrow: n_embd 64 at two depths, f16. Its bytes are small, so its time is mostly the fixed costs.
 Every figure is the best repetition (the highest tok/s): on a shared machine other processes only ever
 slow a run down (with 2 threads on 2 busy cores, by up to 10x), so the fastest run is the one closest to
@@ -50,6 +51,7 @@ NARROW_DEPTHS = (2, 24)
 # from memory like a real model rather than sitting in a CPU cache.
 MID = SynthShape(n_layer=16, n_embd=512, n_head=8, n_head_kv=2, n_ff=1536, n_vocab=2048, n_ctx=1024)
 N_CTX = 256  # context of every calibration run: the pp batch and the tg prefix + tokens fit
+KV_TYPES = ("q8_0", "q4_0")  # quantized KV caches whose prompt cost is measured (the shipped profiles use them)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Point:
     pp_tokens: int = 0  # tokens of the timed prompt (one ubatch)
     tg_median: float | None = None
     pp_median: float | None = None
+    kv_type: str = "f16"  # the KV cache's type (a quantized one runs with flash attention)
+    attn_elems_per_token: float = 0.0  # speed.prompt_attention of the timed prompt
 
     @property
     def tg_seconds(self) -> float:
@@ -142,13 +146,14 @@ def _variant(src: Path, type_name: str, out_dir: Path, threads: int) -> Path:
     return quantize(src, plan, out_dir / f"{src.stem}.{type_name}.gguf", threads=threads, force=True)
 
 
-def _measure(path: Path, device: str, model: str, effort: Effort, threads: int) -> Point:
+def _measure(path: Path, device: str, model: str, effort: Effort, threads: int, kv: str = "f16") -> Point:
     from .gguf_info import read_gguf
     from .runner import TG_PREFIX, run_benchmark
     from .settings import ALL_LAYERS, RuntimeSettings
+    from .speed import prompt_attention
 
     settings = RuntimeSettings(n_gpu_layers=ALL_LAYERS if device == GPU else 0, n_ctx=N_CTX,
-                               n_threads=threads)
+                               n_threads=threads, cache_type_k=kv, cache_type_v=kv)
     run = run_benchmark(path, settings, pp=effort.pp, tg=effort.tg, reps=effort.reps)
     info = read_gguf(path)
     # The KV cells in use during the timed decodes: the prefix and, on average, half the generated tokens.
@@ -162,7 +167,8 @@ def _measure(path: Path, device: str, model: str, effort: Effort, threads: int) 
                  run.tg_tps.max - run.tg_tps.min, None if run.pp_tps is None else run.pp_tps.max,
                  sum(token.rows.values()), sum(prompt.rows.values()),
                  sum(n for by_type in prompt.bytes.values() for n in by_type.values()), effort.pp,
-                 run.tg_tps.median, None if run.pp_tps is None else run.pp_tps.median)
+                 run.tg_tps.median, None if run.pp_tps is None else run.pp_tps.median, kv,
+                 prompt_attention(info, settings, effort.pp))
 
 
 def _relative_lstsq(rows: list[list[float]], seconds: list[float]) -> list[float] | None:
@@ -210,7 +216,7 @@ def _stream_s(p: Point, gbps: float) -> float:
 def fit(points: Sequence[Point], device: str) -> tuple[DeviceSpeed, list[str]]:
     """The device's figures from its points: the fixed costs (per token, per layer, per row) from the
     f16 runs at three widths, then each type's bandwidth from its wide run less those costs; pp likewise."""
-    mine = [p for p in points if p.device == device]
+    mine = [p for p in points if p.device == device and p.kv_type == "f16"]
     wide = {p.type: p for p in mine if p.model == "wide"}
     f16 = [p for p in mine if p.model in ("narrow", "mid")] + ([wide["f16"]] if "f16" in wide else [])
     notes: list[str] = []
@@ -233,8 +239,25 @@ def fit(points: Sequence[Point], device: str) -> tuple[DeviceSpeed, list[str]]:
             matmul_s = (1 / p.pp_tps - p.n_layer * pp_layer_s - p.pp_rows_per_token * pp_row_s
                         - _stream_s(p, gbps[type_name]))
             pp_rates[type_name] = p.elems_per_token / (matmul_s if matmul_s > 0 else 1 / p.pp_tps)
+    pp_kv_s = _fit_kv(points, device, notes)
     default = sorted(gbps.values())[len(gbps) // 2] if gbps else 0.0
-    return DeviceSpeed(gbps, default, token_s, layer_s, pp_rates, pp_layer_s, row_s=row_s, pp_row_s=pp_row_s), notes
+    return DeviceSpeed(gbps, default, token_s, layer_s, pp_rates, pp_layer_s, row_s=row_s, pp_row_s=pp_row_s,
+                       pp_kv_s=pp_kv_s), notes
+
+
+def _fit_kv(points: Sequence[Point], device: str, notes: list[str]) -> dict[str, float]:
+    """KV type -> extra seconds per attention element of a prompt token, from the mid model's runs with
+    that cache against its f16 run (the same weights: the difference is the attention)."""
+    mid = {p.kv_type: p for p in points if p.device == device and p.model == "mid" and p.pp_tps}
+    base = mid.get("f16")
+    out: dict[str, float] = {}
+    for kv, p in mid.items():
+        if base is None or kv == "f16" or not p.attn_elems_per_token:
+            continue
+        out[kv] = max((1 / p.pp_tps - 1 / base.pp_tps) / p.attn_elems_per_token, 0.0)  # type: ignore[operator]
+        notes.append(f"prompt with a {kv} KV cache: {out[kv] * 1e12:.2f} ps more per attention element "
+                     f"({base.pp_tps / p.pp_tps:.2f}x the f16 cache's time on the mid model)")  # type: ignore[operator]
+    return out
 
 
 def gpu_available() -> bool:
@@ -268,7 +291,8 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
     if threads < 1:
         raise GgprecError(f"threads must be at least 1 (got {threads})")
     devices = [HOST] + ([GPU] if (gpu_available() if gpu is None else gpu) else [])
-    total = 2 + (len(NARROW_DEPTHS) + 1) * len(devices) + len(NARROW_DEPTHS) + len(names) * (1 + len(devices))
+    total = (2 + (len(NARROW_DEPTHS) + 1 + len(KV_TYPES)) * len(devices) + len(NARROW_DEPTHS)
+             + len(names) * (1 + len(devices)))
     step = 0
 
     def say(stage: str) -> None:  # progress(stage, steps done, steps in all)
@@ -293,8 +317,9 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
             for path in narrow_files:
                 say(f"{dev}: narrow f16, {path.stem}")
                 points.append(_measure(path, dev, "narrow", effort, threads))
-            say(f"{dev}: mid f16")
-            points.append(_measure(mid_file, dev, "mid", effort, threads))
+            for kv in ("f16", *KV_TYPES):
+                say(f"{dev}: mid f16, {kv} KV cache")
+                points.append(_measure(mid_file, dev, "mid", effort, threads, kv))
         mid_file.unlink()
         for type_name in names:
             say(f"quantizing to {type_name}")

@@ -49,6 +49,16 @@ TG_PREFIX = 8  # tokens `ggprec run` decodes before its timed single-token decod
 PP_TOKENS = 512  # the prompt length pp is expected at unless told (`ggprec run`'s and llama-bench's default)
 
 
+def prompt_attention(info: ModelInfo, settings: RuntimeSettings, pp_tokens: int) -> float:
+    """Attention elements per prompt token, all layers: each query head visits the K and V rows of the
+    cells it attends to. With flash attention llama.cpp's CPU kernel skips masked cells, so a prompt into an
+    empty cache visits (pp + 1) / 2 on average; without it the K*Q product spans every cell of the ubatch's
+    view (n_kv: at least 256, padded to 256)."""
+    hp = info.hparams
+    cells = (pp_tokens + 1) / 2 if settings.flash_attn_effective else max(256, -(-pp_tokens // 256) * 256)
+    return hp.n_layer * hp.n_head * (hp.head_dim_k + hp.head_dim_v) * cells
+
+
 def ubatch_tokens(pp_tokens: int, settings: RuntimeSettings) -> float:
     """Tokens per ubatch, on average, when a prompt of `pp_tokens` is decoded: llama.cpp splits the batch
     (at most n_batch) into ubatches of n_ubatch, and each ubatch reads the weights once."""
@@ -75,6 +85,9 @@ class DeviceSpeed:
     source: str = ""
     row_s: float = 0.0  # fixed seconds per weight row a generated token multiplies (narrow rows pay it on few bytes)
     pp_row_s: float = 0.0  # the same per prompt token
+    # KV type -> extra seconds per attention element (prompt_attention) of a prompt token that a cache of that
+    # type costs over the f16 default (its flash-attention kernel dequantizes every K and V row it visits).
+    pp_kv_s: dict[str, float] = field(default_factory=dict)
     # KV type -> fixed seconds per layer per token that a cache of that type adds (a quantized cache's
     # attention kernel on a GPU: measured, see gpu_from_spec); KV bytes are charged at gbps["kv:<type>"].
     kv_layer_s: dict[str, float] = field(default_factory=dict)
@@ -83,7 +96,7 @@ class DeviceSpeed:
         return {"gbps": dict(self.gbps), "default_gbps": self.default_gbps, "token_s": self.token_s,
                 "layer_s": self.layer_s, "pp_elems_per_s": dict(self.pp_elems_per_s),
                 "pp_layer_s": self.pp_layer_s, "source": self.source, "kv_layer_s": dict(self.kv_layer_s),
-                "row_s": self.row_s, "pp_row_s": self.pp_row_s}
+                "row_s": self.row_s, "pp_row_s": self.pp_row_s, "pp_kv_s": dict(self.pp_kv_s)}
 
 
 @dataclass(frozen=True)
@@ -142,12 +155,17 @@ class SpeedModel:
 
     def pp_tps(self, elems: Mapping[str, Mapping[str, int]], layers: Mapping[str, int] | None = None,
                rows: Mapping[str, float] | None = None, stream: Reads | None = None,
-               ubatch_tokens: float = 1.0) -> float | None:
+               ubatch_tokens: float = 1.0, attention: Mapping[str, float] | None = None,
+               kv_types: Sequence[str] = ()) -> float | None:
         """Expected prompt tok/s for `elems` (device -> type -> weight elements multiplied per token),
         `layers` (device -> blocks there), `rows` (device -> weight rows multiplied per token) and `stream`
         (device -> type -> weight bytes each ubatch reads once) over ubatches of `ubatch_tokens` tokens on
-        average; None when a device taking part has no pp figures."""
+        average, and `attention` (device -> prompt_attention elements per token) over a cache of `kv_types`
+        (K, V); None when a device taking part has no pp figures."""
         seconds = 0.0
+        for device, n in (attention or {}).items():
+            per = self.devices[device_class(device)].pp_kv_s
+            seconds += n * max((per.get(t, 0.0) for t in kv_types), default=0.0)
         for device, by_type in elems.items():
             dev = device_class(device)
             spd = self.devices[dev]
@@ -179,8 +197,10 @@ class SpeedModel:
         if self.n_threads is not None and threads is not None and threads != self.n_threads:
             source += f" (calibrated with {self.n_threads} threads, this runs {threads})"
         prompt = matmul_work(info, settings, tensor_types, head=False)
+        per_layer = prompt_attention(info, settings, pp_tokens) / max(info.hparams.n_layer, 1)
         pp = self.pp_tps(prompt.elements, {d: n for d, n in layers.items() if n}, prompt.rows, prompt.bytes,
-                         ubatch_tokens(pp_tokens, settings))
+                         ubatch_tokens(pp_tokens, settings), {d: n * per_layer for d, n in layers.items() if n},
+                         (settings.cache_type_k, settings.cache_type_v))
         tg = self.tg_tps(reads, layers, matmul_work(info, settings, tensor_types, head=True).rows)
         return SpeedEstimate(tg, pp, source)
 
