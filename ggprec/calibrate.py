@@ -159,7 +159,7 @@ def _measure(path: Path, device: str, model: str, effort: Effort, threads: int, 
     # The KV cells in use during the timed decodes: the prefix and, on average, half the generated tokens.
     reads = bytes_read_per_token(info, settings, kv_cells=TG_PREFIX + effort.tg // 2)
     types = {t.type.name for t in info.tensors if len(t.shape) > 1}
-    prompt, token = matmul_work(info, settings, head=False), matmul_work(info, settings, head=True)
+    prompt, token = matmul_work(info, settings, prompt=True), matmul_work(info, settings)
     assert run.tg_tps is not None
     return Point(device, model, types.pop() if len(types) == 1 else "mixed", info.hparams.n_layer,
                  info.hparams.n_embd, sum(n for by_type in reads.values() for n in by_type.values()),

@@ -13,10 +13,13 @@ fixed cost per weight row multiplied (a dot product's setup and final reduction)
 narrow models slower than their bytes say. Prompt processing is compute-bound: seconds per prompt token
 
     sum over types of weight elements / pp_elems_per_s[type] + layers * pp_layer_s + rows * pp_row_s
-    + (weight bytes / gbps[type]) / tokens per ubatch
+    + (weight bytes / gbps[type]) / tokens per ubatch + attention elements * pp_kv_s[KV type]
 
-the last term because each ubatch streams the weights from memory once, so short prompts pay more per
-token than long ones (llama-bench's pp512 is one ubatch of 512; `ggprec run` times its --pp the same way).
+the bytes term because each ubatch streams the weights from memory once, so short prompts pay more per
+token than long ones (llama-bench's pp512 is one ubatch of 512; `ggprec run` times its --pp the same way);
+the attention term for what a quantized KV cache's flash-attention kernel adds over the f16 default (the
+f16 cache's own attention is inside pp_layer_s and pp_row_s, fitted at n_kv 256: prompts much longer than
+that, or a deep cache, are expected faster than they run).
 
 Where the figures come from, per device, in this order (`load_speed_model`):
 1. a bandwidth given explicitly (`--host-bandwidth`, `--gpu-bandwidth`: a plan for another machine); a
@@ -196,12 +199,12 @@ class SpeedModel:
         threads = settings.n_threads
         if self.n_threads is not None and threads is not None and threads != self.n_threads:
             source += f" (calibrated with {self.n_threads} threads, this runs {threads})"
-        prompt = matmul_work(info, settings, tensor_types, head=False)
+        prompt = matmul_work(info, settings, tensor_types, prompt=True)
         per_layer = prompt_attention(info, settings, pp_tokens) / max(info.hparams.n_layer, 1)
         pp = self.pp_tps(prompt.elements, {d: n for d, n in layers.items() if n}, prompt.rows, prompt.bytes,
                          ubatch_tokens(pp_tokens, settings), {d: n * per_layer for d, n in layers.items() if n},
                          (settings.cache_type_k, settings.cache_type_v))
-        tg = self.tg_tps(reads, layers, matmul_work(info, settings, tensor_types, head=True).rows)
+        tg = self.tg_tps(reads, layers, matmul_work(info, settings, tensor_types).rows)
         return SpeedEstimate(tg, pp, source)
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,23 +280,30 @@ class MatmulWork:
     rows: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def add(self, device: str, gtype: ggml_types.GgmlType, shape: Sequence[int], share: float = 1.0) -> None:
+    def add(self, device: str, gtype: ggml_types.GgmlType, shape: Sequence[int], share: float = 1.0,
+            multiplied: bool = True) -> None:
+        """One matrix: its bytes, and unless `multiplied` is False (read but multiplied for one token of
+        the batch only) its elements and rows."""
+        by_type = self.bytes.setdefault(device, {})
+        by_type[gtype.name] = by_type.get(gtype.name, 0) + gtype.tensor_bytes(shape)
+        if not multiplied:
+            return
         n = 1
         for d in shape:
             n *= d
         elems = self.elements.setdefault(device, {})
         elems[gtype.name] = elems.get(gtype.name, 0) + round(n * share)
         self.rows[device] = self.rows.get(device, 0.0) + n // shape[0] * share  # ggml shape: row length first
-        by_type = self.bytes.setdefault(device, {})
-        by_type[gtype.name] = by_type.get(gtype.name, 0) + gtype.tensor_bytes(shape)
 
 
 def matmul_work(info: ModelInfo, settings: RuntimeSettings,
-                tensor_types: Mapping[str, ggml_types.GgmlType] | None = None, head: bool = True) -> MatmulWork:
+                tensor_types: Mapping[str, ggml_types.GgmlType] | None = None, prompt: bool = False) -> MatmulWork:
     """The weight matrices one token multiplies, on the devices placement puts them: every matrix but
     token_embd (a row lookup), routed experts their used share (elements and rows; bytes whole: a prompt's
-    ubatch touches them all), and with `head` the output head (a tied head: token_embd's matrix again; a
-    split head the quantizer writes). A prompt computes the head for its last token only: head=False."""
+    ubatch touches them all), and the output head (a tied head: token_embd's matrix again; a split head
+    the quantizer writes). A prompt token (`prompt`) multiplies neither the head nor the last block's FFN:
+    llama.cpp keeps only the output rows (the last token's) after the last block's attention
+    (`inp_out_ids`), so in a 2-layer model half the FFN work is not done per prompt token."""
     from .roles import is_routed_expert
     from .tensor_overrides import Placer
 
@@ -301,12 +311,14 @@ def matmul_work(info: ModelInfo, settings: RuntimeSettings,
     placer = Placer.for_model(hp.n_layer, settings)
     work = MatmulWork()
     for t in info.tensors:
-        if t.name == "token_embd.weight" or len(t.shape) < 2 or (t.name == "output.weight" and not head):
+        if t.name == "token_embd.weight" or len(t.shape) < 2 or (t.name == "output.weight" and prompt):
             continue
         gtype = tensor_types.get(t.name, t.type) if tensor_types else t.type
-        work.add(placer.device(t.name, t.layer), gtype, t.shape, hp.expert_share if is_routed_expert(t.role) else 1.0)
+        once = prompt and t.layer == hp.n_layer - 1 and t.role.startswith("ffn")
+        work.add(placer.device(t.name, t.layer), gtype, t.shape, hp.expert_share if is_routed_expert(t.role) else 1.0,
+                 multiplied=not once)
     embd = info.tensor("token_embd.weight")
-    if head and embd is not None and info.tensor("output.weight") is None:
+    if not prompt and embd is not None and info.tensor("output.weight") is None:
         split = tensor_types.get("output.weight") if tensor_types else None
         if split is not None:
             work.add(placer.device("output.weight", None), split, embd.shape)
@@ -319,9 +331,9 @@ def matmul_work(info: ModelInfo, settings: RuntimeSettings,
 def matmul_elements(info: ModelInfo, settings: RuntimeSettings,
                     tensor_types: Mapping[str, ggml_types.GgmlType] | None = None) -> dict[str, dict[str, int]]:
     """Device -> type -> weight elements multiplied per prompt token: matrices only (token_embd is a lookup,
-    norms are element-wise), routed experts their used share, and no output head (it runs for the last
-    prompt token only)."""
-    return matmul_work(info, settings, tensor_types, head=False).elements
+    norms are element-wise), routed experts their used share, neither the output head nor the last block's
+    FFN (they run for the last prompt token only)."""
+    return matmul_work(info, settings, tensor_types, prompt=True).elements
 
 
 # --- building a model: flags > this machine's calibration > assumptions ------------------------------

@@ -104,12 +104,21 @@ def test_a_prompt_splits_into_ubatches_of_n_ubatch(pp: int, ubatch: int, tokens:
     assert ubatch_tokens(pp, RuntimeSettings(n_batch=2048, n_ubatch=ubatch)) == tokens
 
 
-def test_a_token_multiplies_every_matrix_row_and_the_tied_head_a_prompt_token_no_head(tiny_model: Path) -> None:
+def test_a_token_multiplies_every_matrix_row_and_the_tied_head(tiny_model: Path) -> None:
     info = read_gguf(tiny_model)
     blocks = sum(t.n_elements // t.shape[0] for t in info.tensors if t.layer is not None and len(t.shape) == 2)
-    settings = RuntimeSettings(n_ctx=256)
-    assert matmul_work(info, settings, head=True).rows == {HOST: blocks + info.hparams.n_vocab}
-    assert matmul_work(info, settings, head=False).rows == {HOST: blocks}
+    assert matmul_work(info, RuntimeSettings(n_ctx=256)).rows == {HOST: blocks + info.hparams.n_vocab}
+
+
+def test_a_prompt_token_skips_the_head_and_the_last_blocks_ffn(tiny_model: Path) -> None:
+    # llama.cpp keeps only the output rows (inp_out_ids) after the last block's attention
+    info = read_gguf(tiny_model)
+    last = info.hparams.n_layer - 1
+    multiplied = [t for t in info.tensors if t.layer is not None and len(t.shape) == 2
+                  and not (t.layer == last and t.role.startswith("ffn"))]
+    work = matmul_work(info, RuntimeSettings(n_ctx=256), prompt=True)
+    assert work.rows == {HOST: sum(t.n_elements // t.shape[0] for t in multiplied)}
+    assert work.elements == {HOST: {"f16": sum(t.n_elements for t in multiplied)}}
 
 
 def test_the_fit_recovers_the_figures_the_runs_were_made_from() -> None:
@@ -270,11 +279,13 @@ def test_an_moe_token_reads_and_multiplies_only_the_used_share_of_its_routed_exp
     info = read_gguf(write_synth(tmp_path / "moe.gguf", shape_for("tiny-moe"), "f16", sparse=True))
     hp = info.hparams
     share = hp.n_expert_used / hp.n_expert
-    experts = [t for t in info.tensors if is_routed_expert(t.role)]
+    last = hp.n_layer - 1  # a prompt token skips the last block's FFN and the head (last token only)
+    experts = [t for t in info.tensors if is_routed_expert(t.role) and t.layer != last]
     assert experts and 0 < share < 1
     dense = sum(t.n_elements for t in info.tensors
                 if len(t.shape) > 1 and not is_routed_expert(t.role)
-                and t.name not in ("token_embd.weight", "output.weight"))  # a lookup; the head: last token only
+                and not (t.layer == last and t.role.startswith("ffn"))
+                and t.name not in ("token_embd.weight", "output.weight"))  # a lookup; the head
     elems = matmul_elements(info, RuntimeSettings(n_ctx=256))
     assert elems == {HOST: {"f16": dense + round(sum(t.n_elements for t in experts) * share)}}
     reads = bytes_read_per_token(info, RuntimeSettings(n_ctx=256), kv_cells=0)
