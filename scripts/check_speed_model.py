@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ggprec.calibrate import speed_model_for
+from ggprec.calibrate import load_average, speed_model_for
 from ggprec.demo_model import demo_model_path
 from ggprec.gguf_info import read_gguf
 from ggprec.llama_backend import default_threads
@@ -31,13 +31,6 @@ from ggprec.runner import run_benchmark
 from ggprec.synth import shape_for, write_synth
 
 TG_TARGET, PP_TARGET = 0.15, 0.25
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def check_model(name: str, source: Path, speed: Any, args: argparse.Namespace, build_dir: Path | None) -> list[dict]:
@@ -58,7 +51,7 @@ def check_model(name: str, source: Path, speed: Any, args: argparse.Namespace, b
             if build_dir is not None:
                 path.unlink()
         row = {"model": name, "profile": profile.name, "file_mib": file_mib,
-               "threads": r.settings.n_threads, "load": loadavg().split()[0],
+               "threads": r.settings.n_threads, "load": load_average().split()[0],
                "tg_expected": r.expected_tg_tps, "tg_measured": r.tg_tps.median, "tg_best": r.tg_tps.max,
                "tg_ratio": r.tg_tps.median / r.expected_tg_tps if r.expected_tg_tps else None,
                "pp_expected": r.expected_pp_tps, "pp_measured": r.pp_tps.median if r.pp_tps else None,
@@ -88,6 +81,18 @@ def _line(r: dict) -> str:
             f"{_within(r['tg_ratio'], TG_TARGET):>7} {_within(r['pp_ratio'], PP_TARGET):>7}  {r['load']}")
 
 
+def markdown(rows: list[dict]) -> str:
+    """The rows as the README's table."""
+    out = ["| model | profile | tg expected | tg measured | meas/exp | pp expected | pp measured | meas/exp | load |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [r["model"], r["profile"], _fmt(r["tg_expected"], ".1f"), _fmt(r["tg_measured"], ".1f"),
+                 _fmt(r["tg_ratio"], ".2f"), _fmt(r["pp_expected"], ".0f"), _fmt(r["pp_measured"], ".0f"),
+                 _fmt(r["pp_ratio"], ".2f"), r["load"]]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def _summary(rows: list[dict], key: str, target: float) -> str:
     ratios = [r[key] for r in rows if r[key] is not None]
     within = sum(abs(x - 1) <= target for x in ratios)
@@ -114,16 +119,18 @@ def main() -> None:
     if speed.n_threads is not None and speed.n_threads != args.threads:
         print(f"WARNING: no calibration at {args.threads} threads; this one ran {speed.n_threads} "
               f"(run `ggprec calibrate -t {args.threads}` first)")
-    print(f"threads {args.threads}, pp {args.pp}, tg {args.tg}, {args.reps} reps; load average before: {loadavg()}")
+    print(f"threads {args.threads}, pp {args.pp}, tg {args.tg}, measured = median of {args.reps} reps; "
+          f"load average before: {load_average()}")
     print(HEADER)
     rows = check_model("SmolLM2-135M", demo_model_path(), speed, args, None)
     if not args.quick:
         with tempfile.TemporaryDirectory(prefix="ggprec-check-speed-") as d:
             src = write_synth(Path(d) / "llama-3.2-1b-f16.gguf", shape_for("llama-3.2-1b"), "f16")
             rows += check_model("llama-3.2-1b", src, speed, args, Path(d))
-    print(f"load average after: {loadavg()}")
+    print(f"load average after: {load_average()}")
     print(_summary(rows, "tg_ratio", TG_TARGET))
     print(_summary(rows, "pp_ratio", PP_TARGET))
+    print("\n" + markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"speed_model": speed.to_dict(), "rows": rows}, indent=2))
 
