@@ -19,8 +19,9 @@ are fitted together, by least squares on relative residuals, to
 
 then gbps of each other type from its wide run less the fixed costs. Prompt speed is compute-bound:
 seconds per prompt token = weight elements multiplied per token (the output head and the last block's FFN
-run for the last token only) / that type's elements per second + n_layer * pp_layer_s + rows * pp_row_s + the weights' bytes read
-once per ubatch (at the type's gbps) / tokens per ubatch (the f16 runs again, then each type's wide run).
+run for the last token only) / that type's elements per second + n_layer * pp_layer_s + rows * pp_row_s
++ the weights' bytes read once per ubatch (at the type's gbps) / tokens per ubatch (the f16 runs again,
+then each type's wide run).
 The result is stored in the history (kind `calibration`) with the hardware fingerprint and the thread
 count; `find_calibration` returns the newest one whose machine and llama.cpp build match this one.
 """
@@ -345,7 +346,12 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
         notes += [f"{dev}: {n}" for n in dev_notes]
     if GPU in speeds:
         notes.append("GPU: measured with -ngl 99 but never checked against a real GPU run in this project")
-    notes.append(f"load average (1, 5, 15 min): {load_before} at the start, {load_average()} at the end")
+    load_after = load_average()
+    notes.append(f"load average (1, 5, 15 min): {load_before} at the start, {load_after} at the end")
+    busiest = max((float(x.split()[0]) for x in (load_before, load_after) if x != "?"), default=0.0)
+    if busiest >= (os.cpu_count() or 1):
+        notes.append(f"WARNING: a load average of {busiest:g} on {os.cpu_count()} CPUs: other processes slowed "
+                     "these runs; calibrate again on a quiet machine")
     cal = Calibration(speeds, points, threads, asdict(effort), time.perf_counter() - t0, notes)
     cal.label_sources()
     return cal
