@@ -15,6 +15,7 @@ from ggprec.calibrate import (
     Calibration,
     Point,
     calibrate,
+    faster_rounds,
     find_calibration,
     fit,
     speed_model_for,
@@ -143,6 +144,14 @@ def test_the_fit_recovers_the_figures_the_runs_were_made_from() -> None:
         assert getattr(got, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
     assert got.gbps == pytest.approx(truth.gbps, rel=1e-6)
     assert got.pp_elems_per_s == pytest.approx(truth.pp_elems_per_s, rel=1e-6)
+
+
+def test_a_run_measured_in_two_rounds_keeps_its_faster_tg_and_faster_pp() -> None:
+    first = Point(HOST, "mid", "f16", 16, 512, 1, 1, 300.0, 0.0, 2000.0)
+    second = Point(HOST, "mid", "f16", 16, 512, 1, 1, 350.0, 0.0, 1500.0)
+    other = Point(HOST, "wide", "f16", 2, 2048, 1, 1, 200.0, 0.0, 900.0)
+    kept = faster_rounds([first, other, second])
+    assert [(p.model, p.tg_tps, p.pp_tps) for p in kept] == [("mid", 350.0, 2000.0), ("wide", 200.0, 900.0)]
 
 
 def test_bytes_read_per_token_counts_every_weight_once_one_embedding_row_the_tied_head_and_the_kv_cells(
