@@ -207,30 +207,41 @@ def _relative_lstsq(rows: list[list[float]], seconds: list[float]) -> list[float
     return [float(v) for v in np.linalg.lstsq(a, np.ones(len(rows)), rcond=None)[0]]
 
 
+def _nonnegative_lstsq(rows: list[list[float]], seconds: list[float], names: Sequence[str],
+                       notes: list[str], what: str) -> list[float]:
+    """_relative_lstsq with every figure >= 0: a figure the noise drives negative is set to 0 (the most
+    negative first) and the rest refitted, as an active-set non-negative least squares does; said in `notes`."""
+    free = list(range(len(names)))
+    while free:
+        x = _relative_lstsq([[r[i] for i in free] for r in rows], seconds)
+        if x is None:
+            break
+        if min(x) >= 0:
+            out = [0.0] * len(names)
+            for i, v in zip(free, x, strict=True):
+                out[i] = v
+            return out
+        worst = free[min(range(len(x)), key=lambda k: x[k])]
+        notes.append(f"{what}: {names[worst]} fitted negative (noise); set to 0 and the rest refitted")
+        free.remove(worst)
+    notes.append(f"{what}: too few runs to fit the fixed costs; they are 0")
+    return [0.0] * len(names)
+
+
 def _fit_decode(f16: list[Point], notes: list[str]) -> tuple[float, float, float]:
     """(token_s, layer_s, row_s) from the f16 runs of every width; f16's own bandwidth follows."""
-    x = _relative_lstsq([[1.0, p.n_layer, p.rows_per_token, p.bytes_per_token] for p in f16],
-                        [p.tg_seconds for p in f16])
-    if x is not None and min(x) >= 0:
-        return x[0], x[1], x[2]
-    # Noise made a cost negative (or a width is missing): no per-row term, the narrow pair alone.
-    x = _relative_lstsq([[1.0, p.n_layer, p.bytes_per_token] for p in f16], [p.tg_seconds for p in f16])
-    notes.append("decode: no cost per row could be fitted (a width is missing or noise made it negative)")
-    if x is None:
-        return 0.0, 0.0, 0.0
-    return max(x[0], 0.0), max(x[1], 0.0), 0.0
+    x = _nonnegative_lstsq([[1.0, p.n_layer, p.rows_per_token, p.bytes_per_token] for p in f16],
+                           [p.tg_seconds for p in f16], ("token_s", "layer_s", "row_s", "1/GBps"), notes, "decode")
+    return x[0], x[1], x[2]
 
 
 def _fit_prompt(f16: list[Point], gbps: float, notes: list[str]) -> tuple[float, float]:
     """(pp_layer_s, pp_row_s) from the f16 runs of every width, after the weights' streaming."""
     pts = [p for p in f16 if p.pp_tps and p.pp_tokens]
-    x = _relative_lstsq([[p.n_layer, p.pp_rows_per_token, p.elems_per_token] for p in pts],
-                        [1 / p.pp_tps - _stream_s(p, gbps) for p in pts])
-    if x is not None and min(x) >= 0:
-        return x[0], x[1]
-    x = _relative_lstsq([[p.n_layer, p.elems_per_token] for p in pts], [1 / p.pp_tps - _stream_s(p, gbps) for p in pts])
-    notes.append("prompt: no cost per row could be fitted (a width is missing or noise made it negative)")
-    return (max(x[0], 0.0), 0.0) if x is not None else (0.0, 0.0)
+    x = _nonnegative_lstsq([[p.n_layer, p.pp_rows_per_token, p.elems_per_token] for p in pts],
+                           [1 / p.pp_tps - _stream_s(p, gbps) for p in pts],  # type: ignore[operator]
+                           ("pp_layer_s", "pp_row_s", "1/elements per s"), notes, "prompt")
+    return x[0], x[1]
 
 
 def _stream_s(p: Point, gbps: float) -> float:
