@@ -201,6 +201,8 @@ def _relative_lstsq(rows: list[list[float]], seconds: list[float]) -> list[float
     so a 40 us narrow run counts as much as a 5 ms wide one); None when the system is underdetermined."""
     import numpy as np
 
+    if not rows or not rows[0]:
+        return None
     a = np.array(rows, dtype=float) / np.array(seconds)[:, None]
     if len(rows) < a.shape[1] or np.linalg.matrix_rank(a) < a.shape[1]:
         return None

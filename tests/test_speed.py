@@ -146,6 +146,18 @@ def test_the_fit_recovers_the_figures_the_runs_were_made_from() -> None:
     assert got.pp_elems_per_s == pytest.approx(truth.pp_elems_per_s, rel=1e-6)
 
 
+def test_a_fixed_cost_the_noise_drives_negative_is_zero_and_the_others_are_refitted() -> None:
+    # decode times made with token_s = -5 us: the fit keeps token_s at 0 and still finds a cost per row
+    def point(model: str, n_layer: int, n_bytes: int, rows: int) -> Point:
+        tg_s = -5e-6 + n_layer * 1e-5 + rows * 1e-8 + n_bytes / 60e9
+        return Point(HOST, model, "f16", n_layer, 64, n_bytes, 0, 1 / tg_s, 0.0, None, rows_per_token=rows)
+
+    got, notes = fit([point("narrow", 2, 220_000, 1_536), point("narrow", 24, 1_900_000, 12_800),
+                      point("mid", 16, 99_000_000, 80_000), point("wide", 2, 250_000_000, 49_000)], HOST)
+    assert got.token_s == 0.0 and got.row_s > 0 and got.layer_s > 0
+    assert "decode: token_s fitted negative (noise); set to 0 and the rest refitted" in notes
+
+
 def test_a_run_measured_in_two_rounds_keeps_its_faster_tg_and_faster_pp() -> None:
     first = Point(HOST, "mid", "f16", 16, 512, 1, 1, 300.0, 0.0, 2000.0)
     second = Point(HOST, "mid", "f16", 16, 512, 1, 1, 350.0, 0.0, 1500.0)
