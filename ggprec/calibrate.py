@@ -43,7 +43,7 @@ from .progress import Progress
 from .speed import GPU, HOST, DeviceSpeed, bytes_read_per_token, matmul_work
 from .synth import SynthShape
 
-DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k", "q4_k", "q5_0", "q4_0", "q3_k", "q2_k")
+DEFAULT_TYPES = ("f16", "f32", "q8_0", "q6_k", "q5_k", "q4_k", "q5_0", "q4_0", "q3_k", "q2_k")
 QUICK_TYPES = ("f16", "q8_0", "q4_k", "q4_0")
 WIDE = SynthShape(n_layer=2, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_vocab=2048, n_ctx=1024)
 # Narrow enough (~0.1 MB a layer) that its weights stay in the CPU caches: its time is the fixed costs.
@@ -175,7 +175,8 @@ def _measure(path: Path, device: str, model: str, effort: Effort, threads: int, 
                  info.hparams.n_embd, sum(n for by_type in reads.values() for n in by_type.values()),
                  sum(n for by_type in prompt.elements.values() for n in by_type.values()), fastest(run.tg_tps.samples),
                  run.tg_tps.max - run.tg_tps.min, None if run.pp_tps is None else fastest(run.pp_tps.samples),
-                 sum(token.rows.values()), sum(prompt.rows.values()),
+                 sum(n for by_type in token.rows.values() for n in by_type.values()),
+                 sum(n for by_type in prompt.rows.values() for n in by_type.values()),
                  sum(n for by_type in prompt.bytes.values() for n in by_type.values()), effort.pp,
                  run.tg_tps.median, None if run.pp_tps is None else run.pp_tps.median, kv,
                  prompt_attention(info, settings, effort.pp))
@@ -256,14 +257,22 @@ def fit(points: Sequence[Point], device: str) -> tuple[DeviceSpeed, list[str]]:
     f16 runs at three widths, then each type's bandwidth from its wide run less those costs; pp likewise."""
     mine = [p for p in points if p.device == device and p.kv_type == "f16"]
     wide = {p.type: p for p in mine if p.model == "wide"}
-    f16 = [p for p in mine if p.model in ("narrow", "mid")] + ([wide["f16"]] if "f16" in wide else [])
+    f16 = [p for p in mine if p.model in ("narrow", "mid") and p.type == "f16"]
+    f16 += [wide["f16"]] if "f16" in wide else []
     notes: list[str] = []
     token_s, layer_s, row_s = _fit_decode(f16, notes)
     notes.append(f"decode fixed costs: {token_s * 1e3:.3f} ms per token + {layer_s * 1e3:.4f} ms per layer + "
                  f"{row_s * 1e9:.2f} ns per weight row")
+    mids = {p.type: p for p in mine if p.model == "mid"}
+    type_row = {"f16": row_s}
+    for t, w in wide.items():
+        if t != "f16" and t in mids:
+            row = _type_row(mids[t], w, lambda p: p.tg_seconds - token_s - p.n_layer * layer_s, prompt=False)
+            if row is not None:
+                type_row[t] = row
     gbps = {}
     for type_name, p in wide.items():
-        transfer = p.tg_seconds - token_s - p.n_layer * layer_s - p.rows_per_token * row_s
+        transfer = p.tg_seconds - token_s - p.n_layer * layer_s - p.rows_per_token * type_row.get(type_name, row_s)
         if transfer <= 0:
             notes.append(f"{type_name}: the fixed costs exceed the measured time; bandwidth from the raw time")
             transfer = p.tg_seconds
@@ -271,22 +280,50 @@ def fit(points: Sequence[Point], device: str) -> tuple[DeviceSpeed, list[str]]:
     pp_layer_s, pp_row_s = _fit_prompt(f16, gbps.get("f16", 0.0), notes)
     notes.append(f"prompt fixed costs: {pp_layer_s * 1e6:.2f} us per layer + {pp_row_s * 1e9:.3f} ns per weight row "
                  "per token, beside the matmuls and the weights read once per ubatch")
+    type_pp_row = {"f16": pp_row_s}
+    for t, w in wide.items():
+        if t != "f16" and t in mids and w.pp_tps and mids[t].pp_tps:
+            bw = gbps[t]
+            row = _type_row(mids[t], w, lambda p, bw=bw: 1 / p.pp_tps - p.n_layer * pp_layer_s - _stream_s(p, bw),
+                            prompt=True)
+            if row is not None:
+                type_pp_row[t] = row
+    if len(type_row) > 1 or len(type_pp_row) > 1:
+        notes.append("per weight row, decode / prompt: " + ", ".join(
+            f"{t} {type_row.get(t, row_s) * 1e9:.2f} / {type_pp_row.get(t, pp_row_s) * 1e9:.2f} ns" for t in wide))
     pp_rates = {}
     for type_name, p in wide.items():
         if p.pp_tps:
-            matmul_s = (1 / p.pp_tps - p.n_layer * pp_layer_s - p.pp_rows_per_token * pp_row_s
-                        - _stream_s(p, gbps[type_name]))
+            matmul_s = (1 / p.pp_tps - p.n_layer * pp_layer_s - _stream_s(p, gbps[type_name])
+                        - p.pp_rows_per_token * type_pp_row.get(type_name, pp_row_s))
             pp_rates[type_name] = p.elems_per_token / (matmul_s if matmul_s > 0 else 1 / p.pp_tps)
     pp_kv_s = _fit_kv(points, device, notes)
     default = sorted(gbps.values())[len(gbps) // 2] if gbps else 0.0
     return DeviceSpeed(gbps, default, token_s, layer_s, pp_rates, pp_layer_s, row_s=row_s, pp_row_s=pp_row_s,
-                       pp_kv_s=pp_kv_s), notes
+                       pp_kv_s=pp_kv_s, type_row_s=type_row, type_pp_row_s=type_pp_row), notes
+
+
+def _type_row(mid: Point, wide: Point, rest: Any, prompt: bool) -> float | None:
+    """One type's cost per row from its mid and wide runs: two equations rows * row + size / rate = the
+    seconds `rest(point)` leaves after the shared fixed costs (size: bytes read, or in a prompt elements
+    multiplied), solved for (row, 1 / rate); None where the noise makes either negative (the type then
+    takes the f16 figure)."""
+    import numpy as np
+
+    def eq(p: Point) -> list[float]:
+        return [p.pp_rows_per_token, p.elems_per_token] if prompt else [p.rows_per_token, p.bytes_per_token]
+
+    a = np.array([eq(mid), eq(wide)], dtype=float)
+    if abs(np.linalg.det(a)) < 1e-12 * abs(a).max() ** 2:
+        return None
+    row, inv = np.linalg.solve(a, np.array([rest(mid), rest(wide)]))
+    return float(row) if row >= 0 and inv > 0 else None
 
 
 def _fit_kv(points: Sequence[Point], device: str, notes: list[str]) -> dict[str, float]:
     """KV type -> extra seconds per attention element of a prompt token, from the mid model's runs with
     that cache against its f16 run (the same weights: the difference is the attention)."""
-    mid = {p.kv_type: p for p in points if p.device == device and p.model == "mid" and p.pp_tps}
+    mid = {p.kv_type: p for p in points if p.device == device and p.model == "mid" and p.type == "f16" and p.pp_tps}
     base = mid.get("f16")
     out: dict[str, float] = {}
     for kv, p in mid.items():
@@ -330,7 +367,7 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
         raise GgprecError(f"threads must be at least 1 (got {threads})")
     devices = [HOST] + ([GPU] if (gpu_available() if gpu is None else gpu) else [])
     total = (2 + (len(NARROW_DEPTHS) + 1 + len(KV_TYPES)) * 2 * len(devices) + len(NARROW_DEPTHS)
-             + len(names) * (1 + len(devices)) + len(devices))
+             + len(names) * (1 + 2 * len(devices)) + len(devices))
     step = 0
 
     def say(stage: str) -> None:  # progress(stage, steps done, steps in all)
@@ -366,11 +403,15 @@ def calibrate(types: Sequence[str] = DEFAULT_TYPES, quick: bool = False, threads
         for type_name in names:
             say(f"quantizing to {type_name}")
             path = _variant(wide_src, type_name, tmp, threads)
+            mid_path = _variant(mid_file, type_name, tmp, threads)  # its rows: a repacked one costs less
             for dev in devices:
                 say(f"{dev}: wide {type_name}")
                 points.append(_measure(path, dev, "wide", effort, threads))
-            if path != wide_src:
-                path.unlink()
+                if mid_path != mid_file:
+                    say(f"{dev}: mid {type_name}")
+                    points.append(_measure(mid_path, dev, "mid", effort, threads))
+            for made in {path, mid_path} - {wide_src, mid_file}:
+                made.unlink()
         # The f16 runs the fit rests on, again minutes later: each keeps the faster of its two rounds, so a
         # busy stretch of the machine does not tilt the fixed costs against the bandwidths.
         fixed_cost_runs(" (second round)")

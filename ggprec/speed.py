@@ -88,6 +88,9 @@ class DeviceSpeed:
     source: str = ""
     row_s: float = 0.0  # fixed seconds per weight row a generated token multiplies (narrow rows pay it on few bytes)
     pp_row_s: float = 0.0  # the same per prompt token
+    # Per weight type where calibrated (a repacked q4_0 row costs less than an f16 one); row_s / pp_row_s else.
+    type_row_s: dict[str, float] = field(default_factory=dict)
+    type_pp_row_s: dict[str, float] = field(default_factory=dict)
     # KV type -> extra seconds per attention element (prompt_attention) of a prompt token that a cache of that
     # type costs over the f16 default (its flash-attention kernel dequantizes every K and V row it visits).
     pp_kv_s: dict[str, float] = field(default_factory=dict)
@@ -99,7 +102,15 @@ class DeviceSpeed:
         return {"gbps": dict(self.gbps), "default_gbps": self.default_gbps, "token_s": self.token_s,
                 "layer_s": self.layer_s, "pp_elems_per_s": dict(self.pp_elems_per_s),
                 "pp_layer_s": self.pp_layer_s, "source": self.source, "kv_layer_s": dict(self.kv_layer_s),
-                "row_s": self.row_s, "pp_row_s": self.pp_row_s, "pp_kv_s": dict(self.pp_kv_s)}
+                "row_s": self.row_s, "pp_row_s": self.pp_row_s, "pp_kv_s": dict(self.pp_kv_s),
+                "type_row_s": dict(self.type_row_s), "type_pp_row_s": dict(self.type_pp_row_s)}
+
+    def row_cost(self, type_name: str, prompt: bool = False) -> float:
+        """Seconds per row of `type_name`: its own figure, the nearest calibrated type's, else the default."""
+        per, default = (self.type_pp_row_s, self.pp_row_s) if prompt else (self.type_row_s, self.row_s)
+        if type_name in per:
+            return per[type_name]
+        return _nearest(per, type_name) if per else default
 
 
 @dataclass(frozen=True)
@@ -132,12 +143,13 @@ class SpeedModel:
         return bw
 
     def tg_tps(self, reads: Reads, layers: Mapping[str, int] | None = None,
-               rows: Mapping[str, float] | None = None) -> float:
+               rows: Mapping[str, Mapping[str, float]] | None = None) -> float:
         """Expected decode tok/s for `reads` (device -> type -> bytes per token); `layers` (device ->
-        blocks there) adds the per-layer fixed cost, `rows` (device -> weight rows multiplied per token,
-        matmul_rows) the per-row one. Devices are named as in memory's buffers (CPU, CPU_Mapped, CUDA0,
+        blocks there) adds the per-layer fixed cost, `rows` (device -> type -> weight rows multiplied per
+        token, matmul_work) the per-row one. Devices are named as in memory's buffers (CPU, CPU_Mapped, CUDA0,
         ...) or by class (CPU, GPU)."""
-        seconds = sum(n * self.devices[device_class(d)].row_s for d, n in (rows or {}).items())
+        seconds = sum(n * self.devices[device_class(d)].row_cost(t) for d, by_type in (rows or {}).items()
+                      for t, n in by_type.items())
         charged: set[str] = set()
         kv_types: dict[str, set[str]] = {}  # device class -> KV types read there
         for device, by_type in reads.items():
@@ -157,11 +169,11 @@ class SpeedModel:
         return 1.0 / seconds if seconds > 0 else float("inf")
 
     def pp_tps(self, elems: Mapping[str, Mapping[str, int]], layers: Mapping[str, int] | None = None,
-               rows: Mapping[str, float] | None = None, stream: Reads | None = None,
+               rows: Mapping[str, Mapping[str, float]] | None = None, stream: Reads | None = None,
                ubatch_tokens: float = 1.0, attention: Mapping[str, float] | None = None,
                kv_types: Sequence[str] = ()) -> float | None:
         """Expected prompt tok/s for `elems` (device -> type -> weight elements multiplied per token),
-        `layers` (device -> blocks there), `rows` (device -> weight rows multiplied per token) and `stream`
+        `layers` (device -> blocks there), `rows` (device -> type -> weight rows multiplied per token) and `stream`
         (device -> type -> weight bytes each ubatch reads once) over ubatches of `ubatch_tokens` tokens on
         average, and `attention` (device -> prompt_attention elements per token) over a cache of `kv_types`
         (K, V); None when a device taking part has no pp figures."""
@@ -179,8 +191,9 @@ class SpeedModel:
                 seconds += n / rate
         for device, n_layers in (layers or {}).items():
             seconds += n_layers * self.devices[device_class(device)].pp_layer_s
-        for device, n_rows in (rows or {}).items():
-            seconds += n_rows * self.devices[device_class(device)].pp_row_s
+        for device, by_type in (rows or {}).items():
+            spd = self.devices[device_class(device)]
+            seconds += sum(n * spd.row_cost(t, prompt=True) for t, n in by_type.items())
         for device, by_type in (stream or {}).items():
             dev = device_class(device)
             seconds += sum(n / (self._bandwidth(dev, t) * 1e9) for t, n in by_type.items() if n) / ubatch_tokens
@@ -277,7 +290,7 @@ class MatmulWork:
     dot product per token) and the matrices' bytes (by type)."""
 
     elements: dict[str, dict[str, int]] = field(default_factory=dict)
-    rows: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
     bytes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add(self, device: str, gtype: ggml_types.GgmlType, shape: Sequence[int], share: float = 1.0,
@@ -293,7 +306,8 @@ class MatmulWork:
             n *= d
         elems = self.elements.setdefault(device, {})
         elems[gtype.name] = elems.get(gtype.name, 0) + round(n * share)
-        self.rows[device] = self.rows.get(device, 0.0) + n // shape[0] * share  # ggml shape: row length first
+        rows = self.rows.setdefault(device, {})
+        rows[gtype.name] = rows.get(gtype.name, 0.0) + n // shape[0] * share  # ggml shape: row length first
 
 
 def matmul_work(info: ModelInfo, settings: RuntimeSettings,

@@ -71,14 +71,14 @@ def test_pp_is_weight_elements_over_the_type_rate_plus_a_cost_per_layer() -> Non
 def test_each_weight_row_a_token_multiplies_adds_the_row_cost() -> None:
     model = SpeedModel({HOST: DeviceSpeed(gbps={"q8_0": 4.0}, default_gbps=4.0, row_s=1e-8, source="t")})
     # 2 GB at 4 GB/s = 0.5 s, + 1e6 rows x 10 ns = 0.01 s
-    assert model.tg_tps({"CPU": {"q8_0": 2_000_000_000}}, rows={"CPU": 1e6}) == pytest.approx(1 / 0.51)
+    assert model.tg_tps({"CPU": {"q8_0": 2_000_000_000}}, rows={"CPU": {"q8_0": 1e6}}) == pytest.approx(1 / 0.51)
 
 
 def test_a_prompt_reads_the_weights_once_per_ubatch() -> None:
     model = SpeedModel({HOST: DeviceSpeed(gbps={"q8_0": 4.0}, default_gbps=4.0, pp_elems_per_s={"q8_0": 1e9},
                                           pp_row_s=1e-9, source="t")})
     # 1e7 elements at 1e9/s = 10 ms, + 1e6 rows x 1 ns = 1 ms, + 400 MB at 4 GB/s = 100 ms over 100 tokens = 1 ms
-    pp = model.pp_tps({"CPU": {"q8_0": 10_000_000}}, rows={"CPU": 1e6}, stream={"CPU": {"q8_0": 400_000_000}},
+    pp = model.pp_tps({"CPU": {"q8_0": 10_000_000}}, rows={"CPU": {"q8_0": 1e6}}, stream={"CPU": {"q8_0": 400_000_000}},
                       ubatch_tokens=100)
     assert pp == pytest.approx(1 / 0.012)
 
@@ -108,7 +108,7 @@ def test_a_prompt_splits_into_ubatches_of_n_ubatch(pp: int, ubatch: int, tokens:
 def test_a_token_multiplies_every_matrix_row_and_the_tied_head(tiny_model: Path) -> None:
     info = read_gguf(tiny_model)
     blocks = sum(t.n_elements // t.shape[0] for t in info.tensors if t.layer is not None and len(t.shape) == 2)
-    assert matmul_work(info, RuntimeSettings(n_ctx=256)).rows == {HOST: blocks + info.hparams.n_vocab}
+    assert matmul_work(info, RuntimeSettings(n_ctx=256)).rows == {HOST: {"f16": blocks + info.hparams.n_vocab}}
 
 
 def test_a_prompt_token_skips_the_head_and_the_last_blocks_ffn(tiny_model: Path) -> None:
@@ -118,18 +118,20 @@ def test_a_prompt_token_skips_the_head_and_the_last_blocks_ffn(tiny_model: Path)
     multiplied = [t for t in info.tensors if t.layer is not None and len(t.shape) == 2
                   and not (t.layer == last and t.role.startswith("ffn"))]
     work = matmul_work(info, RuntimeSettings(n_ctx=256), prompt=True)
-    assert work.rows == {HOST: sum(t.n_elements // t.shape[0] for t in multiplied)}
+    assert work.rows == {HOST: {"f16": sum(t.n_elements // t.shape[0] for t in multiplied)}}
     assert work.elements == {HOST: {"f16": sum(t.n_elements for t in multiplied)}}
 
 
 def test_the_fit_recovers_the_figures_the_runs_were_made_from() -> None:
     truth = DeviceSpeed(gbps={"f16": 40.0, "q8_0": 30.0}, default_gbps=30.0, token_s=2e-5, layer_s=3e-5,
-                        pp_elems_per_s={"f16": 2e11, "q8_0": 1.5e11}, pp_layer_s=4e-6, row_s=8e-9, pp_row_s=2e-9)
+                        pp_elems_per_s={"f16": 2e11, "q8_0": 1.5e11}, pp_layer_s=4e-6, row_s=8e-9, pp_row_s=2e-9,
+                        type_row_s={"f16": 8e-9, "q8_0": 5e-9}, type_pp_row_s={"f16": 2e-9, "q8_0": 1e-9})
 
     def point(model: str, type_name: str, n_layer: int, n_bytes: int, elems: int, rows: int) -> Point:
-        tg_s = (truth.token_s + n_layer * truth.layer_s + (rows + 2048) * truth.row_s
+        tg_s = (truth.token_s + n_layer * truth.layer_s + (rows + 2048) * truth.row_cost(type_name)
                 + n_bytes / (truth.gbps[type_name] * 1e9))
-        pp_s = (elems / truth.pp_elems_per_s[type_name] + n_layer * truth.pp_layer_s + rows * truth.pp_row_s
+        pp_s = (elems / truth.pp_elems_per_s[type_name] + n_layer * truth.pp_layer_s
+                + rows * truth.row_cost(type_name, prompt=True)
                 + n_bytes / (truth.gbps[type_name] * 1e9) / 128)
         return Point(HOST, model, type_name, n_layer, 64, n_bytes, elems, 1 / tg_s, 0.0, 1 / pp_s,
                      rows_per_token=rows + 2048, pp_rows_per_token=rows, pp_stream_bytes=n_bytes, pp_tokens=128)
@@ -137,10 +139,11 @@ def test_the_fit_recovers_the_figures_the_runs_were_made_from() -> None:
     points = [point("narrow", "f16", 2, 400_000, 200_000, 1_000),
               point("narrow", "f16", 24, 4_800_000, 2_400_000, 12_000),
               point("mid", "f16", 16, 96_000_000, 48_000_000, 78_000),
+              point("mid", "q8_0", 16, 51_000_000, 48_000_000, 78_000),
               point("wide", "f16", 2, 250_000_000, 121_000_000, 47_000),
               point("wide", "q8_0", 2, 133_000_000, 121_000_000, 47_000)]
     got, _ = fit(points, HOST)
-    for name in ("token_s", "layer_s", "row_s", "pp_layer_s", "pp_row_s"):
+    for name in ("token_s", "layer_s", "row_s", "pp_layer_s", "pp_row_s", "type_row_s", "type_pp_row_s"):
         assert getattr(got, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
     assert got.gbps == pytest.approx(truth.gbps, rel=1e-6)
     assert got.pp_elems_per_s == pytest.approx(truth.pp_elems_per_s, rel=1e-6)
@@ -247,8 +250,9 @@ def test_calibration_measures_f16_and_the_asked_types_with_llama_cpp(tiny_calibr
     wide = [p for p in cal.points if p.model == "wide"]
     assert [(p.type, p.n_layer, p.n_embd) for p in wide] == [("f16", 1, 256), ("q8_0", 1, 256)]
     assert [p.n_layer for p in cal.points if p.model == "narrow"] == [2, 24]
-    assert [(p.n_layer, p.n_embd, p.kv_type) for p in cal.points if p.model == "mid"] == [
-        (4, 128, "f16"), (4, 128, "q8_0"), (4, 128, "q4_0")]  # QUICK's mid depth, each KV cache
+    assert [(p.n_layer, p.n_embd, p.type, p.kv_type) for p in cal.points if p.model == "mid"] == [
+        (4, 128, "f16", "f16"), (4, 128, "f16", "q8_0"), (4, 128, "f16", "q4_0"),  # QUICK's depth, each KV cache
+        (4, 128, "q8_0", "f16")]  # and each weight type
 
 
 def test_a_calibration_is_found_again_by_this_machines_fingerprint_only(tiny_calibration: Calibration,
