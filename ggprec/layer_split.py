@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import GgprecError
-from .settings import ALL_LAYERS
 
 CPU = "CPU"
 
@@ -66,6 +65,16 @@ def split_points(shares: Sequence[float]) -> list[float]:
     return [float(np.float32(s / acc)) for s in sums]
 
 
+def offloaded_layers(n_layer: int, n_gpu_layers: int) -> range:
+    """The layers llama.cpp offloads for `n_gpu_layers` when it has a device to offload to: the last
+    n_gpu_layers of the n_layer + 1 (index n_layer is the output layer), i.e. i_gpu_start..n_layer.
+    -ngl 1 offloads the output layer only, -ngl n_layer every block but block 0, -ngl n_layer + 1 (or
+    ALL_LAYERS, or any negative count: llama.cpp reads those as all) everything. The one rule behind
+    tensor_overrides.gpu_layers (one GPU) and assign_layers (several devices)."""
+    ngl = n_layer + 1 if n_gpu_layers < 0 else n_gpu_layers
+    return range(max(n_layer + 1 - ngl, 0), n_layer + 1)
+
+
 def assign_layers(n_layer: int, n_gpu_layers: int, devices: Sequence[str],
                   shares: Sequence[float]) -> list[str]:
     """The device of each layer 0..n_layer (the last entry is the output layer): a name from `devices`
@@ -74,9 +83,8 @@ def assign_layers(n_layer: int, n_gpu_layers: int, devices: Sequence[str],
 
     if len(shares) != len(devices):
         raise GgprecError(f"tensor split: {len(shares)} proportions for {len(devices)} devices")
-    ngl = n_layer + 1 if n_gpu_layers == ALL_LAYERS else max(n_gpu_layers, 0)
-    start = max(n_layer + 1 - ngl, 0)
-    offloaded = min(ngl, n_layer + 1) if devices else 0
+    layers = offloaded_layers(n_layer, n_gpu_layers)
+    start, offloaded = layers.start, len(layers) if devices else 0
     points = split_points(shares) if offloaded else []
     out = []
     for il in range(n_layer + 1):

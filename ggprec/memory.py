@@ -3,8 +3,9 @@
 The keys are those of `ggprec.alloc.Allocation.buffers` (`kind:device`), so a prediction can be set
 beside what llama.cpp reports. The rules follow llama.cpp (vendored in llama-cpp-python 0.3.36):
 
-- weights: the last `n_gpu_layers` blocks go to the GPU; the output head (and output_norm) too when
-  n_gpu_layers > n_layer; token_embd always stays in host memory (a row lookup). A tied head offloaded
+- weights: the last `n_gpu_layers` of the n_layer + 1 layers go to the GPU, the output layer (output_norm
+  and the head) first: -ngl 1 offloads the head only, -ngl n_layer all blocks but block 0
+  (layer_split.offloaded_layers); token_embd always stays in host memory (a row lookup). A tied head offloaded
   to the GPU is a copy of token_embd there. Host weights are one mmap'd range per file (`CPU_Mapped`:
   from the first to the last host tensor in file order, padding included; a split model maps each shard
   on its own; a file the quantizer writes orders its tensors by name, then by layer), except matmul
@@ -95,7 +96,8 @@ def predict(info: ModelInfo, settings: RuntimeSettings, tensor_types: Mapping[st
     n_kv = -(-settings.n_ctx // KV_PAD) * KV_PAD
     _kv(pred, info, settings, n_kv, [GPU if il >= first_gpu else CPU for il in range(hp.n_layer)])
     _compute(pred, info, settings, n_kv, first_gpu, output_on_gpu)
-    out_dev = GPU_HOST if first_gpu < hp.n_layer or output_on_gpu else "CPU"
+    # The logits go to the output layer's device's host buffer type (llama-context.cpp output_reserve).
+    out_dev = GPU_HOST if output_on_gpu else "CPU"
     pred._add(f"output:{out_dev}", hp.n_vocab * F32, f"logits of one sequence: n_vocab {hp.n_vocab} x f32")
     return pred
 
@@ -164,21 +166,33 @@ def _weights(pred: MemoryPrediction, info: ModelInfo, tensor_types: Mapping[str,
                   "output head, -ot overrides)")
 
 
-def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
-        layers: Sequence[str]) -> None:
-    """The KV rows of each layer on that layer's device `layers[il]` (llama.cpp's default offload_kqv)."""
+def is_mla(info: ModelInfo) -> bool:
+    """MLA (DeepSeek-2/3 converted with key_length_mla/value_length_mla): one latent K row of
+    kv_lora_rank + rope dims (attention.key_length, n_head_kv 1) per cell and no V cache at all."""
+    return info.hparams.head_dim_k_mla > 0 and info.hparams.head_dim_v_mla > 0
+
+
+def kv_row_bytes(info: ModelInfo, settings: RuntimeSettings) -> tuple[GgmlType, GgmlType, list[tuple[int, int]]]:
+    """(K type, V type, per layer (K bytes, V bytes) of one KV cell): what the cache holds per cell and
+    what a decoded token reads per cell in use (the speed model). MLA: the latent K row, V 0."""
     hp = info.hparams
     tk = ggml_types.kv_cache_type(settings.cache_type_k)
     tv = ggml_types.kv_cache_type(settings.cache_type_v)
-    # MLA (DeepSeek-2/3 converted with key_length_mla/value_length_mla): one latent K row of
-    # kv_lora_rank + rope dims (attention.key_length, n_head_kv 1) per cell and no V cache at all.
-    mla = hp.head_dim_k_mla > 0 and hp.head_dim_v_mla > 0
+    mla = is_mla(info)
+    rows = [(tk.row_bytes(heads * hp.head_dim_k), 0 if mla else tv.row_bytes(heads * hp.head_dim_v))
+            for heads in hp.n_head_kv[:hp.n_layer]]
+    return tk, tv, rows
+
+
+def _kv(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int,
+        layers: Sequence[str]) -> None:
+    """The KV rows of each layer on that layer's device `layers[il]` (llama.cpp's default offload_kqv)."""
+    tk, tv, rows = kv_row_bytes(info, settings)
+    mla = is_mla(info)
     per_dev: dict[str, list[int]] = {}
-    for il in range(hp.n_layer):
-        heads = hp.n_head_kv[il]
-        row = tk.row_bytes(heads * hp.head_dim_k) + (0 if mla else tv.row_bytes(heads * hp.head_dim_v))
+    for il, (k, v) in enumerate(rows):
         acc = per_dev.setdefault(layers[il], [0, 0])
-        acc[0] += row * n_kv
+        acc[0] += (k + v) * n_kv
         acc[1] += 1
     for dev, (n, count) in per_dev.items():
         pred._add(f"kv:{dev}", n, f"{n_kv} cells x {count} layers x K {tk.name}"

@@ -24,7 +24,7 @@ from .alloc import Allocation, allocation_from_log
 from .errors import GgprecError
 from .llama_backend import LoadedModel, load_model
 from .settings import RuntimeSettings
-from .speed import TG_PREFIX, decode_cells
+from .speed import PP_TOKENS, TG_PREFIX, decode_cells
 
 GEN_TOKENS = 32  # tokens generated for --prompt
 SEED = 1234  # token ids of the timed batches are drawn from the vocabulary with this seed
@@ -247,7 +247,7 @@ def _run_here(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp:
         finally:
             dec.close()
         gpu_bytes = gpu_memory_used_bytes()
-        expected = expected_speed(lm, tg, speed_model, depth)
+        expected = expected_speed(lm, tg, speed_model, depth, pp)
         return RunResult(str(model_path), lm.settings, pp, tg, reps, Stats.of(pp_s) if pp_s else None,
                          Stats.of(tg_s) if tg_s else None, lm.load_s, allocation, peak_rss_bytes(), gpu_bytes,
                          lm.n_layer, lm.notices, prompt, generated, predicted,
@@ -255,14 +255,16 @@ def _run_here(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp:
                          None if expected is None else expected.source, depth, evictable)
 
 
-def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None, depth: int = 0) -> Any:
+def expected_speed(lm: LoadedModel, tg: int, speed_model: Any = None, depth: int = 0, pp: int = 0) -> Any:
     """ggprec.speed's expected tok/s for what `lm` is (its file, the settings as applied), with the KV
-    cells the timed decodes use on average; None for a model the speed model cannot describe. Split over
-    several devices: each device's reads at its rate and each RPC hop (speed.expected_split)."""
+    cells the timed decodes use on average and the prompt length timed (0: speed.PP_TOKENS); None for a
+    model the speed model cannot describe. Split over several devices: each device's reads at its rate and
+    each RPC hop (speed.expected_split)."""
     if speed_model is None:
         return None
     try:
-        return speed_model.expected(lm.info, lm.settings, kv_cells=decode_cells(depth, tg), devices=lm.devices)
+        return speed_model.expected(lm.info, lm.settings, kv_cells=decode_cells(depth, tg), pp_tokens=pp or PP_TOKENS,
+                                    devices=lm.devices)
     except (GgprecError, ValueError, KeyError) as e:
         lm.notices.append(f"no speed expectation: {e}")
         return None

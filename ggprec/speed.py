@@ -4,12 +4,22 @@ Decoding one token reads every weight once (token_embd: one row) plus the KV cac
 is close to a fixed cost plus bytes / bandwidth, summed over devices (layers run one after another):
 
     seconds per token = sum over devices d with reads of
-        token_s[d] + layers[d] * layer_s[d] + sum over types t of bytes[d][t] / (gbps[d][t] * 1e9)
+        token_s[d] + layers[d] * layer_s[d] + rows[d] * row_s[d]
+        + sum over types t of bytes[d][t] / (gbps[d][t] * 1e9)
 
 The effective bandwidth depends on the type (dequantizing a K-quant costs more than reading q8_0), so it
-is per (device, type); token_s / layer_s are the fixed costs (graph, thread barriers per op) that make
+is per (device, type); token_s / layer_s are the fixed costs (graph, thread barriers per op) and row_s a
+fixed cost per weight row multiplied (a dot product's setup and final reduction), which together make
 narrow models slower than their bytes say. Prompt processing is compute-bound: seconds per prompt token
-~ sum over types of weight elements / (elements per second of that type's matmul).
+
+    sum over types of weight elements / pp_elems_per_s[type] + layers * pp_layer_s + rows * pp_row_s
+    + (weight bytes / gbps[type]) / tokens per ubatch + attention elements * pp_kv_s[KV type]
+
+the bytes term because each ubatch streams the weights from memory once, so short prompts pay more per
+token than long ones (llama-bench's pp512 is one ubatch of 512; `ggprec run` times its --pp the same way);
+the attention term for what a quantized KV cache's flash-attention kernel adds over the f16 default (the
+f16 cache's own attention is inside pp_layer_s and pp_row_s, fitted at n_kv 256: prompts much longer than
+that, or a deep cache, are expected faster than they run).
 
 Where the figures come from, per device, in this order (`load_speed_model`):
 1. a bandwidth given explicitly (`--host-bandwidth`, `--gpu-bandwidth`: a plan for another machine); a
@@ -39,6 +49,24 @@ ASSUMED_GPU_GBPS = 500.0
 Reads = Mapping[str, Mapping[str, int]]  # device -> type name -> bytes read per generated token
 KV_PREFIX = "kv:"  # reads of the KV cache are keyed "kv:<type>" beside the weights' "<type>"
 TG_PREFIX = 8  # tokens `ggprec run` decodes before its timed single-token decodes (llama-bench: a short prompt)
+PP_TOKENS = 512  # the prompt length pp is expected at unless told (`ggprec run`'s and llama-bench's default)
+
+
+def prompt_attention(info: ModelInfo, settings: RuntimeSettings, pp_tokens: int) -> float:
+    """Attention elements per prompt token, all layers: each query head visits the K and V rows of the
+    cells it attends to. With flash attention llama.cpp's CPU kernel skips masked cells, so a prompt into an
+    empty cache visits (pp + 1) / 2 on average; without it the K*Q product spans every cell of the ubatch's
+    view (n_kv: at least 256, padded to 256)."""
+    hp = info.hparams
+    cells = (pp_tokens + 1) / 2 if settings.flash_attn_effective else max(256, -(-pp_tokens // 256) * 256)
+    return hp.n_layer * hp.n_head * (hp.head_dim_k + hp.head_dim_v) * cells
+
+
+def ubatch_tokens(pp_tokens: int, settings: RuntimeSettings) -> float:
+    """Tokens per ubatch, on average, when a prompt of `pp_tokens` is decoded: llama.cpp splits the batch
+    (at most n_batch) into ubatches of n_ubatch, and each ubatch reads the weights once."""
+    size = max(min(settings.n_ubatch, settings.n_batch), 1)
+    return pp_tokens / max(-(-pp_tokens // size), 1) if pp_tokens > 0 else 1.0
 
 
 def decode_cells(depth: int, tg: int) -> int:
@@ -58,6 +86,14 @@ class DeviceSpeed:
     pp_elems_per_s: dict[str, float] = field(default_factory=dict)  # type -> weight elements/s in pp
     pp_layer_s: float = 0.0  # fixed seconds per layer per prompt token (attention, norms, ...)
     source: str = ""
+    row_s: float = 0.0  # fixed seconds per weight row a generated token multiplies (narrow rows pay it on few bytes)
+    pp_row_s: float = 0.0  # the same per prompt token
+    # Per weight type where calibrated (a repacked q4_0 row costs less than an f16 one); row_s / pp_row_s else.
+    type_row_s: dict[str, float] = field(default_factory=dict)
+    type_pp_row_s: dict[str, float] = field(default_factory=dict)
+    # KV type -> extra seconds per attention element (prompt_attention) of a prompt token that a cache of that
+    # type costs over the f16 default (its flash-attention kernel dequantizes every K and V row it visits).
+    pp_kv_s: dict[str, float] = field(default_factory=dict)
     # KV type -> fixed seconds per layer per token that a cache of that type adds (a quantized cache's
     # attention kernel on a GPU: measured, see gpu_from_spec); KV bytes are charged at gbps["kv:<type>"].
     kv_layer_s: dict[str, float] = field(default_factory=dict)
@@ -65,7 +101,16 @@ class DeviceSpeed:
     def to_dict(self) -> dict[str, Any]:
         return {"gbps": dict(self.gbps), "default_gbps": self.default_gbps, "token_s": self.token_s,
                 "layer_s": self.layer_s, "pp_elems_per_s": dict(self.pp_elems_per_s),
-                "pp_layer_s": self.pp_layer_s, "source": self.source, "kv_layer_s": dict(self.kv_layer_s)}
+                "pp_layer_s": self.pp_layer_s, "source": self.source, "kv_layer_s": dict(self.kv_layer_s),
+                "row_s": self.row_s, "pp_row_s": self.pp_row_s, "pp_kv_s": dict(self.pp_kv_s),
+                "type_row_s": dict(self.type_row_s), "type_pp_row_s": dict(self.type_pp_row_s)}
+
+    def row_cost(self, type_name: str, prompt: bool = False) -> float:
+        """Seconds per row of `type_name`: its own figure, the nearest calibrated type's, else the default."""
+        per, default = (self.type_pp_row_s, self.pp_row_s) if prompt else (self.type_row_s, self.row_s)
+        if type_name in per:
+            return per[type_name]
+        return _nearest(per, type_name) if per else default
 
 
 @dataclass(frozen=True)
@@ -101,11 +146,15 @@ class SpeedModel:
             bw = self._bw_cache[key] = _type_bandwidth(self.speed_of(dev), type_name)
         return bw
 
-    def tg_tps(self, reads: Reads, layers: Mapping[str, int] | None = None, hops: int = 0) -> float:
+    def tg_tps(self, reads: Reads, layers: Mapping[str, int] | None = None,
+               rows: Mapping[str, Mapping[str, float]] | None = None, hops: int = 0) -> float:
         """Expected decode tok/s for `reads` (device -> type -> bytes per token); `layers` (device ->
-        blocks there) adds the per-layer fixed cost, `hops` the RPC hops a token makes (rpc_hops). Devices
-        are named as in memory's buffers (CPU, CPU_Mapped, CUDA0, RPC0[host:port], ...) or by class."""
+        blocks there) adds the per-layer fixed cost, `rows` (device -> type -> weight rows multiplied per
+        token, matmul_work) the per-row one, `hops` the RPC hops a token makes (rpc_hops). Devices are named
+        as in memory's buffers (CPU, CPU_Mapped, CUDA0, RPC0[host:port], ...) or by class."""
         seconds = hops * self.hop_seconds()
+        seconds += sum(n * self.speed_of(self.speed_key(d)).row_cost(t) for d, by_type in (rows or {}).items()
+                       for t, n in by_type.items())
         charged: set[str] = set()
         kv_types: dict[str, set[str]] = {}  # device class -> KV types read there
         for device, by_type in reads.items():
@@ -125,12 +174,22 @@ class SpeedModel:
                                                       for t in kv_types.get(dev, ())), default=0.0))
         return 1.0 / seconds if seconds > 0 else float("inf")
 
-    def pp_tps(self, elems: Mapping[str, Mapping[str, int]], layers: Mapping[str, int] | None = None) -> float | None:
-        """Expected prompt tok/s for `elems` (device -> type -> weight elements multiplied per token) and
-        `layers` (device -> blocks there), or None when a device taking part has no pp figures."""
+    def pp_tps(self, elems: Mapping[str, Mapping[str, int]], layers: Mapping[str, int] | None = None,
+               rows: Mapping[str, Mapping[str, float]] | None = None, stream: Reads | None = None,
+               ubatch_tokens: float = 1.0, attention: Mapping[str, float] | None = None,
+               kv_types: Sequence[str] = ()) -> float | None:
+        """Expected prompt tok/s for `elems` (device -> type -> weight elements multiplied per token),
+        `layers` (device -> blocks there), `rows` (device -> type -> weight rows multiplied per token) and `stream`
+        (device -> type -> weight bytes each ubatch reads once) over ubatches of `ubatch_tokens` tokens on
+        average, and `attention` (device -> prompt_attention elements per token) over a cache of `kv_types`
+        (K, V); None when a device taking part has no pp figures."""
         seconds = 0.0
+        for device, n in (attention or {}).items():
+            per = self.devices[device_class(device)].pp_kv_s
+            seconds += n * max((per.get(t, 0.0) for t in kv_types), default=0.0)
         for device, by_type in elems.items():
-            spd = self.devices[device_class(device)]
+            dev = device_class(device)
+            spd = self.devices[dev]
             if not spd.pp_elems_per_s:
                 return None
             for type_name, n in by_type.items():
@@ -138,14 +197,22 @@ class SpeedModel:
                 seconds += n / rate
         for device, n_layers in (layers or {}).items():
             seconds += n_layers * self.devices[device_class(device)].pp_layer_s
+        for device, by_type in (rows or {}).items():
+            spd = self.devices[device_class(device)]
+            seconds += sum(n * spd.row_cost(t, prompt=True) for t, n in by_type.items())
+        for device, by_type in (stream or {}).items():
+            dev = device_class(device)
+            seconds += sum(n / (self._bandwidth(dev, t) * 1e9) for t, n in by_type.items() if n) / ubatch_tokens
         return 1.0 / seconds if seconds > 0 else None
 
     def expected(self, info: ModelInfo, settings: RuntimeSettings,
                  tensor_types: Mapping[str, ggml_types.GgmlType] | None = None,
-                 kv_cells: int | None = None, devices: Sequence[Any] | None = None) -> SpeedEstimate:
+                 kv_cells: int | None = None, pp_tokens: int = PP_TOKENS,
+                 devices: Sequence[Any] | None = None) -> SpeedEstimate:
         """Expected tg (and pp) tok/s of `info` (with `tensor_types`, the types of the file that will run)
-        under `settings`; `kv_cells`: KV cells in use while decoding (None: the whole n_ctx); `devices`:
-        the layer_split.OffloadDevices of a split (RPC servers, GPUs): see expected_split."""
+        under `settings`; `kv_cells`: KV cells in use while decoding (None: the whole n_ctx); `pp_tokens`:
+        the prompt's length (decoded in ubatches of settings.n_ubatch); `devices`: the
+        layer_split.OffloadDevices of a split (RPC servers, GPUs): see expected_split."""
         if devices:
             return expected_split(self, info, settings, devices, tensor_types, kv_cells)
         reads = bytes_read_per_token(info, settings, tensor_types, kv_cells)
@@ -155,8 +222,13 @@ class SpeedModel:
         threads = settings.n_threads
         if self.n_threads is not None and threads is not None and threads != self.n_threads:
             source += f" (calibrated with {self.n_threads} threads, this runs {threads})"
-        pp = self.pp_tps(matmul_elements(info, settings, tensor_types), {d: n for d, n in layers.items() if n})
-        return SpeedEstimate(self.tg_tps(reads, layers), pp, source)
+        prompt = matmul_work(info, settings, tensor_types, prompt=True)
+        per_layer = prompt_attention(info, settings, pp_tokens) / max(info.hparams.n_layer, 1)
+        pp = self.pp_tps(prompt.elements, {d: n for d, n in layers.items() if n}, prompt.rows, prompt.bytes,
+                         ubatch_tokens(pp_tokens, settings), {d: n * per_layer for d, n in layers.items() if n},
+                         (settings.cache_type_k, settings.cache_type_v))
+        tg = self.tg_tps(reads, layers, matmul_work(info, settings, tensor_types).rows)
+        return SpeedEstimate(tg, pp, source)
 
     # -- several devices: each device's own figures and the RPC hops (module section at the end) --
 
@@ -244,41 +316,85 @@ def bytes_read_per_token(info: ModelInfo, settings: RuntimeSettings,
     the K and V rows of `kv_cells` cells (None: n_ctx) on each layer's device, keyed "kv:<type>"."""
     from .devices import GPU as GPU_DEVICE
     from .memory import bytes_read_per_token as weight_reads
+    from .memory import kv_row_bytes
 
     reads = weight_reads(info, settings, tensor_types)
-    hp = info.hparams
     cells = settings.n_ctx if kv_cells is None else kv_cells
-    tk, tv = ggml_types.kv_cache_type(settings.cache_type_k), ggml_types.kv_cache_type(settings.cache_type_v)
-    first_gpu = _first_gpu_layer(settings.n_gpu_layers, hp.n_layer)
-    for il in range(hp.n_layer):
+    tk, tv, rows = kv_row_bytes(info, settings)
+    first_gpu = _first_gpu_layer(settings.n_gpu_layers, info.hparams.n_layer)
+    for il, (k, v) in enumerate(rows):
         by_type = reads.setdefault(GPU_DEVICE if il >= first_gpu else HOST, {})
-        for t, n in ((tk, tk.row_bytes(hp.n_head_kv[il] * hp.head_dim_k) * cells),
-                     (tv, tv.row_bytes(hp.n_head_kv[il] * hp.head_dim_v) * cells)):
-            key = KV_PREFIX + t.name
-            by_type[key] = by_type.get(key, 0) + n
+        for t, n in ((tk, k * cells), (tv, v * cells)):
+            if n:
+                key = KV_PREFIX + t.name
+                by_type[key] = by_type.get(key, 0) + n
     return reads
 
 
-def matmul_elements(info: ModelInfo, settings: RuntimeSettings,
-                    tensor_types: Mapping[str, ggml_types.GgmlType] | None = None) -> dict[str, dict[str, int]]:
-    """Device -> type -> weight elements multiplied per prompt token: matrices only (token_embd is a lookup,
-    norms are element-wise), routed experts their used share, and no output head (it runs for the last
-    prompt token only)."""
+@dataclass
+class MatmulWork:
+    """What the weight matrices cost one token, per device: elements multiplied (by type), rows (each a
+    dot product per token) and the matrices' bytes (by type)."""
+
+    elements: dict[str, dict[str, int]] = field(default_factory=dict)
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, device: str, gtype: ggml_types.GgmlType, shape: Sequence[int], share: float = 1.0,
+            multiplied: bool = True) -> None:
+        """One matrix: its bytes, and unless `multiplied` is False (read but multiplied for one token of
+        the batch only) its elements and rows."""
+        by_type = self.bytes.setdefault(device, {})
+        by_type[gtype.name] = by_type.get(gtype.name, 0) + gtype.tensor_bytes(shape)
+        if not multiplied:
+            return
+        n = 1
+        for d in shape:
+            n *= d
+        elems = self.elements.setdefault(device, {})
+        elems[gtype.name] = elems.get(gtype.name, 0) + round(n * share)
+        rows = self.rows.setdefault(device, {})
+        rows[gtype.name] = rows.get(gtype.name, 0.0) + n // shape[0] * share  # ggml shape: row length first
+
+
+def matmul_work(info: ModelInfo, settings: RuntimeSettings,
+                tensor_types: Mapping[str, ggml_types.GgmlType] | None = None, prompt: bool = False) -> MatmulWork:
+    """The weight matrices one token multiplies, on the devices placement puts them: every matrix but
+    token_embd (a row lookup), routed experts their used share (elements and rows; bytes whole: a prompt's
+    ubatch touches them all), and the output head (a tied head: token_embd's matrix again; a split head
+    the quantizer writes). A prompt token (`prompt`) multiplies neither the head nor the last block's FFN:
+    llama.cpp keeps only the output rows (the last token's) after the last block's attention
+    (`inp_out_ids`), so in a 2-layer model half the FFN work is not done per prompt token."""
     from .roles import is_routed_expert
     from .tensor_overrides import Placer
 
     hp = info.hparams
     placer = Placer.for_model(hp.n_layer, settings)
-    share = hp.expert_share
-    elems: dict[str, dict[str, int]] = {}
+    work = MatmulWork()
     for t in info.tensors:
-        if t.name in ("token_embd.weight", "output.weight") or len(t.shape) < 2:
+        if t.name == "token_embd.weight" or len(t.shape) < 2 or (t.name == "output.weight" and prompt):
             continue
         gtype = tensor_types.get(t.name, t.type) if tensor_types else t.type
-        by_type = elems.setdefault(placer.device(t.name, t.layer), {})
-        by_type[gtype.name] = by_type.get(gtype.name, 0) + round(t.n_elements * (share if is_routed_expert(t.role)
-                                                                                else 1.0))
-    return elems
+        once = prompt and t.layer == hp.n_layer - 1 and t.role.startswith("ffn")
+        work.add(placer.device(t.name, t.layer), gtype, t.shape, hp.expert_share if is_routed_expert(t.role) else 1.0,
+                 multiplied=not once)
+    embd = info.tensor("token_embd.weight")
+    if not prompt and embd is not None and info.tensor("output.weight") is None:
+        split = tensor_types.get("output.weight") if tensor_types else None
+        if split is not None:
+            work.add(placer.device("output.weight", None), split, embd.shape)
+        elif info.tied_output:
+            gtype = tensor_types.get(embd.name, embd.type) if tensor_types else embd.type
+            work.add(placer.device(embd.name, None, output_copy=True), gtype, embd.shape)
+    return work
+
+
+def matmul_elements(info: ModelInfo, settings: RuntimeSettings,
+                    tensor_types: Mapping[str, ggml_types.GgmlType] | None = None) -> dict[str, dict[str, int]]:
+    """Device -> type -> weight elements multiplied per prompt token: matrices only (token_embd is a lookup,
+    norms are element-wise), routed experts their used share, neither the output head nor the last block's
+    FFN (they run for the last prompt token only)."""
+    return matmul_work(info, settings, tensor_types, prompt=True).elements
 
 
 # --- building a model: flags > this machine's calibration > assumptions ------------------------------
@@ -444,11 +560,19 @@ def split_reads(info: ModelInfo, settings: RuntimeSettings, devices: Sequence[An
 def expected_split(model: SpeedModel, info: ModelInfo, settings: RuntimeSettings, devices: Sequence[Any],
                    tensor_types: Mapping[str, ggml_types.GgmlType] | None = None,
                    kv_cells: int | None = None) -> SpeedEstimate:
-    """Expected tg of a split: every device's reads at its rate, its layers' fixed costs, the hops. No pp
+    """Expected tg of a split: every device's reads at its rate, its layers' fixed and per-row costs, the hops. No pp
     figure (prompt batches overlap across devices in llama.cpp's pipeline: not modelled)."""
     reads, layers = split_reads(info, settings, devices, tensor_types, kv_cells)
     blocks: dict[str, int] = {}
     for device in layers[:-1]:
         blocks[device] = blocks.get(device, 0) + 1
-    tg = model.tg_tps(reads, blocks, hops=rpc_hops(layers))
+    # The per-row costs, spread over the devices by their share of the blocks (matmul_work counts rows by
+    # single-device placement; the split's rows follow its layers).
+    rows_by_type: dict[str, float] = {}
+    for by_type in matmul_work(info, settings, tensor_types).rows.values():
+        for t, n in by_type.items():
+            rows_by_type[t] = rows_by_type.get(t, 0.0) + n
+    n_blocks = sum(blocks.values()) or 1
+    rows = {d: {t: n * k / n_blocks for t, n in rows_by_type.items()} for d, k in blocks.items()}
+    tg = model.tg_tps(reads, blocks, rows, hops=rpc_hops(layers))
     return SpeedEstimate(tg, None, model.describe_split([d for d, by in reads.items() if any(by.values())]))

@@ -5,8 +5,10 @@ tensor (used by `memory.predict` and the speed model), and `llama_backend.buft_o
 llama.cpp reads to do it from `override_list()` (`llama_model_params.tensor_buft_overrides`).
 
 Rules (llama.cpp's src/llama-model-loader.cpp and common/arg.cpp, vendored in llama-cpp-python 0.3.36):
-- without overrides, `n_gpu_layers` decides: the last n_gpu_layers blocks on the GPU, the output head
-  too when n_gpu_layers > n_layer; token_embd always in host memory;
+- without overrides, `n_gpu_layers` decides: the last n_gpu_layers of the n_layer + 1 layers (the last
+  is the output layer: output_norm and the head) on the GPU, so -ngl 1 offloads the output layer only
+  and -ngl n_layer leaves block 0 on the CPU (layer_split.offloaded_layers); token_embd always in host
+  memory;
 - each override's pattern is searched (std::regex_search, ECMAScript syntax) in the tensor name, the
   first match wins, for every tensor (input, blocks, output);
 - the list llama.cpp gets is `override_tensor` in order, then the `n_cpu_moe` patterns: `--cpu-moe`
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from .devices import CPU, GPU
 from .errors import GgprecError
 from .gguf_info import ModelInfo
+from .layer_split import offloaded_layers
 from .settings import ALL_LAYERS, RuntimeSettings
 
 EXPS_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"  # llama.cpp's LLM_FFN_EXPS_REGEX
@@ -82,9 +85,11 @@ def override_list(settings: RuntimeSettings) -> list[tuple[str, str]]:
 
 
 def gpu_layers(n_gpu_layers: int, n_layer: int) -> tuple[int, bool]:
-    """(first block on the GPU, output head on the GPU) as llama.cpp assigns them."""
-    ngl = n_layer + 1 if n_gpu_layers == ALL_LAYERS else max(n_gpu_layers, 0)
-    return max(n_layer - ngl, 0), ngl > n_layer
+    """(first block on the GPU, output layer on the GPU) as llama.cpp assigns them with one GPU:
+    layer_split.offloaded_layers (the output layer is offloaded first: -ngl 1 puts only the output
+    head there, -ngl n_layer every block but block 0)."""
+    layers = offloaded_layers(n_layer, n_gpu_layers)
+    return min(layers.start, n_layer), n_layer in layers
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 
 from ggprec.alloc import measure_allocation
 from ggprec.ggml_types import lookup
-from ggprec.gguf_info import read_gguf
+from ggprec.gguf_info import ModelInfo, read_gguf
 from ggprec.memory import bytes_read_per_token, predict
 from ggprec.settings import ALL_LAYERS, RuntimeSettings
 from ggprec.synth import PRESETS, shape_for, write_synth
@@ -83,12 +83,26 @@ def test_offloaded_tied_head_is_copied_to_the_gpu_and_token_embd_stays_on_host(t
     assert pred.host_total + pred.device_total("CUDA0") == pred.total
 
 
-def test_partial_offload_puts_the_last_layers_on_the_gpu(tiny_model: Path) -> None:
+def output_layer_bytes(info: ModelInfo) -> int:
+    """output_norm and the head (a tied head: the copy of token_embd llama.cpp makes in the output layer)."""
+    head = info.tensor("output.weight") or info.tensor("token_embd.weight")
+    return info.tensor("output_norm.weight").n_bytes + head.n_bytes
+
+
+def test_ngl_1_offloads_the_output_layer_only(tiny_model: Path) -> None:
     info = read_gguf(tiny_model)
-    pred = predict(info, RuntimeSettings(n_gpu_layers=1, cache_type_k="q8_0"), mmap=False)
-    last = sum(t.n_bytes for t in info.tensors if t.layer == info.hparams.n_layer - 1)
-    assert pred.buffers["model:CUDA0"] == last
-    assert pred.buffers["kv:CUDA0"] == pred.buffers["kv:CPU"]  # one layer each, same row sizes
+    pred = predict(info, RuntimeSettings(n_gpu_layers=1), mmap=False)
+    assert pred.buffers["model:CUDA0"] == output_layer_bytes(info)
+    assert "kv:CUDA0" not in pred.buffers
+
+
+def test_ngl_n_layer_offloads_every_block_but_the_first(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    n_layer = info.hparams.n_layer
+    pred = predict(info, RuntimeSettings(n_gpu_layers=n_layer, cache_type_k="q8_0"), mmap=False)
+    blocks = sum(t.n_bytes for t in info.tensors if t.layer is not None and t.layer >= 1)
+    assert pred.buffers["model:CUDA0"] == blocks + output_layer_bytes(info)
+    assert pred.buffers["kv:CUDA0"] == (n_layer - 1) * pred.buffers["kv:CPU"]  # block 0's rows stay on the host
 
 
 def test_split_head_in_tensor_types_is_counted(tiny_model: Path) -> None:

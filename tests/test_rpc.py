@@ -624,6 +624,29 @@ def test_llama_cpp_assigns_the_layers_layer_split_predicts(demo_model: Path, ser
 
 
 @pytest.mark.llama
+@pytest.mark.slow
+@pytest.mark.parametrize("ngl", [1, 30])
+def test_one_device_holds_what_the_single_gpu_rule_offloads(demo_model: Path, servers: tuple[str, str],
+                                                           ngl: int) -> None:
+    """A loopback server is a real offload device: -ngl 1 gives it the output layer only (SmolLM2's tied
+    head is a copy of token_embd, plus output_norm), -ngl n_layer every block but block 0 and the output
+    layer; memory.predict's single-GPU rule must name the same bytes."""
+    from ggprec.gguf_info import read_gguf
+    from ggprec.memory import predict
+    from ggprec.runner import run_benchmark
+    from ggprec.settings import RuntimeSettings
+
+    settings = RuntimeSettings(n_ctx=256, n_threads=1, n_gpu_layers=ngl, rpc_servers=servers[:1])
+    allocated = run_benchmark(demo_model, settings, pp=8, tg=0, reps=1).allocation.buffers[f"model:RPC0[{servers[0]}]"]
+    info = read_gguf(demo_model)
+    head = info.tensor("token_embd.weight").n_bytes + info.tensor("output_norm.weight").n_bytes
+    blocks = sum(t.n_bytes for t in info.tensors if t.layer is not None and t.layer >= 1)
+    predicted = predict(info, settings.with_overrides(rpc_servers=())).buffers["model:CUDA0"]
+    assert predicted == {1: head, 30: head + blocks}[ngl]
+    assert allocated == pytest.approx(predicted, abs=0.005 * 2**20)  # the load log prints MiB to 2 decimals
+
+
+@pytest.mark.llama
 def test_without_rpc_in_the_build_every_rpc_command_names_the_fix(monkeypatch: pytest.MonkeyPatch, demo_model: Path,
                                                                   tmp_path: Path) -> None:
     monkeypatch.setattr(rpc.backend, "supports_rpc", lambda: False)  # require_rpc asks its own module

@@ -11,7 +11,16 @@ import pytest
 from click.testing import CliRunner
 
 from ggprec import ggml_types
-from ggprec.calibrate import Calibration, calibrate, find_calibration, speed_model_for, store_calibration
+from ggprec.calibrate import (
+    Calibration,
+    Point,
+    calibrate,
+    faster_rounds,
+    find_calibration,
+    fit,
+    speed_model_for,
+    store_calibration,
+)
 from ggprec.cli import main
 from ggprec.gguf_info import read_gguf
 from ggprec.runner import run_benchmark
@@ -27,6 +36,9 @@ from ggprec.speed import (
     flat,
     gpu_from_spec,
     load_speed_model,
+    matmul_work,
+    prompt_attention,
+    ubatch_tokens,
 )
 from ggprec.store import Store
 from ggprec.synth import SynthShape
@@ -54,6 +66,107 @@ def test_an_uncalibrated_type_takes_the_nearest_calibrated_one_of_its_family() -
 def test_pp_is_weight_elements_over_the_type_rate_plus_a_cost_per_layer() -> None:
     assert MODEL.pp_tps({"CPU": {"q8_0": 10_000_000}}, {"CPU": 10}) == pytest.approx(1 / (0.01 + 0.001))
     assert MODEL.pp_tps({"CUDA0": {"q8_0": 10_000_000}}) is None  # no pp figures for an assumed GPU
+
+
+def test_each_weight_row_a_token_multiplies_adds_the_row_cost() -> None:
+    model = SpeedModel({HOST: DeviceSpeed(gbps={"q8_0": 4.0}, default_gbps=4.0, row_s=1e-8, source="t")})
+    # 2 GB at 4 GB/s = 0.5 s, + 1e6 rows x 10 ns = 0.01 s
+    assert model.tg_tps({"CPU": {"q8_0": 2_000_000_000}}, rows={"CPU": {"q8_0": 1e6}}) == pytest.approx(1 / 0.51)
+
+
+def test_a_prompt_reads_the_weights_once_per_ubatch() -> None:
+    model = SpeedModel({HOST: DeviceSpeed(gbps={"q8_0": 4.0}, default_gbps=4.0, pp_elems_per_s={"q8_0": 1e9},
+                                          pp_row_s=1e-9, source="t")})
+    # 1e7 elements at 1e9/s = 10 ms, + 1e6 rows x 1 ns = 1 ms, + 400 MB at 4 GB/s = 100 ms over 100 tokens = 1 ms
+    pp = model.pp_tps({"CPU": {"q8_0": 10_000_000}}, rows={"CPU": {"q8_0": 1e6}}, stream={"CPU": {"q8_0": 400_000_000}},
+                      ubatch_tokens=100)
+    assert pp == pytest.approx(1 / 0.012)
+
+
+def test_a_quantized_cache_adds_its_cost_per_attention_element_to_a_prompt() -> None:
+    figures = DeviceSpeed(gbps={}, default_gbps=4.0, pp_elems_per_s={"q8_0": 1e9}, pp_kv_s={"q4_0": 1e-12}, source="t")
+    model = SpeedModel({HOST: figures})
+    base = model.pp_tps({"CPU": {"q8_0": 10_000_000}}, attention={"CPU": 1e9}, kv_types=("f16", "f16"))
+    quantized = model.pp_tps({"CPU": {"q8_0": 10_000_000}}, attention={"CPU": 1e9}, kv_types=("q4_0", "q4_0"))
+    assert (base, quantized) == (pytest.approx(1 / 0.01), pytest.approx(1 / 0.011))  # + 1e9 x 1 ps
+
+
+def test_flash_attention_visits_the_unmasked_cells_without_it_every_padded_one(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    hp = info.hparams
+    per_cell = hp.n_layer * hp.n_head * (hp.head_dim_k + hp.head_dim_v)
+    assert prompt_attention(info, RuntimeSettings(flash_attn=True), 127) == per_cell * 64
+    assert prompt_attention(info, RuntimeSettings(flash_attn=False), 127) == per_cell * 256
+    assert prompt_attention(info, RuntimeSettings(flash_attn=False), 300) == per_cell * 512
+
+
+@pytest.mark.parametrize("pp, ubatch, tokens", [(128, 512, 128), (512, 512, 512), (1000, 512, 500), (2048, 256, 256)])
+def test_a_prompt_splits_into_ubatches_of_n_ubatch(pp: int, ubatch: int, tokens: float) -> None:
+    assert ubatch_tokens(pp, RuntimeSettings(n_batch=2048, n_ubatch=ubatch)) == tokens
+
+
+def test_a_token_multiplies_every_matrix_row_and_the_tied_head(tiny_model: Path) -> None:
+    info = read_gguf(tiny_model)
+    blocks = sum(t.n_elements // t.shape[0] for t in info.tensors if t.layer is not None and len(t.shape) == 2)
+    assert matmul_work(info, RuntimeSettings(n_ctx=256)).rows == {HOST: {"f16": blocks + info.hparams.n_vocab}}
+
+
+def test_a_prompt_token_skips_the_head_and_the_last_blocks_ffn(tiny_model: Path) -> None:
+    # llama.cpp keeps only the output rows (inp_out_ids) after the last block's attention
+    info = read_gguf(tiny_model)
+    last = info.hparams.n_layer - 1
+    multiplied = [t for t in info.tensors if t.layer is not None and len(t.shape) == 2
+                  and not (t.layer == last and t.role.startswith("ffn"))]
+    work = matmul_work(info, RuntimeSettings(n_ctx=256), prompt=True)
+    assert work.rows == {HOST: {"f16": sum(t.n_elements // t.shape[0] for t in multiplied)}}
+    assert work.elements == {HOST: {"f16": sum(t.n_elements for t in multiplied)}}
+
+
+def test_the_fit_recovers_the_figures_the_runs_were_made_from() -> None:
+    truth = DeviceSpeed(gbps={"f16": 40.0, "q8_0": 30.0}, default_gbps=30.0, token_s=2e-5, layer_s=3e-5,
+                        pp_elems_per_s={"f16": 2e11, "q8_0": 1.5e11}, pp_layer_s=4e-6, row_s=8e-9, pp_row_s=2e-9,
+                        type_row_s={"f16": 8e-9, "q8_0": 5e-9}, type_pp_row_s={"f16": 2e-9, "q8_0": 1e-9})
+
+    def point(model: str, type_name: str, n_layer: int, n_bytes: int, elems: int, rows: int) -> Point:
+        tg_s = (truth.token_s + n_layer * truth.layer_s + (rows + 2048) * truth.row_cost(type_name)
+                + n_bytes / (truth.gbps[type_name] * 1e9))
+        pp_s = (elems / truth.pp_elems_per_s[type_name] + n_layer * truth.pp_layer_s
+                + rows * truth.row_cost(type_name, prompt=True)
+                + n_bytes / (truth.gbps[type_name] * 1e9) / 128)
+        return Point(HOST, model, type_name, n_layer, 64, n_bytes, elems, 1 / tg_s, 0.0, 1 / pp_s,
+                     rows_per_token=rows + 2048, pp_rows_per_token=rows, pp_stream_bytes=n_bytes, pp_tokens=128)
+
+    points = [point("narrow", "f16", 2, 400_000, 200_000, 1_000),
+              point("narrow", "f16", 24, 4_800_000, 2_400_000, 12_000),
+              point("mid", "f16", 16, 96_000_000, 48_000_000, 78_000),
+              point("mid", "q8_0", 16, 51_000_000, 48_000_000, 78_000),
+              point("wide", "f16", 2, 250_000_000, 121_000_000, 47_000),
+              point("wide", "q8_0", 2, 133_000_000, 121_000_000, 47_000)]
+    got, _ = fit(points, HOST)
+    for name in ("token_s", "layer_s", "row_s", "pp_layer_s", "pp_row_s", "type_row_s", "type_pp_row_s"):
+        assert getattr(got, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
+    assert got.gbps == pytest.approx(truth.gbps, rel=1e-6)
+    assert got.pp_elems_per_s == pytest.approx(truth.pp_elems_per_s, rel=1e-6)
+
+
+def test_a_fixed_cost_the_noise_drives_negative_is_zero_and_the_others_are_refitted() -> None:
+    # decode times made with token_s = -5 us: the fit keeps token_s at 0 and still finds a cost per row
+    def point(model: str, n_layer: int, n_bytes: int, rows: int) -> Point:
+        tg_s = -5e-6 + n_layer * 1e-5 + rows * 1e-8 + n_bytes / 60e9
+        return Point(HOST, model, "f16", n_layer, 64, n_bytes, 0, 1 / tg_s, 0.0, None, rows_per_token=rows)
+
+    got, notes = fit([point("narrow", 2, 220_000, 1_536), point("narrow", 24, 1_900_000, 12_800),
+                      point("mid", 16, 99_000_000, 80_000), point("wide", 2, 250_000_000, 49_000)], HOST)
+    assert got.token_s == 0.0 and got.row_s > 0 and got.layer_s > 0
+    assert "decode: token_s fitted negative (noise); set to 0 and the rest refitted" in notes
+
+
+def test_a_run_measured_in_two_rounds_keeps_its_faster_tg_and_faster_pp() -> None:
+    first = Point(HOST, "mid", "f16", 16, 512, 1, 1, 300.0, 0.0, 2000.0)
+    second = Point(HOST, "mid", "f16", 16, 512, 1, 1, 350.0, 0.0, 1500.0)
+    other = Point(HOST, "wide", "f16", 2, 2048, 1, 1, 200.0, 0.0, 900.0)
+    kept = faster_rounds([first, other, second])
+    assert [(p.model, p.tg_tps, p.pp_tps) for p in kept] == [("mid", 350.0, 2000.0), ("wide", 200.0, 900.0)]
 
 
 def test_bytes_read_per_token_counts_every_weight_once_one_embedding_row_the_tied_head_and_the_kv_cells(
@@ -118,12 +231,13 @@ def test_a_bandwidth_flag_must_be_positive() -> None:
 
 
 TINY_WIDE = SynthShape(n_layer=1, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=512, n_ctx=256)
+TINY_MID = SynthShape(n_layer=1, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, n_vocab=512, n_ctx=256)
 
 
 @pytest.fixture(scope="module")
 def tiny_calibration(tmp_path_factory: pytest.TempPathFactory) -> Calibration:
     """A real calibration (llama.cpp runs) on tiny shapes: seconds, not a minute."""
-    return calibrate(["q8_0"], quick=True, threads=1, gpu=False, wide=TINY_WIDE,
+    return calibrate(["q8_0"], quick=True, threads=1, gpu=False, wide=TINY_WIDE, mid=TINY_MID,
                      work_dir=tmp_path_factory.mktemp("calibrate"))
 
 
@@ -136,6 +250,9 @@ def test_calibration_measures_f16_and_the_asked_types_with_llama_cpp(tiny_calibr
     wide = [p for p in cal.points if p.model == "wide"]
     assert [(p.type, p.n_layer, p.n_embd) for p in wide] == [("f16", 1, 256), ("q8_0", 1, 256)]
     assert [p.n_layer for p in cal.points if p.model == "narrow"] == [2, 24]
+    assert [(p.n_layer, p.n_embd, p.type, p.kv_type) for p in cal.points if p.model == "mid"] == [
+        (4, 128, "f16", "f16"), (4, 128, "f16", "q8_0"), (4, 128, "f16", "q4_0"),  # QUICK's depth, each KV cache
+        (4, 128, "q8_0", "f16")]  # and each weight type
 
 
 def test_a_calibration_is_found_again_by_this_machines_fingerprint_only(tiny_calibration: Calibration,
@@ -187,11 +304,13 @@ def test_an_moe_token_reads_and_multiplies_only_the_used_share_of_its_routed_exp
     info = read_gguf(write_synth(tmp_path / "moe.gguf", shape_for("tiny-moe"), "f16", sparse=True))
     hp = info.hparams
     share = hp.n_expert_used / hp.n_expert
-    experts = [t for t in info.tensors if is_routed_expert(t.role)]
+    last = hp.n_layer - 1  # a prompt token skips the last block's FFN and the head (last token only)
+    experts = [t for t in info.tensors if is_routed_expert(t.role) and t.layer != last]
     assert experts and 0 < share < 1
     dense = sum(t.n_elements for t in info.tensors
                 if len(t.shape) > 1 and not is_routed_expert(t.role)
-                and t.name not in ("token_embd.weight", "output.weight"))  # a lookup; the head: last token only
+                and not (t.layer == last and t.role.startswith("ffn"))
+                and t.name not in ("token_embd.weight", "output.weight"))  # a lookup; the head
     elems = matmul_elements(info, RuntimeSettings(n_ctx=256))
     assert elems == {HOST: {"f16": dense + round(sum(t.n_elements for t in experts) * share)}}
     reads = bytes_read_per_token(info, RuntimeSettings(n_ctx=256), kv_cells=0)

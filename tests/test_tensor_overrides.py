@@ -18,6 +18,7 @@ from ggprec.settings import ALL_LAYERS, RuntimeSettings
 from ggprec.tensor_overrides import (
     EXPS_PATTERN,
     check_pattern,
+    gpu_layers,
     overridden,
     override_list,
     parse_overrides,
@@ -25,6 +26,13 @@ from ggprec.tensor_overrides import (
 )
 
 EXPS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+
+
+@pytest.mark.parametrize("ngl, expected", [(0, (30, False)), (1, (30, True)), (2, (29, True)), (30, (1, True)),
+                                           (31, (0, True)), (99, (0, True)), (ALL_LAYERS, (0, True))])
+def test_gpu_layers_offload_the_output_layer_first_like_llama_cpp(ngl: int, expected: tuple[int, bool]) -> None:
+    # src/llama-model.cpp: i_gpu_start = max(n_layer + 1 - ngl, 0) over the blocks and the output layer.
+    assert gpu_layers(ngl, 30) == expected
 
 
 def test_the_struct_is_two_pointers_pattern_first() -> None:
