@@ -43,8 +43,10 @@ from .tensor_overrides import Placer
 KV_PAD = 256  # llama.cpp pads n_ctx to a multiple of 256 cells
 F32, F16 = 4, 2
 # Multipliers of one n_embd (or n_embd_kv) activation of n_ubatch tokens, fitted on llama.cpp's
-# reported compute buffers (llama-3.2-1b, 8b, 70b and SmolLM2 shapes; see the module doc).
-ATTN_EMBD, ATTN_EMBD_KV, ATTN_EMBD_FA, OUT_EMBD = 5, 2, 12, 2
+# reported compute buffers (llama-3.2-1b, 8b, 70b and SmolLM2 shapes; see the module doc). With flash
+# attention the attention block is the peak only where the vocabulary is small: 8 fitted on the tiny shape
+# (f16 cache exact, quantized +0.5%).
+ATTN_EMBD, ATTN_EMBD_KV, ATTN_EMBD_FA, OUT_EMBD = 5, 2, 8, 2
 MOE_EMBD = 4  # activations beside the expert FFN's (mixtral-8x7b, flash attention: exact at ctx 4096)
 N_COPIES = 4  # GGML_SCHED_MAX_COPIES: copies of each split input the scheduler keeps with pipeline parallelism
 
@@ -225,23 +227,25 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
         attn = n_kv * n_ub * (hp.n_head + masks) * F32 + ATTN_EMBD * embd + ATTN_EMBD_KV * embd_kv
         attn_why = (f"KQ f32 {n_kv}x{n_ub}x{hp.n_head} heads + {masks} f32 mask + {ATTN_EMBD}+{ATTN_EMBD_KV} "
                     "activations")
-    if hp.n_expert and hp.n_expert_used:
+    # A quantized KV cache makes llama.cpp rotate Q/K/V (and the attention output) by a Hadamard matrix
+    # (llama-kv-cache.cpp's attn_rot_k/v), which adds small temporaries to every layer and moves where
+    # ggml's allocator leaves its holes once the f16 mask (n_kv x n_ubatch) is at least one activation
+    # (n_kv >= 2 n_embd). Measured: a dense model's output peak then holds one more activation (llama-3.2-1b,
+    # 8b and 70b shapes; one exception seen: 8b at n_kv 24576, one less: on the safe side); a mixture of
+    # experts' routed FFN one fewer and its output none more (tiny-moe, qwen3-30b-a3b, mixtral-8x7b).
+    rot_hole = fa and attn_rotation(info, settings) and n_kv >= 2 * hp.n_embd
+    moe_model = bool(hp.n_expert and hp.n_expert_used)
+    out_n = OUT_EMBD + (1 if rot_hole and not moe_model else 0)
+    if moe_model:
         # The routed-expert FFN of one ubatch: gate, up and their product for each token's used experts
         # (f32, n_ff_exp x n_expert_used x n_ubatch each) beside the attention mask and MOE_EMBD activations;
         # fitted on mixtral-8x7b's no_alloc reports with flash attention (where it is the peak).
         n_ff_exp = hp.n_ff_exp or hp.n_ff_max
-        moe = (3 * n_ff_exp * hp.n_expert_used * n_ub * F32 + n_kv * n_ub * (F16 if fa else F32)
-               + MOE_EMBD * embd)
+        moe_n = MOE_EMBD - (1 if rot_hole else 0)
+        moe = 3 * n_ff_exp * hp.n_expert_used * n_ub * F32 + n_kv * n_ub * (F16 if fa else F32) + moe_n * embd
         if moe > attn:
             attn, attn_why = moe, f"3 expert activations f32 {n_ff_exp}x{hp.n_expert_used}x{n_ub} + mask + " \
-                                  f"{MOE_EMBD} activations"
-    # A quantized KV cache makes llama.cpp rotate Q/K/V (and the attention output) by a Hadamard matrix
-    # (llama-kv-cache.cpp's attn_rot_k/v), which adds small temporaries to every layer. Where they leave a
-    # hole that the output's activations cannot reuse, the output peak holds one more activation: measured
-    # once the f16 mask (n_kv x n_ubatch) is at least one activation (n_kv >= 2 n_embd) on the llama-3.2-1b,
-    # 8b and 70b shapes (one exception seen: 8b at n_kv 24576, where it is one less: on the safe side).
-    rot = attn_rotation(info, settings)
-    out_n = OUT_EMBD + (1 if fa and rot and n_kv >= 2 * hp.n_embd else 0)
+                                  f"{moe_n} activations"
     out = hp.n_vocab * n_ub * F32 + out_n * embd
     out_why = f"logits f32 {hp.n_vocab}x{n_ub} + {out_n} activations"
     if hp.kv_lora_rank:
@@ -252,8 +256,11 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
         out = hp.n_vocab * n_ub * F32 + max(out_n * embd, mla)
         out_why = f"logits f32 {hp.n_vocab}x{n_ub} + MLA query activations"
         if not fa:
-            attn += mla - ATTN_EMBD_KV * embd_kv
-            attn_why += " + MLA query activations"
+            # Without flash attention the latent V (a view of the K cache) is copied transposed: an f16
+            # n_kv x kv_lora_rank tensor whatever n_ubatch (measured at n_ubatch 256 and 512, n_ctx 16384-65536).
+            # ggml's allocator sometimes fits it into a hole: up to 5% over at n_ctx 8192-16384 (on the safe side).
+            attn += mla - ATTN_EMBD_KV * embd_kv + n_kv * hp.kv_lora_rank * F16
+            attn_why += " + MLA query activations + transposed latent V f16"
     return attn, attn_why, out, out_why, embd
 
 

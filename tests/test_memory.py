@@ -133,6 +133,15 @@ def test_tiny_moe_prediction_matches_no_alloc_within_2_percent(tiny_moe: Path) -
     assert_no_alloc_within_2_percent(tiny_moe, RuntimeSettings(n_ctx=1024, n_threads=1))
 
 
+@pytest.mark.llama
+@pytest.mark.parametrize("n_ctx", [1024, 4096])
+def test_a_quantized_cache_on_a_mixture_of_experts_matches_no_alloc_within_2_percent(tiny_moe: Path,
+                                                                                      n_ctx: int) -> None:
+    """The Hadamard rotation's hole: one activation fewer beside the routed FFN, none more at the output."""
+    assert_no_alloc_within_2_percent(tiny_moe, RuntimeSettings(n_ctx=n_ctx, n_threads=1, cache_type_k="q8_0",
+                                                               cache_type_v="q8_0"))
+
+
 def test_cpu_moe_moves_exactly_the_expert_bytes_from_the_gpu_to_host_memory(tiny_moe: Path) -> None:
     info = read_gguf(tiny_moe)
     exps = sum(t.n_bytes for t in info.tensors if t.role.endswith("_exps"))
@@ -197,3 +206,11 @@ def test_repacked_weights_are_resident_once_not_twice(sparse_8b_session: Path) -
     assert repacked.buffers["model:CPU_REPACK"] > 0 and plain.evictable == 0
     assert repacked.evictable == repacked.host_total - plain.host_total
     assert repacked.resident_host == plain.resident_host
+
+
+@pytest.mark.llama
+def test_mla_without_flash_attention_copies_the_latent_v_transposed(tmp_path: Path) -> None:
+    path = write_synth(tmp_path / "ds.gguf", shape_for("deepseek-v2-lite", n_layer=2, n_vocab=1000), sparse=True)
+    s = RuntimeSettings(n_ctx=32768, n_ubatch=256, n_threads=1, flash_attn=False)
+    assert "transposed latent V" in predict(read_gguf(path), s, mmap=False).explain["compute:CPU"]
+    assert_no_alloc_within_2_percent(path, s)
