@@ -1,11 +1,12 @@
 """Time `recommend` (front included) on sparse synthetic shapes: goals <= 1 s on an 8B, <= 3 s on a 70B (and on
 the Qwen3-30B-A3B mixture of experts).
 
-Usage: python scripts/bench_recommend.py [--reps 3]
+Usage: python scripts/bench_recommend.py [--reps 3] [--fronts]
 Writes the sparse files (no disk used) to a temporary directory, runs recommend for issue 10's scenarios
 (bandwidths given: host 60 GB/s, GPU 936 GB/s) and prints the median wall time per call (reading the header
 included), its ratio to the goal, the size of the front and the chosen row. No asserts: the ratios are the
-result. Timings depend on the machine's load; the load average is printed with them.
+result. Timings depend on the machine's load; the load average is printed with them. --fronts: then each
+scenario's front as the README shows it (recommend.render.front_markdown), its reasons and llama.cpp lines.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from ggprec.gguf_info import read_gguf
 from ggprec.recommend import recommend
+from ggprec.recommend.commands import llama_commands
+from ggprec.recommend.render import front_markdown
 from ggprec.synth import PRESETS, write_synth
 
 CASES = (  # preset, vram GiB, ram GiB, ctx, goal
@@ -36,6 +39,7 @@ HOST_GBPS, GPU_GBPS = 60.0, 936.0
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--fronts", action="store_true", help="also print each scenario's front, reasons and commands")
     args = ap.parse_args()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,6 +47,7 @@ def main() -> None:
                  for p in {c[0] for c in CASES}}
         print(f"{'model':13} {'vram':>5} {'ram':>5} {'ctx':>6} {'goal':8} {'median s':>9} {'goal s':>7} "
               f"{'ratio':>6} {'front':>6}  chosen")
+        fronts = []
         for preset, vram, ram, ctx, goal in CASES:
             times = []
             for _ in range(args.reps):
@@ -57,6 +62,13 @@ def main() -> None:
                   f"{len(rec.front):6}  {r.bits_per_weight:.2f} bits/weight, KV {r.kv_type}, ngl {r.n_gpu_layers}, "
                   f"{f'n_cpu_moe {r.n_cpu_moe}, ' if r.n_cpu_moe else ''}KLD {r.expected_kld:.4f}, "
                   f"{r.tg_tps:.1f} tok/s")
+            fronts.append((f"{preset}.gguf --vram {vram} --ram {ram} --ctx {ctx} --goal {goal}", rec, info))
+        for title, rec, info in fronts if args.fronts else ():
+            cmd = llama_commands(rec, info)
+            print(f"\n`ggprec recommend {title} --host-bandwidth {HOST_GBPS:g} --gpu-bandwidth {GPU_GBPS:g}`\n")
+            print(front_markdown(rec, info.hparams.n_layer))
+            print("", *(f"- {reason}" for reason in rec.reasons), "", "```", cmd.quantize or "(nothing to quantize)",
+                  cmd.server, "```", sep="\n")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

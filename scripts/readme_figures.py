@@ -10,6 +10,7 @@ every README number can be traced to a run on a named machine.
     python scripts/readme_figures.py --list          # sections, their commands and rough cost
     python scripts/readme_figures.py --only memory,speed --out /tmp/figures.md
     python scripts/readme_figures.py --all           # also the long ones (sensitivity, frontier, fuzzing)
+    python scripts/readme_figures.py --update recommend-speed   # re-take sections in place (same machine only)
 
 Timings depend on the load: run it on an otherwise idle machine (each section prints its load average).
 A section that fails is recorded with its exit status and the run goes on; the script exits 1 if any did.
@@ -57,7 +58,8 @@ SECTIONS = (
     Section("demo", "`ggprec demo`", (script("bench_demo.py"),), 4),
     Section("parity", "`ggprec quantize` and `ggprec eval` against llama.cpp's own tools",
             (script("bench_quantize.py"), script("bench_eval.py")), 5),
-    Section("recommend-speed", "`ggprec recommend` (speed of recommend itself)", (script("bench_recommend.py"),), 1),
+    Section("recommend-speed", "`ggprec recommend` (the scenarios' fronts, and the speed of recommend itself)",
+            (script("bench_recommend.py", "--fronts"),), 1),
     Section("recommend-verify", "Recommend on a quantized file", (script("verify_recommend.py"),), 8),
     Section("devices", "Several devices", (script("fit_split_examples.py"), script("check_rpc_memory.py"),
                                            script("bench_rpc.py")), 3),
@@ -100,8 +102,8 @@ def loadavg() -> str:
         return "?"
 
 
-def run_section(sec: Section, out: list[str]) -> bool:
-    out += [f"## {sec.name}", "", f"README: {sec.readme}", ""]
+def run_section(sec: Section, out: list[str], retaken: str = "") -> bool:
+    out += [f"## {sec.name}", "", f"README: {sec.readme}", ""] + ([retaken, ""] if retaken else [])
     ok = True
     for cmd in sec.commands:
         shown = shlex.join(["python" if c == PY else c for c in cmd])
@@ -119,10 +121,42 @@ def run_section(sec: Section, out: list[str]) -> bool:
     return ok
 
 
+def split_sections(text: str) -> tuple[list[str], dict[str, list[str]]]:
+    """An existing figures file as its opening lines and its sections by name (each with its heading)."""
+    head: list[str] = []
+    sections: dict[str, list[str]] = {}
+    current = head
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:].strip(), [])
+        current.append(line)
+    return head, sections
+
+
+def update(path: Path, wanted: list[str]) -> tuple[list[str], list[str]]:
+    """Re-take `wanted` sections of the figures file at `path` in place; the rest keep their run. Refused when
+    the file was written on another machine (its figures would then mix two machines)."""
+    head, old = split_sections(path.read_text())
+    here = [line for line in machine() if line.startswith(("- machine:", "- CPU features"))]
+    if not all(line in head for line in here):
+        raise SystemExit(f"readme_figures: {path} was written on another machine; re-take it whole")
+    stamp = next(line for line in machine() if line.startswith("- llama-cpp-python")).split("; ")[-1]
+    when = f"Re-taken {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with {stamp} (`--update`)."
+    out, failed = list(head), []
+    for sec in SECTIONS:
+        if sec.name in wanted:
+            if not run_section(sec, out, when):
+                failed.append(sec.name)
+        elif sec.name in old:
+            out += old[sec.name]
+    return out, failed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="comma-separated section names (see --list)")
     ap.add_argument("--all", action="store_true", help="also the long sections")
+    ap.add_argument("--update", metavar="SECTIONS", help="re-take these sections of the existing --out file in place")
     ap.add_argument("--list", action="store_true", help="list the sections and exit")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "FIGURES.md")
     args = ap.parse_args()
@@ -132,15 +166,22 @@ def main() -> int:
             print(f"{s.name:17} ~{s.minutes:<4g} min {'(--all)' if s.long else '':8} {cmds}")
         return 0
     names = {s.name for s in SECTIONS}
-    wanted = args.only.split(",") if args.only else [s.name for s in SECTIONS if args.all or not s.long]
+    asked = args.update or args.only
+    wanted = asked.split(",") if asked else [s.name for s in SECTIONS if args.all or not s.long]
     unknown = [n for n in wanted if n not in names]
     if unknown:
         print(f"readme_figures: unknown section {unknown[0]!r} (known: {', '.join(sorted(names))})", file=sys.stderr)
         return 2
-    out = ["# Figures behind the README", "",
-           "Written by `python scripts/readme_figures.py` (one run, one machine); the README quotes these.", "",
-           *machine(), ""]
-    failed = [s.name for s in SECTIONS if s.name in wanted and not run_section(s, out)]
+    if args.update:
+        if not args.out.exists():
+            print(f"readme_figures: {args.out} does not exist: run without --update first", file=sys.stderr)
+            return 2
+        out, failed = update(args.out, wanted)
+    else:
+        out = ["# Figures behind the README", "",
+               "Written by `python scripts/readme_figures.py` (one run, one machine); the README quotes these.",
+               "", *machine(), ""]
+        failed = [s.name for s in SECTIONS if s.name in wanted and not run_section(s, out)]
     if failed:
         out += [f"Failed sections: {', '.join(failed)}", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
