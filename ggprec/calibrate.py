@@ -461,29 +461,6 @@ def machine_key(hardware: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def store_calibration(cal: Calibration, store: Any = None) -> int:
-    """Record `cal` in the history (kind 'calibration'); sets and returns its id."""
-    from .hardware import fingerprint
-    from .records import CalibrationRecord
-    from .store import Store
-
-    hw = fingerprint()
-    settings = {"n_threads": cal.n_threads, **cal.effort, "types": sorted(cal.speeds[HOST].gbps),
-                "machine_key": machine_key(hw)}
-    own = store is None
-    st = Store() if own else store
-    try:
-        doc = {k: v for k, v in cal.to_dict().items() if k not in ("id", "created")}
-        cal.id = st.record(CalibrationRecord.from_dict(doc), model_path=None, model_sha256=None, profile_name=None,
-                           profile_hash=None, settings=settings, hardware=hw)
-        cal.created = st.query(kind="calibration", limit=1)[0].created
-    finally:
-        if own:
-            st.close()
-    cal.label_sources()
-    return cal.id
-
-
 def find_calibration(store: Any = None, hardware: dict[str, Any] | None = None,
                      n_threads: int | None = None) -> Calibration | None:
     """The newest calibration of this machine and llama.cpp build (or of `hardware`), None if there is none;

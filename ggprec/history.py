@@ -1,9 +1,11 @@
 """What each command keeps in the history, and how: the one place results are stored.
 
-Library calls (evaluate, run_with_profile, compare, measure_sensitivity, recommend + verify) return their
-results and store nothing; the CLI hands each result to one `save_*` function here, with an open
-`store.Store`. Each function builds the typed record (ggprec.records), the settings the row is found by and
-the hardware fingerprint, the same way for every kind. `store` is the SQLite layer underneath."""
+Library calls (evaluate, run_with_profile, compare, measure_sensitivity, recommend + verify,
+calibrate) return their results and store nothing; the CLI hands each result to one `save_*` function
+here, with an open `store.Store`. The one library caller is the proxy fit, which the history also serves
+as a cache (`save_proxy_fit`: recommend fits once and finds it again). Each function builds the typed
+record (ggprec.records), the settings the row is found by and the hardware fingerprint, the same way for
+every kind. `store` is the SQLite layer underneath."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .calibrate import Calibration
     from .compare import Comparison
     from .evaluate import EvalResult
+    from .proxy import ProxyFit
     from .recommend import Recommendation
     from .runner import ProfileRun
     from .sensitivity import SensitivityResult
@@ -114,4 +118,41 @@ def save_recommendation(store: Store, rec: Recommendation, verified: dict[str, A
         measured_kld=None if verified is None else verified["measured_kld"], expected_tg_tps=rec.tg_tps,
         loss_source=rec.loss_source, tensor_types=dict(rec.tensor_types), profile=profile)
     return store.record(record, model_path=rec.model, settings={"margin_bytes": rec.margin, **s.to_dict()},
+                        hardware=_hardware())
+
+
+def save_calibration(store: Store, cal: Calibration) -> int:
+    """One `ggprec calibrate` (kind calibration), found again by this machine's key (calibrate.machine_key);
+    sets the calibration's id and created time and labels its speeds with them; returns the id."""
+    from .calibrate import HOST, machine_key
+    from .records import CalibrationRecord
+
+    hw = _hardware()
+    settings = {"n_threads": cal.n_threads, **cal.effort, "types": sorted(cal.speeds[HOST].gbps),
+                "machine_key": machine_key(hw)}
+    doc = {k: v for k, v in cal.to_dict().items() if k not in ("id", "created")}
+    cal.id = store.record(CalibrationRecord.from_dict(doc), model_path=None, model_sha256=None, profile_name=None,
+                          profile_hash=None, settings=settings, hardware=hw)
+    cal.created = store.query(kind="calibration", limit=1)[0].created
+    cal.label_sources()
+    return cal.id
+
+
+def save_proxy_fit(store: Store, fit: ProxyFit, model: str | os.PathLike[str], probe_type: str,
+                   max_rows: int | None, imatrix_path: str | os.PathLike[str] | None, form: str) -> int:
+    """A fit of the error proxy to measured passes (kind proxy-fit), keyed by the model's sha256 and found
+    again by its weighting, importance matrix and form (proxy.find_fit: rows of another form are not
+    read); returns the row id."""
+    from .records import ProxyFitRecord
+
+    imx_sha = imatrix_key(imatrix_path)
+    doc = fit.to_dict()
+    rec = ProxyFitRecord(scale=doc["scale"], default_scale=doc["default_scale"], n_passes=doc["n_passes"],
+                         weighting=doc["weighting"], imatrix=None if imatrix_path is None else str(imatrix_path),
+                         imatrix_sha256=imx_sha, probe_type=probe_type, residual=doc["residual"],
+                         passes=doc["passes"], prior_source=doc["prior_source"], source=doc["source"],
+                         max_rows=max_rows, floor=doc["floor"], change_floor=doc["change_floor"])
+    return store.record(rec, model_path=model, model_sha256=_sha(str(model)),
+                        settings={"weighting": fit.weighting, "imatrix_sha256": imx_sha, "probe_type": probe_type,
+                                  "form": form},
                         hardware=_hardware())

@@ -19,10 +19,10 @@ from ggprec.calibrate import (
     find_calibration,
     fit,
     speed_model_for,
-    store_calibration,
 )
 from ggprec.cli import main
 from ggprec.gguf_info import read_gguf
+from ggprec.history import save_calibration
 from ggprec.runner import run_benchmark
 from ggprec.settings import ALL_LAYERS, RuntimeSettings
 from ggprec.speed import (
@@ -260,7 +260,7 @@ def test_a_calibration_is_found_again_by_this_machines_fingerprint_only(tiny_cal
     from ggprec.hardware import fingerprint
 
     with Store(tmp_path / "h.db") as store:
-        row = store_calibration(tiny_calibration, store)
+        row = save_calibration(store, tiny_calibration)
         found = find_calibration(store)
         other = find_calibration(store, hardware={**fingerprint(), "llama_cpp_python": "0.0.1"})
     assert found is not None and found.id == row and other is None

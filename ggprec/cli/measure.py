@@ -75,6 +75,7 @@ def calibrate(types: str | None, quick: bool, threads: int | None, as_json: bool
     """Measure decode and prompt speed per weight type on this machine with llama.cpp; keep it in the
     history for recommend, run and compare (expected tok/s)."""
     from .. import calibrate as cal_mod
+    from .. import history
     from ..store import Store
 
     store = Store(db)  # opened first: a bad history path fails before a minute of measuring
@@ -84,7 +85,7 @@ def calibrate(types: str | None, quick: bool, threads: int | None, as_json: bool
                 if sys.stderr.isatty() else None)
     result = cal_mod.calibrate(chosen, quick=quick, threads=threads, progress=progress)
     with store:
-        cal_mod.store_calibration(result, store)
+        history.save_calibration(store, result)
     if as_json:
         print_json(result.to_dict(), schema=1)
     else:

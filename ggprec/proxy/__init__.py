@@ -55,9 +55,9 @@ Public API (stable; recommend's loss model consumes it):
   `run_fit_passes(model, info, ..., imatrix_path=None) -> list[FitPass]` (llama.cpp quantizes, with the
   importance matrix when one is given; ggprec.evaluate measures KLD against the model, FIT_WINDOWS
   windows); `stored_passes(model, db, imatrix_path)`: passes `ggprec sensitivity` already stored for this
-  model (against itself); the history kind `proxy-fit`: `store_fit(fit, model, probe_type, max_rows,
-  imatrix_path, db)`, `find_fit(model, weighting, imatrix_path, db)`, `model_fit(...)` (stored fit, else
-  the prior spread by the proxy).
+  model (against itself); the history kind `proxy-fit` (written by `history.save_proxy_fit`):
+  `find_fit(model, weighting, imatrix_path, db)`, `model_fit(...)` (stored fit, else the prior spread by
+  the proxy).
 - Module `estimate` (what recommend uses): `recommend_proxy(model, info, candidates, imatrix_path, mode,
   db, notice) -> FittedProxy | None` (mode auto/proxy/prior: the cached error table of the candidates
   (`cached_error_table`), the stored fit or one fitted now and stored, said through `notice` before the
@@ -78,7 +78,6 @@ from .passes import (
     fit_pass_plan,
     model_fit,
     run_fit_passes,
-    store_fit,
     stored_passes,
 )
 from .ranking import ProxyGroup, ProxySensitivity, proxy_sensitivity, render
@@ -106,5 +105,5 @@ __all__ = [
     "WHOLE_TYPES", "cached_error_table", "candidate_type", "changes", "describe_fit_passes", "error_table",
     "find_fit", "fit_pass_plan", "fit_role", "load_imatrix", "model_fit", "proxy_sensitivity", "proxy_tensors",
     "quantize_rows", "quantizes_activations", "recommend_proxy", "render", "requires_imatrix", "role_counts",
-    "run_fit_passes", "sample_rows", "store_fit", "stored_passes", "tensor_error", "written_type",
+    "run_fit_passes", "sample_rows", "stored_passes", "tensor_error", "written_type",
 ]

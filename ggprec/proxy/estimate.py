@@ -13,9 +13,11 @@ from pathlib import Path
 
 from ..errors import GgprecError
 from ..gguf_info import ModelInfo
+from ..history import save_proxy_fit
 from ..progress import Progress
+from ..store import Store
 from .fit import ProxyFit, role_counts
-from .passes import describe_fit_passes, find_fit, fit_pass_plan, run_fit_passes, store_fit
+from .passes import FIT_FORM, describe_fit_passes, find_fit, fit_pass_plan, run_fit_passes
 from .table import MAX_ROWS, ErrorTable, error_table, load_imatrix
 
 TABLE_CACHE_FORMAT = 1
@@ -119,5 +121,6 @@ def recommend_proxy(model: str | os.PathLike[str], info: ModelInfo, candidates: 
         notice(f"fitting the error proxy to this model once (kept in the history): {describe_fit_passes(todo)}")
     passes = run_fit_passes(model, info, threads=threads, progress=progress, imatrix_path=imatrix_path)
     fit = ProxyFit.fit(table, info, passes)
-    fit_id = store_fit(fit, model, "q4_0", table.max_rows, imatrix_path, db)
+    with Store(db) as store:
+        fit_id = save_proxy_fit(store, fit, model, "q4_0", table.max_rows, imatrix_path, FIT_FORM)
     return FittedProxy(table, info, fit, fit_id, fitted_now=True)

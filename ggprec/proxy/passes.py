@@ -116,28 +116,6 @@ def stored_passes(model: str | os.PathLike[str], db: str | os.PathLike[str] | No
     return out
 
 
-def store_fit(fit: ProxyFit, model: str | os.PathLike[str], probe_type: str, max_rows: int | None,
-              imatrix_path: str | os.PathLike[str] | None = None, db: str | os.PathLike[str] | None = None) -> int:
-    """Keep a fit in the history (kind proxy-fit, keyed by the model's sha256); returns the row id."""
-    from ..hardware import fingerprint
-    from ..hashing import model_sha256
-    from ..records import ProxyFitRecord
-    from ..store import Store
-
-    imx_sha = None if imatrix_path is None else model_sha256(imatrix_path)
-    doc = fit.to_dict()
-    rec = ProxyFitRecord(scale=doc["scale"], default_scale=doc["default_scale"], n_passes=doc["n_passes"],
-                         weighting=doc["weighting"], imatrix=None if imatrix_path is None else str(imatrix_path),
-                         imatrix_sha256=imx_sha, probe_type=probe_type, residual=doc["residual"],
-                         passes=doc["passes"], prior_source=doc["prior_source"], source=doc["source"],
-                         max_rows=max_rows, floor=doc["floor"], change_floor=doc["change_floor"])
-    with Store(db) as s:
-        return s.record(rec, model_path=model, model_sha256=model_sha256(model),
-                        settings={"weighting": fit.weighting, "imatrix_sha256": imx_sha, "probe_type": probe_type,
-                                  "form": FIT_FORM},
-                        hardware=fingerprint())
-
-
 def find_fit(model: str | os.PathLike[str], weighting: str = "uniform",
              imatrix_path: str | os.PathLike[str] | None = None,
              db: str | os.PathLike[str] | None = None) -> tuple[ProxyFit, int] | None:

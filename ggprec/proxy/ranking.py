@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..history import save_proxy_fit
 from ..progress import Progress
+from ..store import Store
 from .fit import ProxyFit
-from .passes import FIT_TYPES, model_fit, run_fit_passes, store_fit, stored_passes
+from .passes import FIT_FORM, FIT_TYPES, model_fit, run_fit_passes, stored_passes
 from .table import MAX_ROWS, ErrorTable, candidate_type, error_table, load_imatrix
 
 
@@ -88,7 +90,8 @@ def proxy_sensitivity(model: str | os.PathLike[str], probe_type: str = "q4_0", a
         if use_stored:
             passes += stored_passes(path, db, imatrix_path)
         the_fit = ProxyFit.fit(table, info, passes)
-        fit_id = store_fit(the_fit, path, probe, max_rows, imatrix_path, db)
+        with Store(db) as store:
+            fit_id = save_proxy_fit(store, the_fit, path, probe, max_rows, imatrix_path, FIT_FORM)
     else:
         the_fit, fit_id = model_fit(path, info, table, probe, imatrix_path, db, use_stored)
         if fit_id is None:
