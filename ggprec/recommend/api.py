@@ -395,8 +395,10 @@ def _kv_reason(rec: Recommendation, losses: LossModel) -> str:
         alt = f"the f16-cache plan nearest in speed: KLD {near.expected_kld:.4f} at {near.tg_tps:.1f} tok/s"
     else:
         alt = "no f16-cache plan is on the front"
-    return (f"KV cache {kv}: expected +{rec.kv_kld:.4f} KLD ({rec.kv_source}), worth the memory and reads it frees; "
-            f"{alt}")
+    # On a GPU a quantized cache decodes slower (measured on an H100): there it buys memory only.
+    frees = ("the GPU memory it frees (where it decodes slower)" if rec.settings.n_gpu_layers
+             else "the memory and reads it frees")
+    return f"KV cache {kv}: expected +{rec.kv_kld:.4f} KLD ({rec.kv_source}), worth {frees}; {alt}"
 
 
 def to_profile(rec: Recommendation, name: str = "recommended") -> Any:
