@@ -44,9 +44,11 @@ KV_PAD = 256  # llama.cpp pads n_ctx to a multiple of 256 cells
 F32, F16 = 4, 2
 # Multipliers of one n_embd (or n_embd_kv) activation of n_ubatch tokens, fitted on llama.cpp's
 # reported compute buffers (llama-3.2-1b, 8b, 70b and SmolLM2 shapes; see the module doc). With flash
-# attention the attention block is the peak only where the vocabulary is small: 8 fitted on the tiny shape
-# (f16 cache exact, quantized +0.5%).
-ATTN_EMBD, ATTN_EMBD_KV, ATTN_EMBD_FA, OUT_EMBD = 5, 2, 8, 2
+# attention the attention block is the peak only where the vocabulary is small or the logits are on another
+# device: 12 on SmolLM2 split over RPC devices (exact; the tiny dense shape measures 8, so it is over there,
+# on the safe side), 8 on a mixture of experts (tiny-moe, beside its routed FFN's peak).
+ATTN_EMBD, ATTN_EMBD_KV, ATTN_EMBD_FA, OUT_EMBD = 5, 2, 12, 2
+ATTN_EMBD_FA_MOE = 8
 MOE_EMBD = 4  # activations beside the expert FFN's (mixtral-8x7b, flash attention: exact at ctx 4096)
 N_COPIES = 4  # GGML_SCHED_MAX_COPIES: copies of each split input the scheduler keeps with pipeline parallelism
 
@@ -221,8 +223,9 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
     # Sliding-window models (gpt-oss, Gemma) keep two KV caches, each with its own attention mask.
     masks = 2 if hp.sliding_window else 1
     if fa:
-        attn = masks * n_kv * n_ub * F16 + ATTN_EMBD_FA * embd
-        attn_why = f"{masks} f16 mask {n_kv}x{n_ub} + {ATTN_EMBD_FA} activations"
+        n_act = ATTN_EMBD_FA_MOE if hp.n_expert and hp.n_expert_used else ATTN_EMBD_FA
+        attn = masks * n_kv * n_ub * F16 + n_act * embd
+        attn_why = f"{masks} f16 mask {n_kv}x{n_ub} + {n_act} activations"
     else:
         attn = n_kv * n_ub * (hp.n_head + masks) * F32 + ATTN_EMBD * embd + ATTN_EMBD_KV * embd_kv
         attn_why = (f"KQ f32 {n_kv}x{n_ub}x{hp.n_head} heads + {masks} f32 mask + {ATTN_EMBD}+{ATTN_EMBD_KV} "
