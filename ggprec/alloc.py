@@ -97,7 +97,8 @@ def measure_allocation(path: str | os.PathLike[str], settings: RuntimeSettings, 
     """Load `path` with `settings`, create a context, and return what llama.cpp allocated (or, with
     `no_alloc`, would allocate) per buffer. Nothing is evaluated. extra_buffers: as `load_model`'s (None:
     this machine's rule; False: llama.cpp's --no-repack)."""
-    import llama_cpp
+    from .llama_bindings import load
+    llama_cpp = load()
 
     with load_model(path, settings, no_alloc=no_alloc, extra_buffers=extra_buffers) as lm:
         model_bytes = llama_cpp.llama_model_size(lm.model)

@@ -131,7 +131,9 @@ def _accuracy_cache_path(candidate: Path, reference: Path, text: str | None, n_c
     import hashlib
     import json
 
-    import llama_cpp
+    from .llama_bindings import load
+
+    llama_cpp = load()
 
     from .demo_model import cache_dir
     from .evaluate import default_text

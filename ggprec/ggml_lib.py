@@ -6,7 +6,7 @@ the importance-matrix callback) is declared here, once, against the exact librar
 uses. Why the exact copies: the installed wheel ships `libggml.so` and `libggml.so.0` as two separate
 files; libllama links the soname (`libggml.so.0`), and loading `libggml.so` by path maps a second
 libggml with its own device registry, where devices registered later (RPC) are invisible to llama.cpp.
-So the path is taken from the process's own mappings after `import llama_cpp` (Linux), falling back to
+So the path is taken from the process's own mappings after llama_cpp is loaded (Linux), falling back to
 the soname in the wheel's lib directory.
 
 Declarations are tables (name -> (argtypes, restype)); `base()` and `ggml()` return the handles with
@@ -93,7 +93,8 @@ DEVICE_TYPES = ("CPU", "GPU", "IGPU", "ACCEL")
 
 def lib_dir() -> Path:
     """The directory of the llama.cpp libraries llama-cpp-python ships."""
-    import llama_cpp
+    from .llama_bindings import load
+    llama_cpp = load()
 
     return Path(llama_cpp.__file__).parent / "lib"
 
@@ -114,7 +115,8 @@ def _mapped_path(stem: str) -> Path | None:
 
 def library_path(stem: str) -> Path:
     """The copy of `stem` that libllama uses: the mapped one, else the soname `<stem>.0`, else `<stem>`."""
-    import llama_cpp  # noqa: F401  (loads libllama and, through it, the ggml libraries it links)
+    from .llama_bindings import load
+    load()  # loads libllama and, through it, the ggml libraries it links
 
     mapped = _mapped_path(stem)
     if mapped is not None:

@@ -63,7 +63,8 @@ def gpu_memory_used_bytes(pid: int | None = None) -> int | None:
 @functools.lru_cache(maxsize=1)
 def fingerprint() -> dict[str, Any]:
     """The machine and build a measurement ran on (computed once per process)."""
-    import llama_cpp
+    from .llama_bindings import load
+    llama_cpp = load()
 
     from .llama_backend import local_gpus, system_info
 

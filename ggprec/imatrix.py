@@ -192,7 +192,8 @@ def _as_array(t: GgmlTensor, dtype: Any) -> np.ndarray:
 
 def make_callback(collector: Collector) -> Any:
     """The ctypes cb_eval function over `collector` (keep it referenced while the context lives)."""
-    import llama_cpp
+    from .llama_bindings import load
+    llama_cpp = load()
 
     cb_type = dict(llama_cpp.llama_context_params._fields_)["cb_eval"]
 

@@ -37,7 +37,8 @@ def runnable_here(path: Path) -> bool:
 
 
 def kv_cache_path(sha256: str, kv_types: tuple[str, ...], chunks: int, n_ctx: int) -> Path:
-    import llama_cpp
+    from .llama_bindings import load
+    llama_cpp = load()
 
     from .demo_model import cache_dir
 

@@ -154,7 +154,8 @@ class QuantizeCall:
 
     def __init__(self, plan: Plan, threads: int | None, imatrix: Imatrix | None = None,
                  imatrix_path: str | os.PathLike[str] | None = None) -> None:
-        import llama_cpp
+        from .llama_bindings import load
+        llama_cpp = load()
 
         p = llama_cpp.llama_model_quantize_default_params()
         p.nthread = threads or 0
@@ -188,7 +189,8 @@ class QuantizeCall:
         """params.imatrix: a NULL-name-terminated array of {name, data, size}, the data each weight's
         mean squared activations (what llama-quantize hands over), and the `quantize.imatrix.*` keys as
         kv overrides. The arrays live on self: the forked child quantizes from this same memory."""
-        import llama_cpp
+        from .llama_bindings import load
+        llama_cpp = load()
         import numpy as np
 
         p = self.params
@@ -233,7 +235,8 @@ class QuantizeCall:
         when it is interrupted (SIGINT/SIGTERM under interrupts.guard(), or KeyboardInterrupt). fork, not
         spawn: the child starts in milliseconds with llama_cpp already imported and the parameter block
         already built. The child reports progress lines and the result over a pipe."""
-        import llama_cpp  # noqa: F401  (imported before the fork, so the child has it)
+        from .llama_bindings import load
+        load()  # imported before the fork, so the child has it
 
         self._init_tables()
         read_fd, write_fd = os.pipe()
@@ -275,7 +278,8 @@ class QuantizeCall:
             base().ggml_quantize_init(type_id)
 
     def _child(self, source: Path, out: Path, write_fd: int, with_progress: bool) -> None:
-        import llama_cpp
+        from .llama_bindings import load
+        llama_cpp = load()
 
         from .llama_backend import LogCapture, capture_log
 

@@ -83,7 +83,8 @@ class Decoder:
     """One reusable llama_batch on a context: decode runs of token ids at given positions."""
 
     def __init__(self, lm: LoadedModel) -> None:
-        import llama_cpp
+        from .llama_bindings import load
+        llama_cpp = load()
 
         self._llama = llama_cpp
         self.ctx = lm.ctx
@@ -203,7 +204,8 @@ def run_benchmark(model_path: str | os.PathLike[str], settings: RuntimeSettings,
 def _run_here(model_path: str | os.PathLike[str], settings: RuntimeSettings, pp: int, tg: int, reps: int,
               prompt: str | None, report: Callable[[str], None] | None, n_predict: int,
               speed_model: Any, depth: int = 0) -> RunResult:
-    import llama_cpp
+    from .llama_bindings import load
+    llama_cpp = load()
 
     progress = report
 
@@ -274,7 +276,8 @@ def predict_memory(lm: LoadedModel) -> Any:
     """ggprec.memory's prediction for what `lm` is: the file that was loaded (its own tensor types), the
     settings as applied (-ngl clamped, threads resolved, and the batch sizes llama.cpp's context really
     uses: it caps n_batch at the context size), mmap'd unless it was a no_alloc load."""
-    import llama_cpp
+    from .llama_bindings import load
+    llama_cpp = load()
 
     from .memory import predict
 
@@ -295,7 +298,8 @@ def layer_notice(lm: LoadedModel) -> str:
 
 
 def tokenize(lm: LoadedModel, text: str) -> list[int]:
-    import llama_cpp
+    from .llama_bindings import load
+    llama_cpp = load()
 
     vocab = llama_cpp.llama_model_get_vocab(lm.model)
     raw = text.encode("utf-8")
@@ -308,7 +312,8 @@ def tokenize(lm: LoadedModel, text: str) -> list[int]:
 
 def generate(lm: LoadedModel, dec: Decoder, prompt: str, n_tokens: int) -> str:
     """Greedy continuation of `prompt` (most likely token each step), stopping at end of generation."""
-    import llama_cpp
+    from .llama_bindings import load
+    llama_cpp = load()
     import numpy as np
 
     vocab = llama_cpp.llama_model_get_vocab(lm.model)

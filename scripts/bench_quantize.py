@@ -9,13 +9,21 @@ in two cases: into a new file (OUT absent) and over an existing one (OUT left by
 needs --force, llama-quantize overwrites). Both write the same bytes (checked: same size, same tensor types).
 Each rep runs the four back to back, llama-quantize first in even reps and ggprec first in odd ones; before
 each run the page cache's dirty pages are written back (os.sync, untimed) so no run pays for the previous
-one's writeback. The report gives each side's median wall time, its CPU time (user, system) and the median
-of the per-rep ratios ggprec / llama-quantize (target <= 1.05). The load average is printed: the machine
-may be shared, so compare ratios from one run only.
+one's writeback, and the machine settles for --settle seconds (default 5). Why settling: on a VM whose
+balloon reports free pages to the host (virtio-balloon free page reporting, as on the 2-core machines
+here), memory freed in the last ~4 s is still backed and cheap to touch, while older free memory costs a
+host fault per page: writing 1.3 GB into a new file took 0.2 s of system time right after deleting a
+file that size and 2.9 s without (dd, measured). A run that starts just after the previous output was
+deleted gets the cheap pages; one that starts after a long sync does not, a difference of up to 3.5 s of
+system time on a ~5 s job that has nothing to do with either program. After settling, every run starts
+with all free memory reported. Each rep's times are printed as it ends; the report gives each side's median
+wall time, its CPU time (user, system) and the median of the per-rep ratios ggprec / llama-quantize (target
+<= 1.05). The load average is printed: the machine may be shared, so compare ratios from one run only.
 
 The llama.cpp binary comes from scripts/build_llama_tools.sh (built once, a yardstick only).
 
-    python scripts/bench_quantize.py [--source F16.gguf] [--profile q8_0] [--threads 2] [--reps 5] [--tools DIR]
+    python scripts/bench_quantize.py [--source F16.gguf] [--profile q8_0] [--threads 2] [--reps 9] [--settle 5]
+                                     [--tools DIR]
 """
 
 from __future__ import annotations
@@ -41,9 +49,10 @@ def child_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float, float]:
+def timed(cmd: list[str], env: dict[str, str], log: Path, settle: float) -> tuple[float, float, float]:
     """(wall seconds, user seconds, system seconds) of one process run to completion; output to log."""
     os.sync()  # untimed: no run pays for writing back the previous run's output
+    time.sleep(settle)  # untimed: memory freed before the run (a deleted output) reported to the host
     with open(log, "wb") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -69,9 +78,11 @@ def main() -> None:
     ap.add_argument("--source", help="An f16/f32 GGUF (default: a synthetic llama-3.2-1b f16 in --workdir).")
     ap.add_argument("--profile", default="q8_0", help="A one-type profile (its default type is llama-quantize's).")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--workdir", default=tempfile.gettempdir(), help="Where the source and outputs go.")
     ap.add_argument("--tools", help="Folder of llama-quantize (default: scripts/build_llama_tools.sh's).")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="Seconds to wait before each run, after writing back dirty pages (see above).")
     a = ap.parse_args()
     from ggprec.profile import load_profile
 
@@ -97,7 +108,7 @@ def main() -> None:
             if case == "new":
                 out[side].unlink(missing_ok=True)
             cmd = cmds[side] + (["--force"] if side == "ggprec" and case == "over" else [])
-            return timed(cmd, env, d / f"{side}.log")
+            return timed(cmd, env, d / f"{side}.log", a.settle)
 
         for side in cmds:  # untimed: page cache, bytecode
             run(side, "new")
@@ -110,8 +121,12 @@ def main() -> None:
                 for side in sides:
                     times.setdefault((side, case), []).append(run(side, case))
             load.append(os.getloadavg()[0])
+            print(f"rep {i + 1}: " + "  ".join(f"{case} {side} {times[(side, case)][-1][0]:.2f} s "
+                                              f"(sys {times[(side, case)][-1][2]:.2f})"
+                                              for case in ("new", "over") for side in sides), flush=True)
     print(f"{source.name} ({source.stat().st_size / 2**30:.2f} GiB) -> {qtype}, {a.threads} threads, {a.reps} reps, "
-          f"whole processes; 1-min load average {min(load):.2f}-{max(load):.2f} on {os.cpu_count()} CPUs")
+          f"whole processes, {a.settle:g} s settle before each; 1-min load average {min(load):.2f}-{max(load):.2f} "
+          f"on {os.cpu_count()} CPUs")
     print(f"{'case':5} {'side':15} {'median s':>9} {'min-max s':>13} {'user s':>7} {'sys s':>6}")
     for case in ("new", "over"):
         for side in cmds:

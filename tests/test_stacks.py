@@ -12,6 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "ggprec"
 LLAMA = "llama_cpp"
+LOADER = "ggprec.llama_bindings"  # loads llama_cpp by name (importlib): importing it is importing llama_cpp
 # The predict stack (docs/ARCHITECTURE.md): modules, and packages whose every module belongs to it.
 PREDICT = ("ggml_types", "roles", "errors", "gguf_layout", "gguf_info", "units", "settings", "profile", "plan",
            "devices", "cpu_buffers", "tensor_overrides", "memory", "speed", "priors", "forecast", "inspection")
@@ -53,6 +54,8 @@ def imports(path: Path, known: set[str]) -> set[str]:
                 elif top == "ggprec":
                     found.add(alias.name)
     found.discard(name)
+    if LOADER in found:
+        found.add(LLAMA)
     return found
 
 

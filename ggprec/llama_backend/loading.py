@@ -73,7 +73,8 @@ class LoadedModel:
     _batch: Any = None  # a llama_batch of n_batch tokens, made on the first decode
 
     def close(self) -> None:
-        import llama_cpp
+        from ..llama_bindings import load
+        llama_cpp = load()
 
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)

@@ -70,7 +70,8 @@ def _on_log(level: int, text: bytes, user: ctypes.c_void_p) -> None:
 def _install() -> None:
     """Install ggprec's log callback once, replacing the printing one llama-cpp-python installs."""
     global _callback
-    import llama_cpp
+    from ..llama_bindings import load
+    llama_cpp = load()
 
     if _callback is not None:
         return
@@ -80,7 +81,8 @@ def _install() -> None:
 
 def llama() -> Any:
     """The llama_cpp bindings with ggprec's log callback installed (so nothing prints behind our back)."""
-    import llama_cpp
+    from ..llama_bindings import load
+    llama_cpp = load()
 
     with _lock:
         _install()
@@ -112,6 +114,7 @@ def failure_reason(log: LogCapture | None) -> str:
 
 
 def system_info() -> str:
-    import llama_cpp
+    from ..llama_bindings import load
+    llama_cpp = load()
 
     return llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()

@@ -66,7 +66,8 @@ def cached_error_table(model: str | os.PathLike[str], info: ModelInfo, candidate
     """error_table of the model at these candidates (weighted by and quantized with the importance matrix
     where one is given), kept in `cache_dir()/proxy-errors` by model sha256, candidates, importance matrix,
     rows and llama-cpp-python version (ggml's quantizers are what is measured)."""
-    import llama_cpp
+    from ..llama_bindings import load
+    llama_cpp = load()
 
     from ..demo_model import cache_dir
     from ..fileio import atomic_write_text

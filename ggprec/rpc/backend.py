@@ -17,7 +17,8 @@ INSTALL_FIX = ('reinstall it with RPC: CMAKE_ARGS="-DGGML_RPC=on" pip install --
 
 def supports_rpc() -> bool:
     """Whether the installed llama.cpp has the RPC backend (built with -DGGML_RPC=on)."""
-    import llama_cpp
+    from ..llama_bindings import load
+    llama_cpp = load()
 
     from .. import ggml_lib
 

@@ -36,7 +36,9 @@ def isolated(fn: Callable[..., Any], *args: Any, servers: Sequence[str] = (),
     message) is kept for the error, not printed."""
     import select
 
-    import llama_cpp  # noqa: F401  (imported before the fork: the child starts with it loaded)
+    from ..llama_bindings import load
+
+    load()  # imported before the fork: the child starts with it loaded
 
     if stall_timeout is None:
         stall_timeout = stall_limit()
