@@ -251,6 +251,8 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
                                   f"{moe_n} activations"
     out = hp.n_vocab * n_ub * F32 + out_n * embd
     out_why = f"logits f32 {hp.n_vocab}x{n_ub} + {out_n} activations"
+    if fa and moe_model and hp.sliding_window:
+        out, out_why = _swa_moe_output(hp.n_vocab, hp.n_embd, n_kv, n_ub, masks, embd)
     if hp.kv_lora_rank:
         # MLA: the query, its absorbed no-rope part and the concatenated query (n_head x (kv_lora_rank +
         # rope) wide) are the block's widest activations; fitted on deepseek-v2-lite's no_alloc reports
@@ -265,6 +267,23 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
             attn += mla - ATTN_EMBD_KV * embd_kv + n_kv * hp.kv_lora_rank * F16
             attn_why += " + MLA query activations + transposed latent V f16"
     return attn, attn_why, out, out_why, embd
+
+
+def _swa_moe_output(n_vocab: int, n_embd: int, n_kv: int, n_ub: int, masks: int, embd: int) -> tuple[int, str]:
+    """The output peak of a sliding-window mixture of experts (gpt-oss) with flash attention: ggml's allocator
+    places the logits above 3 activations, and above the two f16 masks as well while a mask is narrower than
+    an activation (n_kv < 2 n_embd), with 3 activations more while the two masks together are wider than one
+    (n_embd < n_kv < 2 n_embd). Measured with no_alloc on gpt-oss-20b shapes of n_embd 2880 and 2048, n_ubatch
+    256 and 512, n_kv 512-32768, f16 and q8_0 caches: exact within 0.1 MiB, except a few contexts past
+    2 n_embd where the allocator keeps about a mask more below the logits (measured up to 3.4% above the
+    prediction: f16 cache at n_kv 8192 and 10240, the n_embd 2048 shape at 5120 and 6144; no rule found)."""
+    logits = n_vocab * n_ub * F32
+    why = f"logits f32 {n_vocab}x{n_ub}"
+    if n_kv >= 2 * n_embd or n_kv == n_embd:
+        return logits + 3 * embd, f"{why} + 3 activations"
+    n_act = 3 if n_kv < n_embd else 6
+    return (logits + n_act * embd + masks * n_kv * n_ub * F16,
+            f"{why} + {n_act} activations + {masks} f16 masks {n_kv}x{n_ub}")
 
 
 def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int,

@@ -214,3 +214,18 @@ def test_mla_without_flash_attention_copies_the_latent_v_transposed(tmp_path: Pa
     s = RuntimeSettings(n_ctx=32768, n_ubatch=256, n_threads=1, flash_attn=False)
     assert "transposed latent V" in predict(read_gguf(path), s, mmap=False).explain["compute:CPU"]
     assert_no_alloc_within_2_percent(path, s)
+
+
+@pytest.fixture(scope="module")
+def gpt_oss(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synth(tmp_path_factory.mktemp("oss") / "oss.gguf", shape_for("gpt-oss-20b", n_layer=2), sparse=True)
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize(("n_ctx", "held"), [(1024, "3 activations + 2 f16 masks"),
+                                             (4096, "6 activations + 2 f16 masks"), (8192, "3 activations")])
+def test_gpt_oss_logits_sit_above_what_its_mask_width_leaves(gpt_oss: Path, n_ctx: int, held: str) -> None:
+    """Sliding-window experts with flash attention: n_kv below n_embd, between n_embd and 2 n_embd, beyond."""
+    s = RuntimeSettings(n_ctx=n_ctx, n_threads=1, cache_type_k="q8_0", cache_type_v="q8_0")
+    assert held in predict(read_gguf(gpt_oss), s, mmap=False).explain["compute:CPU"]
+    assert_no_alloc_within_2_percent(gpt_oss, s)
