@@ -51,7 +51,9 @@ def script(name: str, *args: str) -> tuple[str, ...]:
 
 SECTIONS = (
     Section("inspect", "`ggprec inspect` speed", (script("bench_inspect.py"),), 1),
-    Section("memory", "Memory model", (script("check_memory_model.py"),), 1),
+    Section("memory", "Memory model", (script("check_memory_model.py"), script("sweep_compute.py", "gpt-oss-20b"),
+                                       script("sweep_compute.py", "gpt-oss-20b", "--set", "n_embd=2048",
+                                              "--set", "n_ff_exp=2048", "--set", "n_layer=4")), 2),
     Section("gpu-forecast", "Plans for a target machine", (script("check_gpu_forecast.py"),), 0.2),
     Section("speed", "`ggprec calibrate` and the speed model",
             (ggprec("calibrate"), script("check_speed_model.py")), 12),
