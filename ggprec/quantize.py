@@ -189,10 +189,11 @@ class QuantizeCall:
         """params.imatrix: a NULL-name-terminated array of {name, data, size}, the data each weight's
         mean squared activations (what llama-quantize hands over), and the `quantize.imatrix.*` keys as
         kv overrides. The arrays live on self: the forked child quantizes from this same memory."""
-        from .llama_bindings import load
-        llama_cpp = load()
         import numpy as np
 
+        from .llama_bindings import load
+
+        llama_cpp = load()
         p = self.params
         names = sorted(imx.entries)
         self.imatrix_names = [n.encode() for n in names]
