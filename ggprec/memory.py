@@ -262,10 +262,16 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
         out_why = f"logits f32 {hp.n_vocab}x{n_ub} + MLA query activations"
         if not fa:
             # Without flash attention the latent V (a view of the K cache) is copied transposed: an f16
-            # n_kv x kv_lora_rank tensor whatever n_ubatch (measured at n_ubatch 256 and 512, n_ctx 16384-65536).
-            # ggml's allocator sometimes fits it into a hole: up to 5% over at n_ctx 8192-16384 (on the safe side).
-            attn += mla - ATTN_EMBD_KV * embd_kv + n_kv * hp.kv_lora_rank * F16
-            attn_why += " + MLA query activations + transposed latent V f16"
+            # n_kv x kv_lora_rank tensor whatever n_ubatch. ggml's allocator puts it where the query's
+            # intermediates were (the query, its no-rope part and the absorbed no-rope part: n_head x
+            # (2 key_length_mla + kv_lora_rank) f32 a token) when it fits there, and above the peak when not.
+            # Measured with scripts/sweep_compute.py on deepseek-v2-lite at n_ubatch 256 and 512, n_ctx
+            # 2048-65536: the switch falls exactly there (28 MiB fits at n_ubatch 512, 30 MiB does not).
+            v_t = n_kv * hp.kv_lora_rank * F16
+            hole = n_ub * F32 * hp.n_head * (2 * hp.head_dim_k_mla + hp.kv_lora_rank)
+            attn += mla - ATTN_EMBD_KV * embd_kv + (v_t if v_t > hole else 0)
+            attn_why += " + MLA query activations + " + ("transposed latent V f16" if v_t > hole else
+                                                          "transposed latent V in the query's hole")
     return attn, attn_why, out, out_why, embd
 
 

@@ -209,10 +209,13 @@ def test_repacked_weights_are_resident_once_not_twice(sparse_8b_session: Path) -
 
 
 @pytest.mark.llama
-def test_mla_without_flash_attention_copies_the_latent_v_transposed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("n_ctx", "where"), [(32768, "transposed latent V f16"),
+                                              (8192, "transposed latent V in the query's hole")])
+def test_mla_without_flash_attention_copies_the_latent_v_transposed(tmp_path: Path, n_ctx: int, where: str) -> None:
+    """At n_ubatch 256 the query's intermediates leave 14 MiB: the 8 MiB copy of ctx 8192 fits, 32 MiB does not."""
     path = write_synth(tmp_path / "ds.gguf", shape_for("deepseek-v2-lite", n_layer=2, n_vocab=1000), sparse=True)
-    s = RuntimeSettings(n_ctx=32768, n_ubatch=256, n_threads=1, flash_attn=False)
-    assert "transposed latent V" in predict(read_gguf(path), s, mmap=False).explain["compute:CPU"]
+    s = RuntimeSettings(n_ctx=n_ctx, n_ubatch=256, n_threads=1, flash_attn=False)
+    assert where in predict(read_gguf(path), s, mmap=False).explain["compute:CPU"]
     assert_no_alloc_within_2_percent(path, s)
 
 
