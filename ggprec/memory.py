@@ -34,7 +34,7 @@ from . import ggml_types
 from .cpu_buffers import HostBuffers, host_buffers
 from .devices import CPU, GPU, GPU_HOST, Buffers
 from .ggml_types import GgmlType
-from .gguf_info import ModelInfo
+from .gguf_info import HParams, ModelInfo
 from .layer_split import OffloadDevice, layer_devices
 from .roles import is_routed_expert
 from .settings import RuntimeSettings
@@ -252,7 +252,7 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
     out = hp.n_vocab * n_ub * F32 + out_n * embd
     out_why = f"logits f32 {hp.n_vocab}x{n_ub} + {out_n} activations"
     if fa and moe_model and hp.sliding_window:
-        out, out_why = _swa_moe_output(hp.n_vocab, hp.n_embd, n_kv, n_ub, masks, embd)
+        out, out_why = _swa_moe_output(hp, n_kv, n_ub, masks, embd, attn_rotation(info, settings))
     if hp.kv_lora_rank:
         # MLA: the query, its absorbed no-rope part and the concatenated query (n_head x (kv_lora_rank +
         # rope) wide) are the block's widest activations; fitted on deepseek-v2-lite's no_alloc reports
@@ -275,21 +275,29 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
     return attn, attn_why, out, out_why, embd
 
 
-def _swa_moe_output(n_vocab: int, n_embd: int, n_kv: int, n_ub: int, masks: int, embd: int) -> tuple[int, str]:
-    """The output peak of a sliding-window mixture of experts (gpt-oss) with flash attention: ggml's allocator
-    places the logits above 3 activations, and above the two f16 masks as well while a mask is narrower than
-    an activation (n_kv < 2 n_embd), with 3 activations more while the two masks together are wider than one
-    (n_embd < n_kv < 2 n_embd). Measured with no_alloc on gpt-oss-20b shapes of n_embd 2880 and 2048, n_ubatch
-    256 and 512, n_kv 512-32768, f16 and q8_0 caches: exact within 0.1 MiB, except a few contexts past
-    2 n_embd where the allocator keeps about a mask more below the logits (measured up to 3.4% above the
-    prediction: f16 cache at n_kv 8192 and 10240, the n_embd 2048 shape at 5120 and 6144; no rule found)."""
-    logits = n_vocab * n_ub * F32
-    why = f"logits f32 {n_vocab}x{n_ub}"
-    if n_kv >= 2 * n_embd or n_kv == n_embd:
+def _swa_moe_output(hp: HParams, n_kv: int, n_ub: int, masks: int, embd: int, rotated: bool) -> tuple[int, str]:
+    """The output peak of a sliding-window mixture of experts (gpt-oss) with flash attention. ggml's allocator
+    places the logits above 3 activations, or above the two f16 masks and some activations, by how wide the
+    masks are against an activation (two masks are n_kv / n_embd activations):
+      n_kv < n_embd: 3 activations + the masks; n_embd < n_kv < 2 n_embd: 6 activations + the masks;
+      2.5 n_embd <= n_kv < 4 n_embd: 2 activations + the masks, unless the cache is rotated (quantized) and a
+      mask is at least as wide as the query (n_kv >= 2 n_head head_dim); otherwise 3 activations.
+    Measured with scripts/sweep_compute.py on the gpt-oss-20b shape (n_embd 2880, 64 heads of 64; gpt-oss-120b
+    has the same widths) at n_ubatch 256 and 512, n_kv 512-32768 in steps of 512, f16 and q8_0 caches: exact
+    within 0.1 MiB. A 4-layer variant of n_embd 2048 agrees but at n_kv 4608 (2.25 n_embd), where the masks
+    already sit below the logits (1.2% above the prediction): the lower bound is fitted on one width."""
+    logits = hp.n_vocab * n_ub * F32
+    why = f"logits f32 {hp.n_vocab}x{n_ub}"
+    mask = masks * n_kv * n_ub * F16
+    if n_kv < hp.n_embd:
+        n_act = 3
+    elif hp.n_embd < n_kv < 2 * hp.n_embd:
+        n_act = 6
+    elif 5 * hp.n_embd <= 2 * n_kv < 8 * hp.n_embd and not (rotated and n_kv >= 2 * hp.n_head * hp.head_dim_k):
+        n_act = 2
+    else:
         return logits + 3 * embd, f"{why} + 3 activations"
-    n_act = 3 if n_kv < n_embd else 6
-    return (logits + n_act * embd + masks * n_kv * n_ub * F16,
-            f"{why} + {n_act} activations + {masks} f16 masks {n_kv}x{n_ub}")
+    return logits + n_act * embd + mask, f"{why} + {n_act} activations + {masks} f16 masks {n_kv}x{n_ub}"
 
 
 def _compute(pred: MemoryPrediction, info: ModelInfo, settings: RuntimeSettings, n_kv: int, first_gpu: int,

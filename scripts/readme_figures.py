@@ -49,11 +49,14 @@ def script(name: str, *args: str) -> tuple[str, ...]:
     return (PY, f"scripts/{name}", *args)
 
 
+OSS_CONTEXTS = ",".join(str(n) for n in [*range(512, 16385, 512), 32768])  # every mask width gpt-oss shows
 SECTIONS = (
     Section("inspect", "`ggprec inspect` speed", (script("bench_inspect.py"),), 1),
-    Section("memory", "Memory model", (script("check_memory_model.py"), script("sweep_compute.py", "gpt-oss-20b"),
+    Section("memory", "Memory model", (script("check_memory_model.py"),
+                                       script("sweep_compute.py", "gpt-oss-20b", "--ctx", OSS_CONTEXTS),
+                                       script("sweep_compute.py", "gpt-oss-20b", "--ubatch", "256"),
                                        script("sweep_compute.py", "gpt-oss-20b", "--set", "n_embd=2048",
-                                              "--set", "n_ff_exp=2048", "--set", "n_layer=4"),
+                                              "--set", "n_ff_exp=2048", "--set", "n_layer=4", "--ctx", OSS_CONTEXTS),
                                        script("sweep_compute.py", "deepseek-v2-lite", "--no-fa", "--kv", "f16"),
                                        script("sweep_compute.py", "deepseek-v2-lite", "--no-fa", "--kv", "f16",
                                               "--ubatch", "256")), 3),

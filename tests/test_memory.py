@@ -225,10 +225,14 @@ def gpt_oss(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.llama
-@pytest.mark.parametrize(("n_ctx", "held"), [(1024, "3 activations + 2 f16 masks"),
-                                             (4096, "6 activations + 2 f16 masks"), (8192, "3 activations")])
-def test_gpt_oss_logits_sit_above_what_its_mask_width_leaves(gpt_oss: Path, n_ctx: int, held: str) -> None:
-    """Sliding-window experts with flash attention: n_kv below n_embd, between n_embd and 2 n_embd, beyond."""
-    s = RuntimeSettings(n_ctx=n_ctx, n_threads=1, cache_type_k="q8_0", cache_type_v="q8_0")
-    assert held in predict(read_gguf(gpt_oss), s, mmap=False).explain["compute:CPU"]
+@pytest.mark.parametrize(("n_ctx", "kv", "held"), [(1024, "q8_0", "+ 3 activations + 2 f16 masks 1024x512"),
+                                                   (4096, "q8_0", "+ 6 activations + 2 f16 masks 4096x512"),
+                                                   (8192, "f16", "+ 2 activations + 2 f16 masks 8192x512"),
+                                                   (8192, "q8_0", "+ 3 activations"),
+                                                   (16384, "f16", "+ 3 activations")])
+def test_gpt_oss_logits_sit_above_what_its_mask_width_leaves(gpt_oss: Path, n_ctx: int, kv: str, held: str) -> None:
+    """Sliding-window experts with flash attention: two masks of n_kv / n_embd activations (n_embd 2880) below
+    one, between one and two, between 2.5 and 4 (a rotated cache: only while a mask is narrower than the query)."""
+    s = RuntimeSettings(n_ctx=n_ctx, n_threads=1, cache_type_k=kv, cache_type_v=kv, flash_attn=True)
+    assert predict(read_gguf(gpt_oss), s, mmap=False).explain["compute:CPU"].endswith(held)
     assert_no_alloc_within_2_percent(gpt_oss, s)
