@@ -253,6 +253,11 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
     out_why = f"logits f32 {hp.n_vocab}x{n_ub} + {out_n} activations"
     if fa and moe_model and hp.sliding_window:
         out, out_why = _swa_moe_output(hp, n_kv, n_ub, masks, embd, attn_rotation(info, settings))
+    mask_hole = fa and not moe_model and masks == 1 and _mask_above_ffn(hp, n_kv, attn_rotation(info, settings))
+    if mask_hole:
+        n_act = mask_hole
+        out = hp.n_vocab * n_ub * F32 + n_act * embd + n_kv * n_ub * F16
+        out_why = f"logits f32 {hp.n_vocab}x{n_ub} + {n_act} activations + f16 mask {n_kv}x{n_ub}"
     if hp.kv_lora_rank:
         # MLA: the query, its absorbed no-rope part and the concatenated query (n_head x (kv_lora_rank +
         # rope) wide) are the block's widest activations; fitted on deepseek-v2-lite's no_alloc reports
@@ -260,6 +265,12 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
         mla = n_ub * F32 * hp.n_head * (hp.head_dim_k_mla + hp.kv_lora_rank + hp.head_dim_k)
         out = hp.n_vocab * n_ub * F32 + max(out_n * embd, mla)
         out_why = f"logits f32 {hp.n_vocab}x{n_ub} + MLA query activations"
+        if fa and n_kv < 2 * hp.n_embd:
+            # With flash attention and a mask narrower than an activation the query's activations sit in a
+            # hole below the logits, which lie above 3 activations (deepseek-v2-lite, n_ubatch 256 and 512:
+            # exact up to n_kv 3840, the MLA query from 4096 = 2 n_embd on).
+            out = hp.n_vocab * n_ub * F32 + 3 * embd
+            out_why = f"logits f32 {hp.n_vocab}x{n_ub} + 3 activations"
         if not fa:
             # Without flash attention the latent V (a view of the K cache) is copied transposed: an f16
             # n_kv x kv_lora_rank tensor whatever n_ubatch. ggml's allocator puts it where the query's
@@ -273,6 +284,25 @@ def _graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple
             attn_why += " + MLA query activations + " + ("transposed latent V f16" if v_t > hole else
                                                           "transposed latent V in the query's hole")
     return attn, attn_why, out, out_why, embd
+
+
+def _mask_above_ffn(hp: HParams, n_kv: int, rotated: bool) -> int:
+    """Activations below the logits when a dense model's f16 mask no longer fits the hole its FFN leaves
+    (flash attention), else 0. With an FFN narrower than 3 n_embd (Llama 2, TinyLlama, SmolLM2: n_ff about
+    2.7 n_embd) ggml's allocator keeps the mask below the logits too, over 4 activations while the mask
+    (n_kv x n_ubatch f16, n_kv / 2 n_embd activations) is from n_ff / n_embd - 1 to 2 activations wide
+    (2 (n_ff - n_embd) <= n_kv < 4 n_embd), and over 5 with a rotated (quantized) cache from
+    n_ff / n_embd - 2 to 1 activation wide (2 (n_ff - 2 n_embd) <= n_kv < 2 n_embd).
+    Measured with scripts/sweep_compute.py (n_ctx 256-10240 in steps of 256, f16 and q8_0 caches) on
+    n_embd 2048 with n_ff 4864 and 5504 and n_embd 576 with n_ff 1440 and 1536, then checked on a Llama-2-7B
+    shape (n_embd 4096, n_ff 11008): exact within 0.1 MiB; n_ff 6144 and up on n_embd 2048 show no such
+    region. At n_ff <= 2 n_embd the allocator does other things (n_ff 3072 and 4096 on n_embd 2048: up to
+    7.9% above the prediction), which no rule here covers."""
+    if not 2 * hp.n_embd < hp.n_ff_max < 3 * hp.n_embd:
+        return 0
+    if rotated:
+        return 5 if 2 * (hp.n_ff_max - 2 * hp.n_embd) <= n_kv < 2 * hp.n_embd else 0
+    return 4 if 2 * (hp.n_ff_max - hp.n_embd) <= n_kv < 4 * hp.n_embd else 0
 
 
 def _swa_moe_output(hp: HParams, n_kv: int, n_ub: int, masks: int, embd: int, rotated: bool) -> tuple[int, str]:

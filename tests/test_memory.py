@@ -236,3 +236,22 @@ def test_gpt_oss_logits_sit_above_what_its_mask_width_leaves(gpt_oss: Path, n_ct
     s = RuntimeSettings(n_ctx=n_ctx, n_threads=1, cache_type_k=kv, cache_type_v=kv, flash_attn=True)
     assert predict(read_gguf(gpt_oss), s, mmap=False).explain["compute:CPU"].endswith(held)
     assert_no_alloc_within_2_percent(gpt_oss, s)
+
+
+@pytest.fixture(scope="module")
+def smollm2_shape(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M's widths (n_ff 2.67 n_embd, as Llama 2 and TinyLlama), two layers, no weights."""
+    return write_synth(tmp_path_factory.mktemp("sm") / "sm.gguf", shape_for("smollm2-135m", n_layer=2), sparse=True)
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize(("n_ctx", "kv", "held"), [(2048, "f16", "+ 4 activations + f16 mask 2048x512"),
+                                                   (1024, "q8_0", "+ 5 activations + f16 mask 1024x512"),
+                                                   (2304, "f16", "+ 2 activations"),
+                                                   (512, "q8_0", "+ 2 activations")])
+def test_a_narrow_ffn_leaves_the_mask_below_the_logits(smollm2_shape: Path, n_ctx: int, kv: str, held: str) -> None:
+    """Flash attention, n_ff 1536 and n_embd 576: the mask stays below the logits from n_ff / n_embd - 1 to 2
+    activations wide (f16 cache: n_kv 2048 only), or from n_ff / n_embd - 2 to 1 (rotated q8_0: 768 and 1024)."""
+    s = RuntimeSettings(n_ctx=n_ctx, n_threads=1, cache_type_k=kv, cache_type_v=kv, flash_attn=True)
+    assert predict(read_gguf(smollm2_shape), s, mmap=False).explain["compute:CPU"].endswith(held)
+    assert_no_alloc_within_2_percent(smollm2_shape, s)
