@@ -50,6 +50,8 @@ def script(name: str, *args: str) -> tuple[str, ...]:
 
 
 OSS_CONTEXTS = ",".join(str(n) for n in [*range(512, 16385, 512), 32768])  # every mask width gpt-oss shows
+SMOL_CONTEXTS = ",".join(str(n) for n in range(256, 4097, 256))
+LLAMA2_7B = ("llama-3-8b", "--set", "n_layer=4", "--set", "n_ff=11008")  # Llama 2 7B's widths (n_ff 2.69 n_embd)
 SECTIONS = (
     Section("inspect", "`ggprec inspect` speed", (script("bench_inspect.py"),), 1),
     Section("memory", "Memory model", (script("check_memory_model.py"),
@@ -57,9 +59,14 @@ SECTIONS = (
                                        script("sweep_compute.py", "gpt-oss-20b", "--ubatch", "256"),
                                        script("sweep_compute.py", "gpt-oss-20b", "--set", "n_embd=2048",
                                               "--set", "n_ff_exp=2048", "--set", "n_layer=4", "--ctx", OSS_CONTEXTS),
+                                       script("sweep_compute.py", "smollm2-135m", "--ctx", SMOL_CONTEXTS),
+                                       script("sweep_compute.py", *LLAMA2_7B, "--ctx", OSS_CONTEXTS),
+                                       script("sweep_compute.py", *LLAMA2_7B, "--no-fa", "--kv", "f16", "--ctx",
+                                              OSS_CONTEXTS),
+                                       script("sweep_compute.py", "deepseek-v2-lite"),
                                        script("sweep_compute.py", "deepseek-v2-lite", "--no-fa", "--kv", "f16"),
                                        script("sweep_compute.py", "deepseek-v2-lite", "--no-fa", "--kv", "f16",
-                                              "--ubatch", "256")), 3),
+                                              "--ubatch", "256")), 5),
     Section("gpu-forecast", "Plans for a target machine", (script("check_gpu_forecast.py"),), 0.2),
     Section("speed", "`ggprec calibrate` and the speed model",
             (ggprec("calibrate"), script("check_speed_model.py")), 12),
