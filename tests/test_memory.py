@@ -67,7 +67,7 @@ def test_a_quantized_kv_cache_with_flash_attention_matches_no_alloc_within_2_per
 
 
 def test_attention_is_rotated_for_a_quantized_cache_of_64_wide_heads_only(sparse_8b: Path) -> None:
-    from ggprec.memory import attn_rotation
+    from ggprec.compute_graph import attn_rotation
 
     info = read_gguf(sparse_8b)  # head size 128
     assert attn_rotation(info, RuntimeSettings(cache_type_k="q8_0", cache_type_v="f16"))

@@ -15,7 +15,8 @@ LLAMA = "llama_cpp"
 LOADER = "ggprec.llama_bindings"  # loads llama_cpp by name (importlib): importing it is importing llama_cpp
 # The predict stack (docs/ARCHITECTURE.md): modules, and packages whose every module belongs to it.
 PREDICT = ("ggml_types", "roles", "errors", "gguf_layout", "gguf_info", "units", "settings", "profile", "plan",
-           "devices", "cpu_buffers", "tensor_overrides", "memory", "speed", "priors", "forecast", "inspection")
+           "devices", "cpu_buffers", "tensor_overrides", "compute_graph", "memory", "speed", "priors", "forecast",
+           "inspection")
 
 
 def module_name(path: Path) -> str:
