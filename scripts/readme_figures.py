@@ -63,6 +63,8 @@ SECTIONS = (
                                        script("sweep_compute.py", *LLAMA2_7B, "--ctx", OSS_CONTEXTS),
                                        script("sweep_compute.py", *LLAMA2_7B, "--no-fa", "--kv", "f16", "--ctx",
                                               OSS_CONTEXTS),
+                                       script("sweep_compute.py", "llama-3.2-1b", "--set", "n_layer=4", "--set",
+                                              "n_ff=4096", "--ctx", SMOL_CONTEXTS),
                                        script("sweep_compute.py", "deepseek-v2-lite"),
                                        script("sweep_compute.py", "deepseek-v2-lite", "--no-fa", "--kv", "f16"),
                                        script("sweep_compute.py", "deepseek-v2-lite", "--no-fa", "--kv", "f16",
