@@ -44,8 +44,11 @@ def graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple[
     fa = settings.flash_attn_effective
     # Sliding-window models (gpt-oss, Gemma) keep two KV caches, each with its own attention mask.
     masks = 2 if hp.sliding_window else 1
+    moe_model = bool(hp.n_expert and hp.n_expert_used)
+    rotated = attn_rotation(info, settings)
+    logits = hp.n_vocab * n_ub * F32
     if fa:
-        n_act = ATTN_EMBD_FA_MOE if hp.n_expert and hp.n_expert_used else ATTN_EMBD_FA
+        n_act = ATTN_EMBD_FA_MOE if moe_model else ATTN_EMBD_FA
         attn = masks * n_kv * n_ub * F16 + n_act * embd
         attn_why = f"{masks} f16 mask {n_kv}x{n_ub} + {n_act} activations"
     else:
@@ -58,8 +61,7 @@ def graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple[
     # (n_kv >= 2 n_embd). Measured: a dense model's output peak then holds one more activation (llama-3.2-1b,
     # 8b and 70b shapes; one exception seen: 8b at n_kv 24576, one less: on the safe side); a mixture of
     # experts' routed FFN one fewer and its output none more (tiny-moe, qwen3-30b-a3b, mixtral-8x7b).
-    rot_hole = fa and attn_rotation(info, settings) and n_kv >= 2 * hp.n_embd
-    moe_model = bool(hp.n_expert and hp.n_expert_used)
+    rot_hole = fa and rotated and n_kv >= 2 * hp.n_embd
     out_n = OUT_EMBD + (1 if rot_hole and not moe_model else 0)
     if moe_model:
         # The routed-expert FFN of one ubatch: gate, up and their product for each token's used experts
@@ -71,28 +73,25 @@ def graph_peaks(info: ModelInfo, settings: RuntimeSettings, n_kv: int) -> tuple[
         if moe > attn:
             attn, attn_why = moe, f"3 expert activations f32 {n_ff_exp}x{hp.n_expert_used}x{n_ub} + mask + " \
                                   f"{moe_n} activations"
-    out = hp.n_vocab * n_ub * F32 + out_n * embd
-    out_why = f"logits f32 {hp.n_vocab}x{n_ub} + {out_n} activations"
+    logits_why = f"logits f32 {hp.n_vocab}x{n_ub}"
+    out, out_why = logits + out_n * embd, f"{logits_why} + {out_n} activations"
     if fa and moe_model and hp.sliding_window:
-        out, out_why = _swa_moe_output(hp, n_kv, n_ub, masks, embd, attn_rotation(info, settings))
-    mask_hole = fa and not moe_model and masks == 1 and _mask_above_ffn(hp, n_kv, attn_rotation(info, settings))
-    if mask_hole:
-        n_act = mask_hole
-        out = hp.n_vocab * n_ub * F32 + n_act * embd + n_kv * n_ub * F16
-        out_why = f"logits f32 {hp.n_vocab}x{n_ub} + {n_act} activations + f16 mask {n_kv}x{n_ub}"
+        out, out_why = _swa_moe_output(hp, n_kv, n_ub, masks, embd, rotated, logits, logits_why)
+    if fa and not moe_model and masks == 1 and (below := _mask_above_ffn(hp, n_kv, rotated)):
+        out = logits + below * embd + n_kv * n_ub * F16
+        out_why = f"{logits_why} + {below} activations + f16 mask {n_kv}x{n_ub}"
     if hp.kv_lora_rank:
         # MLA: the query, its absorbed no-rope part and the concatenated query (n_head x (kv_lora_rank +
         # rope) wide) are the block's widest activations; fitted on deepseek-v2-lite's no_alloc reports
         # (exact at n_ubatch 512 and n_ctx >= 4096; see check_memory_model.py for the rest).
         mla = n_ub * F32 * hp.n_head * (hp.head_dim_k_mla + hp.kv_lora_rank + hp.head_dim_k)
-        out = hp.n_vocab * n_ub * F32 + max(out_n * embd, mla)
-        out_why = f"logits f32 {hp.n_vocab}x{n_ub} + MLA query activations"
         if fa and n_kv < 2 * hp.n_embd:
             # With flash attention and a mask narrower than an activation the query's activations sit in a
             # hole below the logits, which lie above 3 activations (deepseek-v2-lite, n_ubatch 256 and 512:
             # exact up to n_kv 3840, the MLA query from 4096 = 2 n_embd on).
-            out = hp.n_vocab * n_ub * F32 + 3 * embd
-            out_why = f"logits f32 {hp.n_vocab}x{n_ub} + 3 activations"
+            out, out_why = logits + 3 * embd, f"{logits_why} + 3 activations"
+        else:
+            out, out_why = logits + max(out_n * embd, mla), f"{logits_why} + MLA query activations"
         if not fa:
             # Without flash attention the latent V (a view of the K cache) is copied transposed: an f16
             # n_kv x kv_lora_rank tensor whatever n_ubatch. ggml's allocator puts it where the query's
@@ -127,7 +126,8 @@ def _mask_above_ffn(hp: HParams, n_kv: int, rotated: bool) -> int:
     return 4 if 2 * (hp.n_ff_max - hp.n_embd) <= n_kv < 4 * hp.n_embd else 0
 
 
-def _swa_moe_output(hp: HParams, n_kv: int, n_ub: int, masks: int, embd: int, rotated: bool) -> tuple[int, str]:
+def _swa_moe_output(hp: HParams, n_kv: int, n_ub: int, masks: int, embd: int, rotated: bool, logits: int,
+                    why: str) -> tuple[int, str]:
     """The output peak of a sliding-window mixture of experts (gpt-oss) with flash attention. ggml's allocator
     places the logits above 3 activations, or above the two f16 masks and some activations, by how wide the
     masks are against an activation (two masks are n_kv / n_embd activations):
@@ -138,8 +138,6 @@ def _swa_moe_output(hp: HParams, n_kv: int, n_ub: int, masks: int, embd: int, ro
     has the same widths) at n_ubatch 256 and 512, n_kv 512-32768 in steps of 512, f16 and q8_0 caches: exact
     within 0.1 MiB. A 4-layer variant of n_embd 2048 agrees but at n_kv 4608 (2.25 n_embd), where the masks
     already sit below the logits (1.2% above the prediction): the lower bound is fitted on one width."""
-    logits = hp.n_vocab * n_ub * F32
-    why = f"logits f32 {hp.n_vocab}x{n_ub}"
     mask = masks * n_kv * n_ub * F16
     if n_kv < hp.n_embd:
         n_act = 3

@@ -219,6 +219,13 @@ def test_mla_without_flash_attention_copies_the_latent_v_transposed(tmp_path: Pa
     assert_no_alloc_within_2_percent(path, s)
 
 
+def assert_flash_attention_output_peak(model: Path, n_ctx: int, kv: str, held: str) -> None:
+    """The predicted compute buffer is the output peak whose reason ends with `held`, and matches no_alloc."""
+    s = RuntimeSettings(n_ctx=n_ctx, n_threads=1, cache_type_k=kv, cache_type_v=kv, flash_attn=True)
+    assert predict(read_gguf(model), s, mmap=False).explain["compute:CPU"].endswith(held)
+    assert_no_alloc_within_2_percent(model, s)
+
+
 @pytest.fixture(scope="module")
 def gpt_oss(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synth(tmp_path_factory.mktemp("oss") / "oss.gguf", shape_for("gpt-oss-20b", n_layer=2), sparse=True)
@@ -233,9 +240,7 @@ def gpt_oss(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_gpt_oss_logits_sit_above_what_its_mask_width_leaves(gpt_oss: Path, n_ctx: int, kv: str, held: str) -> None:
     """Sliding-window experts with flash attention: two masks of n_kv / n_embd activations (n_embd 2880) below
     one, between one and two, between 2.5 and 4 (a rotated cache: only while a mask is narrower than the query)."""
-    s = RuntimeSettings(n_ctx=n_ctx, n_threads=1, cache_type_k=kv, cache_type_v=kv, flash_attn=True)
-    assert predict(read_gguf(gpt_oss), s, mmap=False).explain["compute:CPU"].endswith(held)
-    assert_no_alloc_within_2_percent(gpt_oss, s)
+    assert_flash_attention_output_peak(gpt_oss, n_ctx, kv, held)
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +257,4 @@ def smollm2_shape(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_narrow_ffn_leaves_the_mask_below_the_logits(smollm2_shape: Path, n_ctx: int, kv: str, held: str) -> None:
     """Flash attention, n_ff 1536 and n_embd 576: the mask stays below the logits from n_ff / n_embd - 1 to 2
     activations wide (f16 cache: n_kv 2048 only), or from n_ff / n_embd - 2 to 1 (rotated q8_0: 768 and 1024)."""
-    s = RuntimeSettings(n_ctx=n_ctx, n_threads=1, cache_type_k=kv, cache_type_v=kv, flash_attn=True)
-    assert predict(read_gguf(smollm2_shape), s, mmap=False).explain["compute:CPU"].endswith(held)
-    assert_no_alloc_within_2_percent(smollm2_shape, s)
+    assert_flash_attention_output_peak(smollm2_shape, n_ctx, kv, held)
